@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# ./env.sh CMD...  runs CMD inside the built environment (venv + colcon install sourced).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [ ! -f "$ROOT/install/setup.sh" ] || [ ! -x "$ROOT/.venv/bin/python" ]; then
+  echo "env.sh: the environment is not built yet; run 'make setup' first" >&2
+  exit 1
+fi
+source "$ROOT/tools/ros_env.sh"
+ros_env_activate "$ROOT/.venv"
+set +u
+# shellcheck source=/dev/null
+COLCON_CURRENT_PREFIX="$ROOT/install" source "$ROOT/install/setup.sh"
+set -u
+export NDR_ROOT="$ROOT"
+[ $# -gt 0 ] || { echo "usage: ./env.sh CMD [ARGS...]" >&2; exit 2; }
+exec "$@"
