@@ -1,0 +1,1 @@
+"""Subcommands of `nerf-descriptor` (see cli.py)."""

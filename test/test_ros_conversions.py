@@ -1,0 +1,70 @@
+"""Image, camera-info, pose and stamp conversions (our cv_bridge / tf_transformations replacement)."""
+import numpy as np
+import pytest
+
+from nerf_descriptor_ros import ros_conversions as rc
+from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at
+
+
+def test_rgb_bgr_mono_round_trips():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    assert np.array_equal(rc.image_to_rgb8(rc.array_to_image(rgb, "rgb8")), rgb)
+    assert np.array_equal(rc.image_to_rgb8(rc.array_to_image(rgb[:, :, ::-1], "bgr8")), rgb)
+    mono = rgb[:, :, 0]
+    assert np.array_equal(rc.image_to_rgb8(rc.array_to_image(mono, "mono8"))[:, :, 2], mono)
+
+
+def test_padded_rows_and_big_endian_are_read():
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    msg = rc.array_to_image(rgb, "rgb8")
+    msg.step = 12  # 9 bytes of pixels + 3 bytes of padding per row
+    msg.data = b"".join(rgb[r].tobytes() + b"\0\0\0" for r in range(2))
+    assert np.array_equal(rc.image_to_rgb8(msg), rgb)
+    depth = np.array([[1000, 0]], dtype=">u2")
+    m = rc.array_to_image(np.zeros((1, 2), np.uint16), "16UC1")
+    m.is_bigendian, m.data = 1, depth.tobytes()
+    d = rc.image_to_depth_m(m)
+    assert d[0, 0] == pytest.approx(1.0) and np.isnan(d[0, 1])
+
+
+def test_wrong_encodings_and_short_data_are_refused():
+    depth = rc.array_to_image(np.ones((4, 4), np.float32), "32FC1")
+    with pytest.raises(rc.ImageConversionError, match="expected a colour image"):
+        rc.image_to_rgb8(depth)
+    rgb = rc.array_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    with pytest.raises(rc.ImageConversionError, match="expected a depth image"):
+        rc.image_to_depth_m(rgb)
+    rgb.encoding = "yuv422"
+    with pytest.raises(rc.ImageConversionError, match="expected a colour image.*'yuv422'"):
+        rc.image_to_rgb8(rgb)
+    with pytest.raises(rc.ImageConversionError, match="unsupported image encoding"):
+        rc.image_to_array(rgb)
+    short = rc.array_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8")
+    short.data = short.data[:10]
+    with pytest.raises(rc.ImageConversionError, match="too short"):
+        rc.image_to_rgb8(short)
+
+
+def test_descriptor_image_encoding():
+    desc = np.random.default_rng(1).normal(size=(3, 4, 16)).astype(np.float32)
+    msg = rc.array_to_image(desc, "32FC16")
+    assert msg.step == 4 * 16 * 4
+    assert np.array_equal(rc.image_to_array(msg), desc)
+
+
+def test_depth_32fc1_invalid_values_become_nan():
+    d = np.array([[0.5, 0.0, np.inf, -1.0]], np.float32)
+    out = rc.image_to_depth_m(rc.array_to_image(d, "32FC1"))
+    assert out[0, 0] == 0.5 and np.isnan(out[0, 1:]).all()
+
+
+def test_camera_info_and_pose_round_trips():
+    intr = CameraIntrinsics(120.0, 121.0, 80.5, 60.5, 160, 120, [0.1, -0.01, 0.0, 0.0, 0.0])
+    back = rc.camera_info_to_intrinsics(rc.intrinsics_to_camera_info(intr))
+    assert np.allclose(back.K, intr.K) and back.distortion == intr.distortion
+    T = look_at([0.3, -0.2, 0.5], [0, 0, 0])
+    assert np.allclose(rc.pose_msg_to_matrix(rc.matrix_to_pose_msg(T)), T)
+    assert rc.stamp_to_ns(rc.ns_to_stamp(1_700_000_000_123_456_789)) == 1_700_000_000_123_456_789
+    with pytest.raises(ValueError, match="not calibrated"):
+        rc.camera_info_to_intrinsics(rc.intrinsics_to_camera_info(intr).__class__())
