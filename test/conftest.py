@@ -1,16 +1,13 @@
 """Shared fixtures: an isolated DDS domain per test and ROS node processes that get cleaned up."""
 import itertools
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from nerf_descriptor_ros.node_processes import NodeProcesses
+
 REPO = Path(__file__).resolve().parents[1]
-INSTALL_LIB = REPO / "install" / "nerf_descriptor_ros" / "lib" / "nerf_descriptor_ros"
 
 # DDS traffic never leaves this machine; every test gets its own domain so that a node left
 # over from one test cannot answer another. Domains 0-101 are valid with default ports.
@@ -27,62 +24,17 @@ def ros_domain(monkeypatch):
     return domain
 
 
-class NodeProcesses:
-    """Starts node executables as subprocesses in their own process groups; kills them all at the end."""
+class RepoNodeProcesses(NodeProcesses):
+    """NodeProcesses whose params files are given relative to the repository root."""
 
-    def __init__(self, log_dir: Path):
-        self.log_dir = log_dir
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, executable: str, params_file: str | None = None, params: dict | None = None,
-              args: list[str] | None = None) -> subprocess.Popen:
-        exe = INSTALL_LIB / executable
-        if not exe.exists():
-            raise FileNotFoundError(f"{exe} not installed: run `make setup`")
-        cmd = [sys.executable, str(exe), *(args or []), "--ros-args"]
-        if params_file:
-            cmd += ["--params-file", str(REPO / params_file)]
-        for key, value in (params or {}).items():
-            cmd += ["-p", f"{key}:={_param_literal(value)}"]
-        log = open(self.log_dir / f"{executable}-{len(self.procs)}.log", "w")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.procs.append((executable, proc))
-        return proc
-
-    def log_of(self, proc: subprocess.Popen) -> str:
-        for i, (name, p) in enumerate(self.procs):
-            if p is proc:
-                return (self.log_dir / f"{name}-{i}.log").read_text()
-        return ""
-
-    def stop_all(self):
-        for _, proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-        deadline = time.monotonic() + 5
-        for _, proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _param_literal(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_param_literal(v) for v in value) + "]"
-    if isinstance(value, str):
-        return value if value else "''"
-    return repr(value)
+    def start(self, executable, params_file=None, params=None, env=None):
+        return super().start(executable, REPO / params_file if params_file else None, params, env)
 
 
 @pytest.fixture
 def nodes(ros_domain, tmp_path):
     """Start nodes with ``nodes.start('sim_robot', 'config/sim_robot.yaml', {...})``."""
-    procs = NodeProcesses(tmp_path)
+    procs = RepoNodeProcesses(tmp_path)
     yield procs
     procs.stop_all()
 
