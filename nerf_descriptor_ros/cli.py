@@ -5,8 +5,11 @@ import argparse
 import importlib
 import sys
 
+from .errors import NerfDescriptorError
+
 # Modules under nerf_descriptor_ros.commands, each exposing register(subparsers).
 COMMANDS = [
+    "demo",
 ]
 
 
@@ -24,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except NerfDescriptorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import NerfDescriptorError
 from .geometry import (CameraIntrinsics, InvalidPoseError, opencv_to_opengl, opengl_to_opencv,
                        validate_rigid_transform)
 
@@ -39,7 +40,7 @@ DEPTH_UNIT_SCALE = 0.001  # depth PNG value * this = metres
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class DatasetError(Exception):
+class DatasetError(NerfDescriptorError):
     """A dataset that cannot be read or written as asked; the message says what to do."""
 
 

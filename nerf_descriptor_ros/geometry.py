@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import transforms3d
 
+from .errors import NerfDescriptorError
+
 # Flips y and z: the same physical camera expressed in OpenGL instead of OpenCV axes.
 _CV_GL_FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
-class InvalidPoseError(ValueError):
+class InvalidPoseError(NerfDescriptorError, ValueError):
     """A pose that is not a finite rigid transform."""
 
 
