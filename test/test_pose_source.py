@@ -1,0 +1,216 @@
+"""The pose-source seam: PoseBuffer lookups by stamp, pose validation, the TF source, the factory."""
+import sys
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+
+from nerf_descriptor_ros.geometry import InvalidPoseError, look_at, pose_distance
+from nerf_descriptor_ros.pose_source import (PoseBuffer, PoseLookupError, PoseNotYetAvailable,
+                                             PoseSourceUnavailable, TfPoseSource,
+                                             checked_pose_matrix, make_pose_source)
+
+S = 1_000_000_000  # ns per second
+
+
+def orbit_pose(t: float) -> np.ndarray:
+    """A camera circling the origin at 0.5 rad/s, looking at it."""
+    return look_at([0.6 * np.cos(0.5 * t), 0.6 * np.sin(0.5 * t), 0.4], [0.0, 0.0, 0.0])
+
+
+def filled_buffer(stamps_s, **kwargs) -> PoseBuffer:
+    buffer = PoseBuffer(**kwargs)
+    for t in stamps_s:
+        buffer.add(int(t * S), orbit_pose(t))
+    return buffer
+
+
+def test_exact_stamp_returns_the_sample_itself():
+    buffer = filled_buffer([1.0, 1.1, 1.2])
+    assert np.array_equal(buffer.lookup(int(1.1 * S)), orbit_pose(1.1))
+
+
+def test_interpolates_between_bracketing_samples():
+    buffer = filled_buffer(np.arange(0.0, 2.0, 0.1), max_interpolation_gap_s=0.15)
+    T = buffer.lookup(int(1.03 * S))
+    translation_m, rotation_deg = pose_distance(T, orbit_pose(1.03))
+    assert translation_m < 1e-3 and rotation_deg < 0.05  # chord vs arc over 0.1 s of orbit
+    # Lerp of the translation is exact at the right fraction between the two samples.
+    expected = 0.7 * orbit_pose(1.0)[:3, 3] + 0.3 * orbit_pose(1.1)[:3, 3]
+    assert np.allclose(T[:3, 3], expected, atol=1e-12)
+    assert np.allclose(T[:3, :3].T @ T[:3, :3], np.eye(3), atol=1e-12)
+
+
+def test_samples_arriving_out_of_order_are_sorted_and_duplicates_replaced():
+    buffer = PoseBuffer()
+    for t in (1.2, 1.0, 1.1):
+        buffer.add(int(t * S), orbit_pose(t))
+    buffer.add(int(1.1 * S), orbit_pose(5.0))  # a corrected sample for the same stamp
+    assert len(buffer) == 3
+    assert np.array_equal(buffer.lookup(int(1.1 * S)), orbit_pose(5.0))
+
+
+def test_stamp_older_than_the_buffer_is_refused():
+    buffer = filled_buffer(np.arange(0.0, 20.0, 0.1), duration_s=5.0)
+    assert len(buffer) < 60  # pruned to the last 5 s
+    with pytest.raises(PoseLookupError, match="older than the oldest buffered camera pose"):
+        buffer.lookup(int(3.0 * S))
+    buffer.lookup(int(16.05 * S))
+
+
+def test_stamp_newer_than_the_newest_sample():
+    buffer = filled_buffer([1.0, 1.1], newest_tolerance_s=0.02)
+    assert np.array_equal(buffer.lookup(int(1.115 * S)), orbit_pose(1.1))  # within tolerance
+    with pytest.raises(PoseNotYetAvailable, match="0.050 s older than the image"):
+        buffer.lookup(int(1.15 * S))
+    with pytest.raises(PoseNotYetAvailable, match="no valid camera pose received yet"):
+        PoseBuffer().lookup(0)
+
+
+def test_gap_larger_than_max_interpolation_gap_is_refused():
+    buffer = filled_buffer([1.0, 1.5, 1.6], max_interpolation_gap_s=0.2)
+    with pytest.raises(PoseLookupError, match="0.500 s apart, more than max_interpolation_gap_s"):
+        buffer.lookup(int(1.2 * S))
+    buffer.lookup(int(1.55 * S))
+    assert np.array_equal(buffer.lookup(int(1.5 * S)), orbit_pose(1.5))  # exact needs no gap check
+
+
+@pytest.mark.parametrize("corrupt, reason", [
+    (lambda T: T.__setitem__((0, 3), np.nan), "NaN"),
+    (lambda T: T.__setitem__((slice(0, 3), 0), 2 * T[:3, 0]), "not orthonormal"),
+    (lambda T: T.__setitem__((slice(0, 3), 0), -T[:3, 0]), "reflection"),
+])
+def test_invalid_poses_are_refused_and_lookups_near_them_say_why(corrupt, reason):
+    buffer = filled_buffer([1.0, 1.1])
+    bad = orbit_pose(1.2)
+    corrupt(bad)
+    with pytest.raises(InvalidPoseError, match=reason):
+        buffer.add(int(1.2 * S), bad)
+    buffer.add(int(1.3 * S), orbit_pose(1.3))
+    assert len(buffer) == 3
+    with pytest.raises(InvalidPoseError, match=f"at the image stamp was refused.*{reason}"):
+        buffer.lookup(int(1.2 * S))
+    with pytest.raises(InvalidPoseError, match=f"next to the image stamp was refused.*{reason}"):
+        buffer.lookup(int(1.25 * S))  # would interpolate across the refused sample
+    buffer.lookup(int(1.05 * S))
+    buffer.add(int(1.2 * S), orbit_pose(1.2))  # a valid pose for that stamp clears the refusal
+    assert np.array_equal(buffer.lookup(int(1.2 * S)), orbit_pose(1.2))
+
+
+def test_refused_newest_samples_are_named_when_the_image_is_newer_than_every_valid_pose():
+    buffer = filled_buffer([1.0])
+    buffer.refuse(int(1.1 * S), "pose is in frame 'world', not the base frame 'base'")
+    with pytest.raises(PoseNotYetAvailable, match="since then were refused: pose is in frame 'world'"):
+        buffer.lookup(int(1.05 * S))
+
+
+def test_wait_for_blocks_until_a_sample_at_or_after_the_stamp_arrives():
+    buffer = filled_buffer([1.0])
+    feeder = threading.Timer(0.2, lambda: buffer.add(int(1.1 * S), orbit_pose(1.1)))
+    started = time.monotonic()
+    feeder.start()
+    T = buffer.wait_for(int(1.05 * S), timeout_s=5.0)
+    waited = time.monotonic() - started
+    feeder.join()
+    assert 0.1 < waited < 4.0
+    assert pose_distance(T, orbit_pose(1.05))[0] < 1e-3
+
+
+def test_wait_for_times_out_with_the_reason():
+    buffer = filled_buffer([1.0])
+    started = time.monotonic()
+    with pytest.raises(PoseNotYetAvailable, match="pose source late or stopped"):
+        buffer.wait_for(int(2.0 * S), timeout_s=0.2)
+    assert 0.15 < time.monotonic() - started < 3.0
+
+
+def test_checked_pose_matrix_refuses_nan_and_non_unit_quaternions():
+    T = checked_pose_matrix([0.1, 0.2, 0.3], [0.0, 0.0, np.sin(0.25), np.cos(0.25)])
+    assert np.allclose(T[:3, 3], [0.1, 0.2, 0.3])
+    checked_pose_matrix([0, 0, 0], [0.0, 0.0, 0.0, 1.001])  # float noise is tolerated
+    with pytest.raises(InvalidPoseError, match="NaN"):
+        checked_pose_matrix([0, np.nan, 0], [0, 0, 0, 1])
+    with pytest.raises(InvalidPoseError, match="NaN"):
+        checked_pose_matrix([0, 0, 0], [0, 0, 0, np.inf])
+    with pytest.raises(InvalidPoseError, match="norm 2.0000, not 1"):
+        checked_pose_matrix([0, 0, 0], [0, 0, 0, 2.0])
+    with pytest.raises(InvalidPoseError, match="norm 0.0000"):
+        checked_pose_matrix([0, 0, 0], [0, 0, 0, 0])
+
+
+def test_buffer_arguments_are_checked():
+    with pytest.raises(ValueError):
+        PoseBuffer(max_interpolation_gap_s=-1)
+    with pytest.raises(ValueError):
+        PoseBuffer(duration_s=0)
+
+
+# ---- TF source -------------------------------------------------------------------------------
+# tf2_ros is not installable here; a stand-in module with tf2_ros's API checks what the TF source
+# asks for (target = base frame, source = camera frame, at the image stamp, with the timeout) and
+# what it does with the answer. On a machine with tf2_ros the real one is left alone.
+
+class _FakeTransformException(Exception):
+    pass
+
+
+def _fake_tf2_ros(answer):
+    calls = []
+
+    class Buffer:
+        def __init__(self, cache_time=None):
+            self.cache_time = cache_time
+
+        def lookup_transform(self, target, source, time, timeout):
+            calls.append((target, source, time.nanoseconds, timeout.nanoseconds))
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    module = types.SimpleNamespace(Buffer=Buffer, TransformException=_FakeTransformException,
+                                   TransformListener=lambda buffer, node, spin_thread: None)
+    return module, calls
+
+
+def _transform_stamped(T):
+    from geometry_msgs.msg import Quaternion, Transform, TransformStamped, Vector3
+
+    from nerf_descriptor_ros.geometry import matrix_to_pose
+    p, q = matrix_to_pose(T)
+    return TransformStamped(transform=Transform(
+        translation=Vector3(x=p[0], y=p[1], z=p[2]),
+        rotation=Quaternion(x=q[0], y=q[1], z=q[2], w=q[3])))
+
+
+def test_tf_source_looks_up_base_to_camera_at_the_stamp(monkeypatch):
+    pytest.importorskip("rclpy")
+    T = orbit_pose(0.7)
+    module, calls = _fake_tf2_ros(_transform_stamped(T))
+    monkeypatch.setitem(sys.modules, "tf2_ros", module)
+    source = TfPoseSource(node=None, base_frame="base_link")
+    got = source.pose_at(123 * S + 456, "camera_color_optical_frame", timeout_s=0.25)
+    assert np.allclose(got, T, atol=1e-12)
+    assert calls == [("base_link", "camera_color_optical_frame", 123 * S + 456, S // 4)]
+    with pytest.raises(PoseLookupError, match="no camera frame"):
+        source.pose_at(0, "", 0.1)
+
+
+def test_tf_source_turns_tf_errors_into_clear_refusals(monkeypatch):
+    pytest.importorskip("rclpy")
+    module, _ = _fake_tf2_ros(_FakeTransformException("Lookup would require extrapolation"))
+    monkeypatch.setitem(sys.modules, "tf2_ros", module)
+    source = TfPoseSource(node=None, base_frame="base_link")
+    with pytest.raises(PoseLookupError, match="no TF from 'base_link' to 'cam'.*extrapolation"):
+        source.pose_at(S, "cam", 0.1)
+
+
+def test_asking_for_tf_without_tf2_ros_fails_clearly(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tf2_ros", None)  # makes `import tf2_ros` raise ImportError
+    with pytest.raises(PoseSourceUnavailable, match="needs the tf2_ros Python package"):
+        make_pose_source(None, "tf", base_frame="base", pose_topic="camera/pose",
+                         max_interpolation_gap_s=0.2, newest_tolerance_s=0.0)
+    with pytest.raises(PoseSourceUnavailable, match="'gps' is not one of topic, tf"):
+        make_pose_source(None, "gps", base_frame="base", pose_topic="camera/pose",
+                         max_interpolation_gap_s=0.2, newest_tolerance_s=0.0)
