@@ -1,0 +1,35 @@
+"""Helpers shared by the capture node's DDS tests: blocking service calls from a test-side node."""
+from __future__ import annotations
+
+import threading
+
+from rclpy.executors import SingleThreadedExecutor
+
+
+class RosCalls:
+    """Spins a test node in a background thread and makes blocking service calls with a timeout."""
+
+    def __init__(self, node):
+        self.node = node
+        self._executor = SingleThreadedExecutor(context=node.context)
+        self._executor.add_node(node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+        self._clients = {}
+
+    def call(self, srv_type, name: str, request, timeout: float = 10.0):
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {name} did not appear within {timeout} s")
+        future = client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            raise TimeoutError(f"no answer from {name} within {timeout} s")
+        return future.result()
+
+    def close(self) -> None:
+        self._executor.shutdown()
+        self._thread.join(timeout=5)
