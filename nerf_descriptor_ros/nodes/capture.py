@@ -17,6 +17,7 @@ image and pose callbacks keep running.
 """
 from __future__ import annotations
 
+import copy
 import sys
 import threading
 import time
@@ -233,7 +234,7 @@ class CaptureNode(Node):
 
     def _on_get_status(self, request, response):
         with self._state:
-            response.status = self._status
+            response.status = copy.deepcopy(self._status)  # answered after the lock is released
         return response
 
     # ---- start / stop ----------------------------------------------------------------------
@@ -380,15 +381,15 @@ class CaptureNode(Node):
         Returns (index, stamp), or None when ``keyframe_only`` and the camera has not moved
         enough. Refusals raise CaptureError (or the converter's error) and are put in the status.
         """
+        with self._state:
+            if self._session is not session:
+                raise CaptureError("the capture was stopped")
+            image = self._images.get(stamp_ns)
+            depth_msg = self._depths.get(stamp_ns)
+            mask_msg = self._masks.get(stamp_ns)
+            info = self._camera_info
+            session.newest_used_ns = max(session.newest_used_ns, stamp_ns)
         try:
-            with self._state:
-                if self._session is not session:
-                    raise CaptureError("the capture was stopped")
-                image = self._images.get(stamp_ns)
-                depth_msg = self._depths.get(stamp_ns)
-                mask_msg = self._masks.get(stamp_ns)
-                info = self._camera_info
-                session.newest_used_ns = max(session.newest_used_ns, stamp_ns)
             if image is None:
                 raise CaptureError("the image left the cache before it could be written "
                                    "(the node is falling behind the camera)")
