@@ -1,0 +1,67 @@
+"""Viewpoints on a hemisphere cap around an object, ordered so that the arm travels little."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..geometry import look_at
+
+
+def hemisphere_views(center, num_views: int, radius: float, min_elevation_deg: float,
+                     max_elevation_deg: float, start_azimuth_deg: float = 180.0,
+                     azimuth_span_deg: float = 360.0) -> list[np.ndarray]:
+    """Camera-to-world poses (OpenCV axes) looking at ``center`` from ``radius`` away.
+
+    Views lie on rings of constant elevation, from the highest ring down, with the number of views
+    per ring proportional to its circumference so that they are evenly spread over the cap. Each
+    ring is walked in the opposite direction to the one before (boustrophedon), so consecutive views
+    are neighbours. Azimuth is measured about the world z axis from +x; ``start_azimuth_deg`` is
+    where every ring starts (or, for a partial span, its centre). Image "up" is world up.
+    """
+    num_views = int(num_views)
+    if num_views < 1:
+        raise ValueError(f"num_views must be at least 1, got {num_views}")
+    if not np.isfinite(radius) or radius <= 0:
+        raise ValueError(f"radius must be positive, got {radius}")
+    if not -90.0 < min_elevation_deg <= max_elevation_deg < 90.0:
+        raise ValueError("elevations must satisfy -90 < min <= max < 90 degrees, got "
+                         f"min={min_elevation_deg} max={max_elevation_deg}")
+    if not 0.0 < azimuth_span_deg <= 360.0:
+        raise ValueError(f"azimuth span must be in (0, 360] degrees, got {azimuth_span_deg}")
+    center = np.asarray(center, dtype=np.float64)
+    e0, e1 = np.radians(min_elevation_deg), np.radians(max_elevation_deg)
+    span = np.radians(azimuth_span_deg)
+
+    # Spacing that covers the cap's area with num_views cells decides the number of rings.
+    area = span * (np.sin(e1) - np.sin(e0))
+    spacing = np.sqrt(area / num_views) if area > 0 else np.inf
+    num_rings = int(np.clip(round((e1 - e0) / spacing), 1, num_views))
+    ring_width = (e1 - e0) / num_rings
+    elevations = e1 - ring_width * (np.arange(num_rings) + 0.5)
+    counts = _split_proportionally(num_views, np.cos(elevations))
+
+    full_circle = azimuth_span_deg >= 360.0
+    poses = []
+    for ring, (elevation, count) in enumerate(zip(elevations, counts)):
+        if full_circle:
+            offsets = span * np.arange(count) / count
+        else:  # cell centres across the span
+            offsets = span * ((np.arange(count) + 0.5) / count - 0.5)
+        direction = 1.0 if ring % 2 == 0 else -1.0
+        for offset in offsets:
+            azimuth = np.radians(start_azimuth_deg) + direction * offset
+            eye = center + radius * np.array([np.cos(elevation) * np.cos(azimuth),
+                                              np.cos(elevation) * np.sin(azimuth),
+                                              np.sin(elevation)])
+            poses.append(look_at(eye, center))
+    return poses
+
+
+def _split_proportionally(total: int, weights: np.ndarray) -> list[int]:
+    """``total`` items split by ``weights`` (largest remainders), at least one each."""
+    weights = np.asarray(weights, dtype=np.float64)
+    extra = total - len(weights)
+    share = extra * weights / weights.sum()
+    counts = np.floor(share).astype(int)
+    for i in np.argsort(-(share - counts))[: extra - counts.sum()]:
+        counts[i] += 1
+    return (counts + 1).tolist()

@@ -1,0 +1,518 @@
+"""A ROS-free pybullet world: a Franka Panda with an eye-in-hand RGB-D camera and one object on a table.
+
+The Panda's base frame (``panda_link0``) is the world origin, so every pose here is in the base frame.
+The arm is kinematic: moves interpolate joint positions in time steps (no dynamics yet); physics
+stepping for grasping can be added later because every body is a real pybullet body with mass and
+collision shapes. pybullet is not thread-safe: callers that share a world between threads hold one
+lock around every call.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pybullet
+import pybullet_data
+from pybullet_utils.bullet_client import BulletClient
+from scipy.spatial.transform import Rotation
+
+from ..dataset import atomic_write_json, object_dataset_path
+from ..geometry import (CameraIntrinsics, invert, matrix_to_pose, pose_distance,
+                        pose_to_matrix, transform_points, validate_rigid_transform)
+from .camera import depth_buffer_to_metres, projection_matrix, to_gl_list, view_matrix
+from .objects import (ObjectModel, body_frame_pose, collision_vertices, load_object,
+                      resolve_object_model, set_body_frame_pose)
+
+PANDA_URDF = "franka_panda/panda.urdf"
+ARM_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
+FINGER_JOINTS = ["panda_finger_joint1", "panda_finger_joint2"]
+CAMERA_PARENT_LINK = "panda_hand"
+# Franka's "ready" posture: the arm folded above the table, the hand pointing down.
+READY_ARM_POSITIONS = (0.0, -np.pi / 4, 0.0, -3 * np.pi / 4, 0.0, np.pi / 2, np.pi / 4)
+FINGER_OPEN_M = 0.04
+GROUND_TRUTH_NAME = "ground_truth.json"
+_LIGHT_DIRECTION = (0.4, -0.3, 1.0)
+
+
+def rpy_deg_to_matrix(xyz, rpy_deg) -> np.ndarray:
+    """4x4 from a translation and fixed-axis roll, pitch, yaw in degrees (URDF convention)."""
+    q = pybullet.getQuaternionFromEuler(np.radians(np.asarray(rpy_deg, dtype=np.float64)).tolist())
+    return pose_to_matrix(xyz, q)
+
+
+@dataclass
+class SimConfig:
+    """Everything that shapes the world; every size is a parameter (see config/sim_robot.yaml)."""
+
+    object_source: str = "duck_vhacd.urdf"
+    object_scale: float = 1.0
+    object_rpy_deg: tuple[float, float, float] = (90.0, 0.0, 0.0)  # model axes -> upright on the table
+    object_nominal_xy: tuple[float, float] = (0.45, 0.0)
+    object_random_x_range: tuple[float, float] = (0.35, 0.55)
+    object_random_y_range: tuple[float, float] = (-0.15, 0.15)
+    width: int = 160
+    height: int = 120
+    vertical_fov_deg: float = 50.0
+    clip_near_m: float = 0.02
+    clip_far_m: float = 5.0
+    # Optical frame on the hand: a little behind the fingers' reach, looking along the hand's z.
+    camera_mount_xyz: tuple[float, float, float] = (0.05, 0.0, 0.04)
+    camera_mount_rpy_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    joint_speed_rad_s: float = 1.0
+    ik_position_tolerance_m: float = 0.005
+    ik_rotation_tolerance_deg: float = 2.0
+    table_size_xy: tuple[float, float] = (1.4, 1.6)
+    table_center_xy: tuple[float, float] = (0.35, 0.0)
+    table_thickness_m: float = 0.05
+    table_height_m: float = 0.75  # table top above the floor; the top is at z = 0 (the arm's base)
+    texture_seed: int = 0
+
+    @property
+    def intrinsics(self) -> CameraIntrinsics:
+        return CameraIntrinsics.from_fov(int(self.width), int(self.height), float(self.vertical_fov_deg))
+
+    @property
+    def T_hand_cam(self) -> np.ndarray:
+        return rpy_deg_to_matrix(self.camera_mount_xyz, self.camera_mount_rpy_deg)
+
+
+@dataclass
+class RenderedFrame:
+    """One camera image with the pose it was rendered from (base frame, OpenCV axes)."""
+
+    rgb: np.ndarray          # HxWx3 uint8
+    depth: np.ndarray        # HxW float32 metres along the optical axis, NaN where nothing was hit
+    mask: np.ndarray         # HxW bool, True on the object
+    T_base_cam: np.ndarray   # 4x4 camera-to-base
+    joint_positions: np.ndarray
+
+
+@dataclass
+class IkResult:
+    """Joint positions reaching a camera pose, or why none were found."""
+
+    success: bool
+    message: str
+    joint_positions: np.ndarray  # arm joints; the best attempt when unsuccessful
+    T_base_cam: np.ndarray       # the pose those joints give (FK)
+    position_error_m: float
+    rotation_error_deg: float
+
+
+@dataclass
+class _Motion:
+    start: np.ndarray
+    goal: np.ndarray
+    duration_s: float
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class _IkSettings:
+    pybullet_iterations: int = 200
+    refine_iterations: int = 100
+    damping: float = 1e-3
+    converged_position_m: float = 1e-7
+    converged_rotation_rad: float = 1e-7
+    step_limit_rad: float = 0.3
+    random_restarts: int = 8
+    path_check_step_rad: float = 0.05
+
+
+class SimWorld:
+    """Panda + eye-in-hand camera + table + object in a pybullet DIRECT (headless) world."""
+
+    def __init__(self, config: SimConfig | None = None):
+        self.config = config or SimConfig()
+        self.intrinsics = self.config.intrinsics
+        self.T_hand_cam = self.config.T_hand_cam
+        self._projection = to_gl_list(projection_matrix(
+            self.intrinsics, self.config.clip_near_m, self.config.clip_far_m))
+        self._ik = _IkSettings()
+        self._motion: _Motion | None = None
+        model = resolve_object_model(self.config.object_source, self.config.object_scale)  # fail early
+        self._texture_dir = tempfile.TemporaryDirectory(prefix="nerf_descriptor_sim_")
+        self.bullet = BulletClient(connection_mode=pybullet.DIRECT)
+        try:
+            self.bullet.setAdditionalSearchPath(pybullet_data.getDataPath())
+            self._build_scene()
+            self._load_robot()
+            self.object_model: ObjectModel | None = None
+            self.object_id: int | None = None
+            self.object_seed: int | None = None
+            self.load_object(model)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------------- scene
+    def _build_scene(self) -> None:
+        """Table (top at z = 0, the arm's base) on four legs, over a floor; both textured."""
+        cfg = self.config
+        b = self.bullet
+        half = [cfg.table_size_xy[0] / 2, cfg.table_size_xy[1] / 2, cfg.table_thickness_m / 2]
+        center = [cfg.table_center_xy[0], cfg.table_center_xy[1], -cfg.table_thickness_m / 2]
+        slab_visual = b.createVisualShape(b.GEOM_BOX, halfExtents=[half[0], half[1], half[2] - 5e-4],
+                                          visualFramePosition=[0, 0, -5e-4], rgbaColor=[0.45, 0.35, 0.25, 1])
+        self.table_id = b.createMultiBody(
+            baseMass=0.0, baseCollisionShapeIndex=b.createCollisionShape(b.GEOM_BOX, halfExtents=half),
+            baseVisualShapeIndex=slab_visual, basePosition=center)
+        top = b.createMultiBody(baseMass=0.0, baseVisualShapeIndex=self._quad_visual(half[0], half[1]),
+                                basePosition=[center[0], center[1], 0.0])
+        self._apply_texture(top, (0.75, 0.6, 0.45), cfg.texture_seed)
+        leg_half = [0.03, 0.03, (cfg.table_height_m - cfg.table_thickness_m) / 2]
+        leg_visual = b.createVisualShape(b.GEOM_BOX, halfExtents=leg_half, rgbaColor=[0.35, 0.3, 0.25, 1])
+        for sx in (-1, 1):
+            for sy in (-1, 1):
+                b.createMultiBody(baseMass=0.0, baseVisualShapeIndex=leg_visual, basePosition=[
+                    center[0] + sx * (half[0] - 0.06), center[1] + sy * (half[1] - 0.06),
+                    -cfg.table_thickness_m - leg_half[2]])
+        self.floor_id = b.createMultiBody(
+            baseMass=0.0, baseCollisionShapeIndex=b.createCollisionShape(b.GEOM_PLANE),
+            baseVisualShapeIndex=self._quad_visual(4.0, 4.0), basePosition=[0, 0, -cfg.table_height_m])
+        self._apply_texture(self.floor_id, (0.55, 0.6, 0.65), cfg.texture_seed + 1)
+
+    def _quad_visual(self, half_x: float, half_y: float) -> int:
+        """A horizontal rectangle that carries one whole texture.
+
+        A mesh with explicit UVs, because pybullet's box shapes stretch a texture over several
+        faces and lose its resolution.
+        """
+        corners = [[-half_x, -half_y, 0], [half_x, -half_y, 0], [half_x, half_y, 0], [-half_x, half_y, 0]]
+        return self.bullet.createVisualShape(
+            self.bullet.GEOM_MESH, vertices=corners, indices=[0, 1, 2, 0, 2, 3],
+            uvs=[[0, 0], [1, 0], [1, 1], [0, 1]], normals=[[0, 0, 1]] * 4)
+
+    def _apply_texture(self, body: int, tint, seed: int) -> None:
+        texture = self.bullet.loadTexture(str(self._write_texture(f"texture_{body}.png", tint, seed)))
+        self.bullet.changeVisualShape(body, -1, textureUniqueId=texture, rgbaColor=[1, 1, 1, 1])
+
+    def _write_texture(self, name: str, tint, seed: int) -> Path:
+        """A tinted multi-scale noise texture, so that surfaces have features to match."""
+        rng = np.random.default_rng(seed)
+        size = 1024
+        shade = np.zeros((size, size), dtype=np.float32)
+        for cells, weight in ((8, 0.3), (32, 0.3), (128, 0.25), (512, 0.15)):
+            noise = rng.random((cells, cells)).astype(np.float32)
+            shade += weight * cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)
+        hue = cv2.resize(rng.random((6, 6, 3)).astype(np.float32), (size, size),
+                         interpolation=cv2.INTER_CUBIC)
+        rgb = np.clip((0.8 + 1.2 * (shade[..., None] - 0.5)) * np.asarray(tint, np.float32)
+                      + 0.25 * (hue - 0.5), 0.0, 1.0)
+        path = Path(self._texture_dir.name) / name
+        cv2.imwrite(str(path), cv2.cvtColor((rgb * 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+        return path
+
+    def _load_robot(self) -> None:
+        b = self.bullet
+        self.robot_id = b.loadURDF(PANDA_URDF, basePosition=[0, 0, 0], useFixedBase=True)
+        joints = {}
+        links = {}
+        for j in range(b.getNumJoints(self.robot_id)):
+            info = b.getJointInfo(self.robot_id, j)
+            joints[info[1].decode()] = (j, info[8], info[9])
+            links[info[12].decode()] = j
+        self.joint_names = ARM_JOINTS + FINGER_JOINTS
+        self._arm_indices = [joints[n][0] for n in ARM_JOINTS]
+        self._finger_indices = [joints[n][0] for n in FINGER_JOINTS]
+        self.joint_lower = np.array([joints[n][1] for n in ARM_JOINTS])
+        self.joint_upper = np.array([joints[n][2] for n in ARM_JOINTS])
+        self._hand_link = links[CAMERA_PARENT_LINK]
+        # pybullet's IK and Jacobians work in the link's inertial frame; ours is the URDF frame.
+        position, orientation = b.getDynamicsInfo(self.robot_id, self._hand_link)[3:5]
+        self._T_hand_com = pose_to_matrix(position, orientation)
+        for index in self._finger_indices:
+            b.resetJointState(self.robot_id, index, FINGER_OPEN_M)
+        self.set_joint_positions(np.array(READY_ARM_POSITIONS))
+
+    # ---------------------------------------------------------------- object
+    def load_object(self, model: ObjectModel) -> None:
+        """Replace the object with another model (see :func:`resolve_object_model`), at its nominal pose."""
+        new_id = load_object(self.bullet, model)
+        if self.object_id is not None:
+            self.bullet.removeBody(self.object_id)
+        self.object_model, self.object_id = model, new_id
+        self._object_vertices = collision_vertices(self.bullet, new_id)
+        self.place_object_nominal()
+
+    def _resting_pose(self, x: float, y: float, yaw: float) -> np.ndarray:
+        """Object pose at (x, y) turned by ``yaw`` about z, its lowest point on the table top."""
+        T = rpy_deg_to_matrix([x, y, 0.0], [0.0, 0.0, np.degrees(yaw)]) @ \
+            rpy_deg_to_matrix([0, 0, 0], self.config.object_rpy_deg)
+        T[2, 3] = -transform_points(T, self._object_vertices)[:, 2].min()
+        return T
+
+    def place_object_nominal(self) -> np.ndarray:
+        self.object_seed = None
+        return self.set_object_pose(self._resting_pose(*self.config.object_nominal_xy, 0.0))
+
+    def place_object_random(self, seed: int) -> np.ndarray:
+        """A random position in the configured region and a random yaw; the same for the same seed."""
+        rng = np.random.default_rng(int(seed))
+        x = rng.uniform(*self.config.object_random_x_range)
+        y = rng.uniform(*self.config.object_random_y_range)
+        yaw = rng.uniform(-np.pi, np.pi)
+        T = self.set_object_pose(self._resting_pose(x, y, yaw))
+        self.object_seed = int(seed)
+        return T
+
+    def set_object_pose(self, T_base_object: np.ndarray) -> np.ndarray:
+        """Put the object's model frame exactly at ``T_base_object`` (no settling)."""
+        T = validate_rigid_transform(T_base_object, "object pose")
+        set_body_frame_pose(self.bullet, self.object_id, T)
+        self.object_seed = None
+        return T
+
+    @property
+    def object_pose(self) -> np.ndarray:
+        """``T_base_object`` of the object's model (URDF/mesh) frame."""
+        return body_frame_pose(self.bullet, self.object_id)
+
+    def object_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned bounds (min, max) of the object's collision geometry in the base frame."""
+        points = transform_points(self.object_pose, self._object_vertices)
+        return points.min(axis=0), points.max(axis=0)
+
+    def object_center(self) -> np.ndarray:
+        low, high = self.object_bounds()
+        return (low + high) / 2
+
+    def object_radius(self) -> float:
+        """Radius of the sphere around :meth:`object_center` that holds the whole object."""
+        points = transform_points(self.object_pose, self._object_vertices)
+        return float(np.linalg.norm(points - self.object_center(), axis=1).max())
+
+    # ---------------------------------------------------------------- arm state
+    @property
+    def joint_positions(self) -> np.ndarray:
+        """Arm joints (7) followed by the two finger joints, as in :attr:`joint_names`."""
+        states = self.bullet.getJointStates(self.robot_id, self._arm_indices + self._finger_indices)
+        return np.array([s[0] for s in states])
+
+    @property
+    def arm_positions(self) -> np.ndarray:
+        return self.joint_positions[: len(ARM_JOINTS)]
+
+    def set_joint_positions(self, arm_positions: np.ndarray) -> None:
+        """Teleport the arm joints (fingers unchanged); stops any motion."""
+        self._motion = None
+        self._set_arm(arm_positions)
+
+    def _set_arm(self, arm_positions) -> None:
+        for index, q in zip(self._arm_indices, arm_positions):
+            self.bullet.resetJointState(self.robot_id, index, float(q))
+
+    def hand_pose(self) -> np.ndarray:
+        state = self.bullet.getLinkState(self.robot_id, self._hand_link, computeForwardKinematics=True)
+        return pose_to_matrix(state[4], state[5])
+
+    def camera_pose(self) -> np.ndarray:
+        """``T_base_cam``: forward kinematics of the hand times the camera mount (OpenCV axes)."""
+        return self.hand_pose() @ self.T_hand_cam
+
+    # ---------------------------------------------------------------- rendering
+    def render(self) -> RenderedFrame:
+        """Render RGB, metric depth and the object mask from the current camera pose."""
+        cfg = self.config
+        T_base_cam = self.camera_pose()
+        _, _, rgba, depth_buffer, segmentation = self.bullet.getCameraImage(
+            self.intrinsics.width, self.intrinsics.height,
+            viewMatrix=to_gl_list(view_matrix(T_base_cam)), projectionMatrix=self._projection,
+            renderer=pybullet.ER_TINY_RENDERER, lightDirection=list(_LIGHT_DIRECTION))
+        shape = (self.intrinsics.height, self.intrinsics.width)
+        rgb = np.asarray(rgba, dtype=np.uint8).reshape(*shape, 4)[:, :, :3].copy()
+        depth = depth_buffer_to_metres(np.asarray(depth_buffer).reshape(shape),
+                                       cfg.clip_near_m, cfg.clip_far_m)
+        mask = np.asarray(segmentation).reshape(shape) == self.object_id
+        return RenderedFrame(rgb, depth, mask, T_base_cam, self.joint_positions)
+
+    # ---------------------------------------------------------------- inverse kinematics
+    def solve_camera_ik(self, T_base_cam_target: np.ndarray) -> IkResult:
+        """Arm joints that put the camera at ``T_base_cam_target``, or why not.
+
+        pybullet's null-space IK (joint limits, the ready posture as rest pose) gives a start from the
+        current joints and from the ready posture; damped least squares on the exact camera frame
+        refines each start; forward kinematics verifies the answer against the tolerances and the
+        arm must not go into the table or the object. The arm is left where it was.
+        """
+        T_target = validate_rigid_transform(T_base_cam_target, "camera target pose")
+        saved = self.arm_positions
+        # Fixed extra starts keep the answer deterministic while escaping local minima.
+        restarts = np.random.default_rng(0).uniform(
+            self.joint_lower, self.joint_upper, size=(self._ik.random_restarts, len(ARM_JOINTS)))
+        best = None
+        try:
+            for start in (saved, np.array(READY_ARM_POSITIONS), *restarts):
+                self._set_arm(start)
+                q = self._refine_ik(self._pybullet_ik(T_target), T_target)
+                result = self._check_solution(q, T_target, saved)
+                if result.success:
+                    return result
+                if best is None or _worse(best, result):
+                    best = result
+            return best
+        finally:
+            self._set_arm(saved)
+
+    def _pybullet_ik(self, T_target: np.ndarray) -> np.ndarray:
+        T_com = T_target @ invert(self.T_hand_cam) @ self._T_hand_com
+        position, orientation = matrix_to_pose(T_com)
+        n_fingers = len(self._finger_indices)
+        ranges = self.joint_upper - self.joint_lower
+        q = self.bullet.calculateInverseKinematics(
+            self.robot_id, self._hand_link, position.tolist(), orientation.tolist(),
+            lowerLimits=self.joint_lower.tolist() + [0.0] * n_fingers,
+            upperLimits=self.joint_upper.tolist() + [FINGER_OPEN_M] * n_fingers,
+            jointRanges=ranges.tolist() + [FINGER_OPEN_M] * n_fingers,
+            restPoses=list(READY_ARM_POSITIONS) + [FINGER_OPEN_M] * n_fingers,
+            maxNumIterations=self._ik.pybullet_iterations, residualThreshold=1e-6)
+        return np.clip(np.array(q[: len(ARM_JOINTS)]), self.joint_lower, self.joint_upper)
+
+    def _refine_ik(self, q: np.ndarray, T_target: np.ndarray) -> np.ndarray:
+        """Damped least squares on the camera frame's position and orientation, within joint limits."""
+        settings = self._ik
+        camera_in_com = transform_points(invert(self._T_hand_com), self.T_hand_cam[:3, 3][None])[0]
+        fingers = [FINGER_OPEN_M] * len(self._finger_indices)
+        zeros = [0.0] * (len(ARM_JOINTS) + len(fingers))
+        for _ in range(settings.refine_iterations):
+            self._set_arm(q)
+            T = self.camera_pose()
+            error = np.concatenate([T_target[:3, 3] - T[:3, 3],
+                                    Rotation.from_matrix(T_target[:3, :3] @ T[:3, :3].T).as_rotvec()])
+            if (np.linalg.norm(error[:3]) < settings.converged_position_m
+                    and np.linalg.norm(error[3:]) < settings.converged_rotation_rad):
+                break
+            linear, angular = self.bullet.calculateJacobian(
+                self.robot_id, self._hand_link, camera_in_com.tolist(), q.tolist() + fingers,
+                zeros, zeros)
+            J = np.vstack([np.asarray(linear), np.asarray(angular)])[:, : len(ARM_JOINTS)]
+            step = J.T @ np.linalg.solve(J @ J.T + settings.damping * np.eye(6), error)
+            step *= min(1.0, settings.step_limit_rad / max(np.abs(step).max(), 1e-12))
+            q = np.clip(q + step, self.joint_lower, self.joint_upper)
+        return q
+
+    def _check_solution(self, q: np.ndarray, T_target: np.ndarray, q_from: np.ndarray) -> IkResult:
+        cfg = self.config
+        self._set_arm(q)
+        T = self.camera_pose()
+        position_error, rotation_error = pose_distance(T, T_target)
+        if position_error > cfg.ik_position_tolerance_m or rotation_error > cfg.ik_rotation_tolerance_deg:
+            message = (f"unreachable: the closest arm pose misses by {position_error * 1000:.1f} mm and "
+                       f"{rotation_error:.1f} deg (tolerance {cfg.ik_position_tolerance_m * 1000:.1f} mm, "
+                       f"{cfg.ik_rotation_tolerance_deg:.1f} deg)")
+            return IkResult(False, message, q, T, position_error, rotation_error)
+        collision = self._path_collision(q_from, q)
+        if collision:
+            return IkResult(False, f"unreachable: {collision}", q, T, position_error, rotation_error)
+        return IkResult(True, "reached", q, T, position_error, rotation_error)
+
+    def _path_collision(self, q_from: np.ndarray, q_to: np.ndarray) -> str:
+        """Why the straight joint-space move from ``q_from`` to ``q_to`` is blocked, or ''."""
+        steps = max(1, int(np.ceil(np.abs(q_to - q_from).max() / self._ik.path_check_step_rad)))
+        for s in np.linspace(1.0, 0.0, steps + 1)[:-1]:  # the goal first: the likeliest to collide
+            self._set_arm(q_from + s * (q_to - q_from))
+            hit = self._collision()
+            if hit:
+                where = "at the goal" if s == 1.0 else f"{s:.0%} of the way"
+                return f"the arm would touch the {hit} {where}"
+        return ""
+
+    def _collision(self) -> str:
+        """Name of what the arm (above its base link) penetrates at its current joints, or ''."""
+        for body, name in ((self.table_id, "table"), (self.object_id, "object")):
+            for contact in self.bullet.getClosestPoints(self.robot_id, body, distance=0.0):
+                if contact[3] > 0 and contact[8] < -1e-3:  # linkIndexA, contact distance
+                    return name
+        return ""
+
+    # ---------------------------------------------------------------- motion
+    def start_motion(self, arm_goal: np.ndarray) -> float:
+        """Begin a joint-space move to ``arm_goal``; returns its duration in seconds.
+
+        The profile is a smoothstep whose peak joint speed is the configured joint speed.
+        """
+        start = self.arm_positions
+        goal = np.clip(np.asarray(arm_goal, dtype=np.float64), self.joint_lower, self.joint_upper)
+        duration = 1.5 * float(np.abs(goal - start).max()) / self.config.joint_speed_rad_s
+        self._motion = _Motion(start, goal, duration)
+        return duration
+
+    @property
+    def moving(self) -> bool:
+        return self._motion is not None
+
+    def step_motion(self, dt: float) -> bool:
+        """Advance the current move by ``dt`` seconds; True once the arm is at the goal (or idle)."""
+        motion = self._motion
+        if motion is None:
+            return True
+        motion.elapsed_s += dt
+        s = 1.0 if motion.duration_s <= 0 else min(1.0, motion.elapsed_s / motion.duration_s)
+        blend = s * s * (3.0 - 2.0 * s)
+        self._set_arm(motion.start + blend * (motion.goal - motion.start))
+        if s >= 1.0:
+            self._motion = None
+            return True
+        return False
+
+    def stop_motion(self) -> None:
+        """Stop where the arm is now."""
+        self._motion = None
+
+    # ---------------------------------------------------------------- ground truth
+    def ground_truth(self) -> dict:
+        """What a later evaluation needs to know about the scene, JSON-ready (base frame, metres)."""
+        model = self.object_model
+        T_object = self.object_pose
+        position, orientation = matrix_to_pose(T_object)
+        low, high = self.object_bounds()
+        local = self._object_vertices
+        cfg = self.config
+        return {
+            "object": {
+                "source": model.source, "model_path": str(model.path), "model_kind": model.kind,
+                "name": model.name, "scale": model.scale, "seed": self.object_seed,
+                "T_base_object": T_object.tolist(),
+                "position": position.tolist(), "orientation_xyzw": orientation.tolist(),
+                "bounds_base_min": low.tolist(), "bounds_base_max": high.tolist(),
+                "bounds_object_min": local.min(axis=0).tolist(),
+                "bounds_object_max": local.max(axis=0).tolist(),
+            },
+            "table": {"top_z": 0.0, "height_above_floor": cfg.table_height_m,
+                      "size_xy": list(cfg.table_size_xy), "center_xy": list(cfg.table_center_xy)},
+            "camera": {"parent_link": CAMERA_PARENT_LINK, "T_hand_camera": self.T_hand_cam.tolist(),
+                       "width": self.intrinsics.width, "height": self.intrinsics.height,
+                       "K": self.intrinsics.K.tolist(), "clip_near_m": cfg.clip_near_m,
+                       "clip_far_m": cfg.clip_far_m},
+            "robot": {"urdf": PANDA_URDF, "joint_names": self.joint_names,
+                      "joint_positions": self.joint_positions.tolist()},
+        }
+
+    def save_ground_truth(self, data_root, object_name: str) -> Path:
+        """Write :meth:`ground_truth` to ``<data_root>/<object_name>/ground_truth.json`` atomically."""
+        path = object_dataset_path(data_root, object_name) / GROUND_TRUTH_NAME
+        atomic_write_json(path, self.ground_truth())
+        return path
+
+    def close(self) -> None:
+        if getattr(self, "bullet", None) is not None:
+            try:
+                self.bullet.disconnect()
+            except pybullet.error:
+                pass
+            self.bullet = None
+        self._texture_dir.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _worse(a: IkResult, b: IkResult) -> bool:
+    """True when ``b`` is a better failed attempt than ``a`` (smaller combined error)."""
+    return (b.position_error_m + b.rotation_error_deg / 1000.0) < (a.position_error_m + a.rotation_error_deg / 1000.0)

@@ -1,0 +1,316 @@
+"""The pybullet world without ROS: camera model, IK, motion, view sweep, object placement."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pybullet
+import pybullet_data
+import pytest
+from pybullet_utils.bullet_client import BulletClient
+
+from nerf_descriptor_ros.dataset import DatasetError
+from nerf_descriptor_ros.geometry import (CameraIntrinsics, backproject_depth, invert, look_at,
+                                          pose_distance, pose_to_matrix, project_points,
+                                          transform_points)
+from nerf_descriptor_ros.sim import SimConfig, SimWorld, hemisphere_views
+from nerf_descriptor_ros.sim.camera import (depth_buffer_to_metres, projection_matrix, to_gl_list,
+                                             view_matrix)
+from nerf_descriptor_ros.sim.objects import ObjectModelError
+
+SMALL = dict(width=160, height=120)
+
+
+@pytest.fixture(scope="module")
+def world():
+    with SimWorld(SimConfig(**SMALL)) as w:
+        yield w
+
+
+def _reachable_view(world, azimuth_deg=180.0, elevation_deg=50.0, radius=0.3):
+    return hemisphere_views(world.object_center(), 1, radius, elevation_deg, elevation_deg,
+                            start_azimuth_deg=azimuth_deg)[0]
+
+
+def _move_to(world, T):
+    result = world.solve_camera_ik(T)
+    assert result.success, result.message
+    world.set_joint_positions(result.joint_positions)
+    return result
+
+
+# ------------------------------------------------------------------ camera model
+@pytest.mark.parametrize("width,height,shift", [(160, 120, (0.0, 0.0)), (97, 61, (0.0, 0.0)),
+                                                (320, 240, (9.3, -5.7))])
+def test_rendered_depth_of_a_tilted_plane_matches_the_pinhole_model(width, height, shift):
+    """Every pixel's depth equals the analytic ray-plane intersection through that pixel centre.
+
+    A half-pixel error in the projection would show up as millimetres of depth on a tilted plane.
+    """
+    bullet = BulletClient(connection_mode=pybullet.DIRECT)
+    base = CameraIntrinsics.from_fov(width, height, 55.0)
+    intr = CameraIntrinsics(base.fx, base.fy * 1.05, base.cx + shift[0], base.cy + shift[1], width, height)
+    near, far = 0.02, 5.0
+    q = bullet.getQuaternionFromEuler([0.5, -0.3, 0.2])
+    plane = bullet.createMultiBody(0, -1, bullet.createVisualShape(bullet.GEOM_BOX, halfExtents=[2, 2, 0.001]),
+                                   basePosition=[0, 0, 0], baseOrientation=q)
+    normal = pose_to_matrix([0, 0, 0], q)[:3, 2]
+    point = 0.001 * normal  # on the top face
+    T_cam = look_at([0.3, 0.1, 0.5], [0.0, 0.0, 0.0])
+    _, _, _, buffer, seg = bullet.getCameraImage(
+        width, height, viewMatrix=to_gl_list(view_matrix(T_cam)),
+        projectionMatrix=to_gl_list(projection_matrix(intr, near, far)), renderer=pybullet.ER_TINY_RENDERER)
+    bullet.disconnect()
+    depth = depth_buffer_to_metres(np.asarray(buffer).reshape(height, width), near, far)
+
+    u, v = np.meshgrid(np.arange(width, dtype=float), np.arange(height, dtype=float))
+    rays = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones_like(u)], -1) @ T_cam[:3, :3].T
+    analytic = ((point - T_cam[:3, 3]) @ normal) / (rays @ normal)  # z-depth, since ray z = 1
+    on_plane = (np.asarray(seg).reshape(height, width) == plane) & (analytic > 0) & (analytic < 1.5)
+    assert on_plane.mean() > 0.5
+    error = np.abs(depth - analytic)[on_plane]
+    assert error.max() < 1e-4, f"depth differs from the pinhole model by up to {error.max():.2e} m"
+
+
+def test_a_point_renders_at_the_pixel_project_points_gives():
+    with SimWorld(SimConfig(width=320, height=240)) as w:
+        T_cam = _move_to(w, _reachable_view(w)).T_base_cam
+        w.bullet.removeBody(w.object_id)  # nothing in front of the markers
+        radius = 0.006
+        marker = w.bullet.createVisualShape(w.bullet.GEOM_SPHERE, radius=radius, rgbaColor=[1, 0, 0, 1])
+        rng = np.random.default_rng(3)
+        for _ in range(4):
+            point_cam = np.array([rng.uniform(-0.08, 0.08), rng.uniform(-0.06, 0.06), rng.uniform(0.25, 0.35)])
+            point = transform_points(T_cam, point_cam[None])[0]
+            body = w.bullet.createMultiBody(0, -1, marker, basePosition=point.tolist())
+            _, _, _, _, seg = w.bullet.getCameraImage(
+                320, 240, viewMatrix=to_gl_list(view_matrix(w.camera_pose())),
+                projectionMatrix=w._projection, renderer=pybullet.ER_TINY_RENDERER)
+            w.bullet.removeBody(body)
+            rows, cols = np.nonzero(np.asarray(seg).reshape(240, 320) == body)
+            expected, _ = project_points(point_cam[None], w.intrinsics.K)
+            assert len(rows) > 50
+            assert np.hypot(cols.mean() - expected[0, 0], rows.mean() - expected[0, 1]) < 0.5
+
+
+def test_depth_seen_in_one_view_reprojects_onto_the_same_surface_in_another(world):
+    frames = []
+    for azimuth in (160.0, 215.0):
+        _move_to(world, _reachable_view(world, azimuth, 45.0))
+        frames.append(world.render())
+    a, b = frames
+    K = world.intrinsics.K
+    rows, cols = np.nonzero(a.mask)
+    assert len(rows) > 100
+    points_a = backproject_depth(a.depth, K)[rows, cols]
+    points_base = transform_points(a.T_base_cam, points_a)
+    uv_b, z_b = project_points(transform_points(invert(b.T_base_cam), points_base), K)
+    # b's depth at the projected (sub-pixel) positions, bilinearly interpolated.
+    depth_b = cv2.remap(b.depth, uv_b[:, 0].astype(np.float32)[None], uv_b[:, 1].astype(np.float32)[None],
+                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)[0]
+    visible = np.abs(depth_b - z_b) < 0.005  # the rest is occluded in b or off its image
+    assert visible.mean() > 0.5
+    assert np.median(np.abs(depth_b - z_b)[visible]) < 1e-3
+    # The surface b sees there, carried back into a, lands on the pixel it came from.
+    uv, z = uv_b[visible], depth_b[visible]
+    points_b = np.stack([(uv[:, 0] - K[0, 2]) / K[0, 0] * z, (uv[:, 1] - K[1, 2]) / K[1, 1] * z, z], -1)
+    uv_a, _ = project_points(transform_points(invert(a.T_base_cam) @ b.T_base_cam, points_b), K)
+    pixel_error = np.hypot(uv_a[:, 0] - cols[visible], uv_a[:, 1] - rows[visible])
+    assert np.median(pixel_error) < 0.2
+    assert np.percentile(pixel_error, 95) < 1.0
+    # And it lands on b's object mask (within a pixel).
+    near_mask = cv2.dilate(b.mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    px = np.round(uv).astype(int)
+    assert near_mask[px[:, 1], px[:, 0]].mean() > 0.99
+
+
+def test_render_outputs_and_the_table_plane(world):
+    _move_to(world, _reachable_view(world))
+    frame = world.render()
+    h, w = SMALL["height"], SMALL["width"]
+    assert frame.rgb.shape == (h, w, 3) and frame.rgb.dtype == np.uint8
+    assert frame.depth.shape == (h, w) and frame.depth.dtype == np.float32
+    assert frame.mask.shape == (h, w) and frame.mask.dtype == bool
+    assert 0.01 < frame.mask.mean() < 0.5
+    assert frame.rgb[~frame.mask].std() > 10  # the textured table is not featureless
+    points = transform_points(frame.T_base_cam, backproject_depth(frame.depth, world.intrinsics.K).reshape(-1, 3))
+    on_object = frame.mask.reshape(-1)
+    low, high = world.object_bounds()
+    assert np.all((points[on_object] > low - 2e-3) & (points[on_object] < high + 2e-3))
+    background = points[~on_object]
+    assert np.mean(np.abs(background[:, 2]) < 1e-4) > 0.8  # mostly the table top at z = 0
+
+
+# ------------------------------------------------------------------ IK and motion
+def test_ik_reaches_a_pose_exactly_and_leaves_the_arm_alone(world):
+    T = _reachable_view(world, 200.0, 40.0)
+    before = world.joint_positions
+    result = world.solve_camera_ik(T)
+    assert result.success, result.message
+    assert np.allclose(world.joint_positions, before)
+    world.set_joint_positions(result.joint_positions)
+    position_error, rotation_error = pose_distance(world.camera_pose(), T)
+    assert position_error < 1e-5 and rotation_error < 1e-3
+    assert np.all(result.joint_positions >= world.joint_lower) and np.all(result.joint_positions <= world.joint_upper)
+
+
+def test_ik_reports_unreachable_poses(world):
+    before = world.joint_positions
+    far_away = look_at([2.0, 0.0, 0.5], [3.0, 0.0, 0.0])
+    result = world.solve_camera_ik(far_away)
+    assert not result.success
+    assert "unreachable" in result.message and result.position_error_m > 0.5
+    under_table = look_at([0.5, 0.0, -0.2], [0.5, 0.0, -0.5])
+    result = world.solve_camera_ik(under_table)
+    assert not result.success and "unreachable" in result.message
+    assert np.allclose(world.joint_positions, before)
+
+
+def test_motion_is_speed_limited_and_frames_show_the_arm_moving(world):
+    _move_to(world, _reachable_view(world, 160.0, 55.0))
+    start_pose = world.camera_pose()
+    goal = world.solve_camera_ik(_reachable_view(world, 220.0, 40.0))
+    assert goal.success
+    duration = world.start_motion(goal.joint_positions)
+    dt = 0.02
+    previous = world.arm_positions
+    steps, camera_poses = 0, []
+    while not world.step_motion(dt):
+        q = world.arm_positions
+        assert np.abs(q - previous).max() <= world.config.joint_speed_rad_s * dt * 1.001
+        previous = q
+        steps += 1
+        if steps % 5 == 0:
+            camera_poses.append(world.render().T_base_cam)
+    assert steps == pytest.approx(duration / dt, abs=1.5)
+    assert np.allclose(world.arm_positions, goal.joint_positions)
+    assert pose_distance(world.camera_pose(), goal.T_base_cam)[0] < 1e-9
+    # Intermediate frames lie between the two ends.
+    middle = camera_poses[len(camera_poses) // 2]
+    assert pose_distance(middle, start_pose)[0] > 0.02 and pose_distance(middle, goal.T_base_cam)[0] > 0.02
+    assert not world.moving
+
+
+# ------------------------------------------------------------------ view sweep
+def test_hemisphere_views_cover_the_cap_look_at_the_centre_and_stay_upright():
+    center = np.array([0.45, 0.05, 0.04])
+    views = hemisphere_views(center, 40, 0.3, 25.0, 70.0)
+    assert len(views) == 40
+    for T in views:
+        offset = T[:3, 3] - center
+        assert np.linalg.norm(offset) == pytest.approx(0.3)
+        assert 25.0 - 1e-6 <= np.degrees(np.arcsin(offset[2] / 0.3)) <= 70.0 + 1e-6
+        assert np.allclose(T[:3, 2], -offset / 0.3)  # optical axis through the centre
+        assert abs(T[2, 0]) < 1e-9  # image x horizontal: no roll
+        assert T[2, 1] < 0  # image y points down in the world
+    positions = np.array([T[:3, 3] for T in views])
+    azimuths = np.degrees(np.arctan2(positions[:, 1] - center[1], positions[:, 0] - center[0]))
+    assert np.ptp(azimuths) > 300  # all the way round
+    travel = np.linalg.norm(np.diff(positions, axis=0), axis=1).sum()
+    rng = np.random.default_rng(0)
+    shuffled = [np.linalg.norm(np.diff(rng.permutation(positions), axis=0), axis=1).sum() for _ in range(20)]
+    assert travel < 0.5 * np.mean(shuffled)
+    assert len({tuple(np.round(p, 6)) for p in positions}) == 40  # no duplicates
+
+
+def test_hemisphere_views_partial_span_and_bad_input():
+    views = hemisphere_views([0, 0, 0], 9, 0.5, 30.0, 30.0, start_azimuth_deg=180.0, azimuth_span_deg=90.0)
+    azimuths = [np.degrees(np.arctan2(T[1, 3], T[0, 3])) % 360 for T in views]
+    assert len(views) == 9 and all(135.0 <= a <= 225.0 for a in azimuths)
+    for bad in (dict(num_views=0), dict(radius=-1.0), dict(min_elevation_deg=60.0, max_elevation_deg=30.0),
+                dict(max_elevation_deg=90.0)):
+        args = dict(center=[0, 0, 0], num_views=5, radius=0.3, min_elevation_deg=20.0, max_elevation_deg=60.0)
+        args.update(bad)
+        with pytest.raises(ValueError):
+            hemisphere_views(**args)
+
+
+def test_most_of_the_default_sweep_is_reachable(world):
+    world.place_object_nominal()
+    views = hemisphere_views(world.object_center(), 24, 0.3, 25.0, 70.0)
+    reached = 0
+    for T in views:
+        result = world.solve_camera_ik(T)
+        if result.success:
+            reached += 1
+            world.set_joint_positions(result.joint_positions)
+    assert reached >= 0.8 * len(views)
+
+
+# ------------------------------------------------------------------ object placement and sources
+def test_seeded_placement_is_deterministic_on_the_table_and_in_the_region(world):
+    poses = {}
+    for seed in (1, 2, 1, 7):
+        T = world.place_object_random(seed)
+        assert world.object_seed == seed
+        low, high = world.object_bounds()
+        assert low[2] == pytest.approx(0.0, abs=1e-6)  # resting on the table top
+        x_range, y_range = world.config.object_random_x_range, world.config.object_random_y_range
+        assert x_range[0] <= T[0, 3] <= x_range[1] and y_range[0] <= T[1, 3] <= y_range[1]
+        if seed in poses:
+            assert np.allclose(poses[seed], T)
+        poses[seed] = T
+    assert not np.allclose(poses[1], poses[2]) and not np.allclose(poses[2], poses[7])
+    assert np.allclose(world.object_pose, poses[7])
+    world.place_object_nominal()
+    assert world.object_seed is None
+
+
+def test_explicit_object_pose_is_kept_exactly(world):
+    T = pose_to_matrix([0.42, -0.07, 0.1], [0.1, 0.2, 0.3, 0.9])
+    world.set_object_pose(T)
+    assert np.allclose(world.object_pose, T, atol=1e-9)
+    T[0, 3] = np.nan
+    with pytest.raises(ValueError):
+        world.set_object_pose(T)
+    world.place_object_nominal()
+
+
+@pytest.mark.parametrize("source,scale", [
+    ("objects/mug.urdf", 1.0),
+    ("random_urdfs/000/000.urdf", 1.0),
+    ("teddy_vhacd.urdf", 1.0),
+    (str(Path(pybullet_data.getDataPath()) / "torus" / "torus_textured.obj"), 0.05),
+    ("l_finger.stl", 1.0),
+])
+def test_object_sources_load_rest_on_the_table_and_show_in_the_mask(source, scale):
+    with SimWorld(SimConfig(object_source=source, object_scale=scale, object_rpy_deg=(0, 0, 0),
+                            **SMALL)) as w:
+        assert w.object_model.path.is_file()
+        low, high = w.object_bounds()
+        assert low[2] == pytest.approx(0.0, abs=1e-6)
+        assert 0.005 < w.object_radius() < 0.5
+        radius = max(0.25, 4 * w.object_radius())
+        _move_to(w, _reachable_view(w, radius=radius))
+        assert w.render().mask.sum() > 20
+
+
+def test_scale_scales_the_object(world):
+    size = np.subtract(*world.object_bounds()[::-1])
+    with SimWorld(SimConfig(object_scale=2.0, **SMALL)) as big:
+        assert np.allclose(np.subtract(*big.object_bounds()[::-1]), 2 * size, rtol=1e-3)
+
+
+@pytest.mark.parametrize("source", ["no_such_object.urdf", "duck.dae", "", "/nonexistent/model.obj"])
+def test_bad_object_sources_are_refused_with_a_clear_error(source):
+    with pytest.raises(ObjectModelError):
+        SimWorld(SimConfig(object_source=source, **SMALL))
+
+
+# ------------------------------------------------------------------ ground truth
+def test_ground_truth_is_written_atomically_under_a_safe_name(world, tmp_path):
+    world.place_object_random(5)
+    path = world.save_ground_truth(tmp_path, "duck-5")
+    assert path == (tmp_path / "duck-5" / "ground_truth.json").resolve()
+    truth = json.loads(path.read_text())
+    assert np.allclose(truth["object"]["T_base_object"], world.object_pose)
+    assert truth["object"]["seed"] == 5 and truth["object"]["source"] == "duck_vhacd.urdf"
+    assert truth["object"]["scale"] == 1.0 and Path(truth["object"]["model_path"]).is_file()
+    assert truth["table"]["top_z"] == 0.0
+    assert np.allclose(truth["camera"]["T_hand_camera"], world.T_hand_cam)
+    assert np.allclose(truth["camera"]["K"], world.intrinsics.K)
+    assert [p.name for p in path.parent.iterdir()] == ["ground_truth.json"]  # no temporary left
+    for bad in ("../escape", "a/b", "", ".hidden"):
+        with pytest.raises(DatasetError):
+            world.save_ground_truth(tmp_path, bad)
+    world.place_object_nominal()
