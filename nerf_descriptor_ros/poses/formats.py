@@ -110,9 +110,12 @@ def read_rgb(path: Path, background: str = "white") -> tuple[np.ndarray, np.ndar
 
 
 def write_dataset(dest, frames: list[SourceFrame], metadata: dict, background: str = "white",
-                  report: ProgressCallback | None = None,
+                  extra_files: tuple[Path, ...] = (), report: ProgressCallback | None = None,
                   cancel: threading.Event | None = None) -> Dataset:
-    """Write ``frames`` as a new dataset at ``dest`` (which must not exist) and load it."""
+    """Write ``frames`` (and copies of ``extra_files``) as a new dataset at ``dest``, then load it.
+
+    ``dest`` must not exist; it appears only once complete.
+    """
     if not frames:
         raise DatasetError("no frames to write")
     missing = [str(f.image_path) for f in frames if not f.image_path.is_file()]
@@ -152,6 +155,8 @@ def write_dataset(dest, frames: list[SourceFrame], metadata: dict, background: s
             writer.add_frame(rgb, frame.c2w, frame.intrinsics, depth_m=depth, mask=mask)
             if report:
                 report(ProgressReport("import", position + 1, len(frames)))
+        for path in extra_files:
+            shutil.copyfile(path, staging / path.name)
     return Dataset.load(dest)
 
 
@@ -383,7 +388,7 @@ def import_transforms(src, dest, background: str = "white", report: ProgressCall
     metadata = {"source": {"format": "nerfstudio", "path": str(src)}}
     if any(splits):
         metadata["source_split"] = splits
-    return write_dataset(dest, frames, metadata, background, report, cancel)
+    return write_dataset(dest, frames, metadata, background, report=report, cancel=cancel)
 
 
 def _transforms_frame(root: Path, manifest: dict, entry: dict) -> SourceFrame:

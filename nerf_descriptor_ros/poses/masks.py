@@ -2,8 +2,8 @@
 
 A mask file belongs to the image with the same name, the same stem with any image suffix, or
 COLMAP's ``<image name>.png``; non-zero (> 127) pixels are the object. Masks and poses check each
-other: the visual hull carved from all masks, projected back into every view, must cover that
-view's mask. A view whose mask and projected hull disagree has a wrong pose or a wrong mask.
+other: the visual hull carved from the other views' masks contains the object, so projected into a
+view it must cover that view's mask. A view whose mask sticks out of it has a wrong pose or mask.
 """
 from __future__ import annotations
 
@@ -87,33 +87,34 @@ def attach_masks(dataset_path, mask_dir, report: ProgressCallback | None = None,
 
 @dataclass
 class MaskConsistency:
-    """Per-frame agreement between each mask and the visual hull of all the others."""
+    """Per frame, how much of its mask the other frames' masks and poses explain."""
 
-    iou: dict[int, float]            # frame position -> IoU(mask, projected hull)
+    coverage: dict[int, float]       # frame position -> fraction of its mask inside the others' hull
     empty: list[int]                 # frames whose mask has no object pixel
-    inconsistent: list[int]          # frames below ``min_iou``: wrong pose or wrong mask
-    min_iou: float
-    hull_voxels: int
+    inconsistent: list[int]          # frames below ``min_coverage``: wrong pose or wrong mask
+    min_coverage: float
 
     def summary(self) -> str:
-        values = np.array(list(self.iou.values())) if self.iou else np.array([np.nan])
-        text = (f"mask/pose consistency: median IoU {np.nanmedian(values):.2f} over {len(self.iou)} "
-                f"frames (hull of {self.hull_voxels} voxels)")
+        values = list(self.coverage.values()) or [float("nan")]
+        text = (f"mask/pose consistency: the other frames explain a median {100 * np.median(values):.0f}% "
+                f"(min {100 * min(values):.0f}%) of each frame's mask")
         if self.empty:
             text += f"; empty masks in frames {self.empty}"
         if self.inconsistent:
-            text += (f"; frames {self.inconsistent} disagree with the others (IoU < "
-                     f"{self.min_iou}): check their poses and masks")
+            text += (f"; frames {self.inconsistent} disagree with the others (below "
+                     f"{100 * self.min_coverage:.0f}%): check their poses and masks")
         return text
 
 
-def check_mask_consistency(dataset: Dataset, min_iou: float = 0.7, resolution: int = 64,
-                           outlier_views: float = 0.1,
+def check_mask_consistency(dataset: Dataset, min_coverage: float = 0.9, resolution: int = 64,
+                           outlier_views: float = 0.25,
                            cancel: threading.Event | None = None) -> MaskConsistency:
-    """Carve a visual hull that tolerates ``outlier_views`` of bad views, then score each view.
+    """Score each frame's mask against the visual hull carved by all the other frames.
 
-    A voxel stays in the hull when at most ``outlier_views`` of the views that see it put it
-    outside their mask, so one wrong view neither carves the hull nor hides its own error.
+    The hull of the others contains the object, so a right pose and mask is covered by its
+    projection whatever the views; a wrong one sticks out. A voxel stays in a hull while at most
+    one view or ``outlier_views`` of the views that see it (whichever is more) put it outside
+    their mask, so a few bad frames cannot carve the hull the others are scored against.
     """
     if not dataset.has_masks:
         raise DatasetError(f"{dataset.root} has no masks to check")
@@ -124,26 +125,35 @@ def check_mask_consistency(dataset: Dataset, min_iou: float = 0.7, resolution: i
         raise DatasetError(f"only {len(views)} frames have a non-empty mask; need 3 to check "
                            "masks against poses")
     lo, hi = _camera_region(dataset)
-    hull = None
-    for _ in range(3):  # coarse to fine: each pass shrinks the box to the hull found
+    for size in (resolution // 2, resolution // 2, resolution):  # coarse to fine, shrinking the box
         check_cancelled(cancel)
-        axes = [np.linspace(lo[k], hi[k], resolution) for k in range(3)]
+        axes = [np.linspace(lo[k], hi[k], size) for k in range(3)]
         grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-        voxel = float(np.max((hi - lo) / (resolution - 1)))
-        inside, seen = np.zeros(len(grid), int), np.zeros(len(grid), int)
+        voxel = float(np.max((hi - lo) / (size - 1)))
+        seen, outside, per_view = np.zeros(len(grid), int), np.zeros(len(grid), int), {}
         for i in views:
             in_frame, in_mask = _project_into_mask(dataset.frames[i], masks[i], grid)
             seen += in_frame
-            inside += in_mask
-        keep = (seen >= max(3, len(views) // 2)) & (seen - inside <= outlier_views * seen)
-        if not keep.any():
+            outside += in_frame & ~in_mask
+            per_view[i] = (np.packbits(in_frame), np.packbits(in_frame & ~in_mask))
+        hull = _hull(seen, outside, len(views), outlier_views)
+        if not hull.any():
             raise DatasetError("the masks agree on no common object region: the masks or poses "
                                "are wrong (or the masks are inverted: object must be white)")
-        hull = grid[keep]
-        lo, hi = hull.min(0) - 2 * voxel, hull.max(0) + 2 * voxel
-    iou = {i: _silhouette_iou(dataset.frames[i], masks[i], hull, voxel) for i in views}
-    inconsistent = [i for i, v in iou.items() if v < min_iou]
-    return MaskConsistency(iou, empty, inconsistent, min_iou, len(hull))
+        lo, hi = grid[hull].min(0) - 2 * voxel, grid[hull].max(0) + 2 * voxel
+    coverage = {}
+    for i in views:
+        check_cancelled(cancel)
+        in_frame, out_of_mask = (np.unpackbits(bits, count=len(grid)) for bits in per_view[i])
+        others = _hull(seen - in_frame, outside - out_of_mask, len(views) - 1, outlier_views)
+        silhouette = _silhouette(dataset.frames[i], masks[i].shape, grid[others], voxel)
+        coverage[i] = float(np.count_nonzero(silhouette & masks[i]) / np.count_nonzero(masks[i]))
+    inconsistent = [i for i, v in coverage.items() if v < min_coverage]
+    return MaskConsistency(coverage, empty, inconsistent, min_coverage)
+
+
+def _hull(seen: np.ndarray, outside: np.ndarray, num_views: int, outlier_views: float) -> np.ndarray:
+    return (seen >= max(2, num_views // 2)) & (outside <= np.maximum(1, outlier_views * seen))
 
 
 def _camera_region(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -170,18 +180,16 @@ def _project_into_mask(frame, mask: np.ndarray, points: np.ndarray):
     return in_frame, in_mask
 
 
-def _silhouette_iou(frame, mask: np.ndarray, hull: np.ndarray, voxel: float) -> float:
-    """IoU of ``mask`` and the hull's silhouette (voxel centres dilated by a voxel's projected size)."""
-    uv, z = project_points(transform_points(invert(frame.c2w), hull), frame.intrinsics.K)
-    h, w = mask.shape
+def _silhouette(frame, shape: tuple[int, int], points: np.ndarray, voxel: float) -> np.ndarray:
+    """Where ``points`` (voxel centres) project, each dilated by a voxel's projected size."""
+    uv, z = project_points(transform_points(invert(frame.c2w), points), frame.intrinsics.K)
+    h, w = shape
     u, v = np.round(uv[:, 0]).astype(int), np.round(uv[:, 1]).astype(int)
     ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    silhouette = np.zeros(mask.shape, np.uint8)
+    silhouette = np.zeros(shape, np.uint8)
     silhouette[v[ok], u[ok]] = 1
     if ok.any():
         radius = int(np.ceil(np.clip(0.5 * voxel * frame.intrinsics.fx / z[ok].min(), 0.5, 50)))
         disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
         silhouette = cv2.dilate(silhouette, disc)
-    sil = silhouette.astype(bool)
-    union = np.count_nonzero(sil | mask)
-    return float(np.count_nonzero(sil & mask) / union) if union else 1.0
+    return silhouette.astype(bool)
