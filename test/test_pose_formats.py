@@ -348,3 +348,20 @@ def test_attach_masks_writes_only_when_every_mask_is_there(tmp_path):
     assert not updated.frames[2].load_mask().any()
     with pytest.raises(DatasetError, match="already has masks"):
         attach_masks(ds.root, tmp_path / "sam")
+
+
+def test_command_line_import_export_and_option_checks(tmp_path, capsys):
+    from nerf_descriptor_ros.cli import main
+
+    _write_llff(tmp_path / "llff", _poses(3), np.tile([H, W, 40.0], (3, 1)), np.tile([0.1, 1.0], (3, 1)),
+                _images(3))
+    assert main(["import", "llff", str(tmp_path / "llff"), str(tmp_path / "ds")]) == 0
+    assert "3 frames in" in capsys.readouterr().out
+    assert main(["export", "llff", str(tmp_path / "ds"), str(tmp_path / "again")]) == 0
+    assert np.array_equal(np.load(tmp_path / "again" / formats.LLFF_FILE),
+                          np.load(tmp_path / "llff" / formats.LLFF_FILE))
+    assert main(["export", "colmap", str(tmp_path / "ds"), str(tmp_path / "ds")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "colmap", str(tmp_path / "ds"), str(tmp_path / "c"), "--bounds", "1", "2"])
+    assert "--bounds applies to llff only" in capsys.readouterr().err

@@ -177,6 +177,18 @@ def test_align_to_noisy_arm_poses_reports_the_noise_and_writes_metric_poses(scen
     assert any("wrote 10 frames" in line for line in result.summary_lines())
 
 
+def test_poses_command_prints_the_report(scene, tmp_path, capsys):
+    from nerf_descriptor_ros.cli import main
+
+    dataset = scene[0]
+    assert main(["poses", str(dataset.root), "--align", "--threads", "2", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "registered 10/10 frames" in out and "aligned to the arm poses" in out
+    assert len(Dataset.load(tmp_path / "out")) == 10
+    assert main(["poses", str(tmp_path / "missing")]) == 2
+    assert "neither a dataset nor a folder of images" in capsys.readouterr().err
+
+
 def test_refine_corrects_a_wrong_focal_length_and_says_how_far_it_moved(scene, tmp_path):
     dataset, truth, _ = scene
     wrong = CameraIntrinsics(INTR.fx * 1.04, INTR.fy * 1.04, INTR.cx, INTR.cy, INTR.width, INTR.height)

@@ -1,0 +1,93 @@
+"""`nerf-descriptor import` / `export`: datasets in the pose formats other pipelines use.
+
+import FORMAT SRC DEST   writes a new dataset DEST from
+    llff        poses_bounds.npy + images/ (--images images_4 for a downsampled folder)
+    nerfstudio  transforms.json of nerfstudio or instant-ngp, or a Blender synthetic folder
+                (transforms_train/val/test.json, RGBA composited over --background)
+    colmap      a COLMAP sparse model folder or project (sparse/0 + images/; --images DIR)
+    masks       SRC = a folder of object masks (any segmentation tool; same names as the
+                images), DEST = an existing dataset without masks: the one import that changes
+                a dataset, by adding masks/ and naming them in its manifest
+  A masks/ folder next to the source images comes along; masks are checked against the poses.
+
+export FORMAT DATASET DEST   writes DEST (a new folder) as
+    llff        poses_bounds.npy + images/ (+ masks/); bounds from the dataset, its depth or --bounds
+    nerfstudio  a plain nerfstudio transforms.json + files
+    colmap      images/ + sparse/0 (cameras and poses, no points: for point_triangulator)
+"""
+from __future__ import annotations
+
+import argparse
+
+_DESCRIPTION = __doc__
+
+
+def register(subparsers) -> None:
+    imp = subparsers.add_parser("import", help="import LLFF, nerfstudio/instant-ngp/Blender, COLMAP "
+                                "or masks", description=_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("format", choices=["llff", "nerfstudio", "colmap", "masks"])
+    imp.add_argument("src")
+    imp.add_argument("dest")
+    imp.add_argument("--images", help="llff: image subfolder (default images); colmap: image folder")
+    imp.add_argument("--background", choices=["white", "black"],
+                     help="nerfstudio: background for transparent images (default white)")
+    imp.set_defaults(func=run_import, parser=imp)
+
+    exp = subparsers.add_parser("export", help="export a dataset to LLFF, nerfstudio or COLMAP",
+                                description=_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    exp.add_argument("format", choices=["llff", "nerfstudio", "colmap"])
+    exp.add_argument("dataset")
+    exp.add_argument("dest")
+    exp.add_argument("--bounds", nargs=2, type=float, metavar=("NEAR", "FAR"),
+                     help="llff: near/far for every image when the dataset has no depth or bounds")
+    exp.add_argument("--max-pixel-shift", type=float,
+                     help="llff: accept a camera LLFF cannot hold exactly if no pixel moves more "
+                          "than this (default 0.5)")
+    exp.set_defaults(func=run_export, parser=exp)
+
+
+def _refuse_foreign_options(args, allowed: dict[str, tuple[str, ...]]) -> dict:
+    """Options given for the chosen format as keyword arguments; an option for another one is an error."""
+    kwargs = {}
+    for option, formats in allowed.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if args.format not in formats:
+            args.parser.error(f"--{option.replace('_', '-')} applies to {', '.join(formats)} only")
+        kwargs[option] = tuple(value) if isinstance(value, list) else value
+    return kwargs
+
+
+def run_import(args) -> int:
+    from ..poses.formats import IMPORTERS
+    from ..dataset import DatasetError
+    from ..poses.masks import attach_masks, check_mask_consistency
+    from .progress_bars import ProgressBars
+
+    kwargs = _refuse_foreign_options(args, {"images": ("llff", "colmap"), "background": ("nerfstudio",)})
+    with ProgressBars() as bars:
+        if args.format == "masks":
+            dataset = attach_masks(args.dest, args.src, report=bars.update)
+        else:
+            dataset = IMPORTERS[args.format](args.src, args.dest, report=bars.update, **kwargs)
+    print(f"{len(dataset)} frames in {dataset.root}")
+    if dataset.has_masks and len(dataset) >= 3:
+        try:
+            print(check_mask_consistency(dataset).summary())
+        except DatasetError as exc:  # the import itself succeeded
+            print(f"warning: {exc}")
+    return 0
+
+
+def run_export(args) -> int:
+    from ..poses.formats import EXPORTERS
+    from .progress_bars import ProgressBars
+
+    kwargs = _refuse_foreign_options(args, {"bounds": ("llff",), "max_pixel_shift": ("llff",)})
+    with ProgressBars() as bars:
+        dest = EXPORTERS[args.format](args.dataset, args.dest, report=bars.update, **kwargs)
+    print(f"wrote {args.format} to {dest}")
+    return 0
