@@ -10,6 +10,8 @@ from .errors import NerfDescriptorError
 # Modules under nerf_descriptor_ros.commands, each exposing register(subparsers).
 COMMANDS = [
     "demo",
+    "train_descriptors",
+    "evaluate",
     "poses",
     "convert",
 ]

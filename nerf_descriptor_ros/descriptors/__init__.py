@@ -1,0 +1,1 @@
+"""Dense descriptors: network, loss, augmentation, training, export and loading."""

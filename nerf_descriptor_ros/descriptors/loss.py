@@ -1,0 +1,107 @@
+"""Training losses on pixel correspondences between two descriptor images.
+
+* :func:`pixelwise_contrastive_loss` is the loss of Dense Object Nets (Florence et al. 2018):
+  matching pixels are pulled together (squared L2), non-matching ones pushed at least ``margin``
+  apart with a squared hinge, averaged over the "hard" non-matches only (those still inside the
+  margin) so that the many easy ones do not dilute the gradient.
+* :func:`distributional_loss` (Florence 2019, "Self-supervised correspondence in visuomotor policy
+  learning") treats the match of a pixel as a distribution over the whole other image,
+  ``softmax(-|d_a - d_b(u)|^2)``, and fits it to a narrow Gaussian around the true match; it
+  optimises the arg-min match that evaluation measures directly.
+
+Pixel coordinates are (u, v) = (column, row) floats with pixel centres at integers; descriptors
+at non-integer positions are interpolated bilinearly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def sample_descriptors(descriptors: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """(D, H, W) descriptor image and (N, 2) pixel coordinates -> (N, D), bilinear."""
+    d, h, w = descriptors.shape
+    grid = torch.empty((1, 1, uv.shape[0], 2), dtype=descriptors.dtype, device=descriptors.device)
+    grid[0, 0, :, 0] = uv[:, 0] * (2.0 / max(w - 1, 1)) - 1.0
+    grid[0, 0, :, 1] = uv[:, 1] * (2.0 / max(h - 1, 1)) - 1.0
+    out = F.grid_sample(descriptors[None], grid, mode="bilinear", padding_mode="border",
+                        align_corners=True)
+    return out[0, :, 0, :].T
+
+
+def _hard_negative_hinge(desc_a: torch.Tensor, desc_b: torch.Tensor, margin: float):
+    """Sum of squared hinges over non-matches, divided by how many are inside the margin."""
+    if desc_a.shape[0] == 0:
+        return desc_a.new_zeros(()), 0
+    distance = (desc_a - desc_b).norm(dim=1)
+    hinge = (margin - distance).clamp(min=0.0)
+    hard = int((hinge > 0).sum())
+    return hinge.square().sum() / max(hard, 1), hard
+
+
+@dataclass
+class CorrespondenceBatch:
+    """Pixel pairs for one image pair: matches and the two kinds of non-matches, (N, 2) each."""
+
+    match_a: torch.Tensor
+    match_b: torch.Tensor
+    nonmatch_a: torch.Tensor           # object pixel in A vs. an object pixel in B that is not its match
+    nonmatch_b: torch.Tensor
+    background_a: torch.Tensor         # object pixel in A vs. a background pixel in B
+    background_b: torch.Tensor
+
+
+def pixelwise_contrastive_loss(desc_a: torch.Tensor, desc_b: torch.Tensor,
+                               batch: CorrespondenceBatch, margin: float = 0.5,
+                               background_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """DON's loss for one image pair; returns (loss, stats)."""
+    if batch.match_a.shape[0] == 0:
+        raise ValueError("no matches in this image pair: the contrastive loss needs at least one")
+    da = sample_descriptors(desc_a, batch.match_a)
+    db = sample_descriptors(desc_b, batch.match_b)
+    match_loss = (da - db).square().sum(dim=1).mean()
+    nonmatch_loss, hard_object = _hard_negative_hinge(
+        sample_descriptors(desc_a, batch.nonmatch_a), sample_descriptors(desc_b, batch.nonmatch_b),
+        margin)
+    background_loss, hard_background = _hard_negative_hinge(
+        sample_descriptors(desc_a, batch.background_a),
+        sample_descriptors(desc_b, batch.background_b), margin)
+    loss = match_loss + nonmatch_loss + background_weight * background_loss
+    stats = {"match": match_loss.item(), "nonmatch": nonmatch_loss.item(),
+             "background": background_loss.item(), "hard_object": hard_object,
+             "hard_background": hard_background}
+    return loss, stats
+
+
+def distributional_loss(desc_a: torch.Tensor, desc_b: torch.Tensor, match_a: torch.Tensor,
+                        match_b: torch.Tensor, sigma_px: float = 1.0) -> torch.Tensor:
+    """Mean KL(target || predicted) of each match's distribution over all pixels of B.
+
+    The prediction is ``softmax(-|d_a - d_b(u)|^2)`` over every pixel u of image B; the target a
+    Gaussian of ``sigma_px`` pixels around the true (sub-pixel) match, cut off at 3 sigma and
+    normalised over the pixels inside image B.
+    """
+    if match_a.shape[0] == 0:
+        raise ValueError("no matches in this image pair: the distributional loss needs at least one")
+    d, h, w = desc_b.shape
+    da = sample_descriptors(desc_a, match_a)                       # (N, D)
+    flat_b = desc_b.reshape(d, h * w)                               # (D, HW)
+    sq_dist = (da.square().sum(1, keepdim=True) - 2.0 * da @ flat_b
+               + flat_b.square().sum(0, keepdim=True))              # (N, HW)
+    log_normaliser = torch.logsumexp(-sq_dist, dim=1)               # (N,)
+
+    radius = max(1, int(np.ceil(3.0 * sigma_px)))
+    steps = torch.arange(-radius, radius + 1, device=desc_b.device)
+    offsets = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1).reshape(-1, 2)  # (K, 2) u, v
+    pixels = torch.round(match_b).long()[:, None, :] + offsets[None]                      # (N, K, 2)
+    inside = ((pixels[..., 0] >= 0) & (pixels[..., 0] < w) & (pixels[..., 1] >= 0) & (pixels[..., 1] < h))
+    pixel_sq = (pixels.to(match_b.dtype) - match_b[:, None, :]).square().sum(-1)
+    target = torch.where(inside, torch.exp(-pixel_sq / (2.0 * sigma_px ** 2)), torch.zeros_like(pixel_sq))
+    target = target / target.sum(1, keepdim=True).clamp(min=1e-12)
+    flat_index = (pixels[..., 1].clamp(0, h - 1) * w + pixels[..., 0].clamp(0, w - 1))
+    cross_entropy = (target * sq_dist.gather(1, flat_index)).sum(1) + log_normaliser
+    entropy = -(target * torch.log(target.clamp(min=1e-30))).sum(1)
+    return (cross_entropy - entropy).mean()

@@ -1,0 +1,290 @@
+"""Training a Dense Object Net on cached correspondences (the "descriptors" stage).
+
+Each step draws image pairs that overlap, fresh correspondences for them from the cached depth
+(in ``density_field`` mode a new depth sample per pixel every time, as NeRF-Supervision does),
+object and background non-matches, augments both images, and minimises the pixelwise contrastive
+loss and/or the distributional loss. Checkpoints are written atomically every few hundred steps,
+so a killed run resumes; randomness is derived from (seed, step), so a resumed run continues as
+the uninterrupted one would.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+
+from ..correspondences import MODES, CorrespondenceCache, CorrespondenceError, find_correspondences
+from ..dataset import Dataset, atomic_write_bytes
+from ..errors import NerfDescriptorError
+from ..progress import ProgressCallback, ProgressReport, check_cancelled
+from .augmentation import (AugmentationConfig, in_bounds, photometric, random_similarity,
+                           warp_image, warp_points)
+from .loss import CorrespondenceBatch, distributional_loss, pixelwise_contrastive_loss
+from .model import IMAGENET_NORMALISATION
+from .network import DescriptorConfigError, DescriptorNet, load_imagenet_weights
+
+LOSSES = ("contrastive", "distributional", "both")
+CHECKPOINT_NAME = "training_checkpoint.pt"
+
+
+class TrainingError(NerfDescriptorError):
+    """Descriptor training that cannot start or continue as configured."""
+
+
+@dataclass
+class TrainingConfig:
+    descriptor_dim: int = 16
+    backbone: str = "resnet18"
+    decoder_channels: int = 128
+    mode: str = "density_field"          # how correspondences are drawn: depth_map | density_field
+    loss: str = "both"                   # contrastive | distributional | both
+    iterations: int = 1500
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4
+    pairs_per_step: int = 2
+    matches_per_pair: int = 256
+    nonmatches_per_match: int = 4        # object non-matches, and as many background ones
+    nonmatch_min_distance_px: float = 3.0
+    margin: float = 0.5
+    background_weight: float = 1.0
+    distributional_sigma_px: float = 1.0
+    distributional_weight: float = 1.0
+    min_matches: int = 20                # a drawn pair with fewer matches is replaced by another
+    checkpoint_every: int = 200
+    seed: int = 0
+    imagenet_weights: Optional[str] = None  # a local ResNet state dict; never downloaded
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise TrainingError(f"mode {self.mode!r} unknown; choose one of {MODES}")
+        if self.loss not in LOSSES:
+            raise TrainingError(f"loss {self.loss!r} unknown; choose one of {LOSSES}")
+        if not isinstance(self.descriptor_dim, int) or self.descriptor_dim < 1:
+            raise TrainingError(f"descriptor_dim must be a positive integer, got {self.descriptor_dim!r}")
+        if self.iterations < 1 or self.pairs_per_step < 1 or self.matches_per_pair < 1:
+            raise TrainingError("iterations, pairs_per_step and matches_per_pair must be positive")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingConfig":
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TrainingError(f"unknown descriptor training settings {unknown}; known: {sorted(known)}")
+        augmentation = values.pop("augmentation", {})
+        if isinstance(augmentation, dict):
+            augmentation = AugmentationConfig(**augmentation)
+        return cls(augmentation=augmentation, **values)
+
+
+@dataclass
+class TrainingResult:
+    net: DescriptorNet
+    input_size: tuple[int, int]
+    checkpoint: Path
+    stats: dict
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {device!r} asked for but CUDA is not available")
+    return torch.device(device)
+
+
+class PairSampler:
+    """Draws augmented training pairs with their matches and non-matches from the cache."""
+
+    def __init__(self, cache: CorrespondenceCache, dataset: Dataset, config: TrainingConfig):
+        self.cache, self.config = cache, config
+        self.pairs = cache.pairs
+        self.matching = cache.matching
+        by_index = {f.index: f for f in dataset.frames}
+        self.images = {}
+        for index, view in cache.views.items():
+            if index not in by_index:
+                raise CorrespondenceError(f"cached view {index} is not a frame of {dataset.root}")
+            rgb = by_index[index].load_image()
+            size = (view.intrinsics.width, view.intrinsics.height)
+            self.images[index] = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        self.size = size
+
+    def draw(self, rng: np.random.Generator, attempts: int = 20):
+        """One pair: (image_a, image_b float HxWx3, CorrespondenceBatch of numpy arrays)."""
+        for _ in range(attempts):
+            a, b, _ = self.pairs[rng.integers(len(self.pairs))]
+            sample = self._make(a, b, rng)
+            if sample is not None:
+                return sample
+        raise CorrespondenceError(
+            f"{attempts} drawn view pairs in a row gave fewer than {self.config.min_matches} "
+            f"matches in {self.config.mode} mode: the cached depth does not support "
+            "correspondences (check the NeRF or lower min_matches)")
+
+    def _make(self, a: int, b: int, rng: np.random.Generator):
+        cfg = self.config
+        view_a, view_b = self.cache.views[a], self.cache.views[b]
+        uv_a, uv_b = find_correspondences(view_a, view_b, cfg.mode, rng, config=self.matching)
+        if len(uv_a) < cfg.min_matches:
+            return None
+        width, height = self.size
+        m_a = random_similarity(rng, width, height, cfg.augmentation)
+        m_b = random_similarity(rng, width, height, cfg.augmentation)
+        uv_a, uv_b = warp_points(uv_a, m_a), warp_points(uv_b, m_b)
+        keep = in_bounds(uv_a, width, height) & in_bounds(uv_b, width, height)
+        uv_a, uv_b = uv_a[keep], uv_b[keep]
+        if len(uv_a) < cfg.min_matches:
+            return None
+        chosen = rng.choice(len(uv_a), min(cfg.matches_per_pair, len(uv_a)), replace=False)
+        uv_a, uv_b = uv_a[chosen], uv_b[chosen]
+
+        mask_b = warp_image(view_b.mask.astype(np.uint8), m_b, nearest=True) > 0
+        # Object pixels of B are everything inside the warped mask; background the rest of the
+        # warped image (pixels from outside the source image are not background, so excluded).
+        valid_b = warp_image(np.ones((height, width), np.uint8), m_b, nearest=True) > 0
+        object_b = np.stack(np.nonzero(mask_b)[::-1], -1)
+        background_b = np.stack(np.nonzero(valid_b & ~mask_b)[::-1], -1)
+        k = cfg.nonmatches_per_match
+        query = np.repeat(np.arange(len(uv_a)), k)
+        nonmatch_a = nonmatch_b = background_a = background_b_uv = np.zeros((0, 2))
+        if len(object_b):
+            candidates = object_b[rng.integers(len(object_b), size=len(query))].astype(np.float64)
+            far = np.linalg.norm(candidates - uv_b[query], axis=1) >= cfg.nonmatch_min_distance_px
+            nonmatch_a, nonmatch_b = uv_a[query[far]], candidates[far]
+        if len(background_b):
+            background_a = uv_a[query]
+            background_b_uv = background_b[rng.integers(len(background_b), size=len(query))].astype(np.float64)
+
+        image_a = photometric(warp_image(self.images[a], m_a), rng, cfg.augmentation)
+        image_b = photometric(warp_image(self.images[b], m_b), rng, cfg.augmentation)
+        batch = CorrespondenceBatch(uv_a, uv_b, nonmatch_a, nonmatch_b, background_a, background_b_uv)
+        return image_a, image_b, batch
+
+
+def _to_tensor_batch(batch: CorrespondenceBatch, device) -> CorrespondenceBatch:
+    return CorrespondenceBatch(*(torch.as_tensor(np.asarray(x, np.float32).reshape(-1, 2), device=device)
+                                 for x in asdict(batch).values()))
+
+
+def _normalise(images: list[np.ndarray], device) -> torch.Tensor:
+    mean = np.array(IMAGENET_NORMALISATION["mean"], np.float32)
+    std = np.array(IMAGENET_NORMALISATION["std"], np.float32)
+    x = np.stack([(im - mean) / std for im in images]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
+def pair_loss(desc_a, desc_b, batch: CorrespondenceBatch, config: TrainingConfig) -> tuple[torch.Tensor, dict]:
+    """The configured loss for one pair of descriptor images."""
+    loss = desc_a.new_zeros(())
+    stats = {}
+    if config.loss in ("contrastive", "both"):
+        contrastive, stats = pixelwise_contrastive_loss(desc_a, desc_b, batch, config.margin,
+                                                        config.background_weight)
+        loss = loss + contrastive
+    if config.loss in ("distributional", "both"):
+        distributional = distributional_loss(desc_a, desc_b, batch.match_a, batch.match_b,
+                                             config.distributional_sigma_px)
+        stats["distributional"] = distributional.item()
+        loss = loss + config.distributional_weight * distributional
+    return loss, stats
+
+
+def _save_checkpoint(path: Path, net, optimizer, scheduler, iteration: int, config: TrainingConfig,
+                     cache_key: str, history: list) -> None:
+    buffer = io.BytesIO()
+    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "iteration": iteration,
+                "config_json": json.dumps(asdict(config), sort_keys=True), "cache_key": cache_key,
+                "history_json": json.dumps(history)}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _cache_key(cache: CorrespondenceCache) -> str:
+    return json.dumps({k: cache.index[k] for k in ("dataset_hash", "provider", "config", "frames")},
+                      sort_keys=True)
+
+
+def train_descriptors(cache: CorrespondenceCache, dataset: Dataset, out_dir: str | Path,
+                      config: TrainingConfig = TrainingConfig(), device: str = "auto",
+                      report: Optional[ProgressCallback] = None, cancel=None,
+                      resume: bool = True) -> TrainingResult:
+    """Train a descriptor network on ``cache``; checkpoints go to ``out_dir``.
+
+    With ``resume`` a checkpoint in ``out_dir`` from the same settings and correspondences is
+    continued; one from other settings is refused rather than silently mixed in.
+    """
+    out_dir = Path(out_dir)
+    torch_device = resolve_device(device)
+    torch.manual_seed(config.seed)
+    try:
+        net = DescriptorNet(config.descriptor_dim, config.backbone, config.decoder_channels)
+    except DescriptorConfigError as exc:
+        raise TrainingError(str(exc)) from exc
+    if config.imagenet_weights:
+        load_imagenet_weights(net, config.imagenet_weights)
+    net.to(torch_device).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.iterations,
+                                                           eta_min=0.05 * config.learning_rate)
+    checkpoint = out_dir / CHECKPOINT_NAME
+    cache_key = _cache_key(cache)
+    start, history = 0, []
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=torch_device, weights_only=True)
+        if state["config_json"] != json.dumps(asdict(config), sort_keys=True) or state["cache_key"] != cache_key:
+            raise TrainingError(f"{checkpoint} is from other settings or correspondences; delete it "
+                                "or choose another output folder to start afresh")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = int(state["iteration"]), json.loads(state["history_json"])
+
+    sampler = PairSampler(cache, dataset, config)
+    started = time.monotonic()
+    loss_value = float("nan")
+    for iteration in range(start, config.iterations):
+        check_cancelled(cancel)
+        rng = np.random.default_rng([config.seed, iteration])
+        samples = [sampler.draw(rng) for _ in range(config.pairs_per_step)]
+        images = _normalise([im for s in samples for im in s[:2]], torch_device)
+        descriptors = net(images)
+        losses, step_stats = [], {}
+        for i, (_, _, batch) in enumerate(samples):
+            loss, stats = pair_loss(descriptors[2 * i], descriptors[2 * i + 1],
+                                    _to_tensor_batch(batch, torch_device), config)
+            losses.append(loss)
+            for key, value in stats.items():
+                step_stats[key] = step_stats.get(key, 0.0) + value / len(samples)
+        total = torch.stack(losses).mean()
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_value = total.item()
+        if not np.isfinite(loss_value):
+            raise TrainingError(f"the loss became {loss_value} at step {iteration}; lower the "
+                                "learning rate")
+        history.append(round(loss_value, 5))
+        done = iteration + 1
+        if done % config.checkpoint_every == 0 or done == config.iterations:
+            _save_checkpoint(checkpoint, net, optimizer, scheduler, done, config, cache_key, history)
+        if report:
+            elapsed = time.monotonic() - started
+            eta = elapsed / (done - start) * (config.iterations - done)
+            report(ProgressReport("descriptors", done, config.iterations, loss=loss_value,
+                                  eta_seconds=eta, message=", ".join(f"{k} {v:.3g}" for k, v in step_stats.items())))
+    net.eval()
+    stats = {"iterations": config.iterations, "final_loss": loss_value,
+             "mean_loss_last_100": float(np.mean(history[-100:])) if history else float("nan"),
+             "seconds": time.monotonic() - started, "pairs": len(cache.pairs)}
+    return TrainingResult(net, sampler.size, checkpoint, stats)
