@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pybullet_data
 
+from ..errors import NerfDescriptorError
 from ..geometry import matrix_to_pose, pose_to_matrix, transform_points
 
 MESH_SUFFIXES = (".obj", ".stl")
@@ -14,7 +15,7 @@ URDF_SUFFIX = ".urdf"
 _MESH_MASS_KG = 0.1  # a light object, so that later physics (grasping) can move it
 
 
-class ObjectModelError(ValueError):
+class ObjectModelError(NerfDescriptorError, ValueError):
     """An object source that cannot be found or loaded."""
 
 

@@ -49,7 +49,7 @@ class SimConfig:
 
     object_source: str = "duck_vhacd.urdf"
     object_scale: float = 1.0
-    object_rpy_deg: tuple[float, float, float] = (90.0, 0.0, 0.0)  # model axes -> upright on the table
+    object_rpy_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)  # model axes -> upright on the table
     object_nominal_xy: tuple[float, float] = (0.45, 0.0)
     object_random_x_range: tuple[float, float] = (0.35, 0.55)
     object_random_y_range: tuple[float, float] = (-0.15, 0.15)
@@ -119,6 +119,7 @@ class _IkSettings:
     converged_rotation_rad: float = 1e-7
     step_limit_rad: float = 0.3
     random_restarts: int = 8
+    exact_position_m: float = 1e-6  # a start reaching this stops the search
     path_check_step_rad: float = 0.05
 
 
@@ -349,11 +350,11 @@ class SimWorld:
                 self._set_arm(start)
                 q = self._refine_ik(self._pybullet_ik(T_target), T_target)
                 result = self._check_solution(q, T_target, saved)
-                if result.success:
+                if result.success and result.position_error_m < self._ik.exact_position_m:
                     return result
-                if best is None or _worse(best, result):
+                if best is None or _better(result, best):
                     best = result
-            return best
+            return best  # within tolerance but not exact (e.g. at a joint limit), or the closest miss
         finally:
             self._set_arm(saved)
 
@@ -513,6 +514,8 @@ class SimWorld:
         self.close()
 
 
-def _worse(a: IkResult, b: IkResult) -> bool:
-    """True when ``b`` is a better failed attempt than ``a`` (smaller combined error)."""
-    return (b.position_error_m + b.rotation_error_deg / 1000.0) < (a.position_error_m + a.rotation_error_deg / 1000.0)
+def _better(a: IkResult, b: IkResult) -> bool:
+    """True when ``a`` is a better answer than ``b``: a success, or closer to the target."""
+    if a.success != b.success:
+        return a.success
+    return (a.position_error_m + a.rotation_error_deg / 1000.0) < (b.position_error_m + b.rotation_error_deg / 1000.0)

@@ -1,0 +1,493 @@
+"""The ``sim_robot`` node: a simulated Panda with an eye-in-hand RGB-D camera and one object on a table.
+
+Publishes, every ``1 / publish_rate_hz`` seconds and all with the stamp of the render:
+``camera/color/image_raw`` (rgb8), ``camera/color/camera_info``, ``camera/depth/image_raw``
+(32FC1 metres, NaN = no surface; when ``publish_depth``), ``camera/mask/image_raw`` (mono8,
+255 = object; when ``publish_mask``), ``camera/pose`` (PoseStamped of the optical frame in
+``base_frame``), ``joint_states``, and TF ``base_frame`` -> ``camera_frame`` when tf2_ros imports.
+
+Services: ``~/move_camera`` (MoveCamera), ``~/set_object_pose`` (SetObjectPose),
+``~/save_ground_truth`` (SaveGroundTruth). Action: ``~/view_sweep`` (ViewSweep); goal fields left
+at 0 take the ``sweep_*`` / ``dwell_s`` parameters.
+
+Threads: pybullet is not thread-safe, so one lock guards the world. Rendering has its own callback
+group; services and the action share a reentrant one, so frames keep coming while the arm moves.
+Arm moves advance the world in fixed time steps and release the lock between steps, so the frames
+published during a move show the arm moving, each with its exact pose.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped, TransformStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Header
+
+from nerf_descriptor_ros.action import ViewSweep
+from nerf_descriptor_ros.srv import MoveCamera, SaveGroundTruth, SetObjectPose
+
+from ..dataset import DatasetError
+from ..errors import NerfDescriptorError
+from ..geometry import InvalidPoseError, pose_distance, validate_rigid_transform
+from ..ros_conversions import (array_to_image, intrinsics_to_camera_info, matrix_to_pose_msg,
+                               pose_msg_to_matrix)
+from ..sim import SimConfig, SimWorld, hemisphere_views
+
+IMAGE_TOPIC = "camera/color/image_raw"
+CAMERA_INFO_TOPIC = "camera/color/camera_info"
+DEPTH_TOPIC = "camera/depth/image_raw"
+MASK_TOPIC = "camera/mask/image_raw"
+POSE_TOPIC = "camera/pose"
+JOINT_STATES_TOPIC = "joint_states"
+# Arm moves advance in steps of this many (simulated and wall-clock) seconds.
+CONTROL_PERIOD_S = 0.02
+
+
+class SimRobotError(NerfDescriptorError):
+    """A parameter or request the simulated robot cannot honour; the message says why."""
+
+
+class _Cancelled(Exception):
+    """A move stopped because its sweep was cancelled or the node is shutting down."""
+
+
+class SimRobotNode(Node):
+    """Publishes the simulated camera and moves the arm on request."""
+
+    def __init__(self, **kwargs):
+        super().__init__("sim_robot", **kwargs)
+        p = self._declare_parameters()
+        self.base_frame = p["base_frame"]
+        self.camera_frame = p["camera_frame"]
+        self.data_root = Path(p["data_root"]).expanduser()
+        self.publish_depth = p["publish_depth"]
+        self.publish_mask = p["publish_mask"]
+        self.sweep_defaults = {key: p[key] for key in (
+            "sweep_num_views", "sweep_radius_m", "sweep_min_elevation_deg", "sweep_max_elevation_deg",
+            "dwell_s")}
+        if not self.base_frame or not self.camera_frame:
+            raise SimRobotError("parameters base_frame and camera_frame must not be empty")
+        if p["publish_rate_hz"] <= 0:
+            raise SimRobotError(f"publish_rate_hz must be positive, got {p['publish_rate_hz']}")
+        try:
+            config = SimConfig(
+                object_source=p["object"], object_scale=p["object_scale"],
+                object_rpy_deg=_triple(p["object_rpy_deg"], "object_rpy_deg"),
+                object_nominal_xy=_pair(p["object_nominal_xy"], "object_nominal_xy"),
+                object_random_x_range=_pair(p["object_random_x_range"], "object_random_x_range"),
+                object_random_y_range=_pair(p["object_random_y_range"], "object_random_y_range"),
+                width=p["width"], height=p["height"], vertical_fov_deg=p["vertical_fov_deg"],
+                clip_near_m=p["clip_near_m"], clip_far_m=p["clip_far_m"],
+                camera_mount_xyz=_triple(p["camera_mount_xyz"], "camera_mount_xyz"),
+                camera_mount_rpy_deg=_triple(p["camera_mount_rpy_deg"], "camera_mount_rpy_deg"),
+                joint_speed_rad_s=p["joint_speed_rad_s"],
+                ik_position_tolerance_m=p["ik_position_tolerance_m"],
+                ik_rotation_tolerance_deg=p["ik_rotation_tolerance_deg"])
+            if config.joint_speed_rad_s <= 0:
+                raise SimRobotError(f"joint_speed_rad_s must be positive, got {config.joint_speed_rad_s}")
+            self.world = SimWorld(config)
+        except ValueError as exc:  # bad sizes, intrinsics, object model
+            raise SimRobotError(str(exc)) from exc
+        if p["object_seed"] >= 0:
+            self.world.place_object_random(p["object_seed"])
+        model = self.world.object_model
+        self.get_logger().info(
+            f"object {model.source} (scale {model.scale}) at "
+            f"{np.round(self.world.object_pose[:3, 3], 3).tolist()} in {self.base_frame}"
+            + (f", seed {self.world.object_seed}" if self.world.object_seed is not None else "")
+            + f"; camera {config.width}x{config.height} at {p['publish_rate_hz']} Hz")
+
+        self._world_lock = threading.Lock()  # every pybullet call
+        self._arm_lock = threading.Lock()    # one move or sweep at a time
+        self._stopping = threading.Event()
+
+        render_group = MutuallyExclusiveCallbackGroup()
+        request_group = ReentrantCallbackGroup()
+        self._image_pub = self.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
+        self._info_pub = self.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, qos_profile_sensor_data)
+        self._depth_pub = (self.create_publisher(Image, DEPTH_TOPIC, qos_profile_sensor_data)
+                           if self.publish_depth else None)
+        self._mask_pub = (self.create_publisher(Image, MASK_TOPIC, qos_profile_sensor_data)
+                          if self.publish_mask else None)
+        self._pose_pub = self.create_publisher(PoseStamped, POSE_TOPIC, qos_profile_sensor_data)
+        self._joint_pub = self.create_publisher(JointState, JOINT_STATES_TOPIC, 10)
+        self._tf_broadcaster = self._make_tf_broadcaster()
+        self.create_timer(1.0 / p["publish_rate_hz"], self._publish_frame, callback_group=render_group)
+        self.create_service(MoveCamera, "~/move_camera", self._on_move_camera,
+                            callback_group=request_group)
+        self.create_service(SetObjectPose, "~/set_object_pose", self._on_set_object_pose,
+                            callback_group=request_group)
+        self.create_service(SaveGroundTruth, "~/save_ground_truth", self._on_save_ground_truth,
+                            callback_group=request_group)
+        self._sweep_server = ActionServer(
+            self, ViewSweep, "~/view_sweep", execute_callback=self._execute_sweep,
+            goal_callback=lambda goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT, callback_group=request_group)
+
+    def _declare_parameters(self) -> dict:
+        def declare(name, default, description):
+            return self.declare_parameter(
+                name, default, ParameterDescriptor(description=description)).value
+
+        defaults = SimConfig()
+        return {
+            "object": declare("object", defaults.object_source,
+                              "object model: a URDF or .obj/.stl mesh, absolute or relative to "
+                              "pybullet_data (e.g. duck_vhacd.urdf, objects/mug.urdf, "
+                              "random_urdfs/017/017.urdf)"),
+            "object_scale": declare("object_scale", defaults.object_scale,
+                                    "uniform scale applied to the object model"),
+            "object_rpy_deg": declare("object_rpy_deg", list(defaults.object_rpy_deg),
+                                      "roll, pitch, yaw (deg) turning the model's axes upright on "
+                                      "the table (before the random yaw): [0, 0, 0] for z-up models "
+                                      "(URDF convention, e.g. objects/mug.urdf), [90, 0, 0] for "
+                                      "y-up meshes such as the duck"),
+            "object_seed": declare("object_seed", -1,
+                                   "random object placement (position in the region, yaw); "
+                                   "-1 = nominal pose"),
+            "object_nominal_xy": declare("object_nominal_xy", list(defaults.object_nominal_xy),
+                                         "object position (x, y) in base_frame when not random"),
+            "object_random_x_range": declare("object_random_x_range",
+                                             list(defaults.object_random_x_range),
+                                             "random placement: x range (m) in base_frame"),
+            "object_random_y_range": declare("object_random_y_range",
+                                             list(defaults.object_random_y_range),
+                                             "random placement: y range (m) in base_frame"),
+            "width": declare("width", defaults.width, "image width in pixels"),
+            "height": declare("height", defaults.height, "image height in pixels"),
+            "vertical_fov_deg": declare("vertical_fov_deg", defaults.vertical_fov_deg,
+                                        "vertical field of view; square pixels, centred principal point"),
+            "clip_near_m": declare("clip_near_m", defaults.clip_near_m,
+                                   "nearest rendered distance (m)"),
+            "clip_far_m": declare("clip_far_m", defaults.clip_far_m,
+                                  "farthest rendered distance (m); beyond it depth is NaN"),
+            "publish_rate_hz": declare("publish_rate_hz", 10.0,
+                                       "rate of rendered frames (image, info, depth, mask, pose, "
+                                       "joint states)"),
+            "publish_depth": declare("publish_depth", True,
+                                     f"publish {DEPTH_TOPIC} (32FC1, metres along the optical axis)"),
+            "publish_mask": declare("publish_mask", True,
+                                    f"publish {MASK_TOPIC} (mono8, 255 = object; simulator ground truth)"),
+            "base_frame": declare("base_frame", "panda_link0",
+                                  "robot base frame: frame_id of camera/pose and of accepted targets"),
+            "camera_frame": declare("camera_frame", "camera_color_optical_frame",
+                                    "frame_id of the images (OpenCV optical frame)"),
+            "data_root": declare("data_root", "data",
+                                 "~/save_ground_truth writes <data_root>/<object_name>/ground_truth.json"),
+            "joint_speed_rad_s": declare("joint_speed_rad_s", defaults.joint_speed_rad_s,
+                                         "peak joint speed of arm moves (rad/s)"),
+            "ik_position_tolerance_m": declare("ik_position_tolerance_m",
+                                               defaults.ik_position_tolerance_m,
+                                               "a camera target missed by more is unreachable"),
+            "ik_rotation_tolerance_deg": declare("ik_rotation_tolerance_deg",
+                                                 defaults.ik_rotation_tolerance_deg,
+                                                 "a camera target turned off by more is unreachable"),
+            "camera_mount_xyz": declare("camera_mount_xyz", list(defaults.camera_mount_xyz),
+                                        "camera optical frame position in panda_hand (m)"),
+            "camera_mount_rpy_deg": declare("camera_mount_rpy_deg", list(defaults.camera_mount_rpy_deg),
+                                            "camera optical frame orientation in panda_hand "
+                                            "(roll, pitch, yaw in deg; zero = looking along the "
+                                            "hand's z axis)"),
+            "sweep_num_views": declare("sweep_num_views", 48, "views in a sweep when the goal says 0"),
+            "sweep_radius_m": declare("sweep_radius_m", 0.3,
+                                      "camera distance from the object centre when the goal says 0"),
+            "sweep_min_elevation_deg": declare("sweep_min_elevation_deg", 25.0,
+                                               "lowest view elevation when the goal gives none"),
+            "sweep_max_elevation_deg": declare("sweep_max_elevation_deg", 70.0,
+                                               "highest view elevation when the goal gives none"),
+            "dwell_s": declare("dwell_s", 0.5,
+                               "time the camera holds still at each reached view when the goal says 0"),
+        }
+
+    def _make_tf_broadcaster(self):
+        """A TF broadcaster when tf2_ros is available (a real ROS install); else None, said once."""
+        try:
+            from tf2_ros import TransformBroadcaster
+        except ImportError:
+            self.get_logger().info(f"tf2_ros is not importable: the camera pose is published on "
+                                   f"{POSE_TOPIC} only, not on TF")
+            return None
+        return TransformBroadcaster(self)
+
+    # ---- frames ------------------------------------------------------------------------------
+
+    def _publish_frame(self) -> None:
+        with self._world_lock:
+            stamp = self.get_clock().now().to_msg()
+            frame = self.world.render()
+        camera_header = Header(stamp=stamp, frame_id=self.camera_frame)
+        self._image_pub.publish(array_to_image(frame.rgb, "rgb8", camera_header))
+        self._info_pub.publish(intrinsics_to_camera_info(self.world.intrinsics, camera_header))
+        if self._depth_pub is not None:
+            self._depth_pub.publish(array_to_image(frame.depth, "32FC1", camera_header))
+        if self._mask_pub is not None:
+            mask = np.where(frame.mask, 255, 0).astype(np.uint8)
+            self._mask_pub.publish(array_to_image(mask, "mono8", camera_header))
+        self._pose_pub.publish(self._pose_stamped(frame.T_base_cam, stamp))
+        self._joint_pub.publish(JointState(
+            header=Header(stamp=stamp, frame_id=self.base_frame), name=self.world.joint_names,
+            position=frame.joint_positions.tolist()))
+        if self._tf_broadcaster is not None:
+            pose = matrix_to_pose_msg(frame.T_base_cam)
+            transform = TransformStamped(header=Header(stamp=stamp, frame_id=self.base_frame),
+                                         child_frame_id=self.camera_frame)
+            transform.transform.translation.x = pose.position.x
+            transform.transform.translation.y = pose.position.y
+            transform.transform.translation.z = pose.position.z
+            transform.transform.rotation = pose.orientation
+            self._tf_broadcaster.sendTransform(transform)
+
+    def _pose_stamped(self, T: np.ndarray, stamp=None) -> PoseStamped:
+        stamp = stamp if stamp is not None else self.get_clock().now().to_msg()
+        return PoseStamped(header=Header(stamp=stamp, frame_id=self.base_frame),
+                           pose=matrix_to_pose_msg(T))
+
+    # ---- arm motion --------------------------------------------------------------------------
+
+    def _move_arm(self, joint_goal: np.ndarray, cancelled=lambda: False) -> None:
+        """Move to ``joint_goal`` in real time, one control step per period; raises _Cancelled."""
+        with self._world_lock:
+            self.world.start_motion(joint_goal)
+        next_step = time.monotonic()
+        while True:
+            if cancelled() or self._stopping.is_set():
+                with self._world_lock:
+                    self.world.stop_motion()
+                raise _Cancelled()
+            with self._world_lock:
+                done = self.world.step_motion(CONTROL_PERIOD_S)
+            if done:
+                return
+            next_step += CONTROL_PERIOD_S
+            time.sleep(max(0.0, next_step - time.monotonic()))
+
+    def _wait(self, seconds: float, cancelled) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if cancelled() or self._stopping.is_set():
+                raise _Cancelled()
+            time.sleep(min(CONTROL_PERIOD_S, max(0.0, deadline - time.monotonic())))
+
+    def _on_move_camera(self, request: MoveCamera.Request, response: MoveCamera.Response):
+        frame_id = request.target.header.frame_id
+        with self._world_lock:
+            response.achieved = self._pose_stamped(self.world.camera_pose())
+        if frame_id not in ("", self.base_frame):
+            response.message = (f"target frame_id {frame_id!r} is not the base frame "
+                                f"{self.base_frame!r}: give the pose in {self.base_frame} "
+                                "(or leave frame_id empty)")
+            return response
+        try:
+            target = validate_rigid_transform(pose_msg_to_matrix(request.target.pose), "target pose")
+        except InvalidPoseError as exc:
+            response.message = str(exc)
+            return response
+        if not self._arm_lock.acquire(blocking=False):
+            response.message = "the arm is busy with another move or a view sweep; try again later"
+            return response
+        try:
+            with self._world_lock:
+                solution = self.world.solve_camera_ik(target)
+            response.position_error_m = solution.position_error_m
+            response.rotation_error_deg = solution.rotation_error_deg
+            if not solution.success:
+                response.message = f"{solution.message}; the arm did not move"
+                return response
+            try:
+                self._move_arm(solution.joint_positions)
+            except _Cancelled:
+                response.message = "the node is shutting down; the move was stopped"
+                return response
+            with self._world_lock:
+                achieved = self.world.camera_pose()
+            response.achieved = self._pose_stamped(achieved)
+            response.position_error_m, response.rotation_error_deg = pose_distance(achieved, target)
+            response.success = True
+            response.message = "reached"
+            return response
+        finally:
+            self._arm_lock.release()
+
+    # ---- view sweep --------------------------------------------------------------------------
+
+    def _sweep_plan(self, goal) -> list[np.ndarray]:
+        d = self.sweep_defaults
+        num_views = goal.num_views or d["sweep_num_views"]
+        radius = goal.radius or d["sweep_radius_m"]
+        if goal.min_elevation_deg == 0.0 and goal.max_elevation_deg == 0.0:
+            elevations = d["sweep_min_elevation_deg"], d["sweep_max_elevation_deg"]
+        else:
+            elevations = goal.min_elevation_deg, goal.max_elevation_deg
+        with self._world_lock:
+            center = self.world.object_center()
+        return hemisphere_views(center, num_views, radius, *elevations)
+
+    def _execute_sweep(self, goal_handle):
+        goal = goal_handle.request
+        result = ViewSweep.Result()
+        if not self._arm_lock.acquire(blocking=False):
+            result.message = "refused: another view sweep or camera move is running"
+            self.get_logger().warning(f"view sweep {result.message}")
+            goal_handle.abort()
+            return result
+        try:
+            try:
+                views = self._sweep_plan(goal)
+            except ValueError as exc:
+                result.message = f"refused: {exc}"
+                goal_handle.abort()
+                return result
+            dwell_s = goal.dwell_s or self.sweep_defaults["dwell_s"]
+            cancelled = lambda: goal_handle.is_cancel_requested  # noqa: E731
+            self.get_logger().info(f"view sweep: {len(views)} views")
+            try:
+                for index, target in enumerate(views):
+                    self._sweep_one_view(goal_handle, index, len(views), target, dwell_s, cancelled,
+                                         result)
+            except _Cancelled:
+                result.message = (f"cancelled after {result.views_reached} reached and "
+                                  f"{result.views_unreachable} unreachable views")
+                if goal_handle.is_cancel_requested:
+                    goal_handle.canceled()
+                elif self.context.ok():  # else the node is going down and the goal with it
+                    goal_handle.abort()
+                return result
+            result.success = result.views_reached > 0
+            result.message = (f"{result.views_reached} of {len(views)} views reached, "
+                              f"{result.views_unreachable} unreachable")
+            if not result.success:
+                result.message += " (try a smaller radius or other elevations)"
+            self.get_logger().info(f"view sweep done: {result.message}")
+            if result.success:
+                goal_handle.succeed()
+            else:
+                goal_handle.abort()
+            return result
+        finally:
+            self._arm_lock.release()
+
+    def _sweep_one_view(self, goal_handle, index: int, num_views: int, target: np.ndarray,
+                        dwell_s: float, cancelled, result) -> None:
+        if cancelled():
+            raise _Cancelled()
+        with self._world_lock:
+            solution = self.world.solve_camera_ik(target)
+        feedback = ViewSweep.Feedback(view_index=index, num_views=num_views, reached=solution.success)
+        if not solution.success:
+            result.views_unreachable += 1
+            feedback.camera_pose = self._pose_stamped(target)  # the view that was skipped
+            self.get_logger().info(f"view {index + 1}/{num_views} skipped: {solution.message}")
+            goal_handle.publish_feedback(feedback)
+            return
+        self._move_arm(solution.joint_positions, cancelled)
+        with self._world_lock:
+            feedback.camera_pose = self._pose_stamped(self.world.camera_pose())
+        result.views_reached += 1
+        goal_handle.publish_feedback(feedback)
+        self._wait(dwell_s, cancelled)
+
+    # ---- object and ground truth -------------------------------------------------------------
+
+    def _on_set_object_pose(self, request: SetObjectPose.Request, response: SetObjectPose.Response):
+        if not self._arm_lock.acquire(blocking=False):
+            response.message = "refused while the arm is moving (a move or a view sweep is running)"
+        else:
+            try:
+                with self._world_lock:
+                    if request.randomize:
+                        self.world.place_object_random(request.seed)
+                    else:
+                        self.world.set_object_pose(pose_msg_to_matrix(request.pose))
+                response.success = True
+                response.message = (f"object placed from seed {request.seed}" if request.randomize
+                                    else "object placed at the given pose")
+            except InvalidPoseError as exc:
+                response.message = str(exc)
+            finally:
+                self._arm_lock.release()
+        with self._world_lock:
+            response.pose = matrix_to_pose_msg(self.world.object_pose)
+        return response
+
+    def _on_save_ground_truth(self, request: SaveGroundTruth.Request, response: SaveGroundTruth.Response):
+        try:
+            with self._world_lock:
+                path = self.world.save_ground_truth(self.data_root, request.object_name)
+        except (DatasetError, OSError) as exc:
+            response.message = f"ground truth not saved: {exc}"
+            return response
+        response.success = True
+        response.path = str(path)
+        response.message = f"ground truth written to {path}"
+        return response
+
+    @property
+    def arm_busy(self) -> bool:
+        """A camera move or view sweep is running."""
+        return self._arm_lock.locked()
+
+    def stop(self) -> None:
+        """Make a running move or sweep return soon (before the executor waits for it)."""
+        self._stopping.set()
+
+    def destroy_node(self):
+        self.stop()
+        self._sweep_server.destroy()
+        super().destroy_node()
+        with self._world_lock:
+            self.world.close()
+
+
+def _pair(values, name: str) -> tuple[float, float]:
+    if len(values) != 2:
+        raise SimRobotError(f"parameter {name} needs 2 numbers, got {list(values)}")
+    return float(values[0]), float(values[1])
+
+
+def _triple(values, name: str) -> tuple[float, float, float]:
+    if len(values) != 3:
+        raise SimRobotError(f"parameter {name} needs 3 numbers, got {list(values)}")
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def main(args=None) -> int:
+    # Our own SIGINT/SIGTERM handling: a running sweep or move is stopped and its goal finished
+    # while ROS is still up, and only then is the context shut down.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = SimRobotNode()
+    except NerfDescriptorError as exc:
+        print(f"sim_robot: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    stop_requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    # Rendering, a sweep or move, and short service calls each get a thread.
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        while not stop_requested.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        node.stop()
+        deadline = time.monotonic() + 5.0
+        while node.arm_busy and rclpy.ok() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)  # lets the stopped sweep send its result
+        executor.shutdown(timeout_sec=5.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
