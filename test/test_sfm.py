@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from nerf_descriptor_ros.dataset import Dataset, DatasetWriter
-from nerf_descriptor_ros.geometry import (CameraIntrinsics, look_at, pose_distance, pose_to_matrix,
-                                          rotation_angle_deg)
-from nerf_descriptor_ros.poses.alignment import (AlignmentError, Similarity, align_poses, robust_umeyama,
-                                                 umeyama)
+from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at, pose_distance, pose_to_matrix
+from nerf_descriptor_ros.poses.alignment import (AlignmentError, Similarity, align_poses, perturb_pose,
+                                                 robust_umeyama, umeyama)
 from nerf_descriptor_ros.poses.estimate import estimate_poses
 from nerf_descriptor_ros.poses.masks import check_mask_consistency
 from nerf_descriptor_ros.poses.sfm import SfmError, run_sfm
@@ -84,17 +83,6 @@ def write_views(root, poses, intr=INTR, textured=True, masks=True, recorded_pose
     return Dataset.load(root)
 
 
-def perturb(c2w, rng, translation_m, rotation_deg):
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    angle = np.radians(rotation_deg)
-    q = np.r_[axis * np.sin(angle / 2), np.cos(angle / 2)]
-    direction = rng.normal(size=3)
-    noisy = pose_to_matrix(np.zeros(3), q) @ c2w
-    noisy[:3, 3] = c2w[:3, 3] + translation_m * direction / np.linalg.norm(direction)
-    return noisy
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """Ground-truth views (dataset with masks and depth) and one SfM run on them."""
@@ -155,7 +143,7 @@ def test_sfm_registers_every_view_and_matches_the_true_cameras_after_alignment(s
 def test_align_to_noisy_arm_poses_reports_the_noise_and_writes_metric_poses(scene, tmp_path):
     dataset, truth, _ = scene
     rng = np.random.default_rng(3)
-    noisy = [perturb(c2w, rng, 0.005, 2.0) for c2w in truth]
+    noisy = [perturb_pose(c2w, rng, 0.005, 2.0) for c2w in truth]
     arm = write_views(tmp_path / "arm", truth, recorded_poses=noisy)
     (arm.root / "ground_truth.json").write_text("{}")
     reports = []
@@ -261,7 +249,7 @@ def test_mask_consistency_flags_a_wrong_pose_and_a_wrong_mask(scene, tmp_path):
     for k, (frame, c2w) in enumerate(zip(dataset.frames, truth)):
         mask = frame.load_mask()
         if k == 2:
-            c2w = perturb(c2w, rng, 0.03, 6.0)
+            c2w = perturb_pose(c2w, rng, 0.03, 6.0)
         if k == 6:
             mask = np.roll(mask, 40, axis=1)
         writer.add_frame(frame.load_image(), c2w, INTR, mask=mask)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import NerfDescriptorError
-from ..geometry import rotation_angle_deg
+from ..geometry import pose_to_matrix, rotation_angle_deg
 
 
 class AlignmentError(NerfDescriptorError):
@@ -141,3 +141,16 @@ def align_poses(estimated: dict, reference: dict) -> AlignmentReport:
     rotation = np.array([rotation_angle_deg(a[:3, :3], reference[k][:3, :3])
                          for a, k in zip(aligned, keys)])
     return AlignmentReport(sim, keys, centre, rotation, inliers)
+
+
+def perturb_pose(c2w: np.ndarray, rng: np.random.Generator, translation_m: float,
+                 rotation_deg: float) -> np.ndarray:
+    """``c2w`` moved by exactly ``translation_m`` and turned by exactly ``rotation_deg`` (about its
+    centre), each in a random direction: the arm-error model the alignment is checked against."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    half = np.radians(rotation_deg) / 2
+    out = pose_to_matrix(np.zeros(3), np.r_[axis * np.sin(half), np.cos(half)]) @ c2w
+    direction = rng.normal(size=3)
+    out[:3, 3] = c2w[:3, 3] + translation_m * direction / np.linalg.norm(direction)
+    return out

@@ -17,7 +17,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from ..dataset import DEPTH_UNIT_SCALE, MANIFEST_NAME, Dataset
 from ..geometry import CameraIntrinsics

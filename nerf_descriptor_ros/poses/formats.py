@@ -41,7 +41,7 @@ from ..dataset import MANIFEST_NAME, Dataset, DatasetError, DatasetWriter, atomi
 from ..geometry import (CameraIntrinsics, invert, opencv_to_opengl, opengl_to_opencv,
                         validate_rigid_transform)
 from ..progress import ProgressCallback, ProgressReport, check_cancelled
-from .masks import IMAGE_SUFFIXES, find_mask_file, masks_for_images, read_mask_file
+from .masks import IMAGE_SUFFIXES, masks_for_images, read_mask_file
 
 # Half a pixel: the principal point of formats that put the image corner at 0 is ours + HALF_PIXEL.
 HALF_PIXEL = 0.5
@@ -154,7 +154,7 @@ def write_dataset(dest, frames: list[SourceFrame], metadata: dict, background: s
                 depth = np.where(raw > 0, raw.astype(np.float64) * frame.depth_scale, np.nan)
             writer.add_frame(rgb, frame.c2w, frame.intrinsics, depth_m=depth, mask=mask)
             if report:
-                report(ProgressReport("import", position + 1, len(frames)))
+                report(ProgressReport("write", position + 1, len(frames)))
         for path in extra_files:
             shutil.copyfile(path, staging / path.name)
     return Dataset.load(dest)
