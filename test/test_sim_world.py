@@ -13,7 +13,7 @@ from nerf_descriptor_ros.dataset import DatasetError
 from nerf_descriptor_ros.geometry import (CameraIntrinsics, backproject_depth, invert, look_at,
                                           pose_distance, pose_to_matrix, project_points,
                                           transform_points)
-from nerf_descriptor_ros.sim import SimConfig, SimWorld, hemisphere_views
+from nerf_descriptor_ros.sim import SimConfig, SimWorld, framing_distance, hemisphere_views
 from nerf_descriptor_ros.sim.camera import (depth_buffer_to_metres, projection_matrix, to_gl_list,
                                              view_matrix)
 from nerf_descriptor_ros.sim.objects import ObjectModelError
@@ -247,7 +247,8 @@ def test_seeded_placement_is_deterministic_on_the_table_and_in_the_region(world)
         low, high = world.object_bounds()
         assert low[2] == pytest.approx(0.0, abs=1e-6)  # resting on the table top
         x_range, y_range = world.config.object_random_x_range, world.config.object_random_y_range
-        assert x_range[0] <= T[0, 3] <= x_range[1] and y_range[0] <= T[1, 3] <= y_range[1]
+        center = world.object_center()
+        assert x_range[0] <= center[0] <= x_range[1] and y_range[0] <= center[1] <= y_range[1]
         if seed in poses:
             assert np.allclose(poses[seed], T)
         poses[seed] = T
@@ -314,3 +315,12 @@ def test_ground_truth_is_written_atomically_under_a_safe_name(world, tmp_path):
         with pytest.raises(DatasetError):
             world.save_ground_truth(tmp_path, bad)
     world.place_object_nominal()
+
+
+def test_framing_distance_makes_the_object_span_the_asked_fraction_of_the_view():
+    intr = CameraIntrinsics.from_fov(160, 120, 50.0)  # the vertical field is the narrower one
+    distance = framing_distance(0.05, intr, 0.5)
+    assert 0.05 / distance == pytest.approx(np.sin(np.radians(12.5)))
+    assert framing_distance(0.1, intr, 0.5) == pytest.approx(2 * distance)
+    with pytest.raises(ValueError):
+        framing_distance(0.05, intr, 0.0)

@@ -44,7 +44,7 @@ from ..errors import NerfDescriptorError
 from ..geometry import InvalidPoseError, pose_distance, validate_rigid_transform
 from ..ros_conversions import (array_to_image, intrinsics_to_camera_info, matrix_to_pose_msg,
                                pose_msg_to_matrix)
-from ..sim import SimConfig, SimWorld, hemisphere_views
+from ..sim import SimConfig, SimWorld, framing_distance, hemisphere_views
 
 IMAGE_TOPIC = "camera/color/image_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
@@ -76,8 +76,9 @@ class SimRobotNode(Node):
         self.publish_depth = p["publish_depth"]
         self.publish_mask = p["publish_mask"]
         self.sweep_defaults = {key: p[key] for key in (
-            "sweep_num_views", "sweep_radius_m", "sweep_min_elevation_deg", "sweep_max_elevation_deg",
-            "dwell_s")}
+            "sweep_num_views", "sweep_radius_m", "sweep_fill_fraction", "sweep_radius_range_m",
+            "sweep_min_elevation_deg", "sweep_max_elevation_deg", "dwell_s")}
+        _pair(p["sweep_radius_range_m"], "sweep_radius_range_m")
         if not self.base_frame or not self.camera_frame:
             raise SimRobotError("parameters base_frame and camera_frame must not be empty")
         if p["publish_rate_hz"] <= 0:
@@ -159,13 +160,16 @@ class SimRobotNode(Node):
                                    "random object placement (position in the region, yaw); "
                                    "-1 = nominal pose"),
             "object_nominal_xy": declare("object_nominal_xy", list(defaults.object_nominal_xy),
-                                         "object position (x, y) in base_frame when not random"),
+                                         "where the object's bounding box is centred (x, y in "
+                                         "base_frame) when not random"),
             "object_random_x_range": declare("object_random_x_range",
                                              list(defaults.object_random_x_range),
-                                             "random placement: x range (m) in base_frame"),
+                                             "random placement: range of the bounding box centre's x "
+                                             "(m, base_frame)"),
             "object_random_y_range": declare("object_random_y_range",
                                              list(defaults.object_random_y_range),
-                                             "random placement: y range (m) in base_frame"),
+                                             "random placement: range of the bounding box centre's y "
+                                             "(m, base_frame)"),
             "width": declare("width", defaults.width, "image width in pixels"),
             "height": declare("height", defaults.height, "image height in pixels"),
             "vertical_fov_deg": declare("vertical_fov_deg", defaults.vertical_fov_deg,
@@ -202,8 +206,15 @@ class SimRobotNode(Node):
                                             "(roll, pitch, yaw in deg; zero = looking along the "
                                             "hand's z axis)"),
             "sweep_num_views": declare("sweep_num_views", 48, "views in a sweep when the goal says 0"),
-            "sweep_radius_m": declare("sweep_radius_m", 0.3,
-                                      "camera distance from the object centre when the goal says 0"),
+            "sweep_radius_m": declare("sweep_radius_m", 0.0,
+                                      "camera distance from the object centre when the goal says 0; "
+                                      "0 = frame the object (sweep_fill_fraction)"),
+            "sweep_fill_fraction": declare("sweep_fill_fraction", 0.5,
+                                           "automatic radius: the object's bounding sphere spans this "
+                                           "fraction of the narrower field of view"),
+            "sweep_radius_range_m": declare("sweep_radius_range_m", [0.15, 0.4],
+                                            "the automatic radius is clamped to this range (m), "
+                                            "where the arm can still circle the object"),
             "sweep_min_elevation_deg": declare("sweep_min_elevation_deg", 25.0,
                                                "lowest view elevation when the goal gives none"),
             "sweep_max_elevation_deg": declare("sweep_max_elevation_deg", 70.0,
@@ -326,13 +337,20 @@ class SimRobotNode(Node):
     def _sweep_plan(self, goal) -> list[np.ndarray]:
         d = self.sweep_defaults
         num_views = goal.num_views or d["sweep_num_views"]
-        radius = goal.radius or d["sweep_radius_m"]
         if goal.min_elevation_deg == 0.0 and goal.max_elevation_deg == 0.0:
             elevations = d["sweep_min_elevation_deg"], d["sweep_max_elevation_deg"]
         else:
             elevations = goal.min_elevation_deg, goal.max_elevation_deg
         with self._world_lock:
             center = self.world.object_center()
+            object_radius = self.world.object_radius()
+        radius = goal.radius or d["sweep_radius_m"]
+        if radius == 0.0:
+            radius = float(np.clip(framing_distance(object_radius, self.world.intrinsics,
+                                                    d["sweep_fill_fraction"]),
+                                   *d["sweep_radius_range_m"]))
+        self.get_logger().info(f"view sweep: {num_views} views at {radius:.3f} m, elevation "
+                               f"{elevations[0]:g} to {elevations[1]:g} deg")
         return hemisphere_views(center, num_views, radius, *elevations)
 
     def _execute_sweep(self, goal_handle):
@@ -352,7 +370,6 @@ class SimRobotNode(Node):
                 return result
             dwell_s = goal.dwell_s or self.sweep_defaults["dwell_s"]
             cancelled = lambda: goal_handle.is_cancel_requested  # noqa: E731
-            self.get_logger().info(f"view sweep: {len(views)} views")
             try:
                 for index, target in enumerate(views):
                     self._sweep_one_view(goal_handle, index, len(views), target, dwell_s, cancelled,

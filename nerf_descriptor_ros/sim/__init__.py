@@ -1,5 +1,6 @@
 """The simulated robot without ROS: a pybullet Panda with an eye-in-hand RGB-D camera and an object."""
-from .views import hemisphere_views
+from .views import framing_distance, hemisphere_views
 from .world import IkResult, RenderedFrame, SimConfig, SimWorld
 
-__all__ = ["IkResult", "RenderedFrame", "SimConfig", "SimWorld", "hemisphere_views"]
+__all__ = ["IkResult", "RenderedFrame", "SimConfig", "SimWorld", "framing_distance",
+           "hemisphere_views"]

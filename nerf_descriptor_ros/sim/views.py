@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import look_at
+from ..geometry import CameraIntrinsics, look_at
+
+
+def framing_distance(object_radius: float, intrinsics: CameraIntrinsics, fill_fraction: float) -> float:
+    """Distance at which a sphere of ``object_radius`` spans ``fill_fraction`` of the narrower view."""
+    if not 0.0 < fill_fraction <= 1.0:
+        raise ValueError(f"fill fraction must be in (0, 1], got {fill_fraction}")
+    half_fov = min(np.arctan2(intrinsics.width / 2, intrinsics.fx),
+                   np.arctan2(intrinsics.height / 2, intrinsics.fy))
+    return float(object_radius / np.sin(fill_fraction * half_fov))
 
 
 def hemisphere_views(center, num_views: int, radius: float, min_elevation_deg: float,

@@ -50,7 +50,7 @@ class SimConfig:
     object_source: str = "duck_vhacd.urdf"
     object_scale: float = 1.0
     object_rpy_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)  # model axes -> upright on the table
-    object_nominal_xy: tuple[float, float] = (0.45, 0.0)
+    object_nominal_xy: tuple[float, float] = (0.45, 0.0)  # where the object's bounding box is centred
     object_random_x_range: tuple[float, float] = (0.35, 0.55)
     object_random_y_range: tuple[float, float] = (-0.15, 0.15)
     width: int = 160
@@ -240,10 +240,13 @@ class SimWorld:
         self.place_object_nominal()
 
     def _resting_pose(self, x: float, y: float, yaw: float) -> np.ndarray:
-        """Object pose at (x, y) turned by ``yaw`` about z, its lowest point on the table top."""
-        T = rpy_deg_to_matrix([x, y, 0.0], [0.0, 0.0, np.degrees(yaw)]) @ \
+        """Object pose turned by ``yaw`` about z, its bounding box centred on (x, y) and its lowest
+        point on the table top."""
+        T = rpy_deg_to_matrix([0, 0, 0], [0.0, 0.0, np.degrees(yaw)]) @ \
             rpy_deg_to_matrix([0, 0, 0], self.config.object_rpy_deg)
-        T[2, 3] = -transform_points(T, self._object_vertices)[:, 2].min()
+        points = transform_points(T, self._object_vertices)
+        low, high = points.min(axis=0), points.max(axis=0)
+        T[:3, 3] = [x - (low[0] + high[0]) / 2, y - (low[1] + high[1]) / 2, -low[2]]
         return T
 
     def place_object_nominal(self) -> np.ndarray:
