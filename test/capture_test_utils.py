@@ -7,7 +7,7 @@ from rclpy.executors import SingleThreadedExecutor
 
 
 class RosCalls:
-    """Spins a test node in a background thread and makes blocking service calls with a timeout."""
+    """Spins a test node in a background thread; blocking service calls and future waits with a timeout."""
 
     def __init__(self, node):
         self.node = node
@@ -23,11 +23,19 @@ class RosCalls:
             client = self._clients[name] = self.node.create_client(srv_type, name)
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {name} did not appear within {timeout} s")
-        future = client.call_async(request)
+        return self.wait(client.call_async(request), timeout, f"no answer from {name}")
+
+    def forget_clients(self, prefix: str) -> None:
+        """Drop the clients of services under ``prefix`` (their server was restarted)."""
+        for name in [n for n in self._clients if n.startswith(prefix)]:
+            self.node.destroy_client(self._clients.pop(name))
+
+    @staticmethod
+    def wait(future, timeout: float, what: str = "future"):
         done = threading.Event()
         future.add_done_callback(lambda _: done.set())
         if not done.wait(timeout):
-            raise TimeoutError(f"no answer from {name} within {timeout} s")
+            raise TimeoutError(f"{what} within {timeout} s")
         return future.result()
 
     def close(self) -> None:
