@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from rclpy.executors import SingleThreadedExecutor
 
 
@@ -41,3 +42,11 @@ class RosCalls:
     def close(self) -> None:
         self._executor.shutdown()
         self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def ros(rclpy_node):
+    """RosCalls on the test-side node (import this fixture into a test module to use it)."""
+    calls = RosCalls(rclpy_node)
+    yield calls
+    calls.close()

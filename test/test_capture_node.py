@@ -15,13 +15,15 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from capture_test_utils import RosCalls
+from capture_test_utils import ros  # noqa: F401  (fixture)
 from nerf_descriptor_ros.dataset import Dataset
 from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at, pose_distance
 from nerf_descriptor_ros.msg import CaptureStatus
 from nerf_descriptor_ros.ros_conversions import (array_to_image, intrinsics_to_camera_info,
                                                  matrix_to_pose_msg, ns_to_stamp)
 from nerf_descriptor_ros.srv import CaptureFrame, GetCaptureStatus, StartCapture
+
+pytestmark = pytest.mark.ros
 
 WIDTH, HEIGHT = 32, 24
 INTRINSICS = CameraIntrinsics.from_fov(WIDTH, HEIGHT, 60.0)
@@ -41,15 +43,17 @@ def depth_of(seq: int) -> float:
 class FakeCamera:
     """Publishes a camera stream at ``rate_hz`` with system-clock stamps; ``set(...)`` breaks it on purpose.
 
-    Settings: ``info`` (None = no CameraInfo, else its intrinsics), ``encoding`` of the colour
-    image, ``pose`` ('ok', 'nan', 'non_unit', 'wrong_frame' or 'none').
+    Settings: ``streaming`` (False = the camera stalls), ``info`` (None = no CameraInfo, else its
+    intrinsics), ``encoding`` of the colour image, ``depth`` (False = no depth images), ``pose``
+    ('ok', 'nan', 'non_unit', 'wrong_frame' or 'none').
     """
 
     def __init__(self, node, rate_hz: float = 20.0):
         self.node = node
         self.period = 1.0 / rate_hz
         self.published: dict[int, tuple[int, np.ndarray]] = {}  # stamp -> (sequence number, pose)
-        self._settings = {"info": INTRINSICS, "encoding": "rgb8", "pose": "ok"}
+        self._settings = {"streaming": True, "info": INTRINSICS, "encoding": "rgb8", "depth": True,
+                          "pose": "ok"}
         self._lock = threading.Lock()
         sensor = qos_profile_sensor_data
         self._image = node.create_publisher(Image, "camera/color/image_raw", sensor)
@@ -84,6 +88,8 @@ class FakeCamera:
             with self._lock:  # stamp, then settings: an image stamped after set() has them
                 stamp_ns = self.node.get_clock().now().nanoseconds
                 settings = dict(self._settings)
+            if not settings["streaming"]:
+                continue
             T = orbit_pose(time.monotonic() - self._t0)
             self.published[stamp_ns] = (seq, T)
             self._publish(stamp_ns, seq, T, settings)
@@ -98,8 +104,9 @@ class FakeCamera:
             image = array_to_image(np.ones((HEIGHT, WIDTH), np.float32), settings["encoding"], header)
         mask = np.zeros((HEIGHT, WIDTH), np.uint8)
         mask[:, : WIDTH // 2] = 255 if seq % 2 else 0
-        self._depth.publish(array_to_image(np.full((HEIGHT, WIDTH), depth_of(seq), np.float32),
-                                           "32FC1", header))
+        if settings["depth"]:
+            self._depth.publish(array_to_image(np.full((HEIGHT, WIDTH), depth_of(seq), np.float32),
+                                               "32FC1", header))
         self._mask.publish(array_to_image(mask, "mono8", header))
         if settings["info"] is not None:
             self._info.publish(intrinsics_to_camera_info(settings["info"], header))
@@ -115,13 +122,6 @@ class FakeCamera:
             pose.header.frame_id = "world"
         if settings["pose"] != "none":
             self._pose.publish(pose)
-
-
-@pytest.fixture
-def ros(rclpy_node):
-    calls = RosCalls(rclpy_node)
-    yield calls
-    calls.close()
 
 
 @pytest.fixture
@@ -253,10 +253,14 @@ def test_bad_input_is_refused_with_its_reason_and_loses_nothing(nodes, tmp_path,
     assert grab(ros).success
     camera.set(pose="none")
     refused("older than the image")
-    camera.set(pose="ok")
+    camera.set(pose="ok", depth=False)
+    refused("none had a depth image on /camera/depth/image_raw with the same stamp")
+    camera.set(depth=True, streaming=False)
+    refused("no image stamped at or after the request within 1.0 s (the newest image is stamped")
+    camera.set(streaming=True)
     assert grab(ros).success
     after_good = status(ros)
-    assert after_good.last_error == "" and after_good.frames_rejected == 7
+    assert after_good.last_error == "" and after_good.frames_rejected == 9
 
     second = start(ros, "other")
     assert not second.success and "already capturing 'duck'" in second.message

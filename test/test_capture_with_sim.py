@@ -18,7 +18,7 @@ from rclpy.action import ActionClient
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from std_srvs.srv import Trigger
 
-from capture_test_utils import RosCalls
+from capture_test_utils import ros  # noqa: F401  (fixture)
 from nerf_descriptor_ros.action import ViewSweep
 from nerf_descriptor_ros.dataset import Dataset
 from nerf_descriptor_ros.geometry import (backproject_depth, invert, look_at, project_points,
@@ -28,15 +28,10 @@ from nerf_descriptor_ros.ros_conversions import (matrix_to_pose_msg, pose_msg_to
                                                  stamp_to_ns)
 from nerf_descriptor_ros.srv import CaptureFrame, MoveCamera, StartCapture
 
+pytestmark = pytest.mark.ros
+
 SIM_PARAMS = {"width": 96, "height": 72, "publish_rate_hz": 15.0}
 SWEEP_RADIUS_M = 0.3
-
-
-@pytest.fixture
-def ros(rclpy_node):
-    calls = RosCalls(rclpy_node)
-    yield calls
-    calls.close()
 
 
 @pytest.fixture

@@ -50,8 +50,9 @@ from ..ros_conversions import (camera_info_to_intrinsics, image_to_array, image_
 IMAGE_TOPIC = "camera/color/image_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
 DEPTH_TOPIC = "camera/depth/image_raw"
-# Messages kept per stream for pairing by stamp and for "the next image after the request".
-STREAM_CACHE_SIZE = 16
+# Messages kept per stream for pairing by stamp and for "the next image after the request"
+# (a third of a second at 30 Hz; full-HD RGB-D makes each pair ~14 MB).
+STREAM_CACHE_SIZE = 10
 KEYFRAME_CHECK_PERIOD_S = 0.05
 
 
@@ -165,7 +166,8 @@ class CaptureNode(Node):
                                     "camera optical frame for TF lookups; empty = the image's "
                                     "header.frame_id"),
             "pose_timeout_s": declare("pose_timeout_s", 0.5,
-                                      "how long to wait for the camera pose at an image's stamp"),
+                                      "how long to wait for the camera pose at an image's stamp "
+                                      "(on top of ~/capture_frame's wait for the image)"),
             "max_interpolation_gap_s": declare("max_interpolation_gap_s", 0.2,
                                                "largest gap between the two poses an image stamp "
                                                "may be interpolated between (pose_source: topic)"),
@@ -336,8 +338,7 @@ class CaptureNode(Node):
             with self._write_lock:
                 if stamp <= session.newest_used_ns:  # another request took this image meanwhile
                     continue
-                pose_timeout = min(self.pose_timeout_s, max(0.0, deadline - time.monotonic()))
-                return self._write_frame(session, stamp, pose_timeout)
+                return self._write_frame(session, stamp, self.pose_timeout_s)
 
     def _wait_for_complete_image(self, session: _Session, requested_ns: int, deadline: float,
                                  timeout_s: float) -> int:
