@@ -22,15 +22,15 @@ import torch.nn.functional as F
 
 from .correspondences import (CorrespondenceError, DatasetDepthProvider, MatchingConfig,
                               find_correspondences, view_overlap)
-from .dataset import Dataset
+from .dataset import Dataset, Frame
 from .descriptors.loss import sample_descriptors
 
 EVAL_RESOLUTION = (504, 378)
 PCK_CURVE_MAX_PX = 100
 MIN_CORRESPONDENCES = 100
 
-# An image (HxWx3 uint8 RGB, any size) -> its descriptor image (D, h, w) at the working resolution.
-DescribeFn = Callable[[np.ndarray], torch.Tensor]
+# A frame -> the descriptor image (D, h, w) of its RGB image, at the method's working resolution.
+DescribeFn = Callable[[Frame], torch.Tensor]
 
 
 def rescale_pixels(uv: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
@@ -132,7 +132,7 @@ def evaluate_descriptors(dataset: Dataset, describe: DescribeFn, pairs: list[Eva
 
     def descriptors(position: int) -> torch.Tensor:
         if position not in cache:
-            cache[position] = describe(dataset.frames[position].load_image())
+            cache[position] = describe(dataset.frames[position])
         return cache[position]
 
     results = []
@@ -160,7 +160,8 @@ def dense_sift(width: int, keypoint_size_fraction: float = 0.05) -> DescribeFn:
 
     The keypoint diameter is a fixed fraction of the image width; descriptors are L2-normalised.
     """
-    def describe(rgb: np.ndarray) -> torch.Tensor:
+    def describe(frame: Frame) -> torch.Tensor:
+        rgb = frame.load_image()
         height = int(round(rgb.shape[0] * width / rgb.shape[1]))
         gray = cv2.cvtColor(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA),
                             cv2.COLOR_RGB2GRAY)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import open3d as o3d
+import pytest
+import torch
 
 from nerf_descriptor_ros.dataset import DatasetWriter
 from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at
@@ -97,3 +99,13 @@ def write_scene_dataset(root: Path, scene: Scene, poses: list[np.ndarray], width
 def textured_objects_scene() -> Scene:
     """A box and a sphere side by side: enough texture and shape for descriptors to learn."""
     return Scene([box_mesh([-0.03, 0.0, 0.03], [0.06, 0.08, 0.06]), sphere_mesh([0.045, 0.0, 0.035], 0.035)])
+
+
+@pytest.fixture
+def single_torch_thread():
+    """One torch thread: on a shared 2-core machine OpenMP threads spin against other processes
+    and a training step gets ten times slower; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

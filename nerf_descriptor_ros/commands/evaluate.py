@@ -38,7 +38,7 @@ def run(args) -> int:
                                seed=settings.seed)
     print(f"[evaluate] {sum(len(p.uv_a) for p in pairs)} ground-truth correspondences in "
           f"{len(pairs)} held-out view pairs of {dataset.root}", flush=True)
-    metrics, results = evaluate_descriptors(dataset, lambda rgb: model.describe(rgb).cpu(), pairs)
+    metrics, results = evaluate_descriptors(dataset, lambda frame: model.describe(frame.load_image()).cpu(), pairs)
     atomic_write_json(out / "evaluation.json",
                       {"dataset": str(dataset.root), "model": str(Path(args.model).resolve()),
                        "eval_resolution": list(EVAL_RESOLUTION),
