@@ -443,7 +443,8 @@ class CaptureNode(Node):
             session = self._session
             if session is None or session.keyframes is None:
                 return
-            candidates = [(s, self._images[s]) for s in self._complete_stamps_after(session.newest_used_ns)]
+            candidates = [(stamp, self._images[stamp])
+                          for stamp in self._complete_stamps_after(session.newest_used_ns)]
         for stamp, image in candidates:
             # Give the pose of a fresh image its time to arrive, without holding the write lock;
             # a pose that never comes is refused (with the reason) by _write_frame below.
