@@ -9,7 +9,7 @@ lock around every call.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -113,11 +113,12 @@ class _Motion:
 @dataclass
 class _IkSettings:
     pybullet_iterations: int = 200
-    refine_iterations: int = 100
+    refine_iterations: int = 50
     damping: float = 1e-3
     converged_position_m: float = 1e-7
     converged_rotation_rad: float = 1e-7
     step_limit_rad: float = 0.3
+    stalled_step_rad: float = 1e-7
     random_restarts: int = 8
     exact_position_m: float = 1e-6  # a start reaching this stops the search
     path_check_step_rad: float = 0.05
@@ -222,9 +223,6 @@ class SimWorld:
         self.joint_lower = np.array([joints[n][1] for n in ARM_JOINTS])
         self.joint_upper = np.array([joints[n][2] for n in ARM_JOINTS])
         self._hand_link = links[CAMERA_PARENT_LINK]
-        # pybullet's IK and Jacobians work in the link's inertial frame; ours is the URDF frame.
-        position, orientation = b.getDynamicsInfo(self.robot_id, self._hand_link)[3:5]
-        self._T_hand_com = pose_to_matrix(position, orientation)
         for index in self._finger_indices:
             b.resetJointState(self.robot_id, index, FINGER_OPEN_M)
         self.set_joint_positions(np.array(READY_ARM_POSITIONS))
@@ -250,7 +248,7 @@ class SimWorld:
         return T
 
     def place_object_nominal(self) -> np.ndarray:
-        self.object_seed = None
+        """The object at ``object_nominal_xy`` with no yaw, resting on the table."""
         return self.set_object_pose(self._resting_pose(*self.config.object_nominal_xy, 0.0))
 
     def place_object_random(self, seed: int) -> np.ndarray:
@@ -306,8 +304,8 @@ class SimWorld:
         self._set_arm(arm_positions)
 
     def _set_arm(self, arm_positions) -> None:
-        for index, q in zip(self._arm_indices, arm_positions):
-            self.bullet.resetJointState(self.robot_id, index, float(q))
+        self.bullet.resetJointStatesMultiDof(self.robot_id, self._arm_indices,
+                                             [[float(q)] for q in arm_positions])
 
     def hand_pose(self) -> np.ndarray:
         state = self.bullet.getLinkState(self.robot_id, self._hand_link, computeForwardKinematics=True)
@@ -362,8 +360,8 @@ class SimWorld:
             self._set_arm(saved)
 
     def _pybullet_ik(self, T_target: np.ndarray) -> np.ndarray:
-        T_com = T_target @ invert(self.T_hand_cam) @ self._T_hand_com
-        position, orientation = matrix_to_pose(T_com)
+        # pybullet's IK and Jacobian (unlike its base poses) use the URDF link frame.
+        position, orientation = matrix_to_pose(T_target @ invert(self.T_hand_cam))
         n_fingers = len(self._finger_indices)
         ranges = self.joint_upper - self.joint_lower
         q = self.bullet.calculateInverseKinematics(
@@ -378,7 +376,7 @@ class SimWorld:
     def _refine_ik(self, q: np.ndarray, T_target: np.ndarray) -> np.ndarray:
         """Damped least squares on the camera frame's position and orientation, within joint limits."""
         settings = self._ik
-        camera_in_com = transform_points(invert(self._T_hand_com), self.T_hand_cam[:3, 3][None])[0]
+        camera_in_hand = self.T_hand_cam[:3, 3].tolist()
         fingers = [FINGER_OPEN_M] * len(self._finger_indices)
         zeros = [0.0] * (len(ARM_JOINTS) + len(fingers))
         for _ in range(settings.refine_iterations):
@@ -390,12 +388,15 @@ class SimWorld:
                     and np.linalg.norm(error[3:]) < settings.converged_rotation_rad):
                 break
             linear, angular = self.bullet.calculateJacobian(
-                self.robot_id, self._hand_link, camera_in_com.tolist(), q.tolist() + fingers,
+                self.robot_id, self._hand_link, camera_in_hand, q.tolist() + fingers,
                 zeros, zeros)
             J = np.vstack([np.asarray(linear), np.asarray(angular)])[:, : len(ARM_JOINTS)]
             step = J.T @ np.linalg.solve(J @ J.T + settings.damping * np.eye(6), error)
             step *= min(1.0, settings.step_limit_rad / max(np.abs(step).max(), 1e-12))
-            q = np.clip(q + step, self.joint_lower, self.joint_upper)
+            q_next = np.clip(q + step, self.joint_lower, self.joint_upper)
+            if np.abs(q_next - q).max() < settings.stalled_step_rad:  # stuck, e.g. against a limit
+                break
+            q = q_next
         return q
 
     def _check_solution(self, q: np.ndarray, T_target: np.ndarray, q_from: np.ndarray) -> IkResult:
@@ -425,10 +426,11 @@ class SimWorld:
         return ""
 
     def _collision(self) -> str:
-        """Name of what the arm (above its base link) penetrates at its current joints, or ''."""
+        """Name of what the arm (any link but its base, which stands on the table) penetrates at
+        its current joints, or ''."""
         for body, name in ((self.table_id, "table"), (self.object_id, "object")):
             for contact in self.bullet.getClosestPoints(self.robot_id, body, distance=0.0):
-                if contact[3] > 0 and contact[8] < -1e-3:  # linkIndexA, contact distance
+                if contact[3] >= 0 and contact[8] < -1e-3:  # linkIndexA, contact distance
                     return name
         return ""
 
