@@ -285,6 +285,15 @@ class DatasetWriter:
     def frame_count(self) -> int:
         return len(self.manifest["frames"])
 
+    @property
+    def metadata(self) -> dict:
+        """The manifest's ``nerf_descriptor_ros`` block (read-only view; see update_metadata)."""
+        return dict(self.manifest["nerf_descriptor_ros"])
+
+    def update_metadata(self, **values) -> None:
+        """Set metadata keys; they reach the disk with the next frame written."""
+        self.manifest["nerf_descriptor_ros"].update(values)
+
     def add_frame(self, rgb: np.ndarray, c2w: np.ndarray, intrinsics: CameraIntrinsics,
                   stamp_ns: int | None = None, depth_m: np.ndarray | None = None,
                   mask: np.ndarray | None = None) -> int:

@@ -272,7 +272,7 @@ class CaptureNode(Node):
             if not resuming:
                 metadata.update(start_time=now, camera_frame=self.camera_frame)
             writer = DatasetWriter(path, metadata, resume=request.resume)
-            recorded = writer.manifest["nerf_descriptor_ros"]
+            recorded = writer.metadata
             if resuming and recorded.get("base_frame", self.base_frame) != self.base_frame:
                 raise CaptureError(f"{path} was captured in base frame {recorded['base_frame']!r}, "
                                    f"this node uses {self.base_frame!r}: poses would not agree")
@@ -413,7 +413,7 @@ class CaptureNode(Node):
             mask = self._mask_array(mask_msg) if self.mask_topic else None
             if not session.camera_frame:
                 session.camera_frame = camera_frame
-                session.writer.manifest["nerf_descriptor_ros"]["camera_frame"] = camera_frame
+                session.writer.update_metadata(camera_frame=camera_frame)
             index = session.writer.add_frame(rgb, pose, intrinsics, stamp_ns=stamp_ns,
                                              depth_m=depth, mask=mask)
         except (NerfDescriptorError, ValueError, OSError) as exc:
