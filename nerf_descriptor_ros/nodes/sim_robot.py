@@ -240,26 +240,30 @@ class SimRobotNode(Node):
             stamp = self.get_clock().now().to_msg()
             frame = self.world.render()
         camera_header = Header(stamp=stamp, frame_id=self.camera_frame)
-        self._image_pub.publish(array_to_image(frame.rgb, "rgb8", camera_header))
+        # Everything that goes with an image is sent before it, so that a subscriber pairing by
+        # stamp on the image's arrival usually finds the rest already there.
+        self._pose_pub.publish(self._pose_stamped(frame.T_base_cam, stamp))
+        if self._tf_broadcaster is not None:
+            self._tf_broadcaster.sendTransform(self._camera_transform(frame.T_base_cam, stamp))
         self._info_pub.publish(intrinsics_to_camera_info(self.world.intrinsics, camera_header))
         if self._depth_pub is not None:
             self._depth_pub.publish(array_to_image(frame.depth, "32FC1", camera_header))
         if self._mask_pub is not None:
             mask = np.where(frame.mask, 255, 0).astype(np.uint8)
             self._mask_pub.publish(array_to_image(mask, "mono8", camera_header))
-        self._pose_pub.publish(self._pose_stamped(frame.T_base_cam, stamp))
-        self._joint_pub.publish(JointState(
-            header=Header(stamp=stamp, frame_id=self.base_frame), name=self.world.joint_names,
-            position=frame.joint_positions.tolist()))
-        if self._tf_broadcaster is not None:
-            pose = matrix_to_pose_msg(frame.T_base_cam)
-            transform = TransformStamped(header=Header(stamp=stamp, frame_id=self.base_frame),
-                                         child_frame_id=self.camera_frame)
-            transform.transform.translation.x = pose.position.x
-            transform.transform.translation.y = pose.position.y
-            transform.transform.translation.z = pose.position.z
-            transform.transform.rotation = pose.orientation
-            self._tf_broadcaster.sendTransform(transform)
+        self._image_pub.publish(array_to_image(frame.rgb, "rgb8", camera_header))
+        self._joint_pub.publish(JointState(header=Header(stamp=stamp), name=self.world.joint_names,
+                                           position=frame.joint_positions.tolist()))
+
+    def _camera_transform(self, T_base_cam: np.ndarray, stamp) -> TransformStamped:
+        pose = matrix_to_pose_msg(T_base_cam)
+        transform = TransformStamped(header=Header(stamp=stamp, frame_id=self.base_frame),
+                                     child_frame_id=self.camera_frame)
+        transform.transform.translation.x = pose.position.x
+        transform.transform.translation.y = pose.position.y
+        transform.transform.translation.z = pose.position.z
+        transform.transform.rotation = pose.orientation
+        return transform
 
     def _pose_stamped(self, T: np.ndarray, stamp=None) -> PoseStamped:
         stamp = stamp if stamp is not None else self.get_clock().now().to_msg()

@@ -61,7 +61,7 @@ class SimConfig:
     # Optical frame on the hand: a little behind the fingers' reach, looking along the hand's z.
     camera_mount_xyz: tuple[float, float, float] = (0.05, 0.0, 0.04)
     camera_mount_rpy_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    joint_speed_rad_s: float = 1.0
+    joint_speed_rad_s: float = 1.5
     ik_position_tolerance_m: float = 0.005
     ik_rotation_tolerance_deg: float = 2.0
     table_size_xy: tuple[float, float] = (1.4, 1.6)
