@@ -146,6 +146,8 @@ def test_dataset_to_llff_takes_bounds_from_depth_and_masks_along(tmp_path):
     for a, b in zip(ds.frames, back.frames):
         assert np.array_equal(a.c2w, b.c2w) and a.intrinsics == b.intrinsics
         assert np.array_equal(a.load_mask(), b.load_mask())
+    # what a NeRF trains on (poses, cameras, pixels, masks) comes back identical; depth stays behind
+    assert back.content_hash() == ds.content_hash()
 
 
 def test_blender_synthetic_import_and_nerfstudio_round_trip(tmp_path):

@@ -83,7 +83,7 @@ def run_sfm(image_root: Path, image_names: list[str], work_dir: Path,
     if database.exists():
         database.unlink()
     previous_log_level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 0 if verbose else 2
+    pycolmap.logging.minloglevel = 0 if verbose else 3  # our errors say it
     pycolmap.set_random_seed(seed)
     try:
         with _cancellation(cancel) as token:
@@ -100,9 +100,12 @@ def run_sfm(image_root: Path, image_names: list[str], work_dir: Path,
     finally:
         pycolmap.logging.minloglevel = previous_log_level
     if not models:
-        raise SfmError(f"SfM found no initial image pair to start from ({verified} overlapping "
-                       "image pairs): too few overlapping images. Capture more views, closer "
-                       "together (neighbours at most ~15-20 degrees apart), of a textured scene")
+        raise SfmError(
+            f"SfM could not start a reconstruction: no image pair has enough matches "
+            f"({verified} verified pairs, median {int(np.median(features))} SIFT features per "
+            "image). Either the views are too few or too far apart (capture more views, "
+            "neighbours at most ~15-20 degrees apart) or they are too textureless (keep the "
+            "background in the images, do not mask it out; put the object on a textured surface)")
     model = max(models.values(), key=lambda m: m.num_reg_images())
     index = {name: i for i, name in enumerate(image_names)}
     ids = sorted(model.reg_image_ids(), key=lambda image_id: index[model.image(image_id).name])
