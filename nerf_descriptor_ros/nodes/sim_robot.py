@@ -78,7 +78,8 @@ class SimRobotNode(Node):
         self.sweep_defaults = {key: p[key] for key in (
             "sweep_num_views", "sweep_radius_m", "sweep_fill_fraction", "sweep_radius_range_m",
             "sweep_min_elevation_deg", "sweep_max_elevation_deg", "dwell_s")}
-        _pair(p["sweep_radius_range_m"], "sweep_radius_range_m")
+        self.sweep_defaults["sweep_radius_range_m"] = _pair(p["sweep_radius_range_m"],
+                                                            "sweep_radius_range_m")
         if not self.base_frame or not self.camera_frame:
             raise SimRobotError("parameters base_frame and camera_frame must not be empty")
         if p["publish_rate_hz"] <= 0:
