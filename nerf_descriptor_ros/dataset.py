@@ -8,8 +8,9 @@ Layout of ``<data_root>/<object_name>/``::
     masks/frame_00000.png    optional; one channel, 0 = background/ignore, 255 = object
     ground_truth.json        optional; written by the simulator for evaluation
 
-``transform_matrix`` in the manifest is camera-to-world in OpenGL axes, as nerfstudio expects;
-:class:`Frame` exposes it converted to the package's OpenCV convention (``c2w``). Extra keys
+``transform_matrix`` in the manifest is camera-to-world in OpenGL axes and ``cx, cy`` count from
+the image corner, as nerfstudio expects; :class:`Frame` exposes both converted to the package's
+conventions (OpenCV axes in ``c2w``, pixel centres at integers in ``intrinsics``). Extra keys
 nerfstudio ignores carry what later stages need: per-frame ``stamp_ns`` and a top-level
 ``nerf_descriptor_ros`` block (format version, frames, object name).
 
@@ -37,6 +38,8 @@ from .geometry import (CameraIntrinsics, InvalidPoseError, opencv_to_opengl, ope
 MANIFEST_NAME = "transforms.json"
 FORMAT_VERSION = 1
 DEPTH_UNIT_SCALE = 0.001  # depth PNG value * this = metres
+# The principal point in transforms.json (image corner at 0) is ours (pixel centres at 0) + this.
+HALF_PIXEL = 0.5
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -99,10 +102,18 @@ def depth_to_png16(depth_m: np.ndarray) -> np.ndarray:
 
 
 def intrinsics_to_json(intr: CameraIntrinsics) -> dict:
-    """nerfstudio's intrinsics keys; distortion (OpenCV order k1 k2 p1 p2 k3) as k1..k3, p1, p2."""
+    """nerfstudio's intrinsics keys; distortion (OpenCV order k1 k2 p1 p2 k3) as k1..k3, p1, p2.
+
+    nerfstudio (like COLMAP) puts the image corner at 0, so its principal point is ours (pixel
+    centres at integers, as in OpenCV and CameraInfo) plus :data:`HALF_PIXEL`.
+    """
     d = list(intr.distortion) + [0.0] * max(0, 5 - len(intr.distortion))
-    return {"camera_model": "OPENCV", "fl_x": intr.fx, "fl_y": intr.fy, "cx": intr.cx,
-            "cy": intr.cy, "w": int(intr.width), "h": int(intr.height),
+    if any(d[5:]):
+        raise DatasetError("nerfstudio's OPENCV model has k1, k2, p1, p2, k3 only; this camera has "
+                           "more distortion terms: undistort the images first")
+    return {"camera_model": "OPENCV", "fl_x": intr.fx, "fl_y": intr.fy,
+            "cx": intr.cx + HALF_PIXEL, "cy": intr.cy + HALF_PIXEL,
+            "w": int(intr.width), "h": int(intr.height),
             "k1": d[0], "k2": d[1], "p1": d[2], "p2": d[3], "k3": d[4]}
 
 
@@ -117,9 +128,9 @@ def intrinsics_from_json(entry: dict, fallback: dict | None = None) -> CameraInt
         raise DatasetError(f"camera_model {merged['camera_model']!r} is not supported "
                            "(OPENCV or PINHOLE)")
     dist = [float(merged.get(k, 0.0)) for k in ("k1", "k2", "p1", "p2", "k3")]
-    return CameraIntrinsics(float(merged["fl_x"]), float(merged["fl_y"]), float(merged["cx"]),
-                            float(merged["cy"]), int(merged["w"]), int(merged["h"]),
-                            dist if any(dist) else [])
+    return CameraIntrinsics(float(merged["fl_x"]), float(merged["fl_y"]),
+                            float(merged["cx"]) - HALF_PIXEL, float(merged["cy"]) - HALF_PIXEL,
+                            int(merged["w"]), int(merged["h"]), dist if any(dist) else [])
 
 
 _INTRINSIC_KEYS = ("camera_model", "fl_x", "fl_y", "cx", "cy", "w", "h",

@@ -31,6 +31,8 @@ def test_write_then_load_round_trip(tmp_path):
     assert len(ds) == 3 and ds.has_depth and not ds.has_masks
     manifest = json.loads((tmp_path / "duck" / "transforms.json").read_text())
     assert manifest["camera_model"] == "OPENCV" and manifest["w"] == 32
+    # nerfstudio counts the principal point from the image corner: ours + half a pixel
+    assert manifest["cx"] == INTR.cx + 0.5 and manifest["cy"] == INTR.cy + 0.5
     for i, frame in enumerate(ds.frames):
         assert np.allclose(frame.c2w, poses[i])
         # the manifest holds the OpenGL convention, as nerfstudio reads it

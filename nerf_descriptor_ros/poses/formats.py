@@ -2,8 +2,9 @@
 
 Conventions (each pinned by a round trip in test/test_pose_formats.py):
 
-* Our dataset: nerfstudio ``transforms.json`` with camera-to-world in OpenGL axes; ``Frame.c2w`` is
-  OpenCV axes; intrinsics put pixel centres at integer coordinates (OpenCV, ROS CameraInfo).
+* Our dataset: nerfstudio ``transforms.json`` (camera-to-world in OpenGL axes, principal point
+  from the image corner); in memory ``Frame.c2w`` is OpenCV axes and ``Frame.intrinsics`` puts
+  pixel centres at integer coordinates (OpenCV, ROS CameraInfo).
 * LLFF ``poses_bounds.npy``: N x 17, one row per image of ``images/`` in sorted file-name order: a
   row-major 3x5 ``[R | t | hwf]`` then ``near, far``. ``R``'s columns are the camera's down, right
   and backward axes in world coordinates ("DRB"), ``t`` the camera centre, ``hwf`` the image height,
@@ -37,14 +38,13 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from ..dataset import MANIFEST_NAME, Dataset, DatasetError, DatasetWriter, atomic_write_bytes, atomic_write_json
+from ..dataset import (HALF_PIXEL, MANIFEST_NAME, Dataset, DatasetError, DatasetWriter,
+                       atomic_write_bytes, atomic_write_json, intrinsics_to_json)
 from ..geometry import (CameraIntrinsics, invert, opencv_to_opengl, opengl_to_opencv,
                         validate_rigid_transform)
 from ..progress import ProgressCallback, ProgressReport, check_cancelled
 from .masks import IMAGE_SUFFIXES, masks_for_images, read_mask_file
 
-# Half a pixel: the principal point of formats that put the image corner at 0 is ours + HALF_PIXEL.
-HALF_PIXEL = 0.5
 LLFF_FILE = "poses_bounds.npy"
 # R_drb = R_cv @ _DRB_FROM_CV and back again (the matrix is its own inverse).
 _DRB_FROM_CV = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
@@ -441,7 +441,7 @@ def export_nerfstudio(dataset_path, dest, report: ProgressCallback | None = None
                       cancel: threading.Event | None = None) -> Path:
     """A plain nerfstudio copy: image corner at 0 for ``cx, cy``, files copied byte for byte."""
     dataset = Dataset.load(dataset_path)
-    first = _nerfstudio_intrinsics(dataset.frames[0].intrinsics)
+    first = intrinsics_to_json(dataset.frames[0].intrinsics)
     manifest = dict(first)
     manifest["frames"] = []
     with staged_folder(dest) as staging:
@@ -455,23 +455,13 @@ def export_nerfstudio(dataset_path, dest, report: ProgressCallback | None = None
                 if path is not None:
                     entry[key] = f"{folder}/{path.name}"
                     shutil.copyfile(path, _mkparent(staging / entry[key]))
-            own = _nerfstudio_intrinsics(frame.intrinsics)
+            own = intrinsics_to_json(frame.intrinsics)
             entry.update({k: v for k, v in own.items() if first[k] != v})
             manifest["frames"].append(entry)
             if report:
                 report(ProgressReport("export", i + 1, len(dataset)))
         atomic_write_json(staging / MANIFEST_NAME, manifest)
     return Path(dest).expanduser().resolve()
-
-
-def _nerfstudio_intrinsics(intr: CameraIntrinsics) -> dict:
-    d = list(intr.distortion) + [0.0] * max(0, 5 - len(intr.distortion))
-    if any(d[5:]):
-        raise DatasetError("nerfstudio's OPENCV model has k1, k2, p1, p2, k3 only; this camera has "
-                           "more distortion terms")
-    return {"camera_model": "OPENCV", "fl_x": intr.fx, "fl_y": intr.fy,
-            "cx": intr.cx + HALF_PIXEL, "cy": intr.cy + HALF_PIXEL, "w": intr.width,
-            "h": intr.height, "k1": d[0], "k2": d[1], "p1": d[2], "p2": d[3], "k3": d[4]}
 
 
 # --- COLMAP -------------------------------------------------------------------------------------
