@@ -1,0 +1,436 @@
+"""Named grasp keypoints: a pixel on a training view, its descriptor and its 3D point on the object.
+
+A keypoint is defined once, by a person (the ``~/set_grasp_point`` service or a YAML file of
+``name, image_index, u, v``) or automatically (:func:`auto_grasp_keypoints`), on a frame of the
+dataset the descriptor model was trained on. It keeps
+
+* the descriptor of that pixel, averaged over the object pixels within ``neighbourhood_px``
+  (what the live node searches for in every camera image), and
+* the pixel's 3D point in the dataset's base frame, from the dataset's depth when it has depth,
+  else from the NeRF's expected depth along the pixel's ray.
+
+A set of keypoints is stored beside the model's manifest as ``keypoints.json`` (atomic write) and
+names the weights it was made with: descriptors of another model are meaningless, so such a file
+is refused. Pixels are (u, v) = (column, row) with pixel centres at integers, in the dataset
+image's own resolution.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from .correspondences import DatasetDepthProvider, NerfDepthProvider, ViewGeometry
+from .dataset import Dataset, Frame, atomic_write_json
+from .descriptors.loss import sample_descriptors
+from .descriptors.model import DescriptorModel
+from .errors import NerfDescriptorError
+from .evaluation import rescale_pixels
+from .geometry import CameraIntrinsics, invert, project_points, transform_points
+
+KEYPOINTS_NAME = "keypoints.json"
+KEYPOINTS_FORMAT = "nerf_descriptor_ros.keypoints"
+KEYPOINTS_VERSION = 1
+DEFAULT_NEIGHBOURHOOD_PX = 1.0
+AUTO_GRASP_NAME = "grasp"
+_KEYPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+# An RGB image (HxWx3 uint8) -> its descriptor image (D, h, w) at the model's input size.
+DescribeFn = Callable[[np.ndarray], torch.Tensor]
+
+
+class KeypointError(NerfDescriptorError):
+    """A keypoint that cannot be defined, stored or loaded as asked; the message says why."""
+
+
+@dataclass
+class KeypointSpec:
+    """Where a keypoint is: a name and a pixel of a dataset frame (``image_index`` = frame index)."""
+
+    name: str
+    image_index: int
+    u: float
+    v: float
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not _KEYPOINT_NAME.match(self.name):
+            raise KeypointError(f"invalid keypoint name {self.name!r}: 1-64 letters, digits, '_', "
+                                "'.' or '-', starting with a letter")
+        try:
+            self.image_index, self.u, self.v = int(self.image_index), float(self.u), float(self.v)
+        except (TypeError, ValueError) as exc:
+            raise KeypointError(f"keypoint {self.name!r}: image_index, u and v must be numbers") from exc
+        if not (np.isfinite(self.u) and np.isfinite(self.v)):
+            raise KeypointError(f"keypoint {self.name!r}: u and v must be finite")
+
+
+@dataclass
+class Keypoint:
+    """A defined keypoint: where it was clicked, what it looks like, where it is in 3D."""
+
+    spec: KeypointSpec
+    descriptor: np.ndarray              # (D,) float32
+    point_base: Optional[np.ndarray]    # (3,) metres in the dataset's base frame, None if unknown
+    point_source: str                   # "dataset_depth", "nerf_depth" or "none"
+    neighbourhood_px: float
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def to_json(self) -> dict:
+        return {"name": self.spec.name, "image_index": self.spec.image_index, "u": self.spec.u,
+                "v": self.spec.v, "descriptor": [float(x) for x in self.descriptor],
+                "point": None if self.point_base is None else [float(x) for x in self.point_base],
+                "point_source": self.point_source, "neighbourhood_px": self.neighbourhood_px}
+
+    @classmethod
+    def from_json(cls, entry: dict) -> "Keypoint":
+        spec = KeypointSpec(entry["name"], entry["image_index"], entry["u"], entry["v"])
+        point = entry.get("point")
+        return cls(spec, np.asarray(entry["descriptor"], dtype=np.float32),
+                   None if point is None else np.asarray(point, dtype=np.float64),
+                   str(entry.get("point_source", "none")), float(entry.get("neighbourhood_px", 0.0)))
+
+
+class KeypointSet:
+    """The keypoints of one model, in definition order, unique by name."""
+
+    def __init__(self, model_sha256: str, descriptor_dim: int, base_frame: str = "",
+                 dataset_root: str = "", keypoints: Optional[list[Keypoint]] = None):
+        self.model_sha256 = model_sha256
+        self.descriptor_dim = int(descriptor_dim)
+        self.base_frame = base_frame
+        self.dataset_root = dataset_root
+        self._keypoints: dict[str, Keypoint] = {}
+        for keypoint in keypoints or []:
+            self.put(keypoint)
+
+    @classmethod
+    def for_model(cls, model: DescriptorModel, dataset: Optional[Dataset] = None) -> "KeypointSet":
+        """An empty set bound to ``model`` (and to the base frame of ``dataset``)."""
+        base_frame = dataset.metadata.get("base_frame", "") if dataset is not None else ""
+        return cls(model.manifest["weights_sha256"], model.descriptor_dim, base_frame,
+                   str(dataset.root) if dataset is not None else "")
+
+    def __len__(self) -> int:
+        return len(self._keypoints)
+
+    def __iter__(self):
+        return iter(list(self._keypoints.values()))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._keypoints
+
+    def __getitem__(self, name: str) -> Keypoint:
+        return self._keypoints[name]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._keypoints)
+
+    def put(self, keypoint: Keypoint) -> None:
+        """Add a keypoint, replacing one of the same name."""
+        if keypoint.descriptor.shape != (self.descriptor_dim,):
+            raise KeypointError(f"keypoint {keypoint.name!r} has a descriptor of shape "
+                                f"{keypoint.descriptor.shape}, the model's have {self.descriptor_dim}")
+        self._keypoints[keypoint.name] = keypoint
+
+    def descriptors(self) -> np.ndarray:
+        """(K, D) float32 in definition order."""
+        if not self._keypoints:
+            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
+        return np.stack([k.descriptor for k in self._keypoints.values()]).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"format": KEYPOINTS_FORMAT, "version": KEYPOINTS_VERSION,
+                "model_weights_sha256": self.model_sha256, "descriptor_dim": self.descriptor_dim,
+                "base_frame": self.base_frame, "dataset": self.dataset_root,
+                "keypoints": [k.to_json() for k in self._keypoints.values()]}
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write ``<model_dir>/keypoints.json`` atomically; returns its path."""
+        path = Path(model_dir) / KEYPOINTS_NAME
+        try:
+            atomic_write_json(path, self.to_json())
+        except OSError as exc:
+            raise KeypointError(f"cannot write {path}: {exc}") from exc
+        return path
+
+    @classmethod
+    def load(cls, model: DescriptorModel, path: str | Path) -> "KeypointSet":
+        """The keypoints in ``path`` (a ``keypoints.json``) for ``model``; an empty set bound to
+        the model when the file does not exist yet."""
+        path = Path(path)
+        if not path.is_file():
+            return cls(model.manifest["weights_sha256"], model.descriptor_dim)
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise KeypointError(f"{path} is not readable JSON ({exc})") from exc
+        if not isinstance(data, dict) or data.get("format") != KEYPOINTS_FORMAT \
+                or data.get("version") != KEYPOINTS_VERSION:
+            raise KeypointError(f"{path} is not a {KEYPOINTS_FORMAT} version {KEYPOINTS_VERSION} file")
+        if data.get("model_weights_sha256") != model.manifest["weights_sha256"]:
+            raise KeypointError(f"{path} was made with other model weights than the model beside "
+                                "it: its descriptors do not apply; define the keypoints again")
+        try:
+            return cls(data["model_weights_sha256"], int(data["descriptor_dim"]),
+                       str(data.get("base_frame", "")), str(data.get("dataset", "")),
+                       [Keypoint.from_json(entry) for entry in data["keypoints"]])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeypointError(f"{path} has a malformed keypoint ({exc!r})") from exc
+
+
+def load_keypoint_specs(path: str | Path) -> list[KeypointSpec]:
+    """Keypoint pixels from a YAML file (see ``config/keypoints_example.yaml``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise KeypointError(f"keypoint file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise KeypointError(f"{path} is not valid YAML: {exc}") from exc
+    entries = data.get("keypoints") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise KeypointError(f"{path} needs a non-empty 'keypoints' list of "
+                            "{name, image_index, u, v}")
+    specs = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != {"name", "image_index", "u", "v"}:
+            raise KeypointError(f"{path}: keypoint {i} must have exactly the keys name, "
+                                f"image_index, u and v; got {entry!r}")
+        specs.append(KeypointSpec(**entry))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise KeypointError(f"{path}: keypoint names must be unique, got {names}")
+    return specs
+
+
+# ---- defining keypoints -----------------------------------------------------------------------
+
+def frame_by_index(dataset: Dataset, image_index: int) -> Frame:
+    for frame in dataset.frames:
+        if frame.index == image_index:
+            return frame
+    raise KeypointError(f"dataset {dataset.root} has no frame with index {image_index} "
+                        f"(it has {len(dataset)} frames, indices "
+                        f"{dataset.frames[0].index if dataset.frames else '-'}..."
+                        f"{dataset.frames[-1].index if dataset.frames else '-'})")
+
+
+def neighbourhood_offsets(radius_px: float) -> np.ndarray:
+    """(N, 2) integer pixel offsets within a disc of ``radius_px`` (just (0, 0) for radius < 1)."""
+    r = int(np.floor(max(radius_px, 0.0)))
+    du, dv = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1))
+    inside = du ** 2 + dv ** 2 <= radius_px ** 2 + 1e-9
+    return np.stack([du[inside], dv[inside]], -1).astype(np.float64)
+
+
+def pixel_descriptor(descriptors: torch.Tensor, image_size: tuple[int, int], u: float, v: float,
+                     neighbourhood_px: float = 0.0, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Mean descriptor (D,) over the pixels within ``neighbourhood_px`` of (u, v) in an image of
+    ``image_size`` (w, h) whose descriptor image (D, h', w') may be smaller; pixels outside the
+    image or off ``mask`` (HxW bool, image resolution) are left out, (u, v) itself always counts."""
+    width, height = image_size
+    pixels = np.array([u, v]) + neighbourhood_offsets(neighbourhood_px)
+    keep = (pixels[:, 0] >= 0) & (pixels[:, 0] <= width - 1) & (pixels[:, 1] >= 0) & \
+           (pixels[:, 1] <= height - 1)
+    if mask is not None:
+        cols = np.clip(np.rint(pixels[:, 0]).astype(int), 0, width - 1)
+        rows = np.clip(np.rint(pixels[:, 1]).astype(int), 0, height - 1)
+        keep &= mask[rows, cols]
+    pixels = np.concatenate([[[u, v]], pixels[keep]])
+    size = (descriptors.shape[-1], descriptors.shape[-2])
+    uv = torch.as_tensor(rescale_pixels(pixels, image_size, size), dtype=torch.float32,
+                         device=descriptors.device)
+    with torch.no_grad():
+        sampled = sample_descriptors(descriptors.float(), uv)
+    return sampled.mean(0).cpu().numpy().astype(np.float32)
+
+
+def depth_at(depth: np.ndarray, u: float, v: float) -> float:
+    """Depth at the nearest pixel, else the median of the valid 3x3 neighbours, else NaN."""
+    height, width = depth.shape
+    col, row = int(np.clip(np.rint(u), 0, width - 1)), int(np.clip(np.rint(v), 0, height - 1))
+    z = float(depth[row, col])
+    if np.isfinite(z) and z > 0:
+        return z
+    window = depth[max(row - 1, 0):row + 2, max(col - 1, 0):col + 2]
+    valid = window[np.isfinite(window) & (window > 0)]
+    return float(np.median(valid)) if valid.size else float("nan")
+
+
+def pixel_ray_camera(intrinsics: CameraIntrinsics, u: float, v: float) -> CameraIntrinsics:
+    """A 1x1 camera whose single pixel is pixel (u, v) of ``intrinsics`` (to render one ray)."""
+    return CameraIntrinsics(intrinsics.fx, intrinsics.fy, intrinsics.cx - u, intrinsics.cy - v, 1, 1)
+
+
+def nerf_depth_at(nerf, frame: Frame, u: float, v: float) -> float:
+    """The NeRF's expected z-depth of pixel (u, v) of ``frame`` (NaN where its ray hits nothing)."""
+    from .nerf import render_camera
+    out = render_camera(nerf, frame.c2w, pixel_ray_camera(frame.intrinsics, u, v),
+                        return_weights=False)
+    z = float(out.depth.reshape(-1)[0])
+    return z if z > 0 else float("nan")
+
+
+def lift_pixel(frame: Frame, u: float, v: float, z: float) -> np.ndarray:
+    """Pixel (u, v) at z-depth ``z`` of ``frame`` -> point (3,) in the dataset's base frame."""
+    view = ViewGeometry(frame.c2w, frame.intrinsics, *_no_pixels(frame.intrinsics))
+    return view.lift(np.array([[u, v]], dtype=np.float64), np.array([z]))[0]
+
+
+def _no_pixels(intr: CameraIntrinsics) -> tuple[np.ndarray, np.ndarray]:
+    shape = (intr.height, intr.width)
+    return np.full(shape, np.nan, np.float32), np.zeros(shape, bool)
+
+
+def keypoint_point(frame: Frame, u: float, v: float, nerf=None) -> tuple[Optional[np.ndarray], str]:
+    """(point in the base frame, where its depth came from) for pixel (u, v) of ``frame``."""
+    depth = frame.load_depth()
+    if depth is not None:
+        z, source = depth_at(depth, u, v), "dataset_depth"
+    elif nerf is not None:
+        z, source = nerf_depth_at(nerf, frame, u, v), "nerf_depth"
+    else:
+        return None, "none"
+    if not np.isfinite(z):
+        raise KeypointError(f"pixel ({u:.1f}, {v:.1f}) of frame {frame.index} has no depth "
+                            f"({source.replace('_', ' ')}): it is off the object; pick a pixel on it")
+    return lift_pixel(frame, u, v, z), source
+
+
+def define_keypoint(describe: DescribeFn, dataset: Dataset, spec: KeypointSpec, nerf=None,
+                    neighbourhood_px: float = DEFAULT_NEIGHBOURHOOD_PX) -> Keypoint:
+    """Descriptor and 3D point of the pixel ``spec`` names (see the module docstring)."""
+    frame = frame_by_index(dataset, spec.image_index)
+    intr = frame.intrinsics
+    if not (0 <= spec.u <= intr.width - 1 and 0 <= spec.v <= intr.height - 1):
+        raise KeypointError(f"pixel ({spec.u}, {spec.v}) is outside frame {frame.index}'s "
+                            f"{intr.width}x{intr.height} image")
+    mask = frame.load_mask()
+    if mask is not None and not mask[int(round(spec.v)), int(round(spec.u))]:
+        raise KeypointError(f"pixel ({spec.u}, {spec.v}) of frame {frame.index} is not on the "
+                            "object (its mask is 0 there)")
+    point, source = keypoint_point(frame, spec.u, spec.v, nerf)
+    descriptors = describe(frame.load_image())
+    descriptor = pixel_descriptor(descriptors, (intr.width, intr.height), spec.u, spec.v,
+                                  neighbourhood_px, mask)
+    return Keypoint(spec, descriptor, point, source, float(neighbourhood_px))
+
+
+def define_keypoints(describe: DescribeFn, dataset: Dataset, specs: list[KeypointSpec],
+                     keypoints: KeypointSet, nerf=None,
+                     neighbourhood_px: float = DEFAULT_NEIGHBOURHOOD_PX) -> KeypointSet:
+    """Define every spec into ``keypoints`` (replacing same-named ones); returns the set."""
+    for spec in specs:
+        keypoints.put(define_keypoint(describe, dataset, spec, nerf, neighbourhood_px))
+    return keypoints
+
+
+# ---- the automatic grasp point ------------------------------------------------------------
+
+def object_view(dataset: Dataset, frame: Frame, nerf=None) -> ViewGeometry:
+    """The frame's object mask and z-depth: the dataset's own where it has both, else the NeRF's
+    renders (with the dataset's masks when it has masks)."""
+    if dataset.has_depth and dataset.has_masks:
+        return DatasetDepthProvider(dataset).render(frame, frame.intrinsics)
+    if nerf is None:
+        raise KeypointError(f"dataset {dataset.root} lacks {'masks' if dataset.has_depth else 'depth'} "
+                            "and no NeRF was given to render them: the automatic grasp point "
+                            "needs both")
+    return NerfDepthProvider(nerf, quantiles=1).render(frame, frame.intrinsics)
+
+
+def _interior_pixels(view: ViewGeometry, margin_px: int) -> np.ndarray:
+    """(N, 2) integer (u, v) of object pixels with depth at least ``margin_px`` inside the mask."""
+    kernel = np.ones((2 * margin_px + 1, 2 * margin_px + 1), np.uint8)
+    interior = (cv2.erode(view.mask.astype(np.uint8), kernel) > 0) & np.isfinite(view.depth)
+    rows, cols = np.nonzero(interior)
+    return np.stack([cols, rows], -1)
+
+
+def _lift_pixels(view: ViewGeometry, uv: np.ndarray) -> np.ndarray:
+    return view.lift(uv.astype(np.float64), view.depth[uv[:, 1], uv[:, 0]].astype(np.float64))
+
+
+def auto_grasp_spec(dataset: Dataset, nerf=None, name: str = AUTO_GRASP_NAME,
+                    edge_margin_px: int = 3, top_band_m: float = 0.01) -> tuple[KeypointSpec, ViewGeometry]:
+    """A grasp pixel chosen without a person: the top centre of the object, seen from above.
+
+    The training view that looks most steeply down (world -z; the arm's base frame has z up) is
+    used; on it, among object pixels at least ``edge_margin_px`` inside the mask (descriptors at
+    silhouettes mix in the background) and within ``top_band_m`` of the highest, the pixel closest
+    horizontally to the middle of the object's horizontal extent. Returns the spec and that view.
+    """
+    train, _ = dataset.split()
+    if not train:
+        raise KeypointError(f"dataset {dataset.root} has no training frames")
+    downward = [-dataset.frames[p].c2w[2, 2] for p in train]   # optical axis . (0, 0, -1)
+    frame = dataset.frames[train[int(np.argmax(downward))]]
+    view = object_view(dataset, frame, nerf)
+    interior = _interior_pixels(view, edge_margin_px)
+    if len(interior) == 0:
+        raise KeypointError(f"frame {frame.index} (the most top-down view) shows no object "
+                            f"pixel {edge_margin_px} px inside its mask: the object is too small "
+                            "in the image, or the mask is empty")
+    points = _lift_pixels(view, interior)
+    # The middle of the object's horizontal extent (robust percentiles): unlike a mean of the
+    # visible points, not pulled towards the sides that face the camera.
+    footprint = _lift_pixels(view, _interior_pixels(view, 0))[:, :2]
+    centre_xy = np.percentile(footprint, [2, 98], axis=0).mean(axis=0)
+    top = np.flatnonzero(points[:, 2] >= points[:, 2].max() - top_band_m)
+    best = top[np.argmin(np.linalg.norm(points[top, :2] - centre_xy, axis=1))]
+    u, v = interior[best]
+    return KeypointSpec(name, frame.index, float(u), float(v)), view
+
+
+def auto_grasp_keypoints(dataset: Dataset, model: DescriptorModel, nerf=None, count: int = 1,
+                         keypoints: Optional[KeypointSet] = None,
+                         neighbourhood_px: float = DEFAULT_NEIGHBOURHOOD_PX,
+                         edge_margin_px: int = 3) -> KeypointSet:
+    """The automatic grasp point (named ``grasp``, see :func:`auto_grasp_spec`) and ``count - 1``
+    more keypoints spread over the same view's object (farthest-point sampling on interior object
+    pixels, named ``point_1``...), defined with ``model`` into ``keypoints`` (default: a new set
+    bound to the model)."""
+    keypoints = keypoints if keypoints is not None else KeypointSet.for_model(model, dataset)
+    grasp, view = auto_grasp_spec(dataset, nerf, edge_margin_px=edge_margin_px)
+    specs = [grasp]
+    candidates = _interior_pixels(view, edge_margin_px).astype(np.float64)
+    nearest = np.linalg.norm(candidates - [grasp.u, grasp.v], axis=1)
+    for i in range(1, count):
+        pick = candidates[int(np.argmax(nearest))]
+        nearest = np.minimum(nearest, np.linalg.norm(candidates - pick, axis=1))
+        specs.append(KeypointSpec(f"point_{i}", grasp.image_index, pick[0], pick[1]))
+    return define_keypoints(model.describe, dataset, specs, keypoints, nerf, neighbourhood_px)
+
+
+# ---- where a keypoint should appear after the object moved ---------------------------------
+
+def moved_point_pixel(point_base: np.ndarray, T_base_object_then: np.ndarray,
+                      T_base_object_now: np.ndarray, T_base_cam: np.ndarray,
+                      intrinsics: CameraIntrinsics, depth: Optional[np.ndarray] = None,
+                      depth_tolerance_m: float = 0.005) -> Optional[np.ndarray]:
+    """Pixel (u, v) where a point of a rigid object, known in the base frame while the object was
+    at ``T_base_object_then``, appears now; None when it falls outside the image, behind the
+    camera, or (given the camera's ``depth`` image) behind another surface."""
+    point_now = transform_points(T_base_object_now @ invert(T_base_object_then),
+                                 np.asarray(point_base, dtype=np.float64)[None])
+    cam = transform_points(invert(T_base_cam), point_now)
+    uv, z = project_points(cam, intrinsics.K)
+    u, v = uv[0]
+    if not (z[0] > 0 and 0 <= u <= intrinsics.width - 1 and 0 <= v <= intrinsics.height - 1):
+        return None
+    if depth is not None:
+        seen = depth_at(depth, u, v)
+        if not np.isfinite(seen) or z[0] > seen + depth_tolerance_m:
+            return None
+    return uv[0]

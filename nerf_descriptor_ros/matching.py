@@ -1,0 +1,163 @@
+"""Finding keypoints in a descriptor image: best match, sub-pixel refinement, "not found", 3D point.
+
+For each keypoint descriptor q the squared distance ``|q - d(u)|^2`` to every pixel's descriptor
+d(u) is computed; the arg-min is the match. Two additions on top of the plain arg-min:
+
+* **Refinement** (``soft_argmax``): the match becomes the mean pixel under the kernel
+  ``exp(-(|q - d(u)|^2 - min) / T)`` in a small window around the arg-min. This is the heatmap
+  that the distributional loss trains (``softmax(-|q - d(u)|^2)``, T = 1), read out at sub-pixel
+  precision: the arg-min alone is quantised to the descriptor image's pixels, which are several
+  camera pixels when the network runs below the camera's resolution.
+* **Not found**: a keypoint whose best distance exceeds ``max_distance`` is reported not found
+  (the object is absent or the keypoint hidden). The contrastive loss pushes non-matching
+  descriptors at least its margin apart, so half the training margin is the natural threshold.
+
+The **confidence** is the probability mass of the whole-image heatmap ``softmax(-|q - d(u)|^2/T)``
+within ``confidence_radius_px`` (descriptor pixels) of the match: near 1 when one sharp peak
+stands out, low when the descriptor is ambiguous (repeated texture, symmetric objects).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import cv2
+import numpy as np
+import torch
+
+from .descriptors.model import DescriptorModel
+from .errors import NerfDescriptorError
+from .evaluation import rescale_pixels
+from .geometry import CameraIntrinsics
+from .keypoints import DescribeFn, KeypointSet, depth_at
+
+REFINEMENTS = ("none", "soft_argmax")
+
+
+class MatchingError(NerfDescriptorError):
+    """Keypoint matching that cannot run as configured."""
+
+
+@dataclass
+class KeypointMatchingConfig:
+    refinement: str = "soft_argmax"     # none | soft_argmax
+    window_px: int = 2                  # soft-argmax window: (2 w + 1)^2 descriptor pixels
+    temperature: float = 1.0            # heatmap exp(-|q - d|^2 / T)
+    max_distance: float = 0.25          # best descriptor distance above this: not found
+    confidence_radius_px: float = 2.0   # heatmap mass counted within this many descriptor pixels
+
+    def __post_init__(self):
+        if self.refinement not in REFINEMENTS:
+            raise MatchingError(f"refinement {self.refinement!r} unknown; choose one of {REFINEMENTS}")
+        if self.window_px < 0 or self.temperature <= 0 or self.max_distance <= 0 \
+                or self.confidence_radius_px < 0:
+            raise MatchingError("window_px and confidence_radius_px must be >= 0, temperature and "
+                                "max_distance > 0")
+
+
+@dataclass
+class KeypointLocation:
+    """One keypoint in one image; pixel in the camera image's resolution, point in its optical frame."""
+
+    name: str
+    found: bool
+    u: float
+    v: float
+    distance: float                     # best descriptor distance (L2)
+    confidence: float                   # in [0, 1]
+    point_cam: Optional[np.ndarray]     # (3,) metres, None without depth (or not found)
+
+
+def match_descriptors(descriptors: torch.Tensor, queries: torch.Tensor,
+                      config: KeypointMatchingConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best match of each query (K, D) in a descriptor image (D, h, w).
+
+    Returns pixels (K, 2) in descriptor-image coordinates (sub-pixel with ``soft_argmax``), best
+    distances (K,) and confidences (K,).
+    """
+    d, h, w = descriptors.shape
+    if queries.shape[-1] != d:
+        raise MatchingError(f"keypoint descriptors have {queries.shape[-1]} dimensions, the "
+                            f"descriptor image has {d}")
+    if queries.shape[0] == 0:
+        return np.zeros((0, 2)), np.zeros(0), np.zeros(0)
+    with torch.no_grad():
+        flat = descriptors.float().reshape(d, -1)
+        q = queries.to(flat.device, torch.float32)
+        distance_sq = (flat.square().sum(0)[None] - 2.0 * q @ flat + q.square().sum(1)[:, None])
+        distance_sq = distance_sq.clamp_(min=0.0)                        # (K, h*w)
+        best_sq, best = distance_sq.min(dim=1)
+        logits = -distance_sq / config.temperature
+        log_total = torch.logsumexp(logits, dim=1, keepdim=True)
+        cols = torch.arange(w, device=flat.device).repeat(h)
+        rows = torch.arange(h, device=flat.device).repeat_interleave(w)
+        du = cols[None] - (best % w)[:, None]
+        dv = rows[None] - (best // w)[:, None]
+        radius_sq = du.square() + dv.square()
+        near = radius_sq <= config.confidence_radius_px ** 2
+        confidence = torch.where(near, (logits - log_total).exp(), 0.0).sum(1)
+        uv = torch.stack([best % w, best // w], -1).double()
+        if config.refinement == "soft_argmax":
+            window = (du.abs() <= config.window_px) & (dv.abs() <= config.window_px)
+            weights = torch.where(window, (-(distance_sq - best_sq[:, None]) / config.temperature).exp(), 0.0)
+            weights = weights / weights.sum(1, keepdim=True)
+            uv = torch.stack([(weights * cols[None]).sum(1), (weights * rows[None]).sum(1)], -1).double()
+        # Exactly, not through the expansion above (which cancels badly near zero).
+        best_distance = (flat[:, best].T - q).norm(dim=1)
+    return uv.cpu().numpy(), best_distance.cpu().numpy(), confidence.clamp(0, 1).cpu().numpy()
+
+
+def model_max_distance(manifest: dict) -> float:
+    """Half the contrastive margin the model was trained with (its manifest's training settings),
+    else the default threshold."""
+    margin = (manifest.get("info") or {}).get("training", {}).get("margin")
+    return 0.5 * float(margin) if margin else KeypointMatchingConfig.max_distance
+
+
+def backproject_pixel(u: float, v: float, z: float, intrinsics: CameraIntrinsics) -> np.ndarray:
+    """Camera-frame point (OpenCV optical axes) of pixel (u, v) at z-depth ``z``; distortion,
+    when the intrinsics have any, is undone first."""
+    if intrinsics.has_distortion:
+        normalised = cv2.undistortPoints(np.array([[[u, v]]], dtype=np.float64), intrinsics.K,
+                                         np.asarray(intrinsics.distortion, dtype=np.float64))[0, 0]
+    else:
+        normalised = [(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy]
+    return np.array([normalised[0] * z, normalised[1] * z, z])
+
+
+def match_keypoints(descriptors: torch.Tensor, keypoints: KeypointSet, image_size: tuple[int, int],
+                    depth: Optional[np.ndarray] = None, intrinsics: Optional[CameraIntrinsics] = None,
+                    config: KeypointMatchingConfig = KeypointMatchingConfig()) -> list[KeypointLocation]:
+    """Locate every keypoint in an image of ``image_size`` (w, h) from its descriptor image.
+
+    ``depth`` (metres, NaN unknown; registered to the colour image, any resolution) and the colour
+    camera's ``intrinsics`` give found keypoints their 3D point in the camera's optical frame.
+    """
+    queries = torch.from_numpy(keypoints.descriptors())
+    uv, distance, confidence = match_descriptors(descriptors, queries, config)
+    size = (descriptors.shape[-1], descriptors.shape[-2])
+    uv_image = rescale_pixels(uv, size, image_size) if len(uv) else uv
+    locations = []
+    for i, name in enumerate(keypoints.names):
+        u, v = (float(x) for x in uv_image[i])
+        found = bool(distance[i] <= config.max_distance)
+        point = None
+        if found and depth is not None and intrinsics is not None:
+            depth_uv = rescale_pixels(np.array([[u, v]]), image_size, (depth.shape[1], depth.shape[0]))[0]
+            z = depth_at(depth, *depth_uv)
+            if np.isfinite(z):
+                point = backproject_pixel(u, v, z, intrinsics)
+        locations.append(KeypointLocation(name, found, u, v, float(distance[i]),
+                                          float(confidence[i]), point))
+    return locations
+
+
+def locate_keypoints(model: Union[DescriptorModel, DescribeFn], keypoints: KeypointSet,
+                     rgb: np.ndarray, depth: Optional[np.ndarray] = None,
+                     intrinsics: Optional[CameraIntrinsics] = None,
+                     config: KeypointMatchingConfig = KeypointMatchingConfig()) -> list[KeypointLocation]:
+    """Describe ``rgb`` (HxWx3 uint8) with ``model`` (a DescriptorModel or its ``describe``) and
+    locate every keypoint in it (see :func:`match_keypoints`)."""
+    describe = model.describe if isinstance(model, DescriptorModel) else model
+    return match_keypoints(describe(rgb), keypoints, (rgb.shape[1], rgb.shape[0]), depth,
+                           intrinsics, config)

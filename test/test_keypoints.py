@@ -1,0 +1,231 @@
+"""Grasp keypoints: YAML specs, definition on training views (descriptor + 3D point from the
+dataset's depth or a NeRF), storage with the model, the automatic grasp point, moved objects."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from synthetic_scenes import (Scene, orbit_poses, sphere_mesh, textured_objects_scene,
+                              write_scene_dataset)
+from torch import nn
+
+from nerf_descriptor_ros.dataset import Dataset
+from nerf_descriptor_ros.descriptors.loss import sample_descriptors
+from nerf_descriptor_ros.descriptors.model import export_model, load_model
+from nerf_descriptor_ros.descriptors.network import DescriptorNet
+from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, pose_to_matrix
+from nerf_descriptor_ros.keypoints import (KEYPOINTS_NAME, KeypointError, KeypointSet, KeypointSpec,
+                                           auto_grasp_keypoints, define_keypoint, keypoint_point,
+                                           load_keypoint_specs, moved_point_pixel,
+                                           pixel_descriptor)
+
+WIDTH, HEIGHT = 80, 60
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return textured_objects_scene()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, scene):
+    root = tmp_path_factory.mktemp("keypoints") / "objects"
+    return Dataset.load(write_scene_dataset(root, scene, orbit_poses(8, 0.35), WIDTH, HEIGHT))
+
+
+def _model(path, seed=0):
+    torch.manual_seed(seed)
+    export_model(DescriptorNet(8, "resnet18", 32), path, (WIDTH, HEIGHT))
+    return load_model(path)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return _model(tmp_path_factory.mktemp("model") / "model")
+
+
+def _object_pixel(frame, margin=3):
+    """An object pixel well inside the mask, near the mask's centre."""
+    import cv2
+    interior = cv2.erode(frame.load_mask().astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8)) > 0
+    rows, cols = np.nonzero(interior)
+    i = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return float(cols[i]), float(rows[i])
+
+
+def test_yaml_specs_load_and_bad_files_are_refused_with_the_reason(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("keypoints:\n  - {name: grasp, image_index: 3, u: 10, v: 20.5}\n"
+                    "  - {name: handle, image_index: 0, u: 1.5, v: 2}\n")
+    specs = load_keypoint_specs(good)
+    assert specs == [KeypointSpec("grasp", 3, 10.0, 20.5), KeypointSpec("handle", 0, 1.5, 2.0)]
+    bad = {
+        "keypoints: []\n": "non-empty",
+        "keypoints:\n  - {name: grasp, image_index: 3, u: 10}\n": "exactly the keys",
+        "keypoints:\n  - {name: a, image_index: 0, u: 1, v: 1}\n  - {name: a, image_index: 1, u: 1, v: 1}\n":
+            "unique",
+        "keypoints:\n  - {name: ../x, image_index: 0, u: 1, v: 1}\n": "invalid keypoint name",
+        "keypoints:\n  - {name: a, image_index: zero, u: 1, v: 1}\n": "must be numbers",
+        "keypoints: [\n": "not valid YAML",
+    }
+    for text, reason in bad.items():
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        with pytest.raises(KeypointError, match=reason):
+            load_keypoint_specs(path)
+    with pytest.raises(KeypointError, match="not found"):
+        load_keypoint_specs(tmp_path / "missing.yaml")
+
+
+def test_a_keypoint_gets_the_model_descriptor_and_the_surface_point_from_the_dataset_depth(dataset, model):
+    frame = dataset.frames[2]
+    u, v = _object_pixel(frame)
+    keypoint = define_keypoint(model.describe, dataset, KeypointSpec("grasp", frame.index, u, v),
+                               neighbourhood_px=0.0)
+    descriptors = model.describe(frame.load_image())
+    expected = sample_descriptors(descriptors, torch.tensor([[u, v]], dtype=torch.float32))[0]
+    np.testing.assert_allclose(keypoint.descriptor, expected.numpy(), atol=1e-5)
+    assert keypoint.point_source == "dataset_depth"
+    # The point is on the object's surface: every other view whose depth sees it agrees.
+    agree = 0
+    for other in dataset.frames:
+        cam = invert(other.c2w) @ np.append(keypoint.point_base, 1.0)
+        intr = other.intrinsics
+        pu, pv = intr.fx * cam[0] / cam[2] + intr.cx, intr.fy * cam[1] / cam[2] + intr.cy
+        if 0 <= pu < WIDTH - 1 and 0 <= pv < HEIGHT - 1:
+            seen = other.load_depth()[int(round(pv)), int(round(pu))]
+            agree += abs(seen - cam[2]) < 0.004 or seen < cam[2]   # visible, or hidden behind
+    assert agree >= 6
+    z = frame.load_depth()[int(v), int(u)]
+    ray = np.array([(u - frame.intrinsics.cx) / frame.intrinsics.fx,
+                    (v - frame.intrinsics.cy) / frame.intrinsics.fy, 1.0]) * z
+    np.testing.assert_allclose(keypoint.point_base, frame.c2w[:3, :3] @ ray + frame.c2w[:3, 3], atol=1e-9)
+
+
+def test_neighbourhood_descriptor_is_the_mean_over_object_pixels_only(dataset, model):
+    frame = dataset.frames[1]
+    mask = frame.load_mask()
+    descriptors = model.describe(frame.load_image())
+    rows, cols = np.nonzero(mask)
+    edge = next((c, r) for r, c in zip(rows, cols) if not mask[r, c + 1])   # right edge of the object
+    u, v = float(edge[0]), float(edge[1])
+    mean = pixel_descriptor(descriptors, (WIDTH, HEIGHT), u, v, 1.0, mask)
+    on_object = [(u + du, v + dv) for du, dv in ((0, 0), (0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
+                 if mask[int(v + dv), int(u + du)]]
+    expected = sample_descriptors(descriptors, torch.tensor(on_object, dtype=torch.float32)).mean(0)
+    np.testing.assert_allclose(mean, expected.numpy(), atol=1e-5)
+
+
+def test_keypoints_are_stored_beside_the_model_and_refused_for_other_weights(dataset, model, tmp_path):
+    keypoints = KeypointSet.for_model(model, dataset)
+    frame = dataset.frames[0]
+    keypoints.put(define_keypoint(model.describe, dataset, KeypointSpec("grasp", 0, *_object_pixel(frame))))
+    keypoints.put(define_keypoint(model.describe, dataset, KeypointSpec("grasp", 1, *_object_pixel(dataset.frames[1]))))
+    assert keypoints.names == ["grasp"] and keypoints["grasp"].spec.image_index == 1   # replaced
+    path = keypoints.save(tmp_path)
+    assert path == tmp_path / KEYPOINTS_NAME and not list(tmp_path.glob(".*tmp"))
+    loaded = KeypointSet.load(model, path)
+    assert loaded.names == ["grasp"] and loaded.dataset_root == str(dataset.root)
+    np.testing.assert_array_equal(loaded.descriptors(), keypoints.descriptors())
+    np.testing.assert_allclose(loaded["grasp"].point_base, keypoints["grasp"].point_base)
+
+    other = _model(tmp_path / "other", seed=1)
+    with pytest.raises(KeypointError, match="other model weights"):
+        KeypointSet.load(other, path)
+    data = json.loads(path.read_text())
+    del data["keypoints"][0]["descriptor"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(KeypointError, match="malformed"):
+        KeypointSet.load(model, path)
+    path.write_text("{not json")
+    with pytest.raises(KeypointError, match="not readable JSON"):
+        KeypointSet.load(model, path)
+    assert len(KeypointSet.load(model, tmp_path / "none" / KEYPOINTS_NAME)) == 0
+
+
+def test_keypoints_off_the_object_outside_the_image_or_on_unknown_frames_are_refused(dataset, model):
+    frame = dataset.frames[0]
+    rows, cols = np.nonzero(~frame.load_mask())
+    cases = [(KeypointSpec("a", 0, float(cols[0]), float(rows[0])), "not on the object"),
+             (KeypointSpec("a", 0, WIDTH + 5.0, 10.0), "outside frame 0"),
+             (KeypointSpec("a", 99, 10.0, 10.0), "no frame with index 99")]
+    for spec, reason in cases:
+        with pytest.raises(KeypointError, match=reason):
+            define_keypoint(model.describe, dataset, spec)
+
+
+def test_automatic_grasp_point_is_the_top_centre_of_the_object_on_a_top_down_view(tmp_path, model):
+    # One box: its top face is at z = 0.06 and centred on (0.01, -0.02).
+    from synthetic_scenes import box_mesh
+    scene = Scene([box_mesh([0.01, -0.02, 0.03], [0.07, 0.05, 0.06])])
+    dataset = Dataset.load(write_scene_dataset(tmp_path / "box", scene, orbit_poses(8, 0.35), WIDTH, HEIGHT))
+    keypoints = auto_grasp_keypoints(dataset, model, count=3)
+    assert keypoints.names == ["grasp", "point_1", "point_2"]
+    grasp = keypoints["grasp"]
+    train, _ = dataset.split()
+    steepest = max(train, key=lambda p: -dataset.frames[p].c2w[2, 2])
+    assert grasp.spec.image_index == dataset.frames[steepest].index
+    assert grasp.point_base[2] == pytest.approx(0.06, abs=0.002)
+    assert np.linalg.norm(grasp.point_base[:2] - [0.01, -0.02]) < 0.006
+    # The other keypoints are spread over the object, away from the grasp point.
+    for name in ("point_1", "point_2"):
+        assert np.linalg.norm(keypoints[name].point_base - grasp.point_base) > 0.02
+
+
+class _SphereField(nn.Module):
+    """An opaque sphere of radius 0.05 m at the origin (scene box +-0.1 m)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def density(self, x):
+        return torch.where(x.norm(dim=-1) < 0.5, 1e4, 0.0) + self.dummy
+
+    def forward(self, x, dirs, appearance=None):
+        return self.density(x), torch.ones(len(x), 3) * 0.5
+
+
+def test_without_dataset_depth_the_point_comes_from_the_nerf_expected_depth(tmp_path):
+    from nerf_descriptor_ros.nerf.config import config_from_dict
+    from nerf_descriptor_ros.nerf.model import build_model
+    from nerf_descriptor_ros.nerf.rays import SceneBox
+
+    nerf = build_model(config_from_dict({"model": "fast", "background": "black"}),
+                       SceneBox(np.full(3, -0.1), np.full(3, 0.1)), 1, "black")
+    nerf.field = _SphereField()
+    nerf.set_step_size(0.0005)
+    nerf.eval()
+    scene = Scene([sphere_mesh([0, 0, 0], 0.05)])
+    root = write_scene_dataset(tmp_path / "sphere", scene, [look_at([0.2, 0.1, 0.15], [0, 0, 0])], WIDTH, HEIGHT)
+    (root / "depth").rename(root / "no_depth")
+    manifest = json.loads((root / "transforms.json").read_text())
+    for entry in manifest["frames"]:
+        del entry["depth_file_path"]
+    (root / "transforms.json").write_text(json.dumps(manifest))
+    frame = Dataset.load(root).frames[0]
+    assert frame.load_depth() is None
+    u, v = _object_pixel(frame)
+    point, source = keypoint_point(frame, u, v, nerf)
+    assert source == "nerf_depth"
+    assert np.linalg.norm(point) == pytest.approx(0.05, abs=0.0015)   # on the sphere
+    assert np.dot(point, frame.c2w[:3, 3]) > 0                          # on the side facing the camera
+    assert keypoint_point(frame, u, v, None) == (None, "none")
+    with pytest.raises(KeypointError, match="no depth"):
+        keypoint_point(frame, 1.0, 1.0, nerf)                          # a ray that misses the sphere
+
+
+def test_moved_point_pixel_follows_the_object_and_respects_occlusion():
+    intr = CameraIntrinsics.from_fov(WIDTH, HEIGHT, 45.0)
+    T_base_cam = look_at([0.4, 0.0, 0.3], [0.0, 0.0, 0.0])
+    then = pose_to_matrix([0.0, 0.0, 0.0], [0, 0, 0, 1])
+    now = pose_to_matrix([0.02, -0.03, 0.0], [0, 0, np.sin(0.3), np.cos(0.3)])
+    point = np.array([0.01, 0.02, 0.03])
+    uv = moved_point_pixel(point, then, now, T_base_cam, intr)
+    moved = now[:3, :3] @ point + now[:3, 3]
+    cam = invert(T_base_cam) @ np.append(moved, 1)
+    np.testing.assert_allclose(uv, [intr.fx * cam[0] / cam[2] + intr.cx, intr.fy * cam[1] / cam[2] + intr.cy])
+    depth = np.full((HEIGHT, WIDTH), cam[2], np.float32)
+    assert moved_point_pixel(point, then, now, T_base_cam, intr, depth) is not None
+    assert moved_point_pixel(point, then, now, T_base_cam, intr, depth - 0.05) is None   # hidden
+    assert moved_point_pixel(point + [0, 0, 5.0], then, now, T_base_cam, intr) is None    # off the image
