@@ -8,6 +8,7 @@ import pybullet
 import pybullet_data
 import pytest
 from pybullet_utils.bullet_client import BulletClient
+from scipy.spatial import ConvexHull
 
 from nerf_descriptor_ros.dataset import DatasetError
 from nerf_descriptor_ros.geometry import (CameraIntrinsics, backproject_depth, invert, look_at,
@@ -16,15 +17,15 @@ from nerf_descriptor_ros.geometry import (CameraIntrinsics, backproject_depth, i
 from nerf_descriptor_ros.sim import SimConfig, SimWorld, framing_distance, hemisphere_views
 from nerf_descriptor_ros.sim.camera import (depth_buffer_to_metres, projection_matrix, to_gl_list,
                                              view_matrix)
-from nerf_descriptor_ros.sim.objects import ObjectModelError
+from nerf_descriptor_ros.sim.objects import ObjectModelError, read_mesh_vertices, resolve_object_model
 
 SMALL = dict(width=160, height=120)
-DUCK_UPRIGHT = dict(object_rpy_deg=(90.0, 0.0, 0.0))  # the duck's mesh is y-up, as in config/sim_robot.yaml
+DATA = Path(pybullet_data.getDataPath())
 
 
 @pytest.fixture(scope="module")
 def world():
-    with SimWorld(SimConfig(**SMALL, **DUCK_UPRIGHT)) as w:
+    with SimWorld(SimConfig(**SMALL)) as w:
         yield w
 
 
@@ -74,8 +75,8 @@ def test_rendered_depth_of_a_tilted_plane_matches_the_pinhole_model(width, heigh
 
 
 def test_a_point_renders_at_the_pixel_project_points_gives():
-    with SimWorld(SimConfig(width=320, height=240, **DUCK_UPRIGHT)) as w:
-        T_cam = _move_to(w, _reachable_view(w)).T_base_cam
+    with SimWorld(SimConfig(width=320, height=240)) as w:
+        T_cam = _move_to(w, _reachable_view(w)).achieved
         w.bullet.removeBody(w.object_id)  # nothing in front of the markers
         radius = 0.006
         marker = w.bullet.createVisualShape(w.bullet.GEOM_SPHERE, radius=radius, rgbaColor=[1, 0, 0, 1])
@@ -185,10 +186,10 @@ def test_motion_is_speed_limited_and_frames_show_the_arm_moving(world):
             camera_poses.append(world.render().T_base_cam)
     assert steps == pytest.approx(duration / dt, abs=1.5)
     assert np.allclose(world.arm_positions, goal.joint_positions)
-    assert pose_distance(world.camera_pose(), goal.T_base_cam)[0] < 1e-9
+    assert pose_distance(world.camera_pose(), goal.achieved)[0] < 1e-9
     # Intermediate frames lie between the two ends.
     middle = camera_poses[len(camera_poses) // 2]
-    assert pose_distance(middle, start_pose)[0] > 0.02 and pose_distance(middle, goal.T_base_cam)[0] > 0.02
+    assert pose_distance(middle, start_pose)[0] > 0.02 and pose_distance(middle, goal.achieved)[0] > 0.02
     assert not world.moving
 
 
@@ -269,26 +270,150 @@ def test_explicit_object_pose_is_kept_exactly(world):
 
 
 @pytest.mark.parametrize("source,scale", [
+    ("cube_small.urdf", 1.0),            # box
+    ("lego/lego.urdf", 1.0),             # box turned in its link
+    ("sphere_small.urdf", 1.0),          # sphere
+    ("domino/domino.urdf", 1.0),
+    ("duck_vhacd.urdf", 1.0),            # convex pieces of a y-up mesh
+    ("teddy_vhacd.urdf", 1.0),
     ("objects/mug.urdf", 1.0),
     ("random_urdfs/000/000.urdf", 1.0),
-    ("teddy_vhacd.urdf", 1.0),
-    (str(Path(pybullet_data.getDataPath()) / "torus" / "torus_textured.obj"), 0.05),
+    ("random_urdfs/017/017.urdf", 1.0),
+    ("random_urdfs/213/213.urdf", 1.0),
+    ("random_urdfs/642/642.urdf", 1.0),
+    (str(DATA / "torus" / "torus_textured.obj"), 0.05),
     ("l_finger.stl", 1.0),
+    ("r2d2.urdf", 0.3),                  # several links: boxes, a sphere, meshes
 ])
-def test_object_sources_load_rest_on_the_table_and_show_in_the_mask(source, scale):
-    with SimWorld(SimConfig(object_source=source, object_scale=scale, **SMALL)) as w:
-        assert w.object_model.path.is_file()
-        low, high = w.object_bounds()
-        assert low[2] == pytest.approx(0.0, abs=1e-6)
-        assert 0.005 < w.object_radius() < 0.5
-        radius = max(0.25, 4 * w.object_radius())
-        _move_to(w, _reachable_view(w, radius=radius))
-        assert w.render().mask.sum() > 20
+def test_any_object_rests_on_the_table_and_shows_in_the_mask(objects_world, source, scale):
+    w = objects_world
+    w.load_object(resolve_object_model(source, scale))
+    low, high = w.object_bounds()
+    assert low[2] == pytest.approx(0.0, abs=1e-9)
+    # pybullet's own collision query agrees: touching the table (within its 1 mm mesh margin).
+    gap = min(c[8] for c in w.bullet.getClosestPoints(w.object_id, w.table_id, 0.01))
+    assert -1.5e-3 <= gap <= 5e-4
+    assert 0.005 < w.object_radius() < 0.5
+    _move_to(w, _reachable_view(w, radius=max(0.25, 4 * w.object_radius())))
+    assert w.render().mask.sum() > 20
+
+
+@pytest.fixture(scope="module")
+def objects_world():
+    with SimWorld(SimConfig(**SMALL)) as w:
+        yield w
+
+
+@pytest.mark.parametrize("source,extents", [("cube_small.urdf", (0.05, 0.05, 0.05)),
+                                            ("sphere_small.urdf", (0.06, 0.06, 0.06)),
+                                            ("lego/lego.urdf", (0.032, 0.032, 0.023))])
+def test_primitive_shapes_have_their_modelled_size(objects_world, source, extents):
+    objects_world.load_object(resolve_object_model(source))
+    low, high = objects_world.object_bounds()
+    assert np.allclose(high - low, extents, atol=1e-4)
+
+
+def test_static_concave_meshes_are_measured_from_their_files(tmp_path):
+    """pybullet gives no vertices for a static (mass 0) concave mesh: .obj and .stl are read."""
+    for name, mesh in (("torus", DATA / "torus" / "torus_textured.obj"), ("finger", DATA / "l_finger.stl")):
+        urdf = tmp_path / f"{name}.urdf"
+        urdf.write_text(f"""<robot name="{name}"><link name="base">
+          <inertial><mass value="0"/><inertia ixx="0" ixy="0" ixz="0" iyy="0" iyz="0" izz="0"/></inertial>
+          <visual><geometry><mesh filename="{mesh}" scale="0.4 0.4 0.4"/></geometry></visual>
+          <collision concave="yes"><origin xyz="0.01 0 0.02" rpy="0.3 0 0"/>
+            <geometry><mesh filename="{mesh}" scale="0.4 0.4 0.4"/></geometry></collision>
+        </link></robot>""")
+        with SimWorld(SimConfig(object_source=str(urdf), **SMALL)) as w:
+            assert w.bullet.getMeshData(w.object_id, -1)[0] == 0  # the case being tested
+            expected = read_mesh_vertices(mesh) * 0.4
+            size = np.subtract(*w.object_bounds()[::-1])
+            turned = transform_points(pose_to_matrix([0, 0, 0], w.bullet.getQuaternionFromEuler([0.3, 0, 0])),
+                                      expected)
+            assert np.allclose(size, np.ptp(turned, axis=0), atol=1e-6)
+
+
+def test_ascii_and_binary_stl_give_the_same_vertices(tmp_path):
+    binary = read_mesh_vertices(DATA / "l_finger.stl")
+    triangles = binary.reshape(-1, 3, 3)
+    lines = ["solid finger"]
+    for triangle in triangles:
+        lines += ["facet normal 0 0 0", "outer loop"]
+        lines += [f"vertex {float(x)!r} {float(y)!r} {float(z)!r}" for x, y, z in triangle]
+        lines += ["endloop", "endfacet"]
+    (tmp_path / "finger.stl").write_text("\n".join(lines + ["endsolid finger"]))
+    assert len(binary) > 100
+    assert np.allclose(read_mesh_vertices(tmp_path / "finger.stl"), binary.astype(np.float32))
+    for name, text in (("points.ply", "ply"), ("broken.stl", "solid x facet outer loop vertex 1 two 3"),
+                       ("empty.obj", "# nothing")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ObjectModelError):
+            read_mesh_vertices(tmp_path / name)
+
+
+@pytest.mark.parametrize("source", ["plane_implicit.urdf", "sphere2red_nocol.urdf",
+                                    "random_urdfs/168/168.urdf"])
+def test_objects_without_usable_collision_geometry_are_refused(source):
+    """A plane, no collision shape, a mesh of NaN coordinates."""
+    with pytest.raises(ObjectModelError):
+        SimWorld(SimConfig(object_source=source, **SMALL))
+
+
+# ------------------------------------------------------------------ orientation
+def _height(world):
+    low, high = world.object_bounds()
+    return high[2] - low[2]
+
+
+def test_known_y_up_models_stand_upright_and_others_stay_as_modelled(objects_world):
+    w = objects_world
+    for source, rpy in (("duck_vhacd.urdf", (90.0, 0.0, 0.0)), ("teddy_vhacd.urdf", (90.0, 0.0, 0.0)),
+                        ("objects/mug.urdf", (0.0, 0.0, 0.0)), ("random_urdfs/017/017.urdf", (0.0, 0.0, 0.0))):
+        w.load_object(resolve_object_model(source))
+        expected = pose_to_matrix([0, 0, 0], w.bullet.getQuaternionFromEuler(np.radians(rpy).tolist()))
+        assert np.allclose(w.object_pose[:3, :3], expected[:3, :3], atol=1e-9), source
+    # Turned upright, the duck is taller than lying as modelled.
+    w.load_object(resolve_object_model("duck_vhacd.urdf"))
+    assert _height(w) == pytest.approx(0.077, abs=2e-3)
+    with SimWorld(SimConfig(object_rpy_deg=(0.0, 0.0, 0.0), **SMALL)) as lying:  # an explicit rpy wins
+        assert _height(lying) == pytest.approx(0.058, abs=2e-3)
+        assert np.allclose(lying.object_pose[:3, :3], np.eye(3), atol=1e-9)
+
+
+def test_random_roll_pitch_rests_the_object_on_a_random_stable_face():
+    with SimWorld(SimConfig(object_source="cube_small.urdf", object_random_roll_pitch=True, **SMALL)) as w:
+        up_axes = set()
+        for seed in range(8):
+            T = w.place_object_random(seed)
+            assert np.allclose(w.place_object_random(seed), T)  # seeded
+            assert w.object_bounds()[0][2] == pytest.approx(0.0, abs=1e-9)
+            # Face down: one model axis points straight up or down, and the cube is 5 cm tall.
+            axis = int(np.argmax(np.abs(T[2, :3])))
+            assert abs(T[2, axis]) == pytest.approx(1.0, abs=1e-6)
+            assert _height(w) == pytest.approx(0.05, abs=1e-6)
+            up_axes.add((axis, np.sign(T[2, axis])))
+        assert len(up_axes) >= 3
+    with SimWorld(SimConfig(object_source="duck_vhacd.urdf", object_random_roll_pitch=True, **SMALL)) as w:
+        for seed in range(6):
+            w.place_object_random(seed)
+            points = transform_points(w.object_pose, w._object_vertices)
+            support = points[points[:, 2] < 1e-6, :2]
+            com = np.asarray(w.bullet.getBasePositionAndOrientation(w.object_id)[0])
+            # Stable: the centre of mass is over the face it rests on.
+            assert len(support) >= 3
+            hull = ConvexHull(support)
+            assert np.all(hull.equations[:, :2] @ com[:2] + hull.equations[:, 2] <= 1e-9)
+
+
+def test_default_random_placements_stay_upright(world):
+    for seed in range(4):
+        T = world.place_object_random(seed)
+        assert np.allclose(T[:3, :3] @ world._T_upright[:3, :3].T @ [0, 0, 1], [0, 0, 1], atol=1e-9)
+    world.place_object_nominal()
 
 
 def test_scale_scales_the_object(world):
     size = np.subtract(*world.object_bounds()[::-1])
-    with SimWorld(SimConfig(object_scale=2.0, **SMALL, **DUCK_UPRIGHT)) as big:
+    with SimWorld(SimConfig(object_scale=2.0, **SMALL)) as big:
         assert np.allclose(np.subtract(*big.object_bounds()[::-1]), 2 * size, rtol=1e-3)
 
 

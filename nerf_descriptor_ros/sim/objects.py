@@ -13,10 +13,23 @@ from ..geometry import matrix_to_pose, pose_to_matrix, transform_points
 MESH_SUFFIXES = (".obj", ".stl")
 URDF_SUFFIX = ".urdf"
 _MESH_MASS_KG = 0.1  # a light object, so that later physics (grasping) can move it
+_MIN_EXTENT_M = 1e-6
 
 
 class ObjectModelError(NerfDescriptorError, ValueError):
     """An object source that cannot be found or loaded."""
+
+
+# pybullet_data models whose meshes are modelled with y up (facts about those files): turning them
+# +90 deg about x stands them upright, e.g. the duck's height grows from 0.058 to 0.077 m and the
+# teddy's from 0.063 to 0.093 m; the Stanford bunny sits on its paws. Every other model is taken as
+# modelled, z up (the URDF convention).
+_Y_UP_PYBULLET_MODELS = frozenset({
+    "duck.obj", "duck_vhacd.obj", "duck_vhacd.urdf",
+    "teddy2_VHACD_CHs.obj", "teddy_vhacd.urdf", "teddy_large.urdf",
+    "bunny.obj",
+})
+_Y_UP_TO_Z_UP_RPY_DEG = (90.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,16 @@ class ObjectModel:
     def name(self) -> str:
         """A short name for logs and ground truth, e.g. ``duck_vhacd`` or ``mug``."""
         return self.path.stem
+
+    @property
+    def upright_rpy_deg(self) -> tuple[float, float, float]:
+        """Roll, pitch, yaw (deg) that stand the model upright: known y-up pybullet_data models are
+        turned, everything else is used as modelled."""
+        data = Path(pybullet_data.getDataPath()).resolve()
+        if self.path.is_relative_to(data) and \
+                self.path.relative_to(data).as_posix() in _Y_UP_PYBULLET_MODELS:
+            return _Y_UP_TO_Z_UP_RPY_DEG
+        return (0.0, 0.0, 0.0)
 
 
 def resolve_object_model(source: str, scale: float = 1.0) -> ObjectModel:
@@ -88,6 +111,11 @@ def body_frame_pose(bullet, body: int) -> np.ndarray:
     return pose_to_matrix(position, orientation) @ np.linalg.inv(_com_to_link(bullet, body, -1))
 
 
+def body_center_of_mass(bullet, body: int) -> np.ndarray:
+    """The base link's centre of mass in its URDF frame (what pybullet's physics uses)."""
+    return _com_to_link(bullet, body, -1)[:3, 3]
+
+
 def set_body_frame_pose(bullet, body: int, T_world_body: np.ndarray) -> None:
     """Place the body so that its URDF base frame is at ``T_world_body``."""
     T_world_com = T_world_body @ _com_to_link(bullet, body, -1)
@@ -99,21 +127,121 @@ def collision_vertices(bullet, body: int) -> np.ndarray:
     """Vertices of every collision shape of ``body``, in its URDF base frame (Nx3).
 
     Used to rest the object exactly on the table and to centre the camera on it; pybullet's own
-    AABB is padded by the collision margin.
+    AABB is padded by the collision margin. Meshes come from pybullet (the shapes it collides
+    with), primitives are generated from their dimensions.
     """
     T_world_body = body_frame_pose(bullet, body)
     T_body_world = np.linalg.inv(T_world_body)
     chunks = []
     for link in range(-1, bullet.getNumJoints(body)):
-        count, vertices = bullet.getMeshData(body, link)
-        if count == 0:
+        shapes = bullet.getCollisionShapeData(body, link)
+        if not shapes:
             continue
         if link == -1:
             T_world_com = T_world_body @ _com_to_link(bullet, body, -1)
         else:
             state = bullet.getLinkState(body, link, computeForwardKinematics=True)
             T_world_com = pose_to_matrix(state[0], state[1])
-        chunks.append(transform_points(T_body_world @ T_world_com, np.asarray(vertices)))
+        # Shape data and mesh vertices are both given in the link's inertial (centre of mass) frame.
+        points = [_primitive_vertices(bullet, shape) for shape in shapes
+                  if shape[2] != bullet.GEOM_MESH]
+        meshes = [shape for shape in shapes if shape[2] == bullet.GEOM_MESH]
+        if meshes:
+            points.append(_link_mesh_vertices(bullet, body, link, meshes))
+        chunks.append(transform_points(T_body_world @ T_world_com, np.concatenate(points)))
     if not chunks:
         raise ObjectModelError("the object has no collision geometry to place it with")
+    vertices = np.concatenate(chunks)
+    if not np.all(np.isfinite(vertices)) or np.ptp(vertices, axis=0).max() < _MIN_EXTENT_M:
+        raise ObjectModelError("the object's collision geometry is broken (no extent, or "
+                               "coordinates that are not numbers)")
+    return vertices
+
+
+# Points per half circle of a generated sphere, cylinder or capsule: the lowest point of any
+# orientation is then within 0.3 % of the radius of the true surface.
+_ROUND_SEGMENTS = 32
+
+
+def _primitive_vertices(bullet, shape) -> np.ndarray:
+    """Points spanning a box, sphere, cylinder or capsule (z is their axis), in the link's
+    inertial frame."""
+    geometry, dimensions = shape[2], np.asarray(shape[3], dtype=np.float64)
+    if geometry == bullet.GEOM_BOX:  # dimensions: full extents
+        corners = np.array(np.meshgrid([-0.5, 0.5], [-0.5, 0.5], [-0.5, 0.5])).reshape(3, -1).T
+        local = corners * dimensions
+    elif geometry == bullet.GEOM_SPHERE:  # dimensions[0]: radius
+        local = _sphere_points(dimensions[0])
+    elif geometry == bullet.GEOM_CYLINDER:  # dimensions: length, radius
+        ring = _circle_points(dimensions[1])
+        local = np.concatenate([ring + [0, 0, dimensions[0] / 2], ring - [0, 0, dimensions[0] / 2]])
+    elif geometry == bullet.GEOM_CAPSULE:  # dimensions: length between the caps' centres, radius
+        ball = _sphere_points(dimensions[1])
+        local = np.concatenate([ball + [0, 0, dimensions[0] / 2], ball - [0, 0, dimensions[0] / 2]])
+    else:
+        raise ObjectModelError(f"collision shape type {geometry} (plane or height field) is not an "
+                               "object that can rest on the table")
+    return transform_points(pose_to_matrix(shape[5], shape[6]), local)
+
+
+def _circle_points(radius: float) -> np.ndarray:
+    """Points around a circle in the xy plane."""
+    azimuth = np.linspace(0.0, 2 * np.pi, 2 * _ROUND_SEGMENTS, endpoint=False)
+    return radius * np.stack([np.cos(azimuth), np.sin(azimuth), np.zeros_like(azimuth)], -1)
+
+
+def _sphere_points(radius: float) -> np.ndarray:
+    """A latitude-longitude grid on a sphere, poles and equator included."""
+    rings = []
+    for polar in np.linspace(0.0, np.pi, _ROUND_SEGMENTS + 1):
+        rings.append(_circle_points(radius * np.sin(polar)) + [0.0, 0.0, radius * np.cos(polar)])
+    return np.concatenate(rings)
+
+
+def _link_mesh_vertices(bullet, body: int, link: int, meshes) -> np.ndarray:
+    """The vertices of a link's collision meshes, in its inertial frame.
+
+    pybullet gives them for convex meshes (every body with mass); static concave meshes it does
+    not, so those are read from their files.
+    """
+    count, vertices = bullet.getMeshData(body, link)
+    if count > 0:
+        return np.asarray(vertices, dtype=np.float64)
+    chunks = []
+    for shape in meshes:
+        path = Path(shape[4].decode(errors="replace"))
+        local = read_mesh_vertices(path) * np.asarray(shape[3], dtype=np.float64)  # mesh scale
+        chunks.append(transform_points(pose_to_matrix(shape[5], shape[6]), local))
     return np.concatenate(chunks)
+
+
+def read_mesh_vertices(path: Path) -> np.ndarray:
+    """The vertices (Nx3) of a Wavefront .obj or an STL (binary or ASCII) file."""
+    if not path.is_file():
+        raise ObjectModelError(f"collision mesh {str(path)!r} cannot be read for its geometry")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".obj":
+            with path.open(errors="replace") as lines:
+                rows = [line.split()[1:4] for line in lines if line.startswith("v ")]
+            vertices = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+        elif suffix == ".stl":
+            vertices = _stl_vertices(path.read_bytes())
+        else:
+            raise ObjectModelError(f"collision mesh {path}: only .obj and .stl files can be read")
+    except ValueError as exc:
+        raise ObjectModelError(f"collision mesh {path} cannot be parsed: {exc}") from exc
+    if len(vertices) == 0:
+        raise ObjectModelError(f"collision mesh {path} has no vertices")
+    return vertices
+
+
+def _stl_vertices(data: bytes) -> np.ndarray:
+    triangles = int.from_bytes(data[80:84], "little") if len(data) >= 84 else -1
+    if len(data) == 84 + 50 * triangles:  # binary: header, count, 50-byte facets
+        facets = np.frombuffer(data, dtype=np.dtype([("normal", "<f4", 3), ("corners", "<f4", (3, 3)),
+                                                      ("attribute", "<u2")]), offset=84)
+        return facets["corners"].reshape(-1, 3).astype(np.float64)
+    words = data.decode(errors="replace").split()
+    starts = [i + 1 for i, word in enumerate(words) if word == "vertex"]
+    return np.asarray([words[i:i + 3] for i in starts], dtype=np.float64).reshape(-1, 3)

@@ -1,14 +1,17 @@
 """A ROS-free pybullet world: a Franka Panda with an eye-in-hand RGB-D camera and one object on a table.
 
 The Panda's base frame (``panda_link0``) is the world origin, so every pose here is in the base frame.
-The arm is kinematic: moves interpolate joint positions in time steps (no dynamics yet); physics
-stepping for grasping can be added later because every body is a real pybullet body with mass and
-collision shapes. pybullet is not thread-safe: callers that share a world between threads hold one
-lock around every call.
+The arm is kinematic: moves interpolate joint positions in time steps, and nothing else moves, so
+the object stays exactly where it was placed while the camera looks at it. Only a pick and lift
+(:meth:`SimWorld.start_pick`) steps physics: gravity, friction, force-limited fingers, the arm
+following its path exactly; afterwards the object is put back where it was. pybullet is not
+thread-safe: callers that share a world between threads hold one lock around every call.
 """
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +20,15 @@ import numpy as np
 import pybullet
 import pybullet_data
 from pybullet_utils.bullet_client import BulletClient
+from scipy.spatial import ConvexHull
 from scipy.spatial.transform import Rotation
 
 from ..dataset import atomic_write_json, object_dataset_path
-from ..geometry import (CameraIntrinsics, invert, matrix_to_pose, pose_distance,
+from ..geometry import (CameraIntrinsics, interpolate_pose, invert, matrix_to_pose, pose_distance,
                         pose_to_matrix, transform_points, validate_rigid_transform)
 from .camera import depth_buffer_to_metres, projection_matrix, to_gl_list, view_matrix
-from .objects import (ObjectModel, body_frame_pose, collision_vertices, load_object,
-                      resolve_object_model, set_body_frame_pose)
+from .objects import (ObjectModel, body_center_of_mass, body_frame_pose, collision_vertices,
+                      load_object, resolve_object_model, set_body_frame_pose)
 
 PANDA_URDF = "franka_panda/panda.urdf"
 ARM_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
@@ -33,8 +37,15 @@ CAMERA_PARENT_LINK = "panda_hand"
 # Franka's "ready" posture: the arm folded above the table, the hand pointing down.
 READY_ARM_POSITIONS = (0.0, -np.pi / 4, 0.0, -3 * np.pi / 4, 0.0, np.pi / 2, np.pi / 4)
 FINGER_OPEN_M = 0.04
+# The Franka Hand's tool centre point: between the fingertips, this far along the hand's z axis.
+# Its +z is the approach direction and the fingers close along its y axis.
+TCP_IN_HAND_M = 0.1034
+GRAVITY_M_S2 = 9.81
+PHYSICS_RATE_HZ = 240.0  # pybullet's default step, the one its contact model is tuned for
 GROUND_TRUTH_NAME = "ground_truth.json"
 _LIGHT_DIRECTION = (0.4, -0.3, 1.0)
+_ARM_HOLD_FORCE = 1e4  # N m: the arm keeps to its path whatever it holds or touches
+_FINGERS_STOPPED_M_S = 1e-3
 
 
 def rpy_deg_to_matrix(xyz, rpy_deg) -> np.ndarray:
@@ -49,7 +60,9 @@ class SimConfig:
 
     object_source: str = "duck_vhacd.urdf"
     object_scale: float = 1.0
-    object_rpy_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)  # model axes -> upright on the table
+    # Model axes -> upright on the table; None: as the model is known to stand (ObjectModel.upright_rpy_deg).
+    object_rpy_deg: tuple[float, float, float] | None = None
+    object_random_roll_pitch: bool = False  # random placements rest on a random stable face
     object_nominal_xy: tuple[float, float] = (0.45, 0.0)  # where the object's bounding box is centred
     object_random_x_range: tuple[float, float] = (0.35, 0.55)
     object_random_y_range: tuple[float, float] = (-0.15, 0.15)
@@ -69,6 +82,10 @@ class SimConfig:
     table_thickness_m: float = 0.05
     table_height_m: float = 0.75  # table top above the floor; the top is at z = 0 (the arm's base)
     texture_seed: int = 0
+    # Pick and lift: the object's friction coefficient (pybullet multiplies it with the finger
+    # pads' 1.0) and the gripper's peak speed along its straight approach, lift and retreat.
+    object_friction: float = 0.8
+    grasp_speed_m_s: float = 0.1
 
     @property
     def intrinsics(self) -> CameraIntrinsics:
@@ -92,14 +109,40 @@ class RenderedFrame:
 
 @dataclass
 class IkResult:
-    """Joint positions reaching a camera pose, or why none were found."""
+    """Joint positions reaching a pose of the camera (or another frame on the hand), or why none
+    were found."""
 
     success: bool
     message: str
     joint_positions: np.ndarray  # arm joints; the best attempt when unsuccessful
-    T_base_cam: np.ndarray       # the pose those joints give (FK)
+    achieved: np.ndarray         # the frame's pose those joints give (FK), base frame
     position_error_m: float
     rotation_error_deg: float
+
+
+@dataclass
+class PickResult:
+    """How a pick and lift went: refused (nothing moved), or done and whether the object came up."""
+
+    success: bool
+    message: str
+    object_lift_m: float = 0.0  # how far the object's centre of mass rose while lifted
+
+
+@dataclass
+class _PickPlan:
+    pre_grasp: np.ndarray     # arm joints at the pre-grasp pose
+    approach: list            # arm joints along the straight approach, pre-grasp to grasp
+    lift: list                # arm joints along the straight lift
+    pre_grasp_distance_m: float
+    lift_height_m: float
+
+
+@dataclass
+class _PickRun:
+    steps: Generator          # advances one physics step per item; returns the PickResult
+    clock_s: float = 0.0      # time asked for so far
+    elapsed_s: float = 0.0    # time simulated so far
 
 
 @dataclass
@@ -122,6 +165,8 @@ class _IkSettings:
     random_restarts: int = 8
     exact_position_m: float = 1e-6  # a start reaching this stops the search
     path_check_step_rad: float = 0.05
+    straight_path_step_m: float = 0.005  # waypoint spacing of straight gripper moves
+    straight_path_jump_rad: float = 0.2  # a larger joint change between waypoints is a flip
 
 
 class SimWorld:
@@ -135,6 +180,9 @@ class SimWorld:
             self.intrinsics, self.config.clip_near_m, self.config.clip_far_m))
         self._ik = _IkSettings()
         self._motion: _Motion | None = None
+        self._pick: _PickRun | None = None
+        self.T_hand_tcp = np.eye(4)
+        self.T_hand_tcp[2, 3] = TCP_IN_HAND_M
         model = resolve_object_model(self.config.object_source, self.config.object_scale)  # fail early
         self._texture_dir = tempfile.TemporaryDirectory(prefix="nerf_descriptor_sim_")
         self.bullet = BulletClient(connection_mode=pybullet.DIRECT)
@@ -220,6 +268,11 @@ class SimWorld:
         self.joint_names = ARM_JOINTS + FINGER_JOINTS
         self._arm_indices = [joints[n][0] for n in ARM_JOINTS]
         self._finger_indices = [joints[n][0] for n in FINGER_JOINTS]
+        self._finger_force_n = []
+        for index in self._finger_indices:  # the URDF's effort and velocity limits
+            info = b.getJointInfo(self.robot_id, index)
+            self._finger_force_n.append(info[10])
+            b.changeDynamics(self.robot_id, index, maxJointVelocity=info[11])
         self.joint_lower = np.array([joints[n][1] for n in ARM_JOINTS])
         self.joint_upper = np.array([joints[n][2] for n in ARM_JOINTS])
         self._hand_link = links[CAMERA_PARENT_LINK]
@@ -235,13 +288,19 @@ class SimWorld:
             self.bullet.removeBody(self.object_id)
         self.object_model, self.object_id = model, new_id
         self._object_vertices = collision_vertices(self.bullet, new_id)
+        rpy = self.config.object_rpy_deg
+        self._T_upright = rpy_deg_to_matrix([0, 0, 0], model.upright_rpy_deg if rpy is None else rpy)
+        for link in range(-1, self.bullet.getNumJoints(new_id)):
+            self.bullet.changeDynamics(new_id, link, lateralFriction=self.config.object_friction)
         self.place_object_nominal()
 
-    def _resting_pose(self, x: float, y: float, yaw: float) -> np.ndarray:
-        """Object pose turned by ``yaw`` about z, its bounding box centred on (x, y) and its lowest
-        point on the table top."""
-        T = rpy_deg_to_matrix([0, 0, 0], [0.0, 0.0, np.degrees(yaw)]) @ \
-            rpy_deg_to_matrix([0, 0, 0], self.config.object_rpy_deg)
+    def _resting_pose(self, x: float, y: float, yaw: float, R_face: np.ndarray | None = None) -> np.ndarray:
+        """Object pose turned by ``yaw`` about z (after ``R_face``, which puts a face down), its
+        bounding box centred on (x, y) and its lowest point on the table top."""
+        T = rpy_deg_to_matrix([0, 0, 0], [0.0, 0.0, np.degrees(yaw)])
+        if R_face is not None:
+            T[:3, :3] = T[:3, :3] @ R_face
+        T = T @ self._T_upright
         points = transform_points(T, self._object_vertices)
         low, high = points.min(axis=0), points.max(axis=0)
         T[:3, 3] = [x - (low[0] + high[0]) / 2, y - (low[1] + high[1]) / 2, -low[2]]
@@ -252,14 +311,41 @@ class SimWorld:
         return self.set_object_pose(self._resting_pose(*self.config.object_nominal_xy, 0.0))
 
     def place_object_random(self, seed: int) -> np.ndarray:
-        """A random position in the configured region and a random yaw; the same for the same seed."""
+        """A random position in the configured region and a random yaw, upright or (with
+        ``object_random_roll_pitch``) on a random stable face; the same for the same seed."""
         rng = np.random.default_rng(int(seed))
         x = rng.uniform(*self.config.object_random_x_range)
         y = rng.uniform(*self.config.object_random_y_range)
         yaw = rng.uniform(-np.pi, np.pi)
-        T = self.set_object_pose(self._resting_pose(x, y, yaw))
+        R_face = self._random_resting_face(rng) if self.config.object_random_roll_pitch else None
+        T = self.set_object_pose(self._resting_pose(x, y, yaw, R_face))
         self.object_seed = int(seed)
         return T
+
+    def _random_resting_face(self, rng: np.random.Generator) -> np.ndarray:
+        """A rotation putting a random face of the upright object's convex hull on the table, among
+        the faces it rests on stably (its centre of mass above the face); the least unstable face
+        when there is none."""
+        points = transform_points(self._T_upright, self._object_vertices)
+        com = transform_points(self._T_upright, body_center_of_mass(self.bullet, self.object_id)[None])[0]
+        hull = ConvexHull(points)
+        normals, offsets = hull.equations[:, :3], hull.equations[:, 3]  # outward: n.p + offset <= 0
+        # The centre of mass dropped onto each facet's plane, in the facet's barycentric coordinates.
+        foot = com - (normals @ com + offsets)[:, None] * normals
+        corners = points[hull.simplices]  # facets x 3 corners x 3
+        edges = corners[:, 1:] - corners[:, :1]
+        gram = np.einsum("fid,fjd->fij", edges, edges)
+        rhs = np.einsum("fid,fd->fi", edges, foot - corners[:, 0])
+        uv = np.linalg.solve(gram + 1e-18 * np.eye(2), rhs[..., None])[..., 0]
+        margin = np.min(np.stack([uv[:, 0], uv[:, 1], 1.0 - uv.sum(1)], -1), axis=1)
+        # Facets of one face share a plane; each stable face counts once.
+        planes = np.round(hull.equations / 1e-6).astype(np.int64)
+        stable = np.flatnonzero(margin >= 0.0)
+        candidates = stable if len(stable) else [int(np.argmax(margin))]
+        _, first = np.unique(planes[candidates], axis=0, return_index=True)
+        facet = np.asarray(candidates)[np.sort(first)][rng.integers(len(first))]
+        R, _ = Rotation.align_vectors([[0.0, 0.0, -1.0]], [normals[facet]])
+        return R.as_matrix()
 
     def set_object_pose(self, T_base_object: np.ndarray) -> np.ndarray:
         """Put the object's model frame exactly at ``T_base_object`` (no settling)."""
@@ -340,28 +426,38 @@ class SimWorld:
         refines each start; forward kinematics verifies the answer against the tolerances and the
         arm must not go into the table or the object. The arm is left where it was.
         """
-        T_target = validate_rigid_transform(T_base_cam_target, "camera target pose")
-        saved = self.arm_positions
-        # Fixed extra starts keep the answer deterministic while escaping local minima.
-        restarts = np.random.default_rng(0).uniform(
-            self.joint_lower, self.joint_upper, size=(self._ik.random_restarts, len(ARM_JOINTS)))
+        return self._solve_ik(validate_rigid_transform(T_base_cam_target, "camera target pose"),
+                              self.T_hand_cam)
+
+    def _solve_ik(self, T_target: np.ndarray, T_hand_frame: np.ndarray) -> IkResult:
+        """Arm joints that put the hand's frame ``T_hand_frame`` at ``T_target`` (see
+        :meth:`solve_camera_ik`); the result's pose is that frame's."""
         best = None
-        try:
-            for start in (saved, np.array(READY_ARM_POSITIONS), *restarts):
-                self._set_arm(start)
-                q = self._refine_ik(self._pybullet_ik(T_target), T_target)
-                result = self._check_solution(q, T_target, saved)
+        with closing(self._ik_attempts(T_target, T_hand_frame)) as attempts:
+            for result in attempts:
                 if result.success and result.position_error_m < self._ik.exact_position_m:
                     return result
                 if best is None or _better(result, best):
                     best = result
-            return best  # within tolerance but not exact (e.g. at a joint limit), or the closest miss
+        return best  # within tolerance but not exact (e.g. at a joint limit), or the closest miss
+
+    def _ik_attempts(self, T_target: np.ndarray, T_hand_frame: np.ndarray) -> Iterator[IkResult]:
+        """One checked answer per start: the current joints, the ready posture, then fixed random
+        starts (deterministic, and they escape local minima). The arm is left where it was."""
+        saved = self.arm_positions
+        restarts = np.random.default_rng(0).uniform(
+            self.joint_lower, self.joint_upper, size=(self._ik.random_restarts, len(ARM_JOINTS)))
+        try:
+            for start in (saved, np.array(READY_ARM_POSITIONS), *restarts):
+                self._set_arm(start)
+                q = self._refine_ik(self._pybullet_ik(T_target, T_hand_frame), T_target, T_hand_frame)
+                yield self._check_solution(q, T_target, saved, T_hand_frame)
         finally:
             self._set_arm(saved)
 
-    def _pybullet_ik(self, T_target: np.ndarray) -> np.ndarray:
+    def _pybullet_ik(self, T_target: np.ndarray, T_hand_frame: np.ndarray) -> np.ndarray:
         # pybullet's IK and Jacobian (unlike its base poses) use the URDF link frame.
-        position, orientation = matrix_to_pose(T_target @ invert(self.T_hand_cam))
+        position, orientation = matrix_to_pose(T_target @ invert(T_hand_frame))
         n_fingers = len(self._finger_indices)
         ranges = self.joint_upper - self.joint_lower
         q = self.bullet.calculateInverseKinematics(
@@ -373,22 +469,22 @@ class SimWorld:
             maxNumIterations=self._ik.pybullet_iterations, residualThreshold=1e-6)
         return np.clip(np.array(q[: len(ARM_JOINTS)]), self.joint_lower, self.joint_upper)
 
-    def _refine_ik(self, q: np.ndarray, T_target: np.ndarray) -> np.ndarray:
-        """Damped least squares on the camera frame's position and orientation, within joint limits."""
+    def _refine_ik(self, q: np.ndarray, T_target: np.ndarray, T_hand_frame: np.ndarray) -> np.ndarray:
+        """Damped least squares on the frame's position and orientation, within joint limits."""
         settings = self._ik
-        camera_in_hand = self.T_hand_cam[:3, 3].tolist()
+        frame_in_hand = T_hand_frame[:3, 3].tolist()
         fingers = [FINGER_OPEN_M] * len(self._finger_indices)
         zeros = [0.0] * (len(ARM_JOINTS) + len(fingers))
         for _ in range(settings.refine_iterations):
             self._set_arm(q)
-            T = self.camera_pose()
+            T = self.hand_pose() @ T_hand_frame
             error = np.concatenate([T_target[:3, 3] - T[:3, 3],
                                     Rotation.from_matrix(T_target[:3, :3] @ T[:3, :3].T).as_rotvec()])
             if (np.linalg.norm(error[:3]) < settings.converged_position_m
                     and np.linalg.norm(error[3:]) < settings.converged_rotation_rad):
                 break
             linear, angular = self.bullet.calculateJacobian(
-                self.robot_id, self._hand_link, camera_in_hand, q.tolist() + fingers,
+                self.robot_id, self._hand_link, frame_in_hand, q.tolist() + fingers,
                 zeros, zeros)
             J = np.vstack([np.asarray(linear), np.asarray(angular)])[:, : len(ARM_JOINTS)]
             step = J.T @ np.linalg.solve(J @ J.T + settings.damping * np.eye(6), error)
@@ -399,10 +495,11 @@ class SimWorld:
             q = q_next
         return q
 
-    def _check_solution(self, q: np.ndarray, T_target: np.ndarray, q_from: np.ndarray) -> IkResult:
+    def _check_solution(self, q: np.ndarray, T_target: np.ndarray, q_from: np.ndarray,
+                        T_hand_frame: np.ndarray) -> IkResult:
         cfg = self.config
         self._set_arm(q)
-        T = self.camera_pose()
+        T = self.hand_pose() @ T_hand_frame
         position_error, rotation_error = pose_distance(T, T_target)
         if position_error > cfg.ik_position_tolerance_m or rotation_error > cfg.ik_rotation_tolerance_deg:
             message = (f"unreachable: the closest arm pose misses by {position_error * 1000:.1f} mm and "
@@ -425,10 +522,11 @@ class SimWorld:
                 return f"the arm would touch the {hit} {where}"
         return ""
 
-    def _collision(self) -> str:
+    def _collision(self, with_object: bool = True) -> str:
         """Name of what the arm (any link but its base, which stands on the table) penetrates at
-        its current joints, or ''."""
-        for body, name in ((self.table_id, "table"), (self.object_id, "object")):
+        its current joints, or ''; the object only counts ``with_object``."""
+        bodies = ((self.table_id, "table"), (self.object_id, "object"))
+        for body, name in bodies[: 2 if with_object else 1]:
             for contact in self.bullet.getClosestPoints(self.robot_id, body, distance=0.0):
                 if contact[3] >= 0 and contact[8] < -1e-3:  # linkIndexA, contact distance
                     return name
@@ -467,6 +565,239 @@ class SimWorld:
     def stop_motion(self) -> None:
         """Stop where the arm is now."""
         self._motion = None
+
+    # ---------------------------------------------------------------- pick and lift
+    def tcp_pose(self) -> np.ndarray:
+        """``T_base_tcp``: the gripper's tool centre point (see :data:`TCP_IN_HAND_M`)."""
+        return self.hand_pose() @ self.T_hand_tcp
+
+    def pick_and_lift(self, T_base_tcp: np.ndarray, pre_grasp_distance_m: float,
+                      lift_height_m: float) -> PickResult:
+        """:meth:`start_pick` and run it to the end at once (simulated time, not real time)."""
+        refusal = self.start_pick(T_base_tcp, pre_grasp_distance_m, lift_height_m)
+        if refusal is not None:
+            return refusal
+        while True:
+            result = self.step_pick(1.0)
+            if result is not None:
+                return result
+
+    @property
+    def picking(self) -> bool:
+        return self._pick is not None
+
+    def start_pick(self, T_base_tcp: np.ndarray, pre_grasp_distance_m: float,
+                   lift_height_m: float) -> PickResult | None:
+        """Plan a grasp of the object with the TCP at ``T_base_tcp``; None when it started (run it
+        with :meth:`step_pick`), else the refusal ("unreachable: ..." or "refused: ...").
+
+        The gripper opens, the arm moves to the pre-grasp pose ``pre_grasp_distance_m`` back
+        along the TCP's -z, approaches in a straight line along +z, closes the fingers, lifts
+        ``lift_height_m`` straight up, puts the object down again, opens and retreats along the
+        approach. An approach that would touch the table is refused.
+        """
+        if self._pick is not None:
+            return PickResult(False, "refused: a pick is already running")
+        try:
+            T_grasp = validate_rigid_transform(T_base_tcp, "grasp pose")
+        except ValueError as exc:
+            return PickResult(False, f"refused: {exc}")
+        for name, value in (("pre-grasp distance", pre_grasp_distance_m),
+                            ("lift height", lift_height_m)):
+            if not (np.isfinite(value) and value > 0):
+                return PickResult(False, f"refused: the {name} must be a positive number of "
+                                         f"metres, got {value}")
+        if self.bullet.getDynamicsInfo(self.object_id, -1)[0] <= 0:
+            return PickResult(False, "refused: the object is static (mass 0) and cannot be lifted")
+        plan, why_not = self._plan_pick(T_grasp, float(pre_grasp_distance_m), float(lift_height_m))
+        if plan is None:
+            return PickResult(False, f"unreachable: {why_not}; the arm did not move")
+        self._motion = None
+        self._pick = _PickRun(self._pick_steps(plan))
+        return None
+
+    def step_pick(self, dt: float) -> PickResult | None:
+        """Advance the running pick by ``dt`` seconds; its result once it is over, else None."""
+        run = self._pick
+        if run is None:
+            raise RuntimeError("no pick is running")
+        run.clock_s += dt
+        try:
+            while run.elapsed_s < run.clock_s:
+                next(run.steps)
+                run.elapsed_s += 1.0 / PHYSICS_RATE_HZ
+        except StopIteration as finished:
+            self._pick = None
+            return finished.value
+        except BaseException:  # the world is already put back (see _pick_steps)
+            self._pick = None
+            raise
+        return None
+
+    def stop_pick(self) -> None:
+        """Abandon the running pick where it is (the object goes back to where it was)."""
+        if self._pick is not None:
+            self._pick.steps.close()
+            self._pick = None
+
+    def _plan_pick(self, T_grasp: np.ndarray, pre_grasp_distance: float,
+                   lift_height: float) -> tuple[_PickPlan | None, str]:
+        """Joints for the whole pick from the first pre-grasp arm pose whose straight approach and
+        lift work, or why there is none."""
+        T_pre = T_grasp.copy()
+        T_pre[:3, 3] -= pre_grasp_distance * T_grasp[:3, 2]
+        T_lifted = T_grasp.copy()
+        T_lifted[2, 3] += lift_height
+        closest, first_reason = None, ""
+        with closing(self._ik_attempts(T_pre, self.T_hand_tcp)) as attempts:
+            for pre in attempts:
+                if not pre.success:
+                    closest = pre if closest is None or _better(pre, closest) else closest
+                    continue
+                approach, why_not = self._straight_path(pre.joint_positions, T_pre, T_grasp)
+                lift = []
+                if not why_not:
+                    lift, why_not = self._straight_path(approach[-1], T_grasp, T_lifted, with_object=None)
+                    why_not = why_not and f"the lift {why_not}"
+                else:
+                    why_not = f"the approach {why_not}"
+                if not why_not:
+                    return _PickPlan(pre.joint_positions, approach, lift, pre_grasp_distance,
+                                     lift_height), ""
+                first_reason = first_reason or why_not
+        if first_reason:
+            return None, first_reason
+        return None, f"the pre-grasp pose: {closest.message.removeprefix('unreachable: ')}"
+
+    def _straight_path(self, q_start: np.ndarray, T_from: np.ndarray, T_to: np.ndarray,
+                       with_object: bool | None = False) -> tuple[list, str]:
+        """Arm joints along the TCP's straight line from ``T_from`` to ``T_to`` (each solved from
+        the one before), or why the line cannot be followed. The table is always avoided, the
+        object too when ``with_object``; None checks nothing (a lift starts in contact)."""
+        settings, cfg = self._ik, self.config
+        steps = max(1, int(np.ceil(np.linalg.norm(T_to[:3, 3] - T_from[:3, 3])
+                                   / settings.straight_path_step_m)))
+        path = [np.asarray(q_start, dtype=np.float64)]
+        for i in range(1, steps + 1):
+            T = interpolate_pose(T_from, T_to, i / steps)
+            q = self._refine_ik(path[-1], T, self.T_hand_tcp)
+            self._set_arm(q)
+            position_error, rotation_error = pose_distance(self.tcp_pose(), T)
+            where = f"{i / steps:.0%} of the way"
+            if position_error > cfg.ik_position_tolerance_m or rotation_error > cfg.ik_rotation_tolerance_deg:
+                return [], (f"leaves the arm's reach {where} (off by {position_error * 1000:.1f} mm, "
+                            f"{rotation_error:.1f} deg)")
+            if np.abs(q - path[-1]).max() > settings.straight_path_jump_rad:
+                return [], f"needs the arm to flip its joints {where}"
+            hit = "" if with_object is None else self._collision(with_object)
+            if hit:
+                return [], f"would touch the {hit} {where}"
+            path.append(q)
+        return path, ""
+
+    def _pick_steps(self, plan: _PickPlan) -> Generator[None, None, PickResult]:
+        """The pick, one physics step per item.
+
+        At the end everything but the arm is put back as it was, the solver's cached contacts
+        included: the object where it was placed, and the next pick from the same poses gives the
+        same result.
+        """
+        dt = 1.0 / PHYSICS_RATE_HZ
+        b = self.bullet
+        before = b.saveState()
+        lift = 0.0
+        held = False
+        try:
+            self._set_fingers(FINGER_OPEN_M)
+            self.start_motion(plan.pre_grasp)
+            while not self.step_motion(dt):
+                yield
+            b.setTimeStep(dt)
+            b.setGravity(0.0, 0.0, -GRAVITY_M_S2)
+            self._drive_fingers(FINGER_OPEN_M)
+            start_height = self._object_com_height()
+            yield from self._follow(plan.approach, plan.pre_grasp_distance_m)
+            yield from self._grip(0.0)
+            yield from self._follow(plan.lift, plan.lift_height_m)
+            yield from self._grip(0.0, min_s=0.25)  # hold still: a slipping object shows now
+            lift = self._object_com_height() - start_height
+            held = all(b.getContactPoints(self.robot_id, self.object_id, finger)
+                       for finger in self._finger_indices)
+            yield from self._follow(plan.lift[::-1], plan.lift_height_m)
+            yield from self._grip(FINGER_OPEN_M)
+            yield from self._follow(plan.approach[::-1], plan.pre_grasp_distance_m)
+        finally:
+            arm = self.arm_positions
+            b.setGravity(0.0, 0.0, 0.0)
+            b.restoreState(before)
+            b.removeState(before)
+            self._set_arm(arm)  # at rest where the pick left it
+        wanted = plan.lift_height_m / 2
+        if lift >= wanted and held:
+            return PickResult(True, f"lifted the object {round(lift * 1000):d} mm", lift)
+        why = "slipped out of the fingers" if lift >= wanted else "did not rise with the gripper"
+        return PickResult(False, f"the object {why} (rose {round(lift * 1000):d} mm, "
+                                 f"at least {wanted * 1000:.0f} mm needed)", lift)
+
+    def _object_com_height(self) -> float:
+        return float(self.bullet.getBasePositionAndOrientation(self.object_id)[0][2])
+
+    def _set_fingers(self, opening_m: float) -> None:
+        """Put both fingers at ``opening_m`` at once, at rest."""
+        self.bullet.resetJointStatesMultiDof(self.robot_id, self._finger_indices,
+                                             [[opening_m]] * len(self._finger_indices),
+                                             [[0.0]] * len(self._finger_indices))
+
+    def _follow(self, path: list, length_m: float) -> Generator[None, None, None]:
+        """Physics steps along joint waypoints evenly spaced on a straight gripper path, with the
+        smoothstep profile whose peak TCP speed is ``grasp_speed_m_s``.
+
+        The arm follows exactly (it is reset to the path every step, with the path's velocity, so
+        that contacts see it move); the fingers keep their force-limited targets.
+        """
+        dt = 1.0 / PHYSICS_RATE_HZ
+        steps = max(1, int(np.ceil(1.5 * length_m / self.config.grasp_speed_m_s / dt)))
+        waypoints = np.asarray(path)
+        previous = waypoints[0]
+        for k in range(1, steps + 1):
+            s = k / steps
+            position = s * s * (3.0 - 2.0 * s) * (len(waypoints) - 1)
+            i = min(int(position), len(waypoints) - 2)
+            q = waypoints[i] + (position - i) * (waypoints[i + 1] - waypoints[i])
+            self._drive_arm(previous, (q - previous) / dt)
+            self.bullet.stepSimulation()
+            previous = q
+            yield
+        self._drive_arm(previous, np.zeros_like(previous))
+
+    def _drive_arm(self, q: np.ndarray, velocity: np.ndarray) -> None:
+        self.bullet.resetJointStatesMultiDof(self.robot_id, self._arm_indices,
+                                             [[float(v)] for v in q], [[float(v)] for v in velocity])
+        # Motors keep those velocities through the step against gravity and contacts.
+        self.bullet.setJointMotorControlArray(
+            self.robot_id, self._arm_indices, pybullet.VELOCITY_CONTROL,
+            targetVelocities=velocity.tolist(), forces=[_ARM_HOLD_FORCE] * len(self._arm_indices))
+
+    def _drive_fingers(self, opening_m: float) -> None:
+        """Position targets for both fingers, pushed with at most the URDF's effort limit."""
+        self.bullet.setJointMotorControlArray(
+            self.robot_id, self._finger_indices, pybullet.POSITION_CONTROL,
+            targetPositions=[opening_m] * len(self._finger_indices), forces=self._finger_force_n)
+
+    def _grip(self, opening_m: float, min_s: float = 0.05, max_s: float = 1.0) -> Generator[None, None, None]:
+        """Physics steps with the fingers driven to ``opening_m`` under their force limit until
+        they stop (or ``max_s``); the arm holds still."""
+        dt = 1.0 / PHYSICS_RATE_HZ
+        b = self.bullet
+        self._drive_fingers(opening_m)
+        arm = self.arm_positions
+        for k in range(int(np.ceil(max_s / dt))):
+            self._drive_arm(arm, np.zeros_like(arm))
+            b.stepSimulation()
+            yield
+            speeds = [abs(state[1]) for state in b.getJointStates(self.robot_id, self._finger_indices)]
+            if (k + 1) * dt >= min_s and max(speeds) < _FINGERS_STOPPED_M_S:
+                return
 
     # ---------------------------------------------------------------- ground truth
     def ground_truth(self) -> dict:
