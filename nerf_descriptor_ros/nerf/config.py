@@ -80,6 +80,7 @@ class NerfConfig:
     history_interval_s: float = 0.0
     history_pixels: int = 8192
     eval_chunk_rays: int = 8192
+    eval_max_frames: int = 0                 # evaluate on the first N held-out frames (0 = all)
     render_count: int = 4                    # held-out PNG renders written at the end
     fast: FastFieldConfig = field(default_factory=FastFieldConfig)
     classic: ClassicFieldConfig = field(default_factory=ClassicFieldConfig)

@@ -89,30 +89,27 @@ class OccupancyGrid(torch.nn.Module):
         see object within the cell's projected radius. Cells seen by fewer than ``min_views``
         views cannot be reconstructed and are dropped.
         """
-        centers = self.cell_centers().cpu().numpy().astype(np.float64)
+        centers = self.cell_centers().cpu()
         half_diagonal = float(torch.linalg.norm(self.cell_size).item()) / 2
-        votes_object = np.zeros(len(centers), dtype=np.int32)
-        votes_seen = np.zeros(len(centers), dtype=np.int32)
+        votes_object = torch.zeros(len(centers), dtype=torch.int32)
+        votes_seen = torch.zeros(len(centers), dtype=torch.int32)
         for c2w, intr, mask in zip(c2ws, intrinsics, masks):
-            R, t = c2w[:3, :3], c2w[:3, 3]
-            pts = (centers - t) @ R  # world -> camera (R^T (p - t)), as row vectors
+            c2w = torch.as_tensor(c2w, dtype=torch.float32)
+            pts = (centers - c2w[:3, 3]) @ c2w[:3, :3]  # world -> camera
             z = pts[:, 2]
-            front = z > 1e-6
-            # Distance (pixels) from every pixel to the nearest object pixel.
-            dist = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
-            uv = np.full((len(pts), 2), -1.0)
-            uv[front] = _project(pts[front], intr)
-            col, row = np.round(uv[:, 0]).astype(int), np.round(uv[:, 1]).astype(int)
-            seen = front & (col >= 0) & (col < intr.width) & (row >= 0) & (row < intr.height)
-            radius_px = np.zeros(len(pts))
-            radius_px[front] = half_diagonal * max(intr.fx, intr.fy) / z[front] + 1.0
-            near_object = np.zeros(len(pts), dtype=bool)
-            near_object[seen] = dist[row[seen], col[seen]] <= radius_px[seen]
+            uv = _project(pts, intr)
+            col, row = torch.round(uv[:, 0]).long(), torch.round(uv[:, 1]).long()
+            seen = (z > 1e-6) & (col >= 0) & (col < intr.width) & (row >= 0) & (row < intr.height)
+            # Distance (pixels) from every pixel to the nearest object pixel, against the cell's
+            # projected radius (+1 pixel for the mask's own rounding).
+            dist = torch.from_numpy(cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3))
+            pixel = row.clamp(0, intr.height - 1) * intr.width + col.clamp(0, intr.width - 1)
+            radius_px = half_diagonal * max(intr.fx, intr.fy) / z.clamp(min=1e-6) + 1.0
             votes_seen += seen
-            votes_object += near_object
+            votes_object += seen & (dist.reshape(-1)[pixel] <= radius_px)
         keep = (votes_seen >= min_views) & (votes_object >= agreement * votes_seen)
         shape = self.occupied.shape
-        self.allowed.copy_(torch.from_numpy(keep).reshape(shape))
+        self.allowed.copy_(keep.reshape(shape))
         self.occupied.copy_(self.allowed)
 
     @torch.no_grad()
@@ -131,11 +128,16 @@ class OccupancyGrid(torch.nn.Module):
         self.occupied.copy_((alpha > alpha_threshold).reshape(self.occupied.shape) & self.allowed)
 
 
-def _project(points_cam: np.ndarray, intr) -> np.ndarray:
-    """Camera-frame points -> pixel coordinates, with the camera's distortion."""
-    uv, _ = cv2.projectPoints(points_cam.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), intr.K,
-                              np.asarray(intr.distortion or [0.0] * 5, dtype=np.float64))
-    return uv.reshape(-1, 2)
+def _project(points_cam: torch.Tensor, intr) -> torch.Tensor:
+    """Camera-frame points -> pixel coordinates (with distortion); points behind give garbage."""
+    z = points_cam[:, 2:].clamp(min=1e-6)
+    if intr.has_distortion:
+        normalized = (points_cam[:, :2] / z).double().numpy()
+        uv, _ = cv2.projectPoints(np.concatenate([normalized, np.ones((len(normalized), 1))], 1),
+                                  np.zeros(3), np.zeros(3), intr.K,
+                                  np.asarray(intr.distortion, dtype=np.float64))
+        return torch.from_numpy(uv.reshape(-1, 2)).float()
+    return points_cam[:, :2] / z * torch.tensor([intr.fx, intr.fy]) + torch.tensor([intr.cx, intr.cy])
 
 
 def march_occupied(origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor, far: torch.Tensor,

@@ -27,7 +27,7 @@ from .samplers import OccupancyGrid
 
 # Config keys that may change between a run and its resumption (they do not shape the model).
 RESUMABLE_KEYS = {"iterations", "time_budget_s", "checkpoint_interval_s", "history_interval_s",
-                  "history_pixels", "eval_chunk_rays", "render_count"}
+                  "history_pixels", "eval_chunk_rays", "eval_max_frames", "render_count"}
 MIN_RAYS, MAX_RAYS = 256, 65536
 REPORT_INTERVAL_S = 0.5
 
@@ -100,8 +100,8 @@ def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[st
 class _Clock:
     """Training time that survives resumption (evaluation time excluded)."""
 
-    def __init__(self, already: float):
-        self.already = already
+    def __init__(self):
+        self.already = 0.0  # seconds from earlier runs of a resumed training
         self.started = time.monotonic()
         self.paused = 0.0
 
@@ -124,148 +124,196 @@ def train_nerf(dataset: Dataset, config: NerfConfig, out_dir: str | Path, device
 
     Metrics: ``psnr`` over all held-out pixels (masked datasets: object over a white background),
     ``psnr_object_pixels``, ``ssim``, ``depth_median_abs_err_m`` on object pixels when the dataset
-    has depth, ``history`` of (train seconds, iteration, PSNR on a held-out pixel subset).
+    has depth, ``train_seconds`` (wall time from the call, without the optional PSNR-history
+    evaluations and the final evaluation), ``history`` of [train seconds, iteration, PSNR on a
+    fixed subset of held-out pixels].
     """
-    config = config.validate()
-    device = resolve_device(device)
-    out_dir = Path(out_dir)
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    train_ids, held_ids = check_dataset(dataset, config.min_train_frames)
-    dataset_hash = dataset.content_hash()
-
-    state = None
-    if checkpoint_path.exists():
-        if not resume:
-            raise CheckpointError(f"{checkpoint_path} already exists: resume it or choose another "
-                                  "output folder")
-        state = read_checkpoint(checkpoint_path)
-        check_same_dataset(state, dataset_hash, checkpoint_path, dataset.root)
-        differences = _config_differences(state["config"], config.to_dict())
-        if differences:
-            raise CheckpointError(f"{checkpoint_path} was trained with a different config "
-                                  f"({', '.join(differences)}); use another output folder")
-
-    torch.manual_seed(config.seed)
-    background = resolve_background(config.background, dataset.has_masks)
-    use_mask = background == "mask"
-    _report(report, 0, config.iterations, "loading frames")
-    train_frames = [load_frame(dataset, i) for i in train_ids]
-    held_frames = [load_frame(dataset, i, with_depth=dataset.has_depth) for i in held_ids]
-
-    box = SceneBox.from_list(state["scene_box"]) if state else fit_scene_box(config, train_frames, use_mask)
-    model = build_model(config, box, len(train_frames), background).to(device)
-    optimizer = _optimizer(model, config)
-    batcher = RayBatcher(train_frames, device, config.seed)
-    rays_per_batch = float(config.classic.rays_per_batch if config.model == "classic" else 4096)
-    target_samples = config.fast.target_samples_per_batch
-    ray_cap = MAX_RAYS  # lowered for good after an out-of-memory
-    iteration, history, train_seconds = 0, [], 0.0
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batcher.set_generator_state(state["batcher_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        iteration, history = int(state["iteration"]), list(state["history"])
-        train_seconds, rays_per_batch = float(state["train_seconds"]), float(state["rays_per_batch"])
-    elif isinstance(model, FastNerf):
-        model.set_step_size(config.fast.step_pixels * pixel_footprint(train_frames, box))
-        if use_mask:
-            model.occupancy.carve_from_masks([f.c2w for f in train_frames],
-                                             [f.intrinsics for f in train_frames],
-                                             [f.mask for f in train_frames])
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    def snapshot(complete=False, metrics=None):
-        save_checkpoint(checkpoint_path, {
-            "config": config.to_dict(), "dataset_hash": dataset_hash, "dataset_root": str(dataset.root),
-            "scene_box": box.to_list(), "background": background, "num_images": len(train_frames),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "iteration": iteration, "train_seconds": clock.elapsed(), "rays_per_batch": rays_per_batch,
-            "history": history, "batcher_rng": batcher.generator_state(),
-            "torch_rng": torch.get_rng_state(), "complete": complete, "metrics": metrics or {}})
-
-    held_pixels = HeldOutPixels(held_frames, config.history_pixels, use_mask, device, config.seed)
-    initial_lrs = [g["lr"] for g in optimizer.param_groups]
-    clock = _Clock(train_seconds)
-    run_start_iteration = iteration
-    last_save = last_report = time.monotonic()
-    last_history = train_seconds if history else -math.inf
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    model.train()
-    loss_value = batch_psnr = float("nan")
-
-    def finished() -> bool:
-        budget = config.time_budget_s
-        return iteration >= config.iterations or (budget > 0 and clock.elapsed() >= budget)
-
+    run = _TrainingRun(dataset, config.validate(), Path(out_dir), resolve_device(device), report, resume)
     try:
-        while not finished():
+        run.train(cancel)
+    except StageCancelled:
+        run.save()
+        raise
+    return run.checkpoint_path, run.finish()
+
+
+class _TrainingRun:
+    """The state of one call of :func:`train_nerf`, from a fresh start or a checkpoint."""
+
+    def __init__(self, dataset: Dataset, config: NerfConfig, out_dir: Path, device: torch.device,
+                 report: ProgressCallback | None, resume: bool):
+        self.clock = _Clock()
+        self.dataset, self.config, self.out_dir, self.device = dataset, config, out_dir, device
+        self.report_fn = report
+        self.iteration, self.history = 0, []
+        self.loss = self.batch_psnr = float("nan")
+        self.checkpoint_path = out_dir / CHECKPOINT_NAME
+        train_ids, held_ids = check_dataset(dataset, config.min_train_frames)
+        self.dataset_hash = dataset.content_hash()
+        state = self._previous_state(resume)
+
+        torch.manual_seed(config.seed)
+        self.background = resolve_background(config.background, dataset.has_masks)
+        self.use_mask = self.background == "mask"
+        self._report("loading frames")
+        self.train_frames = [load_frame(dataset, i) for i in train_ids]
+        held_ids = held_ids[:config.eval_max_frames] if config.eval_max_frames > 0 else held_ids
+        self.held_frames = [load_frame(dataset, i, with_depth=dataset.has_depth) for i in held_ids]
+
+        self.box = SceneBox.from_list(state["scene_box"]) if state else \
+            fit_scene_box(config, self.train_frames, self.use_mask)
+        self.model = build_model(config, self.box, len(self.train_frames), self.background).to(device)
+        self.optimizer = _optimizer(self.model, config)
+        self.initial_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.batcher = RayBatcher(self.train_frames, device, config.seed)
+        self.rays_per_batch = float(config.classic.rays_per_batch if config.model == "classic" else 4096)
+        self.target_samples = config.fast.target_samples_per_batch
+        self.ray_cap = MAX_RAYS  # lowered for good after an out-of-memory
+        if state:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.batcher.set_generator_state(state["batcher_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            self.iteration, self.history = int(state["iteration"]), list(state["history"])
+            self.rays_per_batch = float(state["rays_per_batch"])
+            self.clock.already = float(state["train_seconds"])
+        elif isinstance(self.model, FastNerf):
+            self.model.set_step_size(config.fast.step_pixels * pixel_footprint(self.train_frames, self.box))
+            if self.use_mask:
+                self.model.occupancy.carve_from_masks([f.c2w for f in self.train_frames],
+                                                      [f.intrinsics for f in self.train_frames],
+                                                      [f.mask for f in self.train_frames])
+        self.held_pixels = HeldOutPixels(self.held_frames, config.history_pixels, self.use_mask,
+                                         device, config.seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    def _previous_state(self, resume: bool) -> dict | None:
+        if not self.checkpoint_path.exists():
+            return None
+        if not resume:
+            raise CheckpointError(f"{self.checkpoint_path} already exists: resume it or choose "
+                                  "another output folder")
+        state = read_checkpoint(self.checkpoint_path)
+        check_same_dataset(state, self.dataset_hash, self.checkpoint_path, self.dataset.root)
+        differences = _config_differences(state["config"], self.config.to_dict())
+        if differences:
+            raise CheckpointError(f"{self.checkpoint_path} was trained with a different config "
+                                  f"({', '.join(differences)}); use another output folder")
+        return state
+
+    def save(self, metrics: dict | None = None) -> None:
+        with self.clock.pause():
+            save_checkpoint(self.checkpoint_path, {
+                "config": self.config.to_dict(), "dataset_hash": self.dataset_hash,
+                "dataset_root": str(self.dataset.root), "scene_box": self.box.to_list(),
+                "background": self.background, "num_images": len(self.train_frames),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "iteration": self.iteration, "train_seconds": self.clock.elapsed(),
+                "rays_per_batch": self.rays_per_batch, "history": self.history,
+                "batcher_rng": self.batcher.generator_state(), "torch_rng": torch.get_rng_state(),
+                "complete": metrics is not None, "metrics": metrics or {}})
+
+    def _finished(self) -> bool:
+        budget = self.config.time_budget_s
+        return self.iteration >= self.config.iterations or (budget > 0 and self.clock.elapsed() >= budget)
+
+    def train(self, cancel: threading.Event | None) -> None:
+        config = self.config
+        start_iteration, start_seconds = self.iteration, self.clock.elapsed()
+        last_save = last_report = time.monotonic()
+        last_history = self.history[-1][0] if self.history else -math.inf
+        self.model.train()
+        while not self._finished():
             check_cancelled(cancel)
-            progress = iteration / config.iterations
+            progress = self.iteration / config.iterations
             if config.time_budget_s > 0:
-                progress = max(progress, clock.elapsed() / config.time_budget_s)
-            for group, lr in zip(optimizer.param_groups, initial_lrs):
+                progress = max(progress, self.clock.elapsed() / config.time_budget_s)
+            for group, lr in zip(self.optimizer.param_groups, self.initial_lrs):
                 group["lr"] = lr * config.final_lr_factor ** min(progress, 1.0)
-            try:
-                with amp:
-                    loss, mse, samples = _step(model, batcher, int(rays_per_batch), background, config)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            except (RuntimeError, torch.OutOfMemoryError) as exc:
-                if not is_out_of_memory(exc) or rays_per_batch <= MIN_RAYS:
-                    raise
-                optimizer.zero_grad(set_to_none=True)
-                rays_per_batch = ray_cap = max(MIN_RAYS, rays_per_batch / 2)
-                target_samples = max(1024, target_samples // 2)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                _report(report, iteration, config.iterations,
-                        f"out of memory: continuing with {int(rays_per_batch)} rays per batch")
+            if not self._step():
                 continue
-            iteration += 1
-            loss_value, batch_psnr = float(loss.detach()), psnr(mse)
-            if isinstance(model, FastNerf):
-                rays_per_batch = float(np.clip(rays_per_batch * (0.5 + 0.5 * target_samples / max(samples, 1)),
-                                               MIN_RAYS, ray_cap))
-                if iteration % config.fast.occupancy_update_every == 0 and \
-                        iteration >= config.fast.occupancy_warmup:
-                    model.update_occupancy()
             now = time.monotonic()
-            if config.history_interval_s > 0 and clock.elapsed() - last_history >= config.history_interval_s:
-                with clock.pause():
-                    history.append([round(clock.elapsed(), 3), iteration,
-                                    held_pixels.psnr(model, config.eval_chunk_rays)])
-                last_history = clock.elapsed()
+            if config.history_interval_s > 0 and \
+                    self.clock.elapsed() - last_history >= config.history_interval_s:
+                self._record_history()
+                last_history = self.clock.elapsed()
             if now - last_report >= REPORT_INTERVAL_S:
                 last_report = now
-                _report(report, iteration, config.iterations, "training", loss_value, batch_psnr,
-                        _eta(clock, train_seconds, iteration - run_start_iteration, iteration, config))
+                done = self.iteration - start_iteration
+                eta = (config.iterations - self.iteration) * (self.clock.elapsed() - start_seconds) / done
+                if config.time_budget_s > 0:
+                    eta = min(eta, max(0.0, config.time_budget_s - self.clock.elapsed()))
+                self._report("training", eta)
             if now - last_save >= config.checkpoint_interval_s:
-                with clock.pause():
-                    snapshot()
+                self.save()
                 last_save = time.monotonic()
-    except StageCancelled:
-        snapshot()
-        raise
 
-    _report(report, iteration, config.iterations, "evaluating held-out frames", loss_value, batch_psnr, 0.0)
-    model.eval()
-    if config.history_interval_s > 0 and (not history or history[-1][1] != iteration):
-        history.append([round(clock.elapsed(), 3), iteration, held_pixels.psnr(model, config.eval_chunk_rays)])
-    metrics = evaluate_frames(model, held_frames, use_mask, config.eval_chunk_rays,
-                              out_dir / "renders", config.render_count)
-    metrics.update(model=config.model, iterations=iteration, train_seconds=round(clock.elapsed(), 2),
-                   device=str(device), background=background, scene_box=box.to_list(),
-                   train_frames=len(train_frames), history=history)
-    snapshot(complete=True, metrics=metrics)
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    _report(report, iteration, config.iterations,
-            f"done: held-out PSNR {metrics['psnr']:.2f} dB", loss_value, metrics["psnr"], 0.0)
-    return checkpoint_path, metrics
+    def _step(self) -> bool:
+        """One optimisation step; False when it ran out of memory (and the batch was halved)."""
+        model = self.model
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else \
+            contextlib.nullcontext()
+        try:
+            with amp:
+                loss, mse, samples = _batch_loss(model, self.batcher, int(self.rays_per_batch),
+                                           self.background, self.config)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not is_out_of_memory(exc) or self.rays_per_batch <= MIN_RAYS:
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            self.rays_per_batch = self.ray_cap = max(MIN_RAYS, self.rays_per_batch / 2)
+            self.target_samples = max(1024, self.target_samples // 2)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self._report(f"out of memory: continuing with {int(self.rays_per_batch)} rays per batch")
+            return False
+        self.iteration += 1
+        self.loss, self.batch_psnr = float(loss.detach()), psnr(mse)
+        if isinstance(model, FastNerf):
+            # Keep the work per batch near the target as empty space gets skipped.
+            scale = 0.5 + 0.5 * self.target_samples / max(samples, 1)
+            self.rays_per_batch = float(np.clip(self.rays_per_batch * scale, MIN_RAYS, self.ray_cap))
+            cfg = self.config.fast
+            if self.iteration % cfg.occupancy_update_every == 0 and self.iteration >= cfg.occupancy_warmup:
+                model.update_occupancy()
+        return True
+
+    def _record_history(self) -> None:
+        with self.clock.pause():
+            psnr_value = self.held_pixels.psnr(self.model, self.config.eval_chunk_rays)
+        self.history.append([round(self.clock.elapsed(), 3), self.iteration, psnr_value])
+
+    def finish(self) -> dict:
+        """Evaluate on the held-out frames, write renders, metrics and the final checkpoint."""
+        config = self.config
+        self._report("evaluating held-out frames", 0.0)
+        train_seconds = round(self.clock.elapsed(), 2)
+        if config.history_interval_s > 0 and (not self.history or self.history[-1][1] != self.iteration):
+            self._record_history()
+        self.model.eval()
+        metrics = evaluate_frames(self.model, self.held_frames, self.use_mask, config.eval_chunk_rays,
+                                  self.out_dir / "renders", config.render_count)
+        metrics.update(model=config.model, iterations=self.iteration, train_seconds=train_seconds,
+                       device=str(self.device), background=self.background,
+                       scene_box=self.box.to_list(), train_frames=len(self.train_frames),
+                       history=self.history)
+        self.save(metrics)
+        atomic_write_json(self.out_dir / "metrics.json", metrics)
+        self.batch_psnr = metrics["psnr"]
+        self._report(f"done: held-out PSNR {metrics['psnr']:.2f} dB", 0.0)
+        return metrics
+
+    def _report(self, message: str, eta: float = float("nan")) -> None:
+        if self.report_fn is not None:
+            self.report_fn(ProgressReport(
+                stage="nerf", iteration=self.iteration, total_iterations=self.config.iterations,
+                loss=self.loss, psnr=self.batch_psnr, eta_seconds=eta, message=message))
 
 
-def _step(model: NerfModel, batcher: RayBatcher, rays: int, background: str, config: NerfConfig):
+def _batch_loss(model: NerfModel, batcher: RayBatcher, rays: int, background: str, config: NerfConfig):
     """One batch: (loss, colour MSE of the final pass, number of samples evaluated)."""
     batch = batcher.sample(rays)
     target = batch["rgb"]
@@ -285,23 +333,3 @@ def _step(model: NerfModel, batcher: RayBatcher, rays: int, background: str, con
     if isinstance(model, FastNerf) and config.fast.tv_weight > 0:
         loss = loss + config.fast.tv_weight * model.field.encoding.total_variation()
     return loss, float(mse.detach()), len(out["samples"].t_starts)
-
-
-def _eta(clock: _Clock, seconds_at_start: float, iterations_this_run: int, iteration: int,
-         config: NerfConfig) -> float:
-    """Seconds left at this run's pace (capped by the time budget)."""
-    elapsed = clock.elapsed()
-    if iterations_this_run <= 0:
-        return float("nan")
-    eta = (config.iterations - iteration) * (elapsed - seconds_at_start) / iterations_this_run
-    if config.time_budget_s > 0:
-        eta = min(eta, max(0.0, config.time_budget_s - elapsed))
-    return eta
-
-
-def _report(report, iteration, total, message, loss=float("nan"), psnr_value=float("nan"),
-            eta=float("nan")) -> None:
-    if report is not None:
-        report(ProgressReport(stage="nerf", iteration=iteration, total_iterations=total, loss=loss,
-                              psnr=psnr_value, eta_seconds=eta, message=message))
-

@@ -1,0 +1,80 @@
+"""`nerf-descriptor train-nerf`: fit an object NeRF to a captured dataset, with a progress bar.
+
+Writes ``nerf.pt`` (checkpoint with config and dataset hash), ``metrics.json`` (held-out PSNR,
+SSIM, depth error) and ``renders/heldout_*.png`` (held-out image | prediction | depth) to the
+output folder. Ctrl-C saves a checkpoint; ``--resume`` continues it.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-nerf", help="train an object NeRF on a captured dataset",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="dataset folder (holding transforms.json)")
+    p.add_argument("--config", help="NeRF config YAML, e.g. config/nerf_fast.yaml or "
+                                    "config/nerf_classic.yaml (default: the fast model's defaults)")
+    p.add_argument("--set", dest="overrides", default="", metavar="YAML",
+                   help="config overrides as YAML, e.g. '{iterations: 2000, fast: {sh_degree: 0}}'")
+    p.add_argument("--out", help="output folder (default: DATASET/nerf)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint in the output folder instead of refusing it")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for PyTorch (default: PyTorch's choice)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..dataset import Dataset
+    from ..nerf import load_config, train_nerf
+    from ..progress import StageCancelled
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    dataset = Dataset.load(args.dataset)
+    config = load_config(args.config, args.overrides)
+    out_dir = Path(args.out) if args.out else dataset.root / "nerf"
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    bars = []  # made at the first report, so that an early error prints alone
+
+    def report(r):
+        if not bars:
+            bars.append(tqdm(total=config.iterations, unit="it", dynamic_ncols=True,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"))
+        bar = bars[0]
+        bar.update(r.iteration - bar.n)
+        eta = "" if r.eta_seconds != r.eta_seconds else f"{int(r.eta_seconds // 60)}:{int(r.eta_seconds % 60):02d}"
+        bar.set_postfix_str(f"loss {r.loss:.4f}, PSNR {r.psnr:.2f} dB, ETA {eta}", refresh=False)
+        if r.message not in ("training", ""):
+            bar.set_description_str(r.message[:40])
+        bar.refresh()
+
+    try:
+        checkpoint, metrics = train_nerf(dataset, config, out_dir, args.device, report, cancel,
+                                         resume=args.resume)
+    except StageCancelled:
+        checkpoint = None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for bar in bars:
+            bar.close()
+    if checkpoint is None:
+        print(f"cancelled: checkpoint saved in {out_dir}; continue with --resume")
+        return 130
+    line = f"held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
+    if "psnr_object_pixels" in metrics:
+        line += f", object pixels {metrics['psnr_object_pixels']:.2f} dB"
+    if metrics.get("depth_median_abs_err_m") is not None:
+        line += f", depth median abs error {metrics['depth_median_abs_err_m'] * 1000:.1f} mm"
+    print(f"{line}\ncheckpoint {checkpoint}\nrenders {out_dir / 'renders'}")
+    return 0

@@ -1,0 +1,337 @@
+"""The ``trainer`` node: trains what an object needs from its dataset, one job at a time.
+
+Action ``~/train_object`` (TrainObject): runs the job, feedback per progress report, cancellable.
+Service ``~/start_training`` (StartTraining): starts the same job and answers at once.
+Service ``~/cancel_training`` (std_srvs/Trigger): cancels the running job, however it started.
+Topic ``~/status`` (TrainingStatus, transient-local): state changes and progress.
+
+A job is an ordered list of named stages (:data:`STAGES`); a request may pick a subset, which runs
+in the table's order. Each stage reads the results of the stages before it from the job's
+context. The work runs on a worker thread of its own, so the executor keeps serving the
+services, cancel requests and status while a stage trains. A second request while a job runs is
+refused with the reason (the action's result says it; the service answers ``accepted = false``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import rclpy
+import yaml
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+from std_srvs.srv import Trigger
+
+from nerf_descriptor_ros.action import TrainObject
+from nerf_descriptor_ros.msg import TrainingStatus
+from nerf_descriptor_ros.srv import StartTraining
+
+from ..dataset import Dataset, object_dataset_path
+from ..errors import NerfDescriptorError
+from ..progress import ProgressCallback, ProgressReport, StageCancelled
+
+
+class TrainingRequestError(NerfDescriptorError):
+    """A request the node refuses; the message is what the caller sees."""
+
+
+@dataclass
+class JobContext:
+    """What the stages of one job share: inputs, settings, and what earlier stages produced."""
+
+    dataset: Dataset
+    overrides: dict            # this stage's config overrides (a mapping; {} = none)
+    device: str
+    nerf_config_path: str      # "" = the built-in NeRF defaults
+    results: dict = field(default_factory=dict)  # "nerf_checkpoint", "model_path", ...
+    metrics: dict = field(default_factory=dict)  # per stage
+
+
+def _nerf_config(ctx: JobContext):
+    from ..nerf import load_config
+    from ..nerf.config import config_from_dict
+
+    return config_from_dict(ctx.overrides, load_config(ctx.nerf_config_path or None))
+
+
+def check_nerf_stage(ctx: JobContext) -> None:
+    from ..nerf.data import check_dataset
+
+    check_dataset(ctx.dataset, _nerf_config(ctx).min_train_frames)
+
+
+def run_nerf_stage(ctx: JobContext, report: ProgressCallback, cancel: threading.Event) -> None:
+    from ..nerf import train_nerf
+
+    checkpoint, metrics = train_nerf(ctx.dataset, _nerf_config(ctx), ctx.dataset.root / "nerf",
+                                     ctx.device, report, cancel, resume=True)
+    ctx.results["nerf_checkpoint"] = str(checkpoint)
+    ctx.metrics["nerf"] = {k: v for k, v in metrics.items() if k != "history"}
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[JobContext, ProgressCallback, threading.Event], None]
+    # Refuses a request up front (bad overrides, unusable dataset) by raising NerfDescriptorError.
+    check: Callable[[JobContext], None]
+
+
+# The job, in order. Adding a stage is adding one entry here.
+STAGES: list[Stage] = [
+    Stage("nerf", run_nerf_stage, check_nerf_stage),
+]
+
+
+def plan_stages(requested: list[str]) -> list[Stage]:
+    known = [s.name for s in STAGES]
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        raise TrainingRequestError(f"unknown stage(s) {unknown}; this node runs {known}")
+    return [s for s in STAGES if not requested or s.name in requested]
+
+
+def parse_overrides(text: str, stages: list[Stage]) -> dict:
+    """``{stage: {key: value}}`` from the request's YAML, refusing stages that do not exist."""
+    try:
+        overrides = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise TrainingRequestError(f"config_overrides_yaml is not valid YAML: {exc}") from exc
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise TrainingRequestError("config_overrides_yaml must map stage names to mappings of "
+                                   "config keys, e.g. \"{nerf: {iterations: 2000}}\"")
+    unknown = [k for k in overrides if k not in [s.name for s in STAGES]]
+    if unknown:
+        raise TrainingRequestError(f"config_overrides_yaml names unknown stage(s) {unknown}")
+    return overrides
+
+
+class TrainingJob:
+    """One run of the stages on a worker thread; progress and outcome read from other threads."""
+
+    def __init__(self, object_name: str, ctx: JobContext, stages: list[Stage], overrides: dict,
+                 on_progress: Callable[["TrainingJob"], None]):
+        self.object_name = object_name
+        self.ctx = ctx
+        self.stages = stages
+        self.overrides = overrides
+        self.on_progress = on_progress
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.latest = ProgressReport(stage=stages[0].name, iteration=0, total_iterations=0,
+                                     message="starting")
+        self.state = "running"
+        self.message = ""
+        self._thread = threading.Thread(target=self._run, name=f"train-{object_name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _report(self, report: ProgressReport) -> None:
+        with self.lock:
+            self.latest = report
+        self.on_progress(self)
+
+    def _run(self) -> None:
+        try:
+            for stage in self.stages:
+                self.ctx.overrides = self.overrides.get(stage.name, {})
+                self._report(ProgressReport(stage=stage.name, iteration=0, total_iterations=0,
+                                            message="starting"))
+                stage.run(self.ctx, self._report, self.cancel)
+            self._finish("succeeded", f"done: {', '.join(s.name for s in self.stages)}")
+        except StageCancelled:
+            self._finish("cancelled", "cancelled; completed work is checkpointed and resumes")
+        except NerfDescriptorError as exc:
+            self._finish("failed", str(exc))
+        except Exception as exc:  # a bug or an environment failure: say which, keep the node up
+            self._finish("failed", f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, state: str, message: str) -> None:
+        with self.lock:
+            self.state, self.message = state, message
+        self.done.set()
+        self.on_progress(self)
+
+
+class TrainerNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("trainer", **kwargs)
+
+        def declare(name, default, description):
+            return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+
+        self.data_root = Path(declare("data_root", "data", "datasets are <data_root>/<object_name>"))
+        self.device = declare("device", "auto", "auto (CUDA with mixed precision when available, "
+                              "else CPU), cpu, cuda, cuda:N")
+        self.nerf_config = declare("nerf_config", "", "NeRF config YAML (e.g. config/nerf_fast.yaml); "
+                                   "empty = the built-in fast-model defaults")
+        threads = declare("cpu_threads", 0, "PyTorch CPU threads; 0 = PyTorch's default")
+        if threads > 0:
+            import torch
+            torch.set_num_threads(threads)
+        if self.nerf_config and not Path(self.nerf_config).is_file():
+            raise TrainingRequestError(f"parameter nerf_config: {self.nerf_config} does not exist")
+
+        self._job: TrainingJob | None = None
+        self._job_lock = threading.Lock()
+        group = ReentrantCallbackGroup()
+        latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                             durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+        self._status_pub = self.create_publisher(TrainingStatus, "~/status", latched)
+        self._action = ActionServer(self, TrainObject, "~/train_object", self._execute,
+                                    goal_callback=lambda _: GoalResponse.ACCEPT,
+                                    cancel_callback=lambda _: CancelResponse.ACCEPT,
+                                    callback_group=group)
+        self.create_service(StartTraining, "~/start_training", self._on_start, callback_group=group)
+        self.create_service(Trigger, "~/cancel_training", self._on_cancel, callback_group=group)
+        self._publish_status(None)
+        self.get_logger().info(f"ready: stages {[s.name for s in STAGES]}, datasets under "
+                               f"{self.data_root.resolve()}, device {self.device}")
+
+    # ------------------------------------------------------------------ jobs
+    def _start_job(self, object_name: str, dataset_path: str, stages: list[str],
+                   overrides_yaml: str) -> TrainingJob:
+        """Validate the request and start its job, or raise TrainingRequestError saying why not."""
+        plan = plan_stages(list(stages))
+        overrides = parse_overrides(overrides_yaml, plan)
+        if dataset_path:
+            path = Path(dataset_path).expanduser()
+        elif object_name:
+            path = object_dataset_path(self.data_root, object_name)
+        else:
+            raise TrainingRequestError("give an object_name (dataset under data_root) or a dataset_path")
+        with self._job_lock:
+            running = self._job
+            if running is not None and not running.done.is_set():
+                r = running.latest
+                raise TrainingRequestError(
+                    f"busy: training {running.object_name!r} (stage {r.stage}, iteration "
+                    f"{r.iteration}/{r.total_iterations}); wait for it to finish or cancel it")
+            dataset = Dataset.load(path)
+            ctx = JobContext(dataset, {}, self.device, self.nerf_config)
+            for stage in plan:
+                ctx.overrides = overrides.get(stage.name, {})
+                stage.check(ctx)
+            job = TrainingJob(object_name or dataset.root.name, ctx, plan, overrides, self._publish_status)
+            self._job = job
+        self.get_logger().info(f"training {job.object_name} ({dataset.root}): stages "
+                               f"{[s.name for s in plan]}")
+        job.start()
+        return job
+
+    def _execute(self, goal_handle):
+        goal = goal_handle.request
+        try:
+            job = self._start_job(goal.object_name, goal.dataset_path, goal.stages,
+                                  goal.config_overrides_yaml)
+        except NerfDescriptorError as exc:
+            self.get_logger().warning(f"train_object refused: {exc}")
+            goal_handle.abort()
+            return TrainObject.Result(success=False, message=str(exc))
+        last_sent = None
+        while not job.done.wait(timeout=0.1):
+            if goal_handle.is_cancel_requested:
+                job.cancel.set()
+            with job.lock:
+                report = job.latest
+            if report is not last_sent:
+                last_sent = report
+                goal_handle.publish_feedback(TrainObject.Feedback(
+                    stage=report.stage, iteration=report.iteration,
+                    total_iterations=report.total_iterations, loss=float(report.loss),
+                    psnr=float(report.psnr), eta_seconds=float(report.eta_seconds),
+                    message=report.message))
+        result = TrainObject.Result(
+            success=job.state == "succeeded", message=job.message,
+            nerf_checkpoint=job.ctx.results.get("nerf_checkpoint", ""),
+            model_path=job.ctx.results.get("model_path", ""),
+            metrics_json=json.dumps(job.ctx.metrics))
+        if job.state == "cancelled" and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif job.state == "succeeded":
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result
+
+    def _on_start(self, request, response):
+        try:
+            job = self._start_job(request.object_name, request.dataset_path, request.stages,
+                                  request.config_overrides_yaml)
+        except NerfDescriptorError as exc:
+            response.accepted, response.message = False, str(exc)
+            return response
+        response.accepted, response.message = True, "started; progress on ~/status"
+        response.dataset_path = str(job.ctx.dataset.root)
+        return response
+
+    def _on_cancel(self, request, response):
+        with self._job_lock:
+            job = self._job
+        if job is None or job.done.is_set():
+            response.success, response.message = False, "no training job is running"
+        else:
+            job.cancel.set()
+            response.success, response.message = True, f"cancelling {job.object_name}"
+        return response
+
+    def stop_job(self, timeout_s: float) -> None:
+        """Cancel a running job and wait for its stage to checkpoint (node shutdown)."""
+        with self._job_lock:
+            job = self._job
+        if job is not None and not job.done.is_set():
+            job.cancel.set()
+            job.done.wait(timeout=timeout_s)
+
+    def _publish_status(self, job: TrainingJob | None) -> None:
+        msg = TrainingStatus(state="idle")
+        msg.header.stamp = self.get_clock().now().to_msg()
+        if job is not None:
+            with job.lock:
+                r, state, message = job.latest, job.state, job.message
+            msg.state = state
+            msg.object_name = job.object_name
+            msg.dataset_path = str(job.ctx.dataset.root)
+            msg.stages = [s.name for s in job.stages]
+            msg.stage, msg.iteration, msg.total_iterations = r.stage, r.iteration, r.total_iterations
+            msg.loss, msg.psnr, msg.eta_seconds = float(r.loss), float(r.psnr), float(r.eta_seconds)
+            msg.message = message or r.message
+            if state != "running":
+                msg.metrics_json = json.dumps(job.ctx.metrics)
+                log = self.get_logger().info if state == "succeeded" else self.get_logger().warning
+                log(f"{job.object_name}: {state}: {message}")
+        self._status_pub.publish(msg)
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = TrainerNode()
+    except NerfDescriptorError as exc:
+        print(f"trainer: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop_job(timeout_s=30.0)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

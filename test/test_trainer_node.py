@@ -1,0 +1,152 @@
+"""The trainer node over DDS: the action trains and reports, refuses a second job, cancels; the
+service starts the same job; status follows it."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from synthetic_scenes import orbit_poses, textured_objects_scene, write_scene_dataset
+
+pytestmark = pytest.mark.ros
+
+# A short, small fast-NeRF run: enough iterations to report progress several times.
+QUICK_NERF = ("{nerf: {iterations: 200, checkpoint_interval_s: 1.0, render_count: 1, "
+              "fast: {plane_resolutions: [16, 32], plane_features: 4, occupancy_resolution: 32, "
+              "target_samples_per_batch: 8192}}}")
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    root = tmp_path / "data"
+    write_scene_dataset(root / "blocks", textured_objects_scene(), orbit_poses(18, 0.3), width=40,
+                        height=30)
+    return root
+
+
+def _spin_until(node, predicate, timeout, what):
+    if not hasattr(node, "test_executor"):  # the fixture's node lives in its own context
+        from rclpy.executors import SingleThreadedExecutor
+        node.test_executor = SingleThreadedExecutor(context=node.context)
+        node.test_executor.add_node(node)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        node.test_executor.spin_once(timeout_sec=0.05)
+
+
+def _clients(node):
+    from rclpy.action import ActionClient
+    from std_srvs.srv import Trigger
+
+    from nerf_descriptor_ros.action import TrainObject
+    from nerf_descriptor_ros.msg import TrainingStatus
+    from nerf_descriptor_ros.srv import StartTraining
+    from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+
+    statuses = []
+    latched = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
+                         durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+    node.create_subscription(TrainingStatus, "/trainer/status", statuses.append, latched)
+    action = ActionClient(node, TrainObject, "/trainer/train_object")
+    start = node.create_client(StartTraining, "/trainer/start_training")
+    cancel = node.create_client(Trigger, "/trainer/cancel_training")
+    _spin_until(node, lambda: action.server_is_ready() and start.service_is_ready()
+                and cancel.service_is_ready(), 60, "the trainer node")
+    return action, start, cancel, statuses
+
+
+def _call(node, client, request, timeout=30):
+    future = client.call_async(request)
+    _spin_until(node, future.done, timeout, client.srv_name)
+    return future.result()
+
+
+def test_action_trains_reports_and_refuses_a_second_job(nodes, rclpy_node, data_root):
+    from nerf_descriptor_ros.action import TrainObject
+    from nerf_descriptor_ros.srv import StartTraining
+
+    proc = nodes.start("trainer", "config/trainer.yaml", {"data_root": str(data_root), "cpu_threads": 1})
+    action, start, _, statuses = _clients(rclpy_node)
+    feedback = []
+    goal_future = action.send_goal_async(
+        TrainObject.Goal(object_name="blocks", config_overrides_yaml=QUICK_NERF),
+        feedback_callback=lambda msg: feedback.append(msg.feedback))
+    _spin_until(rclpy_node, goal_future.done, 30, "goal acceptance")
+    goal = goal_future.result()
+    assert goal.accepted
+    result_future = goal.get_result_async()
+    _spin_until(rclpy_node, lambda: any(f.iteration > 0 for f in feedback), 120, "training feedback")
+
+    # While it trains: a second goal ends at once with the reason, the service refuses too.
+    second = action.send_goal_async(TrainObject.Goal(object_name="blocks"))
+    _spin_until(rclpy_node, second.done, 30, "second goal")
+    second_result = second.result().get_result_async()
+    _spin_until(rclpy_node, second_result.done, 30, "second goal result")
+    refused = second_result.result().result
+    assert not refused.success and "busy" in refused.message and "blocks" in refused.message
+    answer = _call(rclpy_node, start, StartTraining.Request(object_name="blocks"))
+    assert not answer.accepted and "busy" in answer.message
+
+    _spin_until(rclpy_node, result_future.done, 240, "training result")
+    result = result_future.result().result
+    assert result.success, result.message + nodes.log_of(proc)
+    assert Path(result.nerf_checkpoint).is_file()
+    metrics = json.loads(result.metrics_json)
+    assert metrics["nerf"]["psnr"] > 15 and metrics["nerf"]["iterations"] == 200
+    iterations = [f.iteration for f in feedback if f.stage == "nerf"]
+    assert iterations == sorted(iterations) and len(set(iterations)) >= 3
+    assert all(f.total_iterations == 200 for f in feedback if f.iteration > 0)
+    assert any(f.psnr > 0 for f in feedback) and any(f.eta_seconds >= 0 for f in feedback)
+    _spin_until(rclpy_node, lambda: statuses and statuses[-1].state == "succeeded", 10, "final status")
+    assert json.loads(statuses[-1].metrics_json)["nerf"]["psnr"] == metrics["nerf"]["psnr"]
+
+
+def test_service_start_cancel_and_bad_requests(nodes, rclpy_node, data_root):
+    from std_srvs.srv import Trigger
+
+    from nerf_descriptor_ros.action import TrainObject
+    from nerf_descriptor_ros.srv import StartTraining
+
+    nodes.start("trainer", "config/trainer.yaml", {"data_root": str(data_root), "cpu_threads": 1})
+    action, start, cancel, statuses = _clients(rclpy_node)
+
+    for request, reason in [
+            (StartTraining.Request(object_name="../etc"), "invalid object name"),
+            (StartTraining.Request(object_name="missing"), "does not exist"),
+            (StartTraining.Request(object_name="blocks", stages=["nerf", "dance"]), "unknown stage"),
+            (StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: [1]}"),
+             "must map stage names"),
+            (StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: {bogus: 1}}"),
+             "unknown config key 'bogus'"),
+            (StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: {min_train_frames: 30}}"),
+             "need at least 30 training frames")]:
+        answer = _call(rclpy_node, start, request)
+        assert not answer.accepted and reason in answer.message, answer.message
+
+    answer = _call(rclpy_node, start, StartTraining.Request(
+        object_name="blocks", config_overrides_yaml=QUICK_NERF.replace("200", "100000")))
+    assert answer.accepted, answer.message
+    _spin_until(rclpy_node, lambda: statuses and statuses[-1].state == "running"
+                and statuses[-1].iteration > 0, 120, "progress on ~/status")
+    assert _call(rclpy_node, cancel, Trigger.Request()).success
+    _spin_until(rclpy_node, lambda: statuses[-1].state == "cancelled", 60, "cancellation")
+    checkpoint = data_root / "blocks" / "nerf" / "nerf.pt"
+    assert checkpoint.is_file()  # the cancelled stage saved its work
+
+    # Cancelling through the action: the resumed job continues from that checkpoint.
+    feedback = []
+    goal_future = action.send_goal_async(
+        TrainObject.Goal(object_name="blocks", config_overrides_yaml=QUICK_NERF.replace("200", "100000")),
+        feedback_callback=lambda msg: feedback.append(msg.feedback))
+    _spin_until(rclpy_node, goal_future.done, 30, "goal acceptance")
+    goal = goal_future.result()
+    _spin_until(rclpy_node, lambda: any(f.iteration > 0 for f in feedback), 120, "feedback")
+    cancel_future = goal.cancel_goal_async()
+    _spin_until(rclpy_node, cancel_future.done, 30, "cancel answer")
+    result_future = goal.get_result_async()
+    _spin_until(rclpy_node, result_future.done, 60, "cancelled result")
+    assert result_future.result().status == 5  # GoalStatus.STATUS_CANCELED
+    first_progress = min(f.iteration for f in feedback if f.iteration > 0)
+    assert first_progress > 1  # resumed, not restarted
