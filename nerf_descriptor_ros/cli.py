@@ -10,6 +10,7 @@ from .errors import NerfDescriptorError
 # Modules under nerf_descriptor_ros.commands, each exposing register(subparsers).
 COMMANDS = [
     "demo",
+    "train_nerf",
     "train_descriptors",
     "evaluate",
     "poses",
