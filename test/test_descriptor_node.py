@@ -1,0 +1,273 @@
+"""The descriptor node over DDS, with a small randomly initialised model and a synthetic scene:
+encodings and headers of every output, 3D keypoints from depth, "not found" on the empty table,
+refusals of wrong images, a flood of images without queueing or growing memory, and
+~/set_grasp_point."""
+import json
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from capture_test_utils import ros  # noqa: F401  (fixture)
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header, String
+from synthetic_scenes import Scene, orbit_poses, textured_objects_scene, write_scene_dataset
+from visualization_msgs.msg import Marker, MarkerArray
+
+from nerf_descriptor_ros.dataset import Dataset
+from nerf_descriptor_ros.descriptors.loss import sample_descriptors
+from nerf_descriptor_ros.descriptors.model import export_model, load_model
+from nerf_descriptor_ros.descriptors.network import DescriptorNet
+from nerf_descriptor_ros.geometry import invert, transform_points
+from nerf_descriptor_ros.keypoints import KEYPOINTS_NAME, KeypointSet, auto_grasp_keypoints
+from nerf_descriptor_ros.matching import locate_keypoints
+from nerf_descriptor_ros.msg import KeypointMatches
+from nerf_descriptor_ros.ros_conversions import (array_to_image, image_to_array,
+                                                 intrinsics_to_camera_info, ns_to_stamp)
+from nerf_descriptor_ros.srv import SetGraspPoint
+
+pytestmark = pytest.mark.ros
+
+WIDTH, HEIGHT, D = 80, 60, 8
+FRAME_ID = "camera_color_optical_frame"
+
+
+@pytest.fixture(scope="module")
+def scene_model(tmp_path_factory):
+    """A synthetic dataset, a random model exported beside it with two automatic keypoints, and
+    the not-found threshold halfway between the keypoints' distances in a training view and in
+    an image of the empty table (a random network's distances have no meaningful scale)."""
+    root = tmp_path_factory.mktemp("descriptor_node")
+    scene = textured_objects_scene()
+    dataset = Dataset.load(write_scene_dataset(root / "objects", scene, orbit_poses(8, 0.35), WIDTH, HEIGHT))
+    torch.manual_seed(0)
+    export_model(DescriptorNet(D, "resnet18", 32), root / "model", (WIDTH, HEIGHT),
+                 info={"dataset": str(dataset.root)})
+    model = load_model(root / "model")
+    keypoints = auto_grasp_keypoints(dataset, model, count=2)
+    keypoints.save(root / "model")
+    frame = next(f for f in dataset.frames if f.index == keypoints["grasp"].spec.image_index)
+    empty, _, _ = Scene([]).render(frame.c2w, frame.intrinsics)
+    on_object = max(k.distance for k in locate_keypoints(model, keypoints, frame.load_image()))
+    on_table = min(k.distance for k in locate_keypoints(model, keypoints, empty))
+    assert on_object < 0.5 * on_table
+    return {"dataset": dataset, "model_dir": root / "model", "model": model, "keypoints": keypoints,
+            "frame": frame, "empty": empty, "threshold": (on_object + on_table) / 2}
+
+
+class Inbox:
+    """Messages of one topic, newest last, with a blocking wait."""
+
+    def __init__(self, node, msg_type, topic, qos=10):
+        self.messages = []
+        self._changed = threading.Condition()
+        node.create_subscription(msg_type, topic, self._on_message, qos)
+
+    def _on_message(self, msg):
+        with self._changed:
+            self.messages.append(msg)
+            self._changed.notify_all()
+
+    def wait_for(self, predicate, timeout=20.0, what="a message"):
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [m for m in self.messages if predicate(m)]
+                if found:
+                    return found[-1]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no {what} within {timeout} s")
+                self._changed.wait(remaining)
+
+
+class Camera:
+    """Test-side camera: colour, depth and camera info with one stamp per frame."""
+
+    def __init__(self, node):
+        self.node = node
+        self.image = node.create_publisher(Image, "camera/color/image_raw", qos_profile_sensor_data)
+        self.depth = node.create_publisher(Image, "camera/depth/image_raw", qos_profile_sensor_data)
+        self.info = node.create_publisher(CameraInfo, "camera/color/camera_info", qos_profile_sensor_data)
+        self.stamp_ns = 1_000_000_000
+
+    def publish(self, rgb=None, depth=None, intrinsics=None, image_msg=None) -> Header:
+        self.stamp_ns += 10_000_000
+        header = Header(stamp=ns_to_stamp(self.stamp_ns), frame_id=FRAME_ID)
+        if intrinsics is not None:
+            self.info.publish(intrinsics_to_camera_info(intrinsics, header))
+        if depth is not None:
+            self.depth.publish(array_to_image(depth.astype(np.float32), "32FC1", header))
+        if image_msg is None:
+            image_msg = array_to_image(rgb, "rgb8", header)
+        image_msg.header = header
+        self.image.publish(image_msg)
+        return header
+
+    def publish_until(self, inbox, what, timeout=30.0, **frame):
+        """Publish the frame again every 0.3 s until ``inbox`` has a message with its stamp
+        (the first ones may go out before the node has subscribed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            header = self.publish(**frame)
+            try:
+                return header, inbox.wait_for(lambda m: m.header.stamp == header.stamp, 0.3, what)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+
+def _start(nodes, scene_model, **params):
+    return nodes.start("descriptor", "config/descriptor.yaml",
+                       {"model_dir": str(scene_model["model_dir"]), "device": "cpu", "cpu_threads": 1,
+                        "max_descriptor_distance": scene_model["threshold"], **params})
+
+
+def test_outputs_have_their_encodings_and_the_source_header_and_keypoints_their_3d_points(
+        nodes, ros, scene_model):
+    _start(nodes, scene_model, dense_scale=1.0)
+    node = ros.node
+    matches = Inbox(node, KeypointMatches, "keypoints/matches")
+    dense = Inbox(node, Image, "descriptors/image", qos_profile_sensor_data)
+    visual = Inbox(node, Image, "descriptors/visualization", qos_profile_sensor_data)
+    markers = Inbox(node, MarkerArray, "keypoints/markers")
+    camera = Camera(node)
+    frame, keypoints = scene_model["frame"], scene_model["keypoints"]
+    rgb, depth = frame.load_image(), frame.load_depth()
+
+    # Colour only: every keypoint found where it was defined, but without a 3D point.
+    header, msg = camera.publish_until(matches, "matches", rgb=rgb)
+    assert msg.header == header
+    assert [m.name for m in msg.keypoints] == ["grasp", "point_1"]
+    for match in msg.keypoints:
+        spec = keypoints[match.name].spec
+        assert match.found and not match.has_point
+        assert abs(match.u - spec.u) <= 1.0 and abs(match.v - spec.v) <= 1.0
+        assert 0.0 <= match.confidence <= 1.0
+    image = dense.wait_for(lambda m: m.header.stamp == header.stamp, what="descriptor image")
+    assert (image.encoding, image.width, image.height, image.header) == (f"32FC{D}", WIDTH, HEIGHT, header)
+    descriptors = image_to_array(image)
+    spec = keypoints["grasp"].spec
+    np.testing.assert_allclose(descriptors[int(spec.v), int(spec.u)],
+                               sample_descriptors(scene_model["model"].describe(rgb),
+                                                  torch.tensor([[spec.u, spec.v]]))[0].numpy(), atol=1e-4)
+    colours = visual.wait_for(lambda m: m.header.stamp == header.stamp, what="visualisation")
+    assert (colours.encoding, colours.header) == ("rgb8", header)
+    assert image_to_array(colours).std() > 5            # not a blank image
+    stored = json.loads((scene_model["model_dir"] / "visualization.json").read_text())
+    assert stored["model_weights_sha256"] == scene_model["model"].manifest["weights_sha256"]
+
+    # With depth and camera info: 3D points in the optical frame, and markers at them.
+    header, msg = camera.publish_until(matches, "matches with depth", rgb=rgb, depth=depth,
+                                       intrinsics=frame.intrinsics)
+    for match in msg.keypoints:
+        assert match.found and match.has_point
+        expected = transform_points(invert(frame.c2w), keypoints[match.name].point_base[None])[0]
+        assert np.linalg.norm([match.point.x - expected[0], match.point.y - expected[1],
+                               match.point.z - expected[2]]) < 0.006
+    array = markers.wait_for(lambda m: m.markers and m.markers[0].header.stamp == header.stamp)
+    spheres = [m for m in array.markers if m.type == Marker.SPHERE]
+    assert len(spheres) == 2 and all(m.action == Marker.ADD and m.header.frame_id == FRAME_ID for m in spheres)
+
+    # The empty table: nothing found, and no marker left standing.
+    header, msg = camera.publish_until(matches, "matches on the empty table", rgb=scene_model["empty"],
+                                       depth=depth, intrinsics=frame.intrinsics)
+    assert not any(m.found or m.has_point for m in msg.keypoints)
+    array = markers.wait_for(lambda m: m.markers and m.markers[0].header.stamp == header.stamp)
+    assert all(m.action == Marker.DELETE for m in array.markers)
+
+
+def test_wrong_images_are_refused_with_the_reason_and_the_node_keeps_going(nodes, ros, scene_model):
+    proc = _start(nodes, scene_model)
+    node = ros.node
+    errors = Inbox(node, String, "/descriptor/errors")
+    matches = Inbox(node, KeypointMatches, "keypoints/matches")
+    camera = Camera(node)
+    rgb = scene_model["frame"].load_image()
+    camera.publish_until(matches, "matches", rgb=rgb)
+
+    depth_as_colour = array_to_image(np.zeros((HEIGHT, WIDTH), np.uint16), "16UC1")
+    camera.publish(image_msg=depth_as_colour)
+    errors.wait_for(lambda m: "16UC1" in m.data and "expected a colour image" in m.data)
+    camera.publish(rgb=np.zeros((HEIGHT, 3 * WIDTH, 3), np.uint8))          # another aspect ratio
+    errors.wait_for(lambda m: f"{3 * WIDTH}x{HEIGHT}" in m.data and "aspect" in m.data)
+    truncated = array_to_image(rgb, "rgb8")
+    truncated.data = truncated.data[: len(truncated.data) // 2]
+    camera.publish(image_msg=truncated)
+    errors.wait_for(lambda m: "too short" in m.data)
+    # A camera info that does not fit the image: matched, but no 3D point, and said why.
+    frame = scene_model["frame"]
+    _, msg = camera.publish_until(matches, "matches", rgb=rgb, depth=frame.load_depth(),
+                                  intrinsics=frame.intrinsics.scaled(2 * WIDTH, 2 * HEIGHT))
+    assert all(m.found and not m.has_point for m in msg.keypoints)
+    errors.wait_for(lambda m: "CameraInfo is for 160x120" in m.data)
+    assert proc.poll() is None
+
+
+def test_a_flood_of_images_is_thinned_to_the_newest_without_growing_memory(nodes, ros, scene_model):
+    proc = _start(nodes, scene_model, dense_scale=0.5)
+    node = ros.node
+    matches = Inbox(node, KeypointMatches, "keypoints/matches")
+    camera = Camera(node)
+    rgb = np.ascontiguousarray(np.repeat(np.repeat(scene_model["frame"].load_image(), 8, 0), 8, 1))  # 640x480
+    camera.publish_until(matches, "matches", rgb=rgb)
+    process = psutil.Process(proc.pid)
+    rss = [process.memory_info().rss]
+    sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 5.0:
+        camera.publish(rgb=rgb)
+        sent += 1
+        if sent % 50 == 0:
+            rss.append(process.memory_info().rss)
+        time.sleep(0.002)
+    flood_end = time.monotonic()
+    received = list(matches.messages)
+    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in received]
+    assert stamps == sorted(stamps)                    # never an older frame after a newer one
+    assert len(received) < 0.8 * sent                  # frames were dropped, not queued ...
+    # ... so a frame sent now is answered at once, not after a backlog (retried only when the
+    # best-effort transport itself lost it).
+    camera.publish_until(matches, "an answer after the flood", timeout=10.0, rgb=rgb)
+    assert time.monotonic() - flood_end < 3.0
+    rss.append(process.memory_info().rss)
+    growth_mb = (max(rss[len(rss) // 2:]) - rss[1]) / 2**20
+    assert growth_mb < 40, f"memory grew by {growth_mb:.0f} MB under the flood: {rss}"
+
+
+def test_set_grasp_point_defines_and_stores_a_keypoint(nodes, ros, scene_model, tmp_path):
+    import shutil
+    model_dir = tmp_path / "model"
+    shutil.copytree(scene_model["model_dir"], model_dir)
+    _start(nodes, dict(scene_model, model_dir=model_dir))
+    dataset, frame = scene_model["dataset"], scene_model["dataset"].frames[3]
+    mask = frame.load_mask()
+    rows, cols = np.nonzero(mask)
+    u, v = float(cols[len(cols) // 2]), float(rows[len(rows) // 2])
+    answer = ros.call(SetGraspPoint, "/descriptor/set_grasp_point",
+                      SetGraspPoint.Request(name="handle", image_index=frame.index, u=u, v=v), timeout=30)
+    assert answer.success, answer.message
+    z = frame.load_depth()[int(v), int(u)]
+    intr = frame.intrinsics
+    expected = frame.c2w[:3, :3] @ (np.array([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, 1]) * z) + frame.c2w[:3, 3]
+    assert answer.has_point
+    np.testing.assert_allclose([answer.point.x, answer.point.y, answer.point.z], expected, atol=1e-6)
+    stored = KeypointSet.load(scene_model["model"], model_dir / KEYPOINTS_NAME)
+    assert stored.names == ["grasp", "point_1", "handle"]
+
+    matches = Inbox(ros.node, KeypointMatches, "keypoints/matches")
+    Camera(ros.node).publish_until(matches, "matches", rgb=frame.load_image())
+    assert [m.name for m in matches.messages[-1].keypoints] == ["grasp", "point_1", "handle"]
+
+    off = np.nonzero(~mask)
+    refused = ros.call(SetGraspPoint, "/descriptor/set_grasp_point",
+                       SetGraspPoint.Request(name="table", image_index=frame.index,
+                                             u=float(off[1][0]), v=float(off[0][0])), timeout=30)
+    assert not refused.success and "not on the object" in refused.message
+    refused = ros.call(SetGraspPoint, "/descriptor/set_grasp_point",
+                       SetGraspPoint.Request(name="x", image_index=999, u=1.0, v=1.0), timeout=30)
+    assert not refused.success and "no frame with index 999" in refused.message
+    assert KeypointSet.load(scene_model["model"], model_dir / KEYPOINTS_NAME).names == stored.names
