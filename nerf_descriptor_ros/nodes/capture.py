@@ -18,7 +18,6 @@ image and pose callbacks keep running.
 from __future__ import annotations
 
 import copy
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -27,10 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy,
                        qos_profile_sensor_data)
@@ -46,6 +43,7 @@ from ..keyframes import KeyframeSelector
 from ..pose_source import POSE_SOURCES, make_pose_source
 from ..ros_conversions import (camera_info_to_intrinsics, image_to_array, image_to_depth_m,
                                image_to_rgb8, ns_to_stamp, stamp_to_ns)
+from .run import run_node
 
 IMAGE_TOPIC = "camera/color/image_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
@@ -464,22 +462,5 @@ class CaptureNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = CaptureNode()
-    except NerfDescriptorError as exc:
-        print(f"capture: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
     # Enough threads that waiting service calls never starve the sensor callbacks.
-    executor = MultiThreadedExecutor(num_threads=6)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(CaptureNode, args, executor_threads=6)
