@@ -24,13 +24,14 @@ from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at, pose_distanc
 from nerf_descriptor_ros.ros_conversions import (image_to_array, matrix_to_pose_msg,
                                                  pose_msg_to_matrix, stamp_to_ns)
 from nerf_descriptor_ros.sim import hemisphere_views
-from nerf_descriptor_ros.srv import MoveCamera, SaveGroundTruth, SetObjectPose
+from nerf_descriptor_ros.srv import MoveCamera, PickAndLift, SaveGroundTruth, SetObjectPose
 
 pytestmark = pytest.mark.ros
 
 WIDTH, HEIGHT = 80, 60
 BASE, CAMERA = "panda_link0", "camera_color_optical_frame"
-PARAMS = {"width": WIDTH, "height": HEIGHT, "publish_rate_hz": 20.0, "joint_speed_rad_s": 3.0}
+PARAMS = {"width": WIDTH, "height": HEIGHT, "publish_rate_hz": 20.0, "joint_speed_rad_s": 3.0,
+          "grasp_speed_m_s": 0.4}
 
 
 class Streams:
@@ -88,11 +89,15 @@ def sim(nodes, rclpy_node, tmp_path):
     print(f"sim_robot log:\n{nodes.log_of(proc)}")  # shown by pytest when the test failed
 
 
-def _object_center(calls, data_root, name="probe"):
+def _object_bounds(calls, data_root, name="probe"):
     answer = calls.call(SaveGroundTruth, "/sim_robot/save_ground_truth", SaveGroundTruth.Request(object_name=name))
     assert answer.success, answer.message
     truth = json.loads((data_root / name / "ground_truth.json").read_text())["object"]
-    return (np.array(truth["bounds_base_min"]) + np.array(truth["bounds_base_max"])) / 2
+    return np.array(truth["bounds_base_min"]), np.array(truth["bounds_base_max"])
+
+
+def _object_center(calls, data_root, name="probe"):
+    return np.mean(_object_bounds(calls, data_root, name), axis=0)
 
 
 def _target(T, frame_id=BASE):
@@ -248,10 +253,57 @@ def test_object_placement_and_ground_truth(sim):
     assert sorted(p.name for p in data_root.iterdir()) == ["duck-1"]
 
 
+def test_pick_and_lift_answers_success_and_failure_while_frames_keep_coming(sim, rclpy_node):
+    calls, streams = sim.calls, sim.streams
+    service = "/sim_robot/pick_and_lift"
+    low, high = _object_bounds(calls, sim.data_root)
+    assert high[2] - low[2] == pytest.approx(0.077, abs=0.003)  # the duck stands up without object_rpy_deg
+    grasp = np.eye(4)  # TCP pointing down at the object's centre, closing across its narrower side
+    closing = np.array([0.0, 1.0, 0.0]) if high[1] - low[1] < high[0] - low[0] else np.array([1.0, 0.0, 0.0])
+    grasp[:3, 1], grasp[:3, 2] = closing, [0.0, 0.0, -1.0]
+    grasp[:3, 0] = np.cross(grasp[:3, 1], grasp[:3, 2])
+    grasp[:3, 3] = (low + high) / 2
+
+    first_client = rclpy_node.create_client(PickAndLift, service)
+    assert first_client.wait_for_service(timeout_sec=10.0)
+    poses_before = set(streams.poses_by_stamp())
+    started = time.monotonic()
+    first = first_client.call_async(PickAndLift.Request(grasp_pose=_target(grasp)))
+    time.sleep(0.5)
+    busy = calls.call(PickAndLift, service, PickAndLift.Request(grasp_pose=_target(grasp)))
+    assert not busy.success and "busy" in busy.message
+    answer = calls.wait(first, 60.0, "no answer from the first pick")
+    assert answer.success, answer.message
+    assert answer.object_lift_m == pytest.approx(0.1, abs=0.015)  # the node's default lift height
+    # The camera (on the hand) was published all along (20 Hz asked; the CPU may be busy), rising
+    # with the lift.
+    during = sorted((s, m) for s, m in streams.poses_by_stamp().items() if s not in poses_before)
+    assert len(during) >= 5 * (time.monotonic() - started)
+    assert np.diff([s for s, _ in during]).max() < 0.5e9
+    heights = [m.pose.position.z for _, m in during]
+    assert max(heights) - min(heights) > 0.1
+
+    beside = grasp.copy()
+    beside[:3, 3] += 0.1 * grasp[:3, 0]
+    answer = calls.call(PickAndLift, service, PickAndLift.Request(grasp_pose=_target(beside)), timeout=60.0)
+    assert not answer.success and "did not rise" in answer.message and abs(answer.object_lift_m) < 0.005
+    in_table = grasp.copy()
+    in_table[2, 3] = -0.03
+    answer = calls.call(PickAndLift, service, PickAndLift.Request(grasp_pose=_target(in_table)), timeout=60.0)
+    assert not answer.success and answer.message.startswith("unreachable")
+    answer = calls.call(PickAndLift, service, PickAndLift.Request(grasp_pose=_target(grasp, "world")))
+    assert not answer.success and "frame_id" in answer.message
+    # The object is where it was before the picks.
+    assert np.allclose(_object_bounds(calls, sim.data_root, "after"), (low, high), atol=1e-9)
+
+
 def test_bad_parameters_stop_the_node_with_a_clear_message(nodes):
     proc = nodes.start("sim_robot", "config/sim_robot.yaml", {"object": "no_such_model.urdf"})
     assert proc.wait(timeout=30) == 1
     assert "no_such_model.urdf" in nodes.log_of(proc) and "not found" in nodes.log_of(proc)
+    proc = nodes.start("sim_robot", "config/sim_robot.yaml", {"object_rpy_deg": [90, 0]})
+    assert proc.wait(timeout=30) == 1
+    assert "object_rpy_deg needs 3 numbers" in nodes.log_of(proc)
 
 
 def _wait(future, timeout=10.0):

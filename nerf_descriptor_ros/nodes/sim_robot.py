@@ -7,37 +7,33 @@ Publishes, every ``1 / publish_rate_hz`` seconds and all with the stamp of the r
 ``base_frame``), ``joint_states``, and TF ``base_frame`` -> ``camera_frame`` when tf2_ros imports.
 
 Services: ``~/move_camera`` (MoveCamera), ``~/set_object_pose`` (SetObjectPose),
-``~/save_ground_truth`` (SaveGroundTruth). Action: ``~/view_sweep`` (ViewSweep); goal fields left
-at 0 take the ``sweep_*`` / ``dwell_s`` parameters.
+``~/save_ground_truth`` (SaveGroundTruth), ``~/pick_and_lift`` (PickAndLift; the object is put back
+where it was afterwards). Action: ``~/view_sweep`` (ViewSweep); goal fields left at 0 take the
+``sweep_*`` / ``dwell_s`` parameters.
 
 Threads: pybullet is not thread-safe, so one lock guards the world. Rendering has its own callback
 group; services and the action share a reentrant one, so frames keep coming while the arm moves.
-Arm moves advance the world in fixed time steps and release the lock between steps, so the frames
-published during a move show the arm moving, each with its exact pose.
+Arm moves and picks advance the world in fixed time steps and release the lock between steps, so
+the frames published during a move or a pick show the arm moving, each with its exact pose.
 """
 from __future__ import annotations
 
-import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Header
 
 from nerf_descriptor_ros.action import ViewSweep
-from nerf_descriptor_ros.srv import MoveCamera, SaveGroundTruth, SetObjectPose
+from nerf_descriptor_ros.srv import MoveCamera, PickAndLift, SaveGroundTruth, SetObjectPose
 
 from ..dataset import DatasetError
 from ..errors import NerfDescriptorError
@@ -45,6 +41,7 @@ from ..geometry import InvalidPoseError, pose_distance, validate_rigid_transform
 from ..ros_conversions import (array_to_image, intrinsics_to_camera_info, matrix_to_pose_msg,
                                pose_msg_to_matrix)
 from ..sim import SimConfig, SimWorld, framing_distance, hemisphere_views
+from .run import run_node
 
 IMAGE_TOPIC = "camera/color/image_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
@@ -80,6 +77,7 @@ class SimRobotNode(Node):
             "sweep_min_elevation_deg", "sweep_max_elevation_deg", "dwell_s")}
         self.sweep_defaults["sweep_radius_range_m"] = _pair(p["sweep_radius_range_m"],
                                                             "sweep_radius_range_m")
+        self.pick_defaults = {key: p[key] for key in ("pick_pre_grasp_distance_m", "pick_lift_height_m")}
         if not self.base_frame or not self.camera_frame:
             raise SimRobotError("parameters base_frame and camera_frame must not be empty")
         if p["publish_rate_hz"] <= 0:
@@ -87,7 +85,9 @@ class SimRobotNode(Node):
         try:
             config = SimConfig(
                 object_source=p["object"], object_scale=p["object_scale"],
-                object_rpy_deg=_triple(p["object_rpy_deg"], "object_rpy_deg"),
+                object_rpy_deg=(_triple(p["object_rpy_deg"], "object_rpy_deg")
+                                if p["object_rpy_deg"] else None),
+                object_random_roll_pitch=p["object_random_roll_pitch"],
                 object_nominal_xy=_pair(p["object_nominal_xy"], "object_nominal_xy"),
                 object_random_x_range=_pair(p["object_random_x_range"], "object_random_x_range"),
                 object_random_y_range=_pair(p["object_random_y_range"], "object_random_y_range"),
@@ -97,9 +97,14 @@ class SimRobotNode(Node):
                 camera_mount_rpy_deg=_triple(p["camera_mount_rpy_deg"], "camera_mount_rpy_deg"),
                 joint_speed_rad_s=p["joint_speed_rad_s"],
                 ik_position_tolerance_m=p["ik_position_tolerance_m"],
-                ik_rotation_tolerance_deg=p["ik_rotation_tolerance_deg"])
-            if config.joint_speed_rad_s <= 0:
-                raise SimRobotError(f"joint_speed_rad_s must be positive, got {config.joint_speed_rad_s}")
+                ik_rotation_tolerance_deg=p["ik_rotation_tolerance_deg"],
+                object_friction=p["object_friction"], grasp_speed_m_s=p["grasp_speed_m_s"])
+            for name in ("joint_speed_rad_s", "grasp_speed_m_s", "pick_pre_grasp_distance_m",
+                         "pick_lift_height_m"):
+                if not p[name] > 0:
+                    raise SimRobotError(f"{name} must be positive, got {p[name]}")
+            if not p["object_friction"] >= 0:
+                raise SimRobotError(f"object_friction must not be negative, got {p['object_friction']}")
             self.world = SimWorld(config)
         except ValueError as exc:  # bad sizes, intrinsics, object model
             raise SimRobotError(str(exc)) from exc
@@ -134,15 +139,17 @@ class SimRobotNode(Node):
                             callback_group=request_group)
         self.create_service(SaveGroundTruth, "~/save_ground_truth", self._on_save_ground_truth,
                             callback_group=request_group)
+        self.create_service(PickAndLift, "~/pick_and_lift", self._on_pick_and_lift,
+                            callback_group=request_group)
         self._sweep_server = ActionServer(
             self, ViewSweep, "~/view_sweep", execute_callback=self._execute_sweep,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             cancel_callback=lambda goal_handle: CancelResponse.ACCEPT, callback_group=request_group)
 
     def _declare_parameters(self) -> dict:
-        def declare(name, default, description):
-            return self.declare_parameter(
-                name, default, ParameterDescriptor(description=description)).value
+        def declare(name, default, description, dynamic_typing=False):
+            return self.declare_parameter(name, default, ParameterDescriptor(
+                description=description, dynamic_typing=dynamic_typing)).value
 
         defaults = SimConfig()
         return {
@@ -152,14 +159,22 @@ class SimRobotNode(Node):
                               "random_urdfs/017/017.urdf)"),
             "object_scale": declare("object_scale", defaults.object_scale,
                                     "uniform scale applied to the object model"),
-            "object_rpy_deg": declare("object_rpy_deg", list(defaults.object_rpy_deg),
+            "object_rpy_deg": declare("object_rpy_deg", [],
                                       "roll, pitch, yaw (deg) turning the model's axes upright on "
-                                      "the table (before the random yaw): [0, 0, 0] for z-up models "
-                                      "(URDF convention, e.g. objects/mug.urdf), [90, 0, 0] for "
-                                      "y-up meshes such as the duck"),
+                                      "the table (before the random yaw); empty = automatic: the "
+                                      "known y-up pybullet_data models (duck, teddy, bunny) are "
+                                      "stood up, every other model is used as modelled (z up, the "
+                                      "URDF convention)", dynamic_typing=True),
             "object_seed": declare("object_seed", -1,
                                    "random object placement (position in the region, yaw); "
                                    "-1 = nominal pose"),
+            "object_random_roll_pitch": declare("object_random_roll_pitch",
+                                                defaults.object_random_roll_pitch,
+                                                "random placements rest the object on a random "
+                                                "stable face instead of upright"),
+            "object_friction": declare("object_friction", defaults.object_friction,
+                                       "the object's friction coefficient during picks (pybullet "
+                                       "multiplies it with the finger pads' 1.0)"),
             "object_nominal_xy": declare("object_nominal_xy", list(defaults.object_nominal_xy),
                                          "where the object's bounding box is centred (x, y in "
                                          "base_frame) when not random"),
@@ -222,6 +237,13 @@ class SimRobotNode(Node):
                                                "highest view elevation when the goal gives none"),
             "dwell_s": declare("dwell_s", 0.5,
                                "time the camera holds still at each reached view when the goal says 0"),
+            "grasp_speed_m_s": declare("grasp_speed_m_s", defaults.grasp_speed_m_s,
+                                       "peak gripper speed on a pick's straight approach, lift and "
+                                       "retreat (m/s)"),
+            "pick_pre_grasp_distance_m": declare("pick_pre_grasp_distance_m", 0.1,
+                                                 "pick approach length when the request says 0 (m)"),
+            "pick_lift_height_m": declare("pick_lift_height_m", 0.1,
+                                          "pick lift height when the request says 0 (m)"),
         }
 
     def _make_tf_broadcaster(self):
@@ -277,16 +299,22 @@ class SimRobotNode(Node):
         """Move to ``joint_goal`` in real time, one control step per period; raises _Cancelled."""
         with self._world_lock:
             self.world.start_motion(joint_goal)
+        self._run_in_real_time(lambda: self.world.step_motion(CONTROL_PERIOD_S),
+                               self.world.stop_motion, cancelled)
+
+    def _run_in_real_time(self, step, stop, cancelled=lambda: False):
+        """Call ``step`` (under the world lock) once per control period until it returns something
+        truthy, and return that; on cancellation or shutdown call ``stop`` and raise _Cancelled."""
         next_step = time.monotonic()
         while True:
             if cancelled() or self._stopping.is_set():
                 with self._world_lock:
-                    self.world.stop_motion()
+                    stop()
                 raise _Cancelled()
             with self._world_lock:
-                done = self.world.step_motion(CONTROL_PERIOD_S)
+                done = step()
             if done:
-                return
+                return done
             next_step += CONTROL_PERIOD_S
             time.sleep(max(0.0, next_step - time.monotonic()))
 
@@ -312,7 +340,7 @@ class SimRobotNode(Node):
             response.message = str(exc)
             return response
         if not self._arm_lock.acquire(blocking=False):
-            response.message = "the arm is busy with another move or a view sweep; try again later"
+            response.message = "the arm is busy with another move, a view sweep or a pick; try again later"
             return response
         try:
             with self._world_lock:
@@ -362,7 +390,7 @@ class SimRobotNode(Node):
         goal = goal_handle.request
         result = ViewSweep.Result()
         if not self._arm_lock.acquire(blocking=False):
-            result.message = "refused: another view sweep or camera move is running"
+            result.message = "refused: another view sweep, a camera move or a pick is running"
             self.get_logger().warning(f"view sweep {result.message}")
             goal_handle.abort()
             return result
@@ -421,11 +449,47 @@ class SimRobotNode(Node):
         goal_handle.publish_feedback(feedback)
         self._wait(dwell_s, cancelled)
 
+    # ---- pick and lift -----------------------------------------------------------------------
+
+    def _on_pick_and_lift(self, request: PickAndLift.Request, response: PickAndLift.Response):
+        frame_id = request.grasp_pose.header.frame_id
+        if frame_id not in ("", self.base_frame):
+            response.message = (f"grasp pose frame_id {frame_id!r} is not the base frame "
+                                f"{self.base_frame!r}: give the pose in {self.base_frame} "
+                                "(or leave frame_id empty)")
+            return response
+        try:
+            grasp = validate_rigid_transform(pose_msg_to_matrix(request.grasp_pose.pose), "grasp pose")
+        except InvalidPoseError as exc:
+            response.message = str(exc)
+            return response
+        pre_grasp = request.pre_grasp_distance_m or self.pick_defaults["pick_pre_grasp_distance_m"]
+        lift = request.lift_height_m or self.pick_defaults["pick_lift_height_m"]
+        if not self._arm_lock.acquire(blocking=False):
+            response.message = "the arm is busy with a move, a view sweep or a pick; try again later"
+            return response
+        try:
+            with self._world_lock:
+                result = self.world.start_pick(grasp, pre_grasp, lift)
+            if result is None:
+                try:
+                    result = self._run_in_real_time(lambda: self.world.step_pick(CONTROL_PERIOD_S),
+                                                    self.world.stop_pick)
+                except _Cancelled:
+                    response.message = "the node is shutting down; the pick was stopped"
+                    return response
+            response.success, response.message = result.success, result.message
+            response.object_lift_m = result.object_lift_m
+            self.get_logger().info(f"pick and lift: {result.message}")
+            return response
+        finally:
+            self._arm_lock.release()
+
     # ---- object and ground truth -------------------------------------------------------------
 
     def _on_set_object_pose(self, request: SetObjectPose.Request, response: SetObjectPose.Response):
         if not self._arm_lock.acquire(blocking=False):
-            response.message = "refused while the arm is moving (a move or a view sweep is running)"
+            response.message = "refused while the arm is moving (a move, a view sweep or a pick is running)"
         else:
             try:
                 with self._world_lock:
@@ -457,8 +521,8 @@ class SimRobotNode(Node):
         return response
 
     @property
-    def arm_busy(self) -> bool:
-        """A camera move or view sweep is running."""
+    def busy(self) -> bool:
+        """A camera move, view sweep or pick is running."""
         return self._arm_lock.locked()
 
     def stop(self) -> None:
@@ -474,42 +538,22 @@ class SimRobotNode(Node):
 
 
 def _pair(values, name: str) -> tuple[float, float]:
-    if len(values) != 2:
-        raise SimRobotError(f"parameter {name} needs 2 numbers, got {list(values)}")
-    return float(values[0]), float(values[1])
+    return _numbers(values, 2, name)
 
 
 def _triple(values, name: str) -> tuple[float, float, float]:
-    if len(values) != 3:
-        raise SimRobotError(f"parameter {name} needs 3 numbers, got {list(values)}")
-    return float(values[0]), float(values[1]), float(values[2])
+    return _numbers(values, 3, name)
+
+
+def _numbers(values, count: int, name: str) -> tuple:
+    try:
+        if isinstance(values, (str, bytes)) or len(values) != count:
+            raise ValueError
+        return tuple(float(value) for value in values)
+    except (TypeError, ValueError):
+        raise SimRobotError(f"parameter {name} needs {count} numbers, got {values!r}") from None
 
 
 def main(args=None) -> int:
-    # Our own SIGINT/SIGTERM handling: a running sweep or move is stopped and its goal finished
-    # while ROS is still up, and only then is the context shut down.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        node = SimRobotNode()
-    except NerfDescriptorError as exc:
-        print(f"sim_robot: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    stop_requested = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop_requested.set())
-    # Rendering, a sweep or move, and short service calls each get a thread.
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        while not stop_requested.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    finally:
-        node.stop()
-        deadline = time.monotonic() + 5.0
-        while node.arm_busy and rclpy.ok() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)  # lets the stopped sweep send its result
-        executor.shutdown(timeout_sec=5.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # Rendering, a sweep, move or pick, and short service calls each get a thread.
+    return run_node(SimRobotNode, args, executor_threads=4)

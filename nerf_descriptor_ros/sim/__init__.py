@@ -1,6 +1,6 @@
 """The simulated robot without ROS: a pybullet Panda with an eye-in-hand RGB-D camera and an object."""
 from .views import framing_distance, hemisphere_views
-from .world import IkResult, RenderedFrame, SimConfig, SimWorld
+from .world import IkResult, PickResult, RenderedFrame, SimConfig, SimWorld
 
-__all__ = ["IkResult", "RenderedFrame", "SimConfig", "SimWorld", "framing_distance",
+__all__ = ["IkResult", "PickResult", "RenderedFrame", "SimConfig", "SimWorld", "framing_distance",
            "hemisphere_views"]

@@ -188,6 +188,8 @@ class SimWorld:
         self.bullet = BulletClient(connection_mode=pybullet.DIRECT)
         try:
             self.bullet.setAdditionalSearchPath(pybullet_data.getDataPath())
+            # Contact pairs in a fixed order, whatever happened before: picks are repeatable.
+            self.bullet.setPhysicsEngineParameter(deterministicOverlappingPairs=1)
             self._build_scene()
             self._load_robot()
             self.object_model: ObjectModel | None = None
@@ -704,6 +706,7 @@ class SimWorld:
         """
         dt = 1.0 / PHYSICS_RATE_HZ
         b = self.bullet
+        b.performCollisionDetection()  # saved with the state: the first pick starts like the others
         before = b.saveState()
         lift = 0.0
         held = False
