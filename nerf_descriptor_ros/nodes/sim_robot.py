@@ -325,18 +325,21 @@ class SimRobotNode(Node):
                 raise _Cancelled()
             time.sleep(min(CONTROL_PERIOD_S, max(0.0, deadline - time.monotonic())))
 
+    def _pose_in_base(self, pose: PoseStamped, what: str) -> np.ndarray:
+        """The matrix of a requested pose; SimRobotError or InvalidPoseError say why it cannot be used."""
+        frame_id = pose.header.frame_id
+        if frame_id not in ("", self.base_frame):
+            raise SimRobotError(f"{what} frame_id {frame_id!r} is not the base frame "
+                                   f"{self.base_frame!r}: give the pose in {self.base_frame} "
+                                   "(or leave frame_id empty)")
+        return validate_rigid_transform(pose_msg_to_matrix(pose.pose), what)
+
     def _on_move_camera(self, request: MoveCamera.Request, response: MoveCamera.Response):
-        frame_id = request.target.header.frame_id
         with self._world_lock:
             response.achieved = self._pose_stamped(self.world.camera_pose())
-        if frame_id not in ("", self.base_frame):
-            response.message = (f"target frame_id {frame_id!r} is not the base frame "
-                                f"{self.base_frame!r}: give the pose in {self.base_frame} "
-                                "(or leave frame_id empty)")
-            return response
         try:
-            target = validate_rigid_transform(pose_msg_to_matrix(request.target.pose), "target pose")
-        except InvalidPoseError as exc:
+            target = self._pose_in_base(request.target, "target pose")
+        except (InvalidPoseError, SimRobotError) as exc:
             response.message = str(exc)
             return response
         if not self._arm_lock.acquire(blocking=False):
@@ -452,15 +455,9 @@ class SimRobotNode(Node):
     # ---- pick and lift -----------------------------------------------------------------------
 
     def _on_pick_and_lift(self, request: PickAndLift.Request, response: PickAndLift.Response):
-        frame_id = request.grasp_pose.header.frame_id
-        if frame_id not in ("", self.base_frame):
-            response.message = (f"grasp pose frame_id {frame_id!r} is not the base frame "
-                                f"{self.base_frame!r}: give the pose in {self.base_frame} "
-                                "(or leave frame_id empty)")
-            return response
         try:
-            grasp = validate_rigid_transform(pose_msg_to_matrix(request.grasp_pose.pose), "grasp pose")
-        except InvalidPoseError as exc:
+            grasp = self._pose_in_base(request.grasp_pose, "grasp pose")
+        except (InvalidPoseError, SimRobotError) as exc:
             response.message = str(exc)
             return response
         pre_grasp = request.pre_grasp_distance_m or self.pick_defaults["pick_pre_grasp_distance_m"]
