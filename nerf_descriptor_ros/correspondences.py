@@ -76,6 +76,22 @@ class ViewGeometry:
                 "correspondences need an undistorted (pinhole) camera; undistort the images and "
                 "set the distortion coefficients to zero in transforms.json")
 
+    def lift(self, uv: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Pixels (N, 2) with z-depths (N,) -> world points (N, 3)."""
+        intr = self.intrinsics
+        cam = np.stack([(uv[:, 0] - intr.cx) / intr.fx * z, (uv[:, 1] - intr.cy) / intr.fy * z, z], -1)
+        return cam @ self.c2w[:3, :3].T + self.c2w[:3, 3]
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """World points (N, 3) -> pixels (N, 2) and z-depths (N,) in this view."""
+        w2c = invert(self.c2w)
+        cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+        intr = self.intrinsics
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = np.stack([cam[:, 0] / cam[:, 2] * intr.fx + intr.cx,
+                           cam[:, 1] / cam[:, 2] * intr.fy + intr.cy], -1)
+        return uv, cam[:, 2]
+
     def save(self, path: Path) -> None:
         arrays = {"c2w": self.c2w, "K": self.intrinsics.K,
                   "size": np.array([self.intrinsics.width, self.intrinsics.height]),
@@ -147,24 +163,6 @@ def _pixel_depths(view: ViewGeometry, rows: np.ndarray, cols: np.ndarray, mode: 
     return view.depth_quantiles[rows, cols, rng.integers(0, q, size=rows.shape[0])].astype(np.float64)
 
 
-def _lift(view: ViewGeometry, uv: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Pixels (N, 2) with z-depths -> world points (N, 3)."""
-    intr = view.intrinsics
-    cam = np.stack([(uv[:, 0] - intr.cx) / intr.fx * z, (uv[:, 1] - intr.cy) / intr.fy * z, z], -1)
-    return cam @ view.c2w[:3, :3].T + view.c2w[:3, 3]
-
-
-def _project(view: ViewGeometry, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World points (N, 3) -> pixels (N, 2) and z-depths (N,) in ``view``."""
-    w2c = invert(view.c2w)
-    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-    intr = view.intrinsics
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = np.stack([cam[:, 0] / cam[:, 2] * intr.fx + intr.cx,
-                       cam[:, 1] / cam[:, 2] * intr.fy + intr.cy], -1)
-    return uv, cam[:, 2]
-
-
 def object_pixels(view: ViewGeometry) -> np.ndarray:
     """(N, 2) integer (u, v) of the object pixels that have a depth."""
     valid = view.mask & np.isfinite(view.depth)
@@ -190,8 +188,7 @@ def find_correspondences(view_a: ViewGeometry, view_b: ViewGeometry, mode: str,
     z_a = _pixel_depths(view_a, rows, cols, mode, rng)
     keep = np.isfinite(z_a) & (z_a > 0)
     uv_a = pixels_a[keep].astype(np.float64)
-    points = _lift(view_a, uv_a, z_a[keep])
-    uv_b, z_b = _project(view_b, points)
+    uv_b, z_b = view_b.project(view_a.lift(uv_a, z_a[keep]))
 
     width, height = view_b.intrinsics.width, view_b.intrinsics.height
     inside = (z_b > 0) & (uv_b[:, 0] >= 0) & (uv_b[:, 0] <= width - 1) & \
@@ -219,7 +216,7 @@ def find_correspondences(view_a: ViewGeometry, view_b: ViewGeometry, mode: str,
             visible = np.isfinite(back_depth) & (z_b <= back_depth + tolerance)
     uv_a, uv_b, back_depth = uv_a[visible], uv_b[visible], back_depth[visible]
 
-    back_uv, _ = _project(view_a, _lift(view_b, uv_b, back_depth))
+    back_uv, _ = view_a.project(view_b.lift(uv_b, back_depth))
     consistent = np.linalg.norm(back_uv - uv_a, axis=1) <= config.forward_backward_px
     return uv_a[consistent], uv_b[consistent]
 
@@ -282,7 +279,7 @@ def _world_points(depth: np.ndarray, intrinsics: CameraIntrinsics, c2w: np.ndarr
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     uv = np.stack([u.ravel(), v.ravel()], -1)
     view = ViewGeometry(c2w, intrinsics, depth, np.ones_like(depth, dtype=bool))
-    return _lift(view, uv, depth.ravel().astype(np.float64)).reshape(h, w, 3)
+    return view.lift(uv, depth.ravel().astype(np.float64)).reshape(h, w, 3)
 
 
 class DatasetDepthProvider:

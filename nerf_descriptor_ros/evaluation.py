@@ -153,6 +153,28 @@ def _size(dataset: Dataset, position: int) -> tuple[int, int]:
     return intr.width, intr.height
 
 
+def correspondence_accuracy(views: dict, truth: dict, pairs: list, mode: str, samples: int = 200,
+                            seed: int = 0, matching: MatchingConfig = MatchingConfig()) -> dict:
+    """How right generated training correspondences are: for up to ``samples`` of the cached
+    ``pairs``, each match from ``views`` (e.g. NeRF renders) against where the exact depth of
+    ``truth`` (the dataset's, same cameras) puts the same A pixel in B, in working pixels."""
+    rng = np.random.default_rng(seed)
+    chosen = [pairs[i] for i in rng.choice(len(pairs), min(samples, len(pairs)), replace=False)]
+    errors, counts = [], []
+    for a, b, _ in chosen:
+        uv_a, uv_b = find_correspondences(views[a], views[b], mode, rng, config=matching)
+        counts.append(len(uv_a))
+        rows, cols = uv_a[:, 1].astype(int), uv_a[:, 0].astype(int)
+        depth = truth[a].depth[rows, cols].astype(np.float64)
+        known = np.isfinite(depth)
+        expected, _ = truth[b].project(truth[a].lift(uv_a[known], depth[known]))
+        errors.append(np.linalg.norm(uv_b[known] - expected, axis=1))
+    errors = np.concatenate(errors) if errors else np.zeros(0)
+    return {"pairs": len(chosen), "matches_per_pair": float(np.mean(counts)) if counts else 0.0,
+            "within_1px": float((errors <= 1.0).mean()) if errors.size else float("nan"),
+            "median_error_px": float(np.median(errors)) if errors.size else float("nan")}
+
+
 # --- the classical baseline ----------------------------------------------------------------
 
 def dense_sift(width: int, keypoint_size_fraction: float = 0.05) -> DescribeFn:

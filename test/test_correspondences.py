@@ -3,17 +3,20 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from nerf_descriptor_ros.correspondences import (
     CorrespondenceCache, CorrespondenceConfig, CorrespondenceError, DatasetDepthProvider,
     ViewGeometry, depth_quantiles_from_weights, find_correspondences,
-    generate_correspondences, object_pixels, view_overlap)
+    generate_correspondences, load_nerf_provider, object_pixels, view_overlap)
 from nerf_descriptor_ros.dataset import Dataset
+from nerf_descriptor_ros.evaluation import correspondence_accuracy
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at
 from nerf_descriptor_ros.thin_objects import make_thin_object
 from synthetic_scenes import Scene, box_mesh, orbit_poses, sphere_mesh, textured_objects_scene, write_scene_dataset
 
 INTR = CameraIntrinsics.from_fov(160, 120, 45.0)
+NERF_ITERATIONS = 300
 
 
 def gt_view(scene: Scene, c2w, intr=INTR) -> ViewGeometry:
@@ -161,3 +164,47 @@ def test_dataset_without_depth_or_masks_is_refused(tmp_path):
     view = boxed.render(no_masks.frames[0], no_masks.frames[0].intrinsics)
     _, _, true_mask = scene.render(no_masks.frames[0].c2w, no_masks.frames[0].intrinsics)
     assert (view.mask == true_mask).mean() > 0.98
+
+
+@pytest.fixture(scope="module")
+def scene_nerf(tmp_path_factory):
+    """A small NeRF fitted to the box-and-sphere scene (CPU, about half a minute)."""
+    from nerf_descriptor_ros.nerf import train_nerf
+    from nerf_descriptor_ros.nerf.config import config_from_dict
+    root = tmp_path_factory.mktemp("nerf")
+    dataset = Dataset.load(write_scene_dataset(root / "scene", textured_objects_scene(),
+                                               orbit_poses(24, 0.3, turns=2.0), width=64, height=48))
+    config = config_from_dict({"iterations": 300, "render_count": 0, "checkpoint_interval_s": 1000.0,
+                               "fast": {"plane_resolutions": [16, 32, 64], "plane_features": 4,
+                                        "occupancy_resolution": 32, "target_samples_per_batch": 32768}})
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        checkpoint, _ = train_nerf(dataset, config, root / "nerf", device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    return dataset, checkpoint
+
+
+def test_nerf_correspondences_agree_with_the_true_geometry(scene_nerf, tmp_path):
+    dataset, checkpoint = scene_nerf
+    nerf = generate_correspondences(dataset, load_nerf_provider(checkpoint, dataset), tmp_path / "nerf",
+                                    CorrespondenceConfig(width=64))
+    truth = generate_correspondences(dataset, DatasetDepthProvider(dataset), tmp_path / "truth",
+                                     CorrespondenceConfig(width=64))
+    assert nerf.views[0].depth_quantiles.shape == (48, 64, 16)
+    for mode in ("depth_map", "density_field"):
+        accuracy = correspondence_accuracy(nerf.views, truth.views, truth.pairs, mode, samples=50)
+        print(mode, accuracy)
+        assert accuracy["matches_per_pair"] > 50, mode
+        assert accuracy["within_1px"] > 0.8 and accuracy["median_error_px"] < 0.5, (mode, accuracy)
+
+
+def test_a_nerf_from_another_dataset_is_refused(scene_nerf, tmp_path):
+    _, checkpoint = scene_nerf
+    other = Dataset.load(write_scene_dataset(tmp_path / "other", textured_objects_scene(),
+                                             orbit_poses(12, 0.35), width=64, height=48))
+    with pytest.raises(CorrespondenceError, match="cannot be used with dataset"):
+        load_nerf_provider(checkpoint, other)
+    with pytest.raises(CorrespondenceError, match="not found"):
+        load_nerf_provider(tmp_path / "missing.pt", other)

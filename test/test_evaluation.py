@@ -134,3 +134,32 @@ def test_train_and_evaluate_commands(scene_dataset, tmp_path, capsys, single_tor
     # A model folder without a manifest is one line of error, not a traceback.
     assert cli.main(["evaluate", str(scene_dataset.root), str(tmp_path)]) == 2
     assert "not an exported descriptor model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["fork", "whisk", "basket"])
+def test_thin_objects_are_wire_meshes_that_pybullet_loads(kind, tmp_path):
+    import open3d as o3d
+    import pybullet
+    from nerf_descriptor_ros.thin_objects import make_thin_object, write_thin_object
+
+    mesh = make_thin_object(kind, seed=1)
+    lo, hi = mesh.bounds()
+    assert lo[2] == pytest.approx(0.0) and abs(lo[0] + hi[0]) < 1e-9 and abs(lo[1] + hi[1]) < 1e-9
+    assert 0.08 < (hi - lo).max() < 0.35                       # a kitchen-utensil size
+    assert not np.array_equal(make_thin_object(kind, seed=2).vertices, mesh.vertices)
+    urdf = write_thin_object(tmp_path, kind, seed=1)
+    loaded = o3d.io.read_triangle_mesh(str(urdf.with_suffix(".obj")))
+    assert len(loaded.triangles) == len(mesh.faces)
+    # Closed tubes with outward faces (positive signed volume, by the divergence theorem), a few
+    # millimetres thick: for a tube, volume / area = radius / 2.
+    v = mesh.vertices[mesh.faces]
+    volume = np.einsum("ij,ij->i", v[:, 0], np.cross(v[:, 1], v[:, 2])).sum() / 6.0
+    area = np.linalg.norm(np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), axis=1).sum() / 2.0
+    assert 0.0005 < 2.0 * volume / area < 0.005
+    client = pybullet.connect(pybullet.DIRECT)
+    try:
+        body = pybullet.loadURDF(str(urdf), physicsClientId=client)
+        aabb_lo, aabb_hi = pybullet.getAABB(body, physicsClientId=client)
+        np.testing.assert_allclose(aabb_hi, hi, atol=0.01)
+    finally:
+        pybullet.disconnect(client)

@@ -62,7 +62,7 @@ def export_model(net: DescriptorNet, out_dir: str | Path, input_size: tuple[int,
     manifest = {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
         "descriptor_dim": net.descriptor_dim, "backbone": net.backbone_name,
-        "decoder_channels": net.head.in_channels,
+        "decoder_channels": net.decoder_channels,
         "input_size": [int(input_size[0]), int(input_size[1])],
         "normalisation": {"mean": list(normalisation["mean"]), "std": list(normalisation["std"])},
         "weights_file": WEIGHTS_NAME, "weights_sha256": hashlib.sha256(weights).hexdigest(),

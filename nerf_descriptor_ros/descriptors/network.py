@@ -1,9 +1,11 @@
 """The dense descriptor network: a fully-convolutional ResNet with a feature-pyramid decoder.
 
-Dense Object Nets use a ResNet-34 whose output is upsampled to the input resolution. Here the
-ResNet (18 or 34, written out so that torchvision is not needed) feeds a small top-down decoder
-that merges the stride-4 to stride-32 stages, so that fine detail from early layers reaches the
-descriptor; a 1x1 head gives D channels at stride 4, upsampled bilinearly to the input size.
+Dense Object Nets use a ResNet-34 whose stride-8 output is upsampled to the input resolution.
+Here the ResNet (18 or 34, written out so that torchvision is not needed) feeds a top-down
+decoder that merges every stage from stride 32 down to the stem (stride 2) and a small
+full-resolution branch, so that the descriptor can change from one pixel to the next: a match
+must be found to about a pixel, and at reduced working resolutions a stride-4 descriptor
+interpolated bilinearly cannot be that sharp. The decoder narrows as it gets finer to stay cheap.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNetBackbone(nn.Module):
-    """ResNet-18/34 without the classifier; returns the four stage outputs (strides 4, 8, 16, 32).
+    """ResNet-18/34 without the classifier; returns the stem and the four stage outputs
+    (strides 2, 4, 8, 16, 32).
 
     Parameter names follow the common ImageNet checkpoints (conv1, bn1, layer1..4), so such a
     state dict loads with :func:`load_imagenet_weights`.
@@ -70,12 +73,18 @@ class ResNetBackbone(nn.Module):
             in_channels = channels
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x)), inplace=True))
-        features = []
+        stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = self.maxpool(stem)
+        features = [stem]
         for i in range(1, 5):
             x = getattr(self, f"layer{i}")(x)
             features.append(x)
         return features
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, 1, kernel // 2, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class DescriptorNet(nn.Module):
@@ -86,14 +95,24 @@ class DescriptorNet(nn.Module):
         if not isinstance(descriptor_dim, int) or descriptor_dim < 1:
             raise DescriptorConfigError(f"descriptor dimension must be a positive integer, "
                                         f"got {descriptor_dim!r}")
+        if not isinstance(decoder_channels, int) or decoder_channels < 4:
+            raise DescriptorConfigError(f"decoder_channels must be an integer >= 4, got {decoder_channels!r}")
         self.descriptor_dim = descriptor_dim
         self.backbone_name = backbone
         self.backbone = ResNetBackbone(backbone)
-        self.lateral = nn.ModuleList(nn.Conv2d(c, decoder_channels, 1) for c in STAGE_CHANNELS)
-        self.smooth = nn.Sequential(
-            nn.Conv2d(decoder_channels, decoder_channels, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(decoder_channels), nn.ReLU(inplace=True))
-        self.head = nn.Conv2d(decoder_channels, descriptor_dim, 1)
+        c4, c2, c1 = decoder_channels, decoder_channels // 2, decoder_channels // 4
+        # Strides 32..4: lateral 1x1 convolutions to c4 channels, summed top-down (FPN).
+        self.lateral = nn.ModuleList(nn.Conv2d(c, c4, 1) for c in STAGE_CHANNELS)
+        self.smooth4 = _conv_bn_relu(c4, c4)
+        # Stride 2 (the stem) and stride 1 (a small branch on the image itself).
+        self.reduce2, self.lateral2, self.smooth2 = nn.Conv2d(c4, c2, 1), nn.Conv2d(64, c2, 1), _conv_bn_relu(c2, c2)
+        self.full_resolution = _conv_bn_relu(3, c1)
+        self.reduce1, self.smooth1 = nn.Conv2d(c2, c1, 1), _conv_bn_relu(c1, c1)
+        self.head = nn.Conv2d(c1, descriptor_dim, 1)
+
+    @property
+    def decoder_channels(self) -> int:
+        return self.lateral[0].out_channels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -103,15 +122,18 @@ class DescriptorNet(nn.Module):
         pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
         if pad_h or pad_w:  # replicate the border so that any size works; cropped again below
             images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
-        features = self.backbone(images)
-        x = self.lateral[3](features[3])
-        for level in (2, 1, 0):  # top-down: upsample the coarser map and add the lateral one
-            lateral = self.lateral[level](features[level])
-            x = lateral + F.interpolate(x, size=lateral.shape[-2:], mode="bilinear",
-                                        align_corners=False)
-        x = self.head(self.smooth(x))
-        x = F.interpolate(x, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return x[..., :height, :width]
+        stem, *stages = self.backbone(images)
+        x = self.lateral[3](stages[3])
+        for level in (2, 1, 0):
+            x = self.lateral[level](stages[level]) + _upsample(x, stages[level])
+        x = self.smooth4(x)
+        x = self.smooth2(self.lateral2(stem) + self.reduce2(_upsample(x, stem)))
+        x = self.smooth1(self.full_resolution(images) + self.reduce1(_upsample(x, images)))
+        return self.head(x)[..., :height, :width]
+
+
+def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def check_input_size(width: int, height: int) -> None:

@@ -1,0 +1,234 @@
+"""Descriptor quality by the protocol of NeRF-Supervision, for four kinds of supervision.
+
+For each object (the textured default object of the simulated robot and procedurally generated
+thin-structured ones like the paper's strainers, whisks and forks) the simulated Panda sweeps
+its eye-in-hand camera over a hemisphere and records RGB, depth and masks (``SimWorld``, no ROS).
+On the same frames and the same fixed held-out split:
+
+* ``gt_depth``: descriptors trained on correspondences from the simulator's depth (upper bound);
+* ``nerf_depth_map``: ... from the NeRF's expected depth;
+* ``nerf_density_field``: ... from depths sampled from the NeRF's ray-termination distribution;
+* ``classical_baseline``: untrained dense SIFT (OpenCV) at every pixel.
+
+The NeRF and the descriptors never see the held-out frames; evaluation matches ground-truth
+correspondences between held-out frames (arg-min over the whole target image) and reports
+AEPE, PCK@3, PCK@5 at 504x378, the PCK@k area for k = 1..100 and the median error.
+
+    ./env.sh python benchmarks/descriptor_quality.py --out FILE [--full] [--work-dir DIR]
+
+The default is the reduced CPU protocol (160x120 captures, short NeRF and descriptor training,
+under 40 minutes on 2 cores); ``--full`` runs the paper's 504x378 protocol with ResNet-34 and
+longer training, meant for a GPU. Timings on a shared CPU are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nerf_descriptor_ros.dataset import Dataset, DatasetWriter, atomic_write_json
+from nerf_descriptor_ros.descriptors.model import load_model
+from nerf_descriptor_ros.descriptors.pipeline import correspondence_cache, train_descriptor_model
+from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
+from nerf_descriptor_ros.evaluation import (EVAL_RESOLUTION, correspondence_accuracy, dense_sift,
+                                            evaluate_descriptors, ground_truth_pairs, plot_matches,
+                                            plot_pck_curves)
+from nerf_descriptor_ros.thin_objects import write_thin_object
+
+METHODS = ("gt_depth", "nerf_depth_map", "nerf_density_field", "classical_baseline")
+METRICS = ("aepe_px", "pck3", "pck5", "auc_1_100", "median_px")
+# NeRF-Supervision, Table I-III mean over its 8 real objects (D = 3), errors at 504x378.
+PAPER = {"nerf_density_field": {"aepe_px": 3.88, "pck3": 0.62, "pck5": 0.80},
+         "nerf_depth_map": {"aepe_px": 4.66, "pck3": 0.58, "pck5": 0.77}}
+TARGETS = {"aepe_px_max": 3.0, "pck3_min": 0.70, "pck5_min": 0.85, "fraction_of_gt_pck3_min": 0.90}
+
+PROTOCOLS = {
+    "cpu": {"width": 160, "height": 120, "views": 64, "nerf_seconds": 240.0, "iterations": 500,
+            "backbone": "resnet18", "device": "cpu"},
+    "full": {"width": 504, "height": 378, "views": 64, "nerf_seconds": 600.0, "iterations": 3500,
+             "backbone": "resnet34", "device": "auto"},
+}
+
+
+def capture_sim_dataset(root: Path, object_source: str, object_rpy_deg, views: int, width: int,
+                        height: int, fill_fraction: float = 0.85) -> Dataset:
+    """A hemisphere sweep of the simulated eye-in-hand camera around the object, as a dataset.
+
+    Viewpoints the arm cannot reach are skipped; the sweep is made denser until ``views`` are
+    reachable, then thinned evenly to exactly ``views`` (so the held-out split is the same size
+    for every object).
+    """
+    from nerf_descriptor_ros.sim import SimConfig, SimWorld, hemisphere_views
+    from nerf_descriptor_ros.sim.views import framing_distance
+
+    if (root / "transforms.json").is_file():
+        return Dataset.load(root)
+    config = SimConfig(object_source=object_source, object_rpy_deg=tuple(object_rpy_deg), width=width,
+                       height=height)
+    with SimWorld(config) as world:
+        radius = framing_distance(world.object_radius(), world.intrinsics, fill_fraction)
+        requested, reachable = views, []
+        for _ in range(4):
+            reachable = []
+            for target in hemisphere_views(world.object_center(), requested, radius, 25.0, 70.0):
+                solution = world.solve_camera_ik(target)
+                if solution.success:
+                    reachable.append(solution.joint_positions)
+            if len(reachable) >= views:
+                break
+            requested = int(np.ceil(requested * views / max(len(reachable), 1) * 1.05))
+        if len(reachable) < views:
+            raise RuntimeError(f"only {len(reachable)} of {views} views around {object_source} are reachable")
+        writer = DatasetWriter(root, metadata={"object_name": root.name, "object_source": object_source})
+        for index in np.round(np.linspace(0, len(reachable) - 1, views)).astype(int):
+            world.set_joint_positions(reachable[index])
+            frame = world.render()
+            writer.add_frame(frame.rgb, frame.T_base_cam, world.intrinsics, depth_m=frame.depth,
+                             mask=frame.mask)
+        atomic_write_json(root / "ground_truth.json", world.ground_truth())
+    return Dataset.load(root)
+
+
+def train_object_nerf(dataset: Dataset, out_dir: Path, seconds: float, device: str) -> Path:
+    from nerf_descriptor_ros.nerf import NerfConfig, train_nerf
+    config = NerfConfig(time_budget_s=seconds, iterations=1_000_000)
+    checkpoint, metrics = train_nerf(dataset, config, out_dir, device=device)
+    print(f"  NeRF: held-out PSNR {metrics.get('psnr', float('nan')):.2f} dB, depth median error "
+          f"{metrics.get('depth_median_abs_err_m', float('nan')) * 1000:.1f} mm", flush=True)
+    return checkpoint
+
+
+def summary(metrics: dict) -> dict:
+    return {k: round(float(metrics[k]), 4) for k in METRICS}
+
+
+def run_object(name: str, source: str, rpy_deg, work: Path, protocol: dict, settings: DescriptorSettings,
+               timings: dict) -> dict:
+    print(f"[{name}] capture ({source})", flush=True)
+    started = time.monotonic()
+    dataset = capture_sim_dataset(work / name / "dataset", source, rpy_deg, protocol["views"],
+                                  protocol["width"], protocol["height"])
+    timings[f"{name}/capture"] = time.monotonic() - started
+    pairs = ground_truth_pairs(dataset, per_pair=settings.evaluation.per_pair,
+                               min_overlap=settings.evaluation.min_overlap, seed=settings.evaluation.seed)
+    print(f"[{name}] {len(dataset)} frames, {len(dataset.split()[1])} held out, "
+          f"{sum(len(p.uv_a) for p in pairs)} ground-truth correspondences in {len(pairs)} pairs", flush=True)
+
+    started = time.monotonic()
+    print(f"[{name}] NeRF ({protocol['nerf_seconds']:.0f} s budget)", flush=True)
+    checkpoint = train_object_nerf(dataset, work / name / "nerf", protocol["nerf_seconds"], protocol["device"])
+    timings[f"{name}/nerf"] = time.monotonic() - started
+
+    caches = {supervision: correspondence_cache(dataset, supervision, work / name / "correspondences", settings,
+                                                checkpoint if supervision == "nerf" else None,
+                                                device=protocol["device"])
+              for supervision in ("gt_depth", "nerf")}
+    accuracy = {mode: correspondence_accuracy(caches["nerf"].views, caches["gt_depth"].views,
+                                              caches["gt_depth"].pairs, mode)
+                for mode in ("depth_map", "density_field")}
+    print(f"[{name}] NeRF correspondences vs. exact depth: {accuracy}", flush=True)
+
+    results, curves = {"nerf_correspondence_accuracy": accuracy}, {}
+    for method in METHODS:
+        started = time.monotonic()
+        if method == "classical_baseline":
+            describe = dense_sift(settings.correspondences.width)
+        else:
+            supervision = "gt_depth" if method == "gt_depth" else "nerf"
+            mode = "density_field" if method == "nerf_density_field" else "depth_map"
+            settings.training.mode = mode
+            print(f"[{name}] {method}: training {settings.training.iterations} steps", flush=True)
+            model_dir, _ = train_descriptor_model(
+                dataset, work / name / method, settings, supervision,
+                checkpoint if supervision == "nerf" else None, cache_dir=work / name / "correspondences",
+                device=protocol["device"])
+            model = load_model(model_dir, "cuda" if torch.cuda.is_available() and protocol["device"] != "cpu" else "cpu")
+            describe = lambda frame, model=model: model.describe(frame.load_image()).cpu()
+        metrics, details = evaluate_descriptors(dataset, describe, pairs)
+        timings[f"{name}/{method}"] = time.monotonic() - started
+        results[method] = summary(metrics)
+        curves[method] = metrics["pck_curve"]
+        plot_matches(dataset, details, work / name / f"matches_{method}.png")
+        print(f"[{name}] {method}: " + ", ".join(f"{k} {v}" for k, v in results[method].items()), flush=True)
+    plot_pck_curves(curves, work / name / "pck_curves.png")
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="JSON result file")
+    parser.add_argument("--full", action="store_true", help="the paper's 504x378 protocol (GPU)")
+    parser.add_argument("--work-dir", help="keep datasets, NeRFs, models and pictures here "
+                                           "(default: a temporary folder; reruns reuse what is there)")
+    parser.add_argument("--objects", nargs="+", default=["duck=duck_vhacd.urdf@90,0,0", "basket=thin:basket:0"],
+                        help="NAME=SOURCE[@ROLL,PITCH,YAW]: a pybullet_data URDF or a path (with the "
+                             "rotation in degrees that stands it upright), or thin:KIND:SEED for a "
+                             "generated fork, whisk or basket (default: %(default)s)")
+    parser.add_argument("--iterations", type=int, help="descriptor training steps per method")
+    parser.add_argument("--nerf-seconds", type=float, help="NeRF training time per object")
+    parser.add_argument("--descriptor-dim", type=int, default=3, help="D (default: %(default)s, the paper's)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)")
+    args = parser.parse_args(argv)
+
+    protocol = dict(PROTOCOLS["full" if args.full else "cpu"])
+    if args.iterations:
+        protocol["iterations"] = args.iterations
+    if args.nerf_seconds:
+        protocol["nerf_seconds"] = args.nerf_seconds
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = DescriptorSettings.load(None, {
+        "correspondences": {"width": protocol["width"]},
+        "training": {"descriptor_dim": args.descriptor_dim, "iterations": protocol["iterations"],
+                     "backbone": protocol["backbone"]}})
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="descriptor_quality_"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    per_object = {}
+    for spec in args.objects:
+        name, _, source = spec.partition("=")
+        source, _, rpy = source.partition("@")
+        rpy_deg = [float(x) for x in rpy.split(",")] if rpy else [0.0, 0.0, 0.0]
+        if source.startswith("thin:"):
+            _, kind, seed = source.split(":")
+            source = str(write_thin_object(work / "objects", kind, int(seed)))
+        per_object[name] = run_object(name, source, rpy_deg, work, protocol, settings, timings)
+
+    methods = {m: {k: round(float(np.mean([per_object[o][m][k] for o in per_object])), 4) for k in METRICS}
+               for m in METHODS}
+    density, gt = methods["nerf_density_field"], methods["gt_depth"]
+    checks = {
+        "density_field_aepe_le_3px": density["aepe_px"] <= TARGETS["aepe_px_max"],
+        "density_field_pck3_ge_0.70": density["pck3"] >= TARGETS["pck3_min"],
+        "density_field_pck5_ge_0.85": density["pck5"] >= TARGETS["pck5_min"],
+        "density_field_pck3_ge_90pct_of_gt": density["pck3"] >= TARGETS["fraction_of_gt_pck3_min"] * gt["pck3"],
+        "learned_rows_beat_classical_pck3": all(methods[m]["pck3"] > methods["classical_baseline"]["pck3"]
+                                                for m in METHODS[:3]),
+    }
+    result = {
+        "eval_resolution": list(EVAL_RESOLUTION),
+        "train_resolution": [protocol["width"], protocol["height"]],
+        "protocol": "full" if args.full else "cpu", "objects": list(per_object),
+        "descriptor_dim": args.descriptor_dim, "backbone": protocol["backbone"],
+        "descriptor_iterations": protocol["iterations"], "nerf_seconds": protocol["nerf_seconds"],
+        "methods": methods, "per_object": per_object, "paper": PAPER, "checks": checks,
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "total_seconds": round(time.monotonic() - started, 1), "work_dir": str(work),
+        "device": "cuda" if protocol["device"] != "cpu" and torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
+    }
+    atomic_write_json(Path(args.out), result)
+    print(json.dumps({k: result[k] for k in ("methods", "checks", "total_seconds")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
