@@ -23,21 +23,18 @@ network pass, memory stays flat).
 from __future__ import annotations
 
 import copy
-import sys
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import rclpy
 import torch
 import torch.nn.functional as F
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -53,11 +50,12 @@ from ..descriptors.model import MANIFEST_NAME, load_model
 from ..descriptors.projection import DescriptorProjection, fit_projection
 from ..descriptors.training import resolve_device
 from ..errors import NerfDescriptorError
-from ..keypoints import (KEYPOINTS_NAME, KeypointSet, KeypointSpec, auto_grasp_keypoints, define_keypoint,
-                         define_keypoints, load_keypoint_specs)
+from ..keypoints import (KEYPOINTS_NAME, KeypointSet, KeypointSpec, auto_grasp_keypoints,
+                         define_keypoint, define_keypoints, load_keypoint_specs)
 from ..matching import REFINEMENTS, KeypointMatchingConfig, match_keypoints, model_max_distance
 from ..ros_conversions import (array_to_image, camera_info_to_intrinsics, image_to_depth_m,
                                image_to_rgb8, stamp_to_ns)
+from .run import run_node
 
 IMAGE_TOPIC = "camera/color/image_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
@@ -422,22 +420,4 @@ class DescriptorNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = DescriptorNode()
-    except NerfDescriptorError as exc:
-        print(f"descriptor: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.stop()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(DescriptorNode, args, executor_threads=3)
