@@ -123,16 +123,35 @@ def test_grasps_that_would_hit_the_table_or_make_no_sense_are_refused_and_nothin
     assert np.allclose(w.joint_positions, before) and not w.picking
 
 
-@pytest.mark.parametrize("source", ["duck_vhacd.urdf", "objects/mug.urdf"])
+@pytest.mark.parametrize("source", ["duck_vhacd.urdf", "sphere_small.urdf"])
 def test_a_grasp_at_the_centre_lifts_other_objects(world, source):
-    """The duck across its narrow width; the mug's bounding-box centre puts one finger inside it,
-    so the fingers close on its wall."""
     world.load_object(resolve_object_model(source))
     try:
         world.set_joint_positions(np.array(READY_ARM_POSITIONS))
         world.place_object_random(2)
         result = world.pick_and_lift(grasp_at_center(world), PRE_GRASP_M, LIFT_M)
         assert result.success, result.message
+    finally:
+        world.load_object(resolve_object_model("cube_small.urdf"))
+
+
+def test_the_approach_stops_on_an_object_too_wide_for_the_gripper(world):
+    """The mug's body is a solid 82 mm cylinder and the fingers open to 80 mm: they land on it,
+    and the arm stops there instead of pressing the mug into the table."""
+    world.load_object(resolve_object_model("objects/mug.urdf"))
+    try:
+        world.set_joint_positions(np.array(READY_ARM_POSITIONS))
+        placed = world.place_object_nominal()
+        axis = placed[:3, 3] + [0.0, 0.0, 0.05]  # the body's axis, half way up (the mug is z-up)
+        across_body = placed[:3, 0]  # the handle is along the mug's y
+        assert world.start_pick(top_down_grasp(axis, np.arctan2(across_body[1], across_body[0])),
+                                PRE_GRASP_M, LIFT_M) is None
+        lowest, result = 0.0, None
+        while result is None:
+            result = world.step_pick(0.02)
+            lowest = min(lowest, world.object_bounds()[0][2])
+        assert not result.success
+        assert lowest > -2e-3  # never pushed into the table
     finally:
         world.load_object(resolve_object_model("cube_small.urdf"))
 

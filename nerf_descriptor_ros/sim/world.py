@@ -46,6 +46,7 @@ GROUND_TRUTH_NAME = "ground_truth.json"
 _LIGHT_DIRECTION = (0.4, -0.3, 1.0)
 _ARM_HOLD_FORCE = 1e4  # N m: the arm keeps to its path whatever it holds or touches
 _FINGERS_STOPPED_M_S = 1e-3
+_GUARD_FORCE_N = 20.0  # a guarded approach stops at this push (libfranka's examples' collision threshold)
 
 
 def rpy_deg_to_matrix(xyz, rpy_deg) -> np.ndarray:
@@ -131,10 +132,10 @@ class PickResult:
 
 @dataclass
 class _PickPlan:
+    T_pre_grasp: np.ndarray   # TCP pose
+    T_grasp: np.ndarray
     pre_grasp: np.ndarray     # arm joints at the pre-grasp pose
     approach: list            # arm joints along the straight approach, pre-grasp to grasp
-    lift: list                # arm joints along the straight lift
-    pre_grasp_distance_m: float
     lift_height_m: float
 
 
@@ -594,9 +595,10 @@ class SimWorld:
         with :meth:`step_pick`), else the refusal ("unreachable: ..." or "refused: ...").
 
         The gripper opens, the arm moves to the pre-grasp pose ``pre_grasp_distance_m`` back
-        along the TCP's -z, approaches in a straight line along +z, closes the fingers, lifts
-        ``lift_height_m`` straight up, puts the object down again, opens and retreats along the
-        approach. An approach that would touch the table is refused.
+        along the TCP's -z and approaches in a straight line along +z (stopping early where the
+        object pushes back, as a robot's collision detection would), closes the fingers, lifts
+        ``lift_height_m`` straight up, puts the object down as far as it rose, opens and retreats
+        to the pre-grasp pose. An approach that would touch the table is refused.
         """
         if self._pick is not None:
             return PickResult(False, "refused: a pick is already running")
@@ -664,18 +666,18 @@ class SimWorld:
                 else:
                     why_not = f"the approach {why_not}"
                 if not why_not:
-                    return _PickPlan(pre.joint_positions, approach, lift, pre_grasp_distance,
-                                     lift_height), ""
+                    return _PickPlan(T_pre, T_grasp, pre.joint_positions, approach, lift_height), ""
                 first_reason = first_reason or why_not
         if first_reason:
             return None, first_reason
         return None, f"the pre-grasp pose: {closest.message.removeprefix('unreachable: ')}"
 
     def _straight_path(self, q_start: np.ndarray, T_from: np.ndarray, T_to: np.ndarray,
-                       with_object: bool | None = False) -> tuple[list, str]:
-        """Arm joints along the TCP's straight line from ``T_from`` to ``T_to`` (each solved from
-        the one before), or why the line cannot be followed. The table is always avoided, the
-        object too when ``with_object``; None checks nothing (a lift starts in contact)."""
+                       with_object: bool | None = False, keep_partial: bool = False) -> tuple[list, str]:
+        """Arm joints every ``straight_path_step_m`` along the TCP's straight line from ``T_from``
+        to ``T_to`` (each solved from the one before), or why the line cannot be followed (with
+        ``keep_partial``, the joints up to there too). The table is always avoided, the object
+        too when ``with_object``; None checks nothing (a lift starts in contact)."""
         settings, cfg = self._ik, self.config
         steps = max(1, int(np.ceil(np.linalg.norm(T_to[:3, 3] - T_from[:3, 3])
                                    / settings.straight_path_step_m)))
@@ -687,13 +689,15 @@ class SimWorld:
             position_error, rotation_error = pose_distance(self.tcp_pose(), T)
             where = f"{i / steps:.0%} of the way"
             if position_error > cfg.ik_position_tolerance_m or rotation_error > cfg.ik_rotation_tolerance_deg:
-                return [], (f"leaves the arm's reach {where} (off by {position_error * 1000:.1f} mm, "
-                            f"{rotation_error:.1f} deg)")
-            if np.abs(q - path[-1]).max() > settings.straight_path_jump_rad:
-                return [], f"needs the arm to flip its joints {where}"
-            hit = "" if with_object is None else self._collision(with_object)
-            if hit:
-                return [], f"would touch the {hit} {where}"
+                why_not = (f"leaves the arm's reach {where} (off by {position_error * 1000:.1f} mm, "
+                           f"{rotation_error:.1f} deg)")
+            elif np.abs(q - path[-1]).max() > settings.straight_path_jump_rad:
+                why_not = f"needs the arm to flip its joints {where}"
+            else:
+                hit = "" if with_object is None else self._collision(with_object)
+                why_not = hit and f"would touch the {hit} {where}"
+            if why_not:
+                return (path if keep_partial else []), why_not
             path.append(q)
         return path, ""
 
@@ -719,16 +723,18 @@ class SimWorld:
             b.setGravity(0.0, 0.0, -GRAVITY_M_S2)
             self._drive_fingers(FINGER_OPEN_M)
             start_height = self._object_com_height()
-            yield from self._follow(plan.approach, plan.pre_grasp_distance_m)
+            # A guarded approach, as a robot's collision detection would stop it: pressing an
+            # object into the table is not a grasp.
+            yield from self._follow(plan.approach, guard_direction=plan.T_grasp[:3, 2])
             yield from self._grip(0.0)
-            yield from self._follow(plan.lift, plan.lift_height_m)
+            yield from self._follow(self._straight_path_from_here(lift=plan.lift_height_m))
             yield from self._grip(0.0, min_s=0.25)  # hold still: a slipping object shows now
             lift = self._object_com_height() - start_height
             held = all(b.getContactPoints(self.robot_id, self.object_id, finger)
                        for finger in self._finger_indices)
-            yield from self._follow(plan.lift[::-1], plan.lift_height_m)
+            yield from self._follow(self._straight_path_from_here(lift=-max(lift, 0.0)))  # put down
             yield from self._grip(FINGER_OPEN_M)
-            yield from self._follow(plan.approach[::-1], plan.pre_grasp_distance_m)
+            yield from self._follow(self._straight_path_from_here(T_to=plan.T_pre_grasp))
         finally:
             arm = self.arm_positions
             b.setGravity(0.0, 0.0, 0.0)
@@ -751,16 +757,32 @@ class SimWorld:
                                              [[opening_m]] * len(self._finger_indices),
                                              [[0.0]] * len(self._finger_indices))
 
-    def _follow(self, path: list, length_m: float) -> Generator[None, None, None]:
-        """Physics steps along joint waypoints evenly spaced on a straight gripper path, with the
-        smoothstep profile whose peak TCP speed is ``grasp_speed_m_s``.
+    def _straight_path_from_here(self, lift: float = 0.0, T_to: np.ndarray | None = None) -> list:
+        """Arm joints along the TCP's straight line from where it is to ``T_to`` or ``lift`` metres
+        up; shorter where the arm cannot follow (nothing else is checked: the gripper is in
+        contact). The arm's state is kept."""
+        q = self.arm_positions
+        T_from = self.tcp_pose()
+        if T_to is None:
+            T_to = T_from.copy()
+            T_to[2, 3] += lift
+        path, _ = self._straight_path(q, T_from, T_to, with_object=None, keep_partial=True)
+        self._drive_arm(q, np.zeros_like(q))
+        return path
+
+    def _follow(self, path: list, guard_direction: np.ndarray | None = None) -> Generator[None, None, None]:
+        """Physics steps along joint waypoints evenly spaced on a straight gripper path, with a
+        smoothstep profile whose peak TCP speed is at most ``grasp_speed_m_s``; with ``guard_direction``
+        (the motion's direction) it stops where the object pushes back harder than
+        :data:`_GUARD_FORCE_N`.
 
         The arm follows exactly (it is reset to the path every step, with the path's velocity, so
         that contacts see it move); the fingers keep their force-limited targets.
         """
         dt = 1.0 / PHYSICS_RATE_HZ
-        steps = max(1, int(np.ceil(1.5 * length_m / self.config.grasp_speed_m_s / dt)))
         waypoints = np.asarray(path)
+        length_m = (len(waypoints) - 1) * self._ik.straight_path_step_m
+        steps = int(np.ceil(1.5 * length_m / self.config.grasp_speed_m_s / dt))
         previous = waypoints[0]
         for k in range(1, steps + 1):
             s = k / steps
@@ -771,7 +793,16 @@ class SimWorld:
             self.bullet.stepSimulation()
             previous = q
             yield
+            if guard_direction is not None and self._push_back_n(guard_direction) > _GUARD_FORCE_N:
+                self._drive_arm(self.arm_positions, np.zeros_like(previous))
+                return
         self._drive_arm(previous, np.zeros_like(previous))
+
+    def _push_back_n(self, direction: np.ndarray) -> float:
+        """The force (N) with which the object pushes the arm back against its motion ``direction``
+        (contact normals only: a grip squeezes across it)."""
+        return -sum(contact[9] * float(np.dot(contact[7], direction))  # normal on the object, force
+                    for contact in self.bullet.getContactPoints(self.robot_id, self.object_id))
 
     def _drive_arm(self, q: np.ndarray, velocity: np.ndarray) -> None:
         self.bullet.resetJointStatesMultiDof(self.robot_id, self._arm_indices,
