@@ -4,8 +4,9 @@ A keypoint is defined once, by a person (the ``~/set_grasp_point`` service or a 
 ``name, image_index, u, v``) or automatically (:func:`auto_grasp_keypoints`), on a frame of the
 dataset the descriptor model was trained on. It keeps
 
-* the descriptor of that pixel, averaged over the object pixels within ``neighbourhood_px``
-  (what the live node searches for in every camera image), and
+* the descriptor of that pixel (what the live node searches for in every camera image; averaging
+  it over the object pixels within 1 or 2 px was measured and did not help, see
+  benchmarks/keypoint_matching.py), and
 * the pixel's 3D point in the dataset's base frame, from the dataset's depth when it has depth,
   else from the NeRF's expected depth along the pixel's ray.
 
@@ -38,7 +39,6 @@ from .geometry import CameraIntrinsics, invert, project_points, transform_points
 KEYPOINTS_NAME = "keypoints.json"
 KEYPOINTS_FORMAT = "nerf_descriptor_ros.keypoints"
 KEYPOINTS_VERSION = 1
-DEFAULT_NEIGHBOURHOOD_PX = 1.0
 AUTO_GRASP_NAME = "grasp"
 _KEYPOINT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
@@ -79,7 +79,6 @@ class Keypoint:
     descriptor: np.ndarray              # (D,) float32
     point_base: Optional[np.ndarray]    # (3,) metres in the dataset's base frame, None if unknown
     point_source: str                   # "dataset_depth", "nerf_depth" or "none"
-    neighbourhood_px: float
 
     @property
     def name(self) -> str:
@@ -89,7 +88,7 @@ class Keypoint:
         return {"name": self.spec.name, "image_index": self.spec.image_index, "u": self.spec.u,
                 "v": self.spec.v, "descriptor": [float(x) for x in self.descriptor],
                 "point": None if self.point_base is None else [float(x) for x in self.point_base],
-                "point_source": self.point_source, "neighbourhood_px": self.neighbourhood_px}
+                "point_source": self.point_source}
 
     @classmethod
     def from_json(cls, entry: dict) -> "Keypoint":
@@ -97,7 +96,7 @@ class Keypoint:
         point = entry.get("point")
         return cls(spec, np.asarray(entry["descriptor"], dtype=np.float32),
                    None if point is None else np.asarray(point, dtype=np.float64),
-                   str(entry.get("point_source", "none")), float(entry.get("neighbourhood_px", 0.0)))
+                   str(entry.get("point_source", "none")))
 
 
 class KeypointSet:
@@ -226,34 +225,15 @@ def frame_by_index(dataset: Dataset, image_index: int) -> Frame:
                         f"{dataset.frames[-1].index if dataset.frames else '-'})")
 
 
-def neighbourhood_offsets(radius_px: float) -> np.ndarray:
-    """(N, 2) integer pixel offsets within a disc of ``radius_px`` (just (0, 0) for radius < 1)."""
-    r = int(np.floor(max(radius_px, 0.0)))
-    du, dv = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1))
-    inside = du ** 2 + dv ** 2 <= radius_px ** 2 + 1e-9
-    return np.stack([du[inside], dv[inside]], -1).astype(np.float64)
-
-
-def pixel_descriptor(descriptors: torch.Tensor, image_size: tuple[int, int], u: float, v: float,
-                     neighbourhood_px: float = 0.0, mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """Mean descriptor (D,) over the pixels within ``neighbourhood_px`` of (u, v) in an image of
-    ``image_size`` (w, h) whose descriptor image (D, h', w') may be smaller; pixels outside the
-    image or off ``mask`` (HxW bool, image resolution) are left out, (u, v) itself always counts."""
-    width, height = image_size
-    pixels = np.array([u, v]) + neighbourhood_offsets(neighbourhood_px)
-    keep = (pixels[:, 0] >= 0) & (pixels[:, 0] <= width - 1) & (pixels[:, 1] >= 0) & \
-           (pixels[:, 1] <= height - 1)
-    if mask is not None:
-        cols = np.clip(np.rint(pixels[:, 0]).astype(int), 0, width - 1)
-        rows = np.clip(np.rint(pixels[:, 1]).astype(int), 0, height - 1)
-        keep &= mask[rows, cols]
-    pixels = np.concatenate([[[u, v]], pixels[keep]])
+def pixel_descriptor(descriptors: torch.Tensor, image_size: tuple[int, int], u: float,
+                     v: float) -> np.ndarray:
+    """Descriptor (D,) at pixel (u, v) of an image of ``image_size`` (w, h) from its descriptor
+    image (D, h', w'), which may be smaller (bilinear)."""
     size = (descriptors.shape[-1], descriptors.shape[-2])
-    uv = torch.as_tensor(rescale_pixels(pixels, image_size, size), dtype=torch.float32,
+    uv = torch.as_tensor(rescale_pixels(np.array([[u, v]]), image_size, size), dtype=torch.float32,
                          device=descriptors.device)
     with torch.no_grad():
-        sampled = sample_descriptors(descriptors.float(), uv)
-    return sampled.mean(0).cpu().numpy().astype(np.float32)
+        return sample_descriptors(descriptors.float(), uv)[0].cpu().numpy().astype(np.float32)
 
 
 def depth_at(depth: np.ndarray, u: float, v: float) -> float:
@@ -308,8 +288,7 @@ def keypoint_point(frame: Frame, u: float, v: float, nerf=None) -> tuple[Optiona
     return lift_pixel(frame, u, v, z), source
 
 
-def define_keypoint(describe: DescribeFn, dataset: Dataset, spec: KeypointSpec, nerf=None,
-                    neighbourhood_px: float = DEFAULT_NEIGHBOURHOOD_PX) -> Keypoint:
+def define_keypoint(describe: DescribeFn, dataset: Dataset, spec: KeypointSpec, nerf=None) -> Keypoint:
     """Descriptor and 3D point of the pixel ``spec`` names (see the module docstring)."""
     frame = frame_by_index(dataset, spec.image_index)
     intr = frame.intrinsics
@@ -322,17 +301,15 @@ def define_keypoint(describe: DescribeFn, dataset: Dataset, spec: KeypointSpec, 
                             "object (its mask is 0 there)")
     point, source = keypoint_point(frame, spec.u, spec.v, nerf)
     descriptors = describe(frame.load_image())
-    descriptor = pixel_descriptor(descriptors, (intr.width, intr.height), spec.u, spec.v,
-                                  neighbourhood_px, mask)
-    return Keypoint(spec, descriptor, point, source, float(neighbourhood_px))
+    descriptor = pixel_descriptor(descriptors, (intr.width, intr.height), spec.u, spec.v)
+    return Keypoint(spec, descriptor, point, source)
 
 
 def define_keypoints(describe: DescribeFn, dataset: Dataset, specs: list[KeypointSpec],
-                     keypoints: KeypointSet, nerf=None,
-                     neighbourhood_px: float = DEFAULT_NEIGHBOURHOOD_PX) -> KeypointSet:
+                     keypoints: KeypointSet, nerf=None) -> KeypointSet:
     """Define every spec into ``keypoints`` (replacing same-named ones); returns the set."""
     for spec in specs:
-        keypoints.put(define_keypoint(describe, dataset, spec, nerf, neighbourhood_px))
+        keypoints.put(define_keypoint(describe, dataset, spec, nerf))
     return keypoints
 
 
@@ -394,13 +371,12 @@ def auto_grasp_spec(dataset: Dataset, nerf=None, name: str = AUTO_GRASP_NAME,
 
 
 def auto_grasp_keypoints(dataset: Dataset, model: DescriptorModel, nerf=None, count: int = 1,
-                         keypoints: Optional[KeypointSet] = None,
-                         neighbourhood_px: float = DEFAULT_NEIGHBOURHOOD_PX,
-                         edge_margin_px: int = 3) -> KeypointSet:
+                         keypoints: Optional[KeypointSet] = None, edge_margin_px: int = 3,
+                         describe: Optional[DescribeFn] = None) -> KeypointSet:
     """The automatic grasp point (named ``grasp``, see :func:`auto_grasp_spec`) and ``count - 1``
     more keypoints spread over the same view's object (farthest-point sampling on interior object
-    pixels, named ``point_1``...), defined with ``model`` into ``keypoints`` (default: a new set
-    bound to the model)."""
+    pixels, named ``point_1``...), defined with ``model`` (through ``describe`` when given, e.g. a
+    DescriptorEngine's) into ``keypoints`` (default: a new set bound to the model)."""
     keypoints = keypoints if keypoints is not None else KeypointSet.for_model(model, dataset)
     grasp, view = auto_grasp_spec(dataset, nerf, edge_margin_px=edge_margin_px)
     specs = [grasp]
@@ -410,7 +386,7 @@ def auto_grasp_keypoints(dataset: Dataset, model: DescriptorModel, nerf=None, co
         pick = candidates[int(np.argmax(nearest))]
         nearest = np.minimum(nearest, np.linalg.norm(candidates - pick, axis=1))
         specs.append(KeypointSpec(f"point_{i}", grasp.image_index, pick[0], pick[1]))
-    return define_keypoints(model.describe, dataset, specs, keypoints, nerf, neighbourhood_px)
+    return define_keypoints(describe or model.describe, dataset, specs, keypoints, nerf)
 
 
 # ---- where a keypoint should appear after the object moved ---------------------------------

@@ -1,20 +1,26 @@
 """Finding keypoints in a descriptor image: best match, sub-pixel refinement, "not found", 3D point.
 
 For each keypoint descriptor q the squared distance ``|q - d(u)|^2`` to every pixel's descriptor
-d(u) is computed; the arg-min is the match. Two additions on top of the plain arg-min:
+d(u) is computed; the arg-min is the match. On top of the plain arg-min:
 
 * **Refinement** (``soft_argmax``): the match becomes the mean pixel under the kernel
   ``exp(-(|q - d(u)|^2 - min) / T)`` in a small window around the arg-min. This is the heatmap
   that the distributional loss trains (``softmax(-|q - d(u)|^2)``, T = 1), read out at sub-pixel
-  precision: the arg-min alone is quantised to the descriptor image's pixels, which are several
-  camera pixels when the network runs below the camera's resolution.
+  precision: the arg-min alone is quantised to the descriptor image's pixels.
 * **Not found**: a keypoint whose best distance exceeds ``max_distance`` is reported not found
-  (the object is absent or the keypoint hidden). The contrastive loss pushes non-matching
-  descriptors at least its margin apart, so half the training margin is the natural threshold.
+  (the object is absent). The contrastive loss pushes non-matching descriptors at least its
+  margin apart, so the margin is the threshold.
+* **Confidence**: the probability mass of the whole-image heatmap ``softmax(-|q - d(u)|^2/T)``
+  within ``confidence_radius_px`` (descriptor pixels) of the match: near 1 when one sharp peak
+  stands out, low when the descriptor is ambiguous (repeated texture, symmetric parts).
 
-The **confidence** is the probability mass of the whole-image heatmap ``softmax(-|q - d(u)|^2/T)``
-within ``confidence_radius_px`` (descriptor pixels) of the match: near 1 when one sharp peak
-stands out, low when the descriptor is ambiguous (repeated texture, symmetric objects).
+Measured with benchmarks/keypoint_matching.py (a ResNet-18, D = 16, trained 600 steps on a sim
+duck at 160x120; 30 new placements x 3 views, 229 visible keypoints): soft-argmax (window 3)
+against the arg-min, median error 5.21 vs 5.39 px, within 3 px 29.3 vs 27.1 %; the margin (0.5)
+as threshold keeps 96.5 % of visible keypoints and finds none on the empty table (half the margin
+kept only 73 %); a keypoint hidden by the object itself is still "found" (distance cannot tell).
+The confidence predicts correctness: the 75 % most confident matches are within 10 px 93 % of
+the time, against 79 % for all; consumers filter on it (the manipulation node's min_confidence).
 """
 from __future__ import annotations
 
@@ -41,9 +47,9 @@ class MatchingError(NerfDescriptorError):
 @dataclass
 class KeypointMatchingConfig:
     refinement: str = "soft_argmax"     # none | soft_argmax
-    window_px: int = 2                  # soft-argmax window: (2 w + 1)^2 descriptor pixels
+    window_px: int = 3                  # soft-argmax window: (2 w + 1)^2 descriptor pixels
     temperature: float = 1.0            # heatmap exp(-|q - d|^2 / T)
-    max_distance: float = 0.25          # best descriptor distance above this: not found
+    max_distance: float = 0.5           # best descriptor distance above this: not found
     confidence_radius_px: float = 2.0   # heatmap mass counted within this many descriptor pixels
 
     def __post_init__(self):
@@ -108,10 +114,10 @@ def match_descriptors(descriptors: torch.Tensor, queries: torch.Tensor,
 
 
 def model_max_distance(manifest: dict) -> float:
-    """Half the contrastive margin the model was trained with (its manifest's training settings),
-    else the default threshold."""
+    """The contrastive margin the model was trained with (its manifest's training settings), else
+    the default threshold."""
     margin = (manifest.get("info") or {}).get("training", {}).get("margin")
-    return 0.5 * float(margin) if margin else KeypointMatchingConfig.max_distance
+    return float(margin) if margin else KeypointMatchingConfig.max_distance
 
 
 def backproject_pixel(u: float, v: float, z: float, intrinsics: CameraIntrinsics) -> np.ndarray:

@@ -16,8 +16,7 @@ from nerf_descriptor_ros.descriptors.network import DescriptorNet
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, pose_to_matrix
 from nerf_descriptor_ros.keypoints import (KEYPOINTS_NAME, KeypointError, KeypointSet, KeypointSpec,
                                            auto_grasp_keypoints, define_keypoint, keypoint_point,
-                                           load_keypoint_specs, moved_point_pixel,
-                                           pixel_descriptor)
+                                           load_keypoint_specs, moved_point_pixel)
 
 WIDTH, HEIGHT = 80, 60
 
@@ -80,8 +79,7 @@ def test_yaml_specs_load_and_bad_files_are_refused_with_the_reason(tmp_path):
 def test_a_keypoint_gets_the_model_descriptor_and_the_surface_point_from_the_dataset_depth(dataset, model):
     frame = dataset.frames[2]
     u, v = _object_pixel(frame)
-    keypoint = define_keypoint(model.describe, dataset, KeypointSpec("grasp", frame.index, u, v),
-                               neighbourhood_px=0.0)
+    keypoint = define_keypoint(model.describe, dataset, KeypointSpec("grasp", frame.index, u, v))
     descriptors = model.describe(frame.load_image())
     expected = sample_descriptors(descriptors, torch.tensor([[u, v]], dtype=torch.float32))[0]
     np.testing.assert_allclose(keypoint.descriptor, expected.numpy(), atol=1e-5)
@@ -100,20 +98,6 @@ def test_a_keypoint_gets_the_model_descriptor_and_the_surface_point_from_the_dat
     ray = np.array([(u - frame.intrinsics.cx) / frame.intrinsics.fx,
                     (v - frame.intrinsics.cy) / frame.intrinsics.fy, 1.0]) * z
     np.testing.assert_allclose(keypoint.point_base, frame.c2w[:3, :3] @ ray + frame.c2w[:3, 3], atol=1e-9)
-
-
-def test_neighbourhood_descriptor_is_the_mean_over_object_pixels_only(dataset, model):
-    frame = dataset.frames[1]
-    mask = frame.load_mask()
-    descriptors = model.describe(frame.load_image())
-    rows, cols = np.nonzero(mask)
-    edge = next((c, r) for r, c in zip(rows, cols) if not mask[r, c + 1])   # right edge of the object
-    u, v = float(edge[0]), float(edge[1])
-    mean = pixel_descriptor(descriptors, (WIDTH, HEIGHT), u, v, 1.0, mask)
-    on_object = [(u + du, v + dv) for du, dv in ((0, 0), (0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
-                 if mask[int(v + dv), int(u + du)]]
-    expected = sample_descriptors(descriptors, torch.tensor(on_object, dtype=torch.float32)).mean(0)
-    np.testing.assert_allclose(mean, expected.numpy(), atol=1e-5)
 
 
 def test_keypoints_are_stored_beside_the_model_and_refused_for_other_weights(dataset, model, tmp_path):

@@ -22,7 +22,7 @@ def _bowl(width, height, centre, scale=0.7):
 def _keypoint_set(descriptors: np.ndarray, names=None):
     names = names or [f"k{i}" for i in range(len(descriptors))]
     return KeypointSet("sha", descriptors.shape[1], keypoints=[
-        Keypoint(KeypointSpec(n, 0, 0, 0), d.astype(np.float32), None, "none", 0.0)
+        Keypoint(KeypointSpec(n, 0, 0, 0), d.astype(np.float32), None, "none")
         for n, d in zip(names, descriptors)])
 
 
@@ -95,5 +95,5 @@ def test_settings_are_checked_and_the_threshold_follows_the_training_margin():
         KeypointMatchingConfig(max_distance=0.0)
     with pytest.raises(MatchingError, match="dimensions"):
         match_descriptors(torch.zeros(3, 4, 4), torch.zeros(1, 5), KeypointMatchingConfig())
-    assert model_max_distance({"info": {"training": {"margin": 0.8}}}) == pytest.approx(0.4)
+    assert model_max_distance({"info": {"training": {"margin": 0.8}}}) == pytest.approx(0.8)
     assert model_max_distance({"info": {}}) == KeypointMatchingConfig.max_distance

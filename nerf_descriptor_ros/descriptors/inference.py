@@ -5,7 +5,8 @@ can run in fp16 with channels-last tensors (what tensor cores want) and be compi
 TorchScript (``torch.jit.trace``) or ``torch.compile``; on the CPU it runs in fp32. The model is
 warmed up at construction, so compilation (and a compile error) happens at start-up, not on the
 first camera image. Calls are serialised by a lock: one network, several callers (live frames,
-keypoint definitions) never interleave.
+keypoint definitions) never interleave. The engine converts the model's network in place (dtype,
+memory format): describe through the engine, not the model, once it exists.
 """
 from __future__ import annotations
 

@@ -94,7 +94,6 @@ class DescriptorNode(Node):
         info = model.manifest.get("info", {})
         self.dataset_path = p["dataset"] or info.get("dataset") or ""
         self.nerf_path = p["nerf_checkpoint"] or info.get("nerf_checkpoint") or ""
-        self.neighbourhood_px = p["keypoint_neighbourhood_px"]
         self.matching = KeypointMatchingConfig(
             p["refinement"], p["soft_argmax_window_px"], p["temperature"],
             p["max_descriptor_distance"] or model_max_distance(model.manifest),
@@ -166,9 +165,6 @@ class DescriptorNode(Node):
             "nerf_checkpoint": declare("nerf_checkpoint", "",
                                        "NeRF giving keypoints their 3D point when the dataset has "
                                        "no depth; '' = the one named in the model's manifest"),
-            "keypoint_neighbourhood_px": declare("keypoint_neighbourhood_px", 1.0,
-                                                 "a keypoint's descriptor is the mean over the object "
-                                                 "pixels within this radius of its pixel"),
             "device": declare("device", "auto", "auto (CUDA when available), cpu, cuda or cuda:N"),
             "half_precision": declare("half_precision", True, "fp16 network on CUDA (ignored on CPU)"),
             "channels_last": declare("channels_last", True,
@@ -191,13 +187,13 @@ class DescriptorNode(Node):
                                     "stamp before matching without 3D points"),
             "refinement": declare("refinement", "soft_argmax",
                                   "keypoint match refinement: none (arg-min) or soft_argmax"),
-            "soft_argmax_window_px": declare("soft_argmax_window_px", 2,
+            "soft_argmax_window_px": declare("soft_argmax_window_px", 3,
                                              "soft-argmax window half-size in descriptor pixels"),
             "temperature": declare("temperature", 1.0,
                                    "match heatmap exp(-|q - d|^2 / temperature)"),
             "max_descriptor_distance": declare("max_descriptor_distance", 0.0,
                                                "a keypoint whose best match is farther is not "
-                                               "found; 0 = half the model's training margin"),
+                                               "found; 0 = the model's training margin"),
             "confidence_radius_px": declare("confidence_radius_px", 2.0,
                                             "confidence = heatmap mass within this many descriptor "
                                             "pixels of the match"),
@@ -228,13 +224,12 @@ class DescriptorNode(Node):
             specs = load_keypoint_specs(keypoints_file)
             dataset = self._load_dataset()
             return define_keypoints(self.engine.describe, dataset, specs,
-                                    KeypointSet.for_model(model, dataset), self._load_nerf(),
-                                    self.neighbourhood_px)
+                                    KeypointSet.for_model(model, dataset), self._load_nerf())
         keypoints = KeypointSet.load(model, keypoints_file or self.model_dir / KEYPOINTS_NAME)
         if len(keypoints) == 0 and auto_count > 0:
             dataset = self._load_dataset()
             keypoints = auto_grasp_keypoints(dataset, model, self._load_nerf(), auto_count,
-                                             KeypointSet.for_model(model, dataset), self.neighbourhood_px)
+                                             describe=self.engine.describe)
             path = keypoints.save(self.model_dir)
             self.get_logger().info(f"keypoints {keypoints.names} chosen automatically, stored in {path}")
         return keypoints
@@ -388,8 +383,7 @@ class DescriptorNode(Node):
         try:
             spec = KeypointSpec(request.name, request.image_index, request.u, request.v)
             dataset = self._load_dataset()
-            keypoint = define_keypoint(self.engine.describe, dataset, spec, self._load_nerf(),
-                                       self.neighbourhood_px)
+            keypoint = define_keypoint(self.engine.describe, dataset, spec, self._load_nerf())
             keypoints = copy.deepcopy(self.keypoints)
             if not keypoints.dataset_root:
                 keypoints.dataset_root = str(dataset.root)

@@ -1,0 +1,182 @@
+"""Keypoint matching on new object placements: which matching settings measurably help.
+
+A trained descriptor model and its simulated dataset (with ``ground_truth.json``, as the sim's
+capture writes it) are given. Automatic keypoints (the top-centre grasp point and two more spread
+over the object) are defined on the training views; then the object is put at new random
+placements in a ``SimWorld`` (no ROS) and seen from random reachable viewpoints. The ground-truth
+pixel of each keypoint follows from its 3D point and the object's rigid motion (occluded ones are
+left out). Compared, on the same images:
+
+* plain arg-min vs. soft-argmax refinement (windows 1, 2, 3 descriptor pixels);
+* the confidence: how often the keypoints kept above a confidence are within 10 px;
+* the not-found threshold: keypoints found on object images vs. "found" on images of the empty
+  table (the object moved out of view), for a range of thresholds.
+
+    ./env.sh python benchmarks/keypoint_matching.py --model MODEL_DIR --dataset DATASET --out FILE
+
+Errors are in camera pixels. Writes JSON; prints a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nerf_descriptor_ros.dataset import Dataset, atomic_write_json
+from nerf_descriptor_ros.descriptors.model import load_model
+from nerf_descriptor_ros.keypoints import auto_grasp_keypoints, moved_point_pixel
+from nerf_descriptor_ros.matching import KeypointMatchingConfig, match_keypoints, model_max_distance
+
+REFINEMENTS = (("argmin", "none", 0), ("soft_argmax_w1", "soft_argmax", 1),
+               ("soft_argmax_w2", "soft_argmax", 2), ("soft_argmax_w3", "soft_argmax", 3))
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5)
+DEFAULT = "soft_argmax_w3"                    # the settings the threshold is measured with
+
+
+def views_of_object(world, rng, count: int, fill_fraction: float = 0.6):
+    """Reachable camera views of the object from random azimuths and elevations."""
+    from nerf_descriptor_ros.sim import hemisphere_views
+    from nerf_descriptor_ros.sim.views import framing_distance
+
+    radius = framing_distance(world.object_radius(), world.intrinsics, fill_fraction)
+    views = []
+    for _ in range(20 * count):
+        if len(views) == count:
+            break
+        elevation = rng.uniform(35.0, 70.0)
+        target = hemisphere_views(world.object_center(), 1, radius, elevation, elevation,
+                                  start_azimuth_deg=rng.uniform(0.0, 360.0))[0]
+        solution = world.solve_camera_ik(target)
+        if solution.success:
+            views.append(solution.joint_positions)
+    return views
+
+
+def summarize(errors: list[float]) -> dict:
+    e = np.asarray(errors, dtype=np.float64)
+    return {"count": int(e.size), "median_px": round(float(np.median(e)), 3),
+            "mean_px": round(float(e.mean()), 3), "within_3px": round(float((e <= 3).mean()), 4),
+            "within_10px": round(float((e <= 10).mean()), 4)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="exported descriptor model folder")
+    parser.add_argument("--dataset", required=True, help="its simulated dataset (with ground_truth.json)")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--placements", type=int, default=10, help="new random object placements")
+    parser.add_argument("--views", type=int, default=3, help="camera views per placement")
+    parser.add_argument("--seed", type=int, default=1000, help="first placement seed")
+    args = parser.parse_args()
+
+    import torch
+    from nerf_descriptor_ros.sim import SimConfig, SimWorld
+
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    dataset = Dataset.load(args.dataset)
+    model = load_model(args.model)
+    truth = json.loads((dataset.root / "ground_truth.json").read_text())["object"]
+    T_object_then = np.asarray(truth["T_base_object"])
+    keypoints = auto_grasp_keypoints(dataset, model, count=3)
+    intr = dataset.frames[0].intrinsics
+    errors = {label: [] for label, _, _ in REFINEMENTS}
+    # With the default settings: (name, distance, confidence, error px) of visible keypoints,
+    # distances of hidden ones and of the keypoints in images of the empty table.
+    visible, hidden, empty_table = [], [], []
+    on_mask = []                                # ground-truth pixels that fall on the object's mask
+    rng = np.random.default_rng(args.seed)
+    sim_config = SimConfig(object_source=truth["source"], object_scale=truth["scale"],
+                           width=intr.width, height=intr.height,
+                           vertical_fov_deg=float(np.degrees(2 * np.arctan2(intr.height / 2, intr.fy))))
+    size = (intr.width, intr.height)
+    with SimWorld(sim_config) as world:
+        for placement in range(args.placements):
+            T_object_now = world.place_object_random(args.seed + placement)
+            for joints in views_of_object(world, rng, args.views):
+                world.set_joint_positions(joints)
+                frame = world.render()
+                descriptors = model.describe(frame.rgb)
+                truth_uv = {k.name: moved_point_pixel(k.point_base, T_object_then, T_object_now,
+                                                      frame.T_base_cam, world.intrinsics, frame.depth)
+                            for k in keypoints}
+                for label, refinement, window in REFINEMENTS:
+                    settings = KeypointMatchingConfig(refinement, max(window, 1))
+                    for loc in match_keypoints(descriptors, keypoints, size, config=settings):
+                        uv = truth_uv[loc.name]
+                        if uv is None:
+                            if label == DEFAULT:
+                                hidden.append(loc.distance)
+                            continue
+                        error = float(np.linalg.norm([loc.u, loc.v] - uv))
+                        errors[label].append(error)
+                        if label == DEFAULT:
+                            visible.append((loc.name, loc.distance, loc.confidence, error))
+                            on_mask.append(bool(frame.mask[int(round(uv[1])), int(round(uv[0]))]))
+                # The same view without the object: what "found" means on an empty table.
+                world.set_object_pose(_far_away() @ T_object_now)
+                empty = world.render()
+                world.set_object_pose(T_object_now)
+                empty_table += [loc.distance for loc in match_keypoints(model.describe(empty.rgb), keypoints, size)]
+            print(f"placement {placement + 1}/{args.placements}: {len(visible)} visible keypoints so far",
+                  flush=True)
+
+    names = np.array([v[0] for v in visible])
+    distance, confidence, error = (np.array([v[i] for v in visible], dtype=np.float64) for i in (1, 2, 3))
+    hidden, empty_table = np.asarray(hidden), np.asarray(empty_table)
+    result = {
+        "model": str(Path(args.model).resolve()), "dataset": str(dataset.root),
+        "keypoints": keypoints.names, "placements": args.placements, "views_per_placement": args.views,
+        "image_size": [intr.width, intr.height], "model_input_size": list(model.input_size),
+        "ground_truth_pixels_on_object_mask": round(float(np.mean(on_mask)), 4),
+        "matching": {label: summarize(errors[label]) for label, _, _ in REFINEMENTS},
+        "per_keypoint": {name: summarize(error[names == name]) for name in keypoints.names
+                         if (names == name).any()},
+        "not_found_threshold": {
+            "settings": DEFAULT, "model_default": model_max_distance(model.manifest),
+            "distance_median": {"visible": _median(distance), "hidden": _median(hidden),
+                                "empty_table": _median(empty_table)},
+            "by_threshold": [_at_threshold(t, distance, error, hidden, empty_table) for t in THRESHOLDS]},
+        "by_confidence": [{"min_confidence": round(float(c), 4),
+                           "kept": round(float((confidence >= c).mean()), 4),
+                           "kept_within_10px": round(float((error[confidence >= c] <= 10).mean()), 4)}
+                          for c in np.quantile(confidence, [0.0, 0.25, 0.5, 0.75])],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    atomic_write_json(Path(args.out), result)
+    for key, value in result["matching"].items():
+        print(f"{key:32s} median {value['median_px']:6.2f} px  mean {value['mean_px']:6.2f} px  "
+              f"<=3px {value['within_3px']:.3f}  <=10px {value['within_10px']:.3f}  (n={value['count']})")
+    for row in result["not_found_threshold"]["by_threshold"] + result["by_confidence"]:
+        print(json.dumps(row))
+    print(json.dumps(result["per_keypoint"]))
+    return 0
+
+
+def _median(values: np.ndarray):
+    return round(float(np.median(values)), 4) if len(values) else None
+
+
+def _at_threshold(threshold: float, distance: np.ndarray, error: np.ndarray, hidden: np.ndarray,
+                  empty: np.ndarray) -> dict:
+    """How often keypoints count as found at ``threshold``, and how right the found ones are."""
+    found = error[distance <= threshold]
+    rate = lambda d: round(float((d <= threshold).mean()), 4) if len(d) else None  # noqa: E731
+    return {"threshold": threshold, "found_when_visible": rate(distance),
+            "found_within_10px": round(float((found <= 10).mean()), 4) if len(found) else None,
+            "found_when_hidden": rate(hidden), "found_on_empty_table": rate(empty)}
+
+
+def _far_away() -> np.ndarray:
+    """An offset that puts the object 5 m below its placement, out of every view."""
+    T = np.eye(4)
+    T[2, 3] = -5.0
+    return T
+
+
+if __name__ == "__main__":
+    sys.exit(main())
