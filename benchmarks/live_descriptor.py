@@ -96,7 +96,9 @@ def run_subscriber(args) -> int:
 
     node.create_subscription(KeypointMatches, "keypoints/matches", on_matches, 10)
     if args.dense:
-        node.create_subscription(Image, "descriptors/image", lambda msg: None, qos_profile_sensor_data)
+        # Received (so that it crosses DDS) but left serialised: its decoding is the user's cost.
+        node.create_subscription(Image, "descriptors/image", lambda msg: None, qos_profile_sensor_data,
+                                 raw=True)
     stop = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     while not stop:
@@ -108,7 +110,7 @@ def run_subscriber(args) -> int:
 
 
 def measure(model_dir: Path, device: str, size: tuple[int, int], dense: bool, rate_hz: float,
-            warmup_s: float, duration_s: float, work: Path) -> dict:
+            warmup_s: float, duration_s: float, cpu_threads: int, work: Path) -> dict:
     """One run: node + subscriber processes, images published from here; fps and latency."""
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
@@ -127,7 +129,8 @@ def measure(model_dir: Path, device: str, size: tuple[int, int], dense: bool, ra
     with NodeProcesses(work / "logs") as procs:
         procs.start("descriptor", None, {"model_dir": str(model_dir), "device": device,
                                          "publish_dense": dense, "dense_scale": 1.0,
-                                         "publish_visualization": False, "use_depth": False})
+                                         "publish_visualization": False, "use_depth": False,
+                                         "cpu_threads": cpu_threads})
         subscriber = subprocess.Popen([sys.executable, __file__, "--subscriber", str(receipts_file)]
                                       + (["--dense"] if dense else []), start_new_session=True)
         try:
@@ -166,6 +169,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the first answer before measuring")
     parser.add_argument("--backbone", default="resnet18", help="resnet18 or resnet34")
     parser.add_argument("--descriptor-dim", type=int, default=16)
+    parser.add_argument("--cpu-threads", type=int, default=0,
+                        help="torch CPU threads of the node and the baseline; 0 = torch's default "
+                             "(on a loaded machine 1 can be much faster: OpenMP threads wait on each other)")
     parser.add_argument("--devices", default="auto", help="comma-separated cpu,cuda; auto = cpu (+ cuda when present)")
     parser.add_argument("--subscriber", help=argparse.SUPPRESS)
     parser.add_argument("--dense", action="store_true", help=argparse.SUPPRESS)
@@ -176,8 +182,10 @@ def main() -> int:
         parser.error("--out is required")
     import torch
 
+    if args.cpu_threads > 0:
+        torch.set_num_threads(args.cpu_threads)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 50) if "ROS_DOMAIN_ID" not in os.environ else os.environ["ROS_DOMAIN_ID"]
+    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 19))   # valid ids are 0-101; tests use 20-100
     devices = (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
                if args.devices == "auto" else args.devices.split(","))
     runs = []
@@ -192,7 +200,7 @@ def main() -> int:
                     # Just before the run, so that both see the same load on a shared machine.
                     forward_ms = baseline_ms(model_dir, device, image, repeats=10 if device == "cpu" else 100)
                     result = measure(model_dir, device, size, dense, 30.0 if device == "cpu" else 100.0,
-                                     args.warmup, args.duration, work)
+                                     args.warmup, args.duration, args.cpu_threads, work)
                     run = {"device": device, "backbone": args.backbone, "descriptor_dim": args.descriptor_dim,
                            "resolution": list(size), "publish_dense": dense, **result,
                            "baseline_describe_ms": round(forward_ms, 1),
@@ -218,7 +226,7 @@ def main() -> int:
     }
     from nerf_descriptor_ros.dataset import atomic_write_json
     atomic_write_json(Path(args.out), {"runs": runs, "targets": targets,
-                                       "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()})
+                                       "cpu_threads": args.cpu_threads or torch.get_num_threads(), "cpu_count": os.cpu_count()})
     print(json.dumps(targets, indent=2))
     return 0
 

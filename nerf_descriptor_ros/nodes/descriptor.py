@@ -114,9 +114,6 @@ class DescriptorNode(Node):
         self._depths: OrderedDict[int, Image] = OrderedDict()
         self._camera_info: CameraInfo | None = None
         self._running = True
-        self.frames_received = 0
-        self.frames_processed = 0
-        self.frames_refused = 0
 
         sensors = MutuallyExclusiveCallbackGroup()
         self.create_subscription(Image, IMAGE_TOPIC, self._on_image, qos_profile_sensor_data,
@@ -235,12 +232,17 @@ class DescriptorNode(Node):
         return keypoints
 
     def _load_projection(self) -> DescriptorProjection | None:
-        """The model's colour projection; fitted on training images (and stored) if missing."""
+        """The model's colour projection; fitted on training images (and stored) if missing, or
+        (None here) on the first camera image when the dataset cannot be read."""
         sha = self.engine.model.manifest["weights_sha256"]
         projection = DescriptorProjection.load(self.model_dir, sha)
-        if projection is not None or not self.dataset_path:
-            return projection  # without a dataset: fitted on the first camera image instead
-        dataset = self._load_dataset()
+        if projection is not None:
+            return projection
+        try:
+            dataset = self._load_dataset()
+        except NerfDescriptorError as exc:
+            self.get_logger().warning(f"descriptor colours fitted on the first camera image: {exc}")
+            return None
         train, _ = dataset.split()
         picks = [train[i] for i in np.linspace(0, len(train) - 1, min(PROJECTION_FIT_IMAGES, len(train))).astype(int)]
         projection = fit_projection((self.engine.describe(dataset.frames[i].load_image()) for i in picks),
@@ -256,7 +258,6 @@ class DescriptorNode(Node):
     def _on_image(self, msg: Image) -> None:
         with self._state:
             self._newest_image = msg      # an unprocessed older image is dropped here
-            self.frames_received += 1
             self._state.notify_all()
 
     def _on_depth(self, msg: Image) -> None:
@@ -271,7 +272,6 @@ class DescriptorNode(Node):
             self._camera_info = msg
 
     def _report_error(self, message: str) -> None:
-        self.frames_refused += 1
         self.get_logger().error(message, throttle_duration_sec=ERROR_LOG_PERIOD_S)
         self._errors_pub.publish(String(data=message))
 
@@ -298,7 +298,8 @@ class DescriptorNode(Node):
         stamp = stamp_to_ns(image.header.stamp)
         deadline = time.monotonic() + self.depth_wait_s
         with self._state:
-            while stamp not in self._depths and self._running:
+            # Wait only for a depth stream that exists: a colour-only camera costs no latency.
+            while self._depths and stamp not in self._depths and self._running:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -341,7 +342,6 @@ class DescriptorNode(Node):
                                                  "the first camera image")
             self._visualization_pub.publish(array_to_image(self.projection.to_rgb(descriptors), "rgb8",
                                                            image.header))
-        self.frames_processed += 1
 
     @staticmethod
     def _matches_msg(header, locations) -> KeypointMatches:
