@@ -3,7 +3,6 @@ encodings and headers of every output, 3D keypoints from depth, "not found" on t
 refusals of wrong images, a flood of images without queueing or growing memory, and
 ~/set_grasp_point."""
 import json
-import threading
 import time
 
 import numpy as np
@@ -11,6 +10,7 @@ import psutil
 import pytest
 import torch
 from capture_test_utils import ros  # noqa: F401  (fixture)
+from message_inbox import Inbox
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
@@ -56,32 +56,6 @@ def scene_model(tmp_path_factory):
     assert on_object < 0.5 * on_table
     return {"dataset": dataset, "model_dir": root / "model", "model": model, "keypoints": keypoints,
             "frame": frame, "empty": empty, "threshold": (on_object + on_table) / 2}
-
-
-class Inbox:
-    """Messages of one topic, newest last, with a blocking wait."""
-
-    def __init__(self, node, msg_type, topic, qos=10):
-        self.messages = []
-        self._changed = threading.Condition()
-        node.create_subscription(msg_type, topic, self._on_message, qos)
-
-    def _on_message(self, msg):
-        with self._changed:
-            self.messages.append(msg)
-            self._changed.notify_all()
-
-    def wait_for(self, predicate, timeout=20.0, what="a message"):
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                found = [m for m in self.messages if predicate(m)]
-                if found:
-                    return found[-1]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no {what} within {timeout} s")
-                self._changed.wait(remaining)
 
 
 class Camera:

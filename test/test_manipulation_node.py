@@ -1,11 +1,11 @@
 """Grasp poses from keypoints: geometry on exact synthetic depth, the manipulation node over DDS
 with a test-side camera, and a pick-and-lift with the simulated robot."""
-import threading
 import time
 
 import numpy as np
 import pytest
 from capture_test_utils import ros  # noqa: F401  (fixture)
+from message_inbox import Inbox
 from geometry_msgs.msg import Point, PoseStamped
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -45,19 +45,26 @@ def _view(scene, T_base_cam, point_base):
     return depth.astype(np.float32), tuple(uv[0]), point_cam
 
 
-def test_top_down_grasp_of_an_elongated_box_closes_across_its_narrow_side():
-    yaw = np.radians(35.0)
-    T_box = pose_to_matrix([0.45, 0.05, 0.025], [0, 0, np.sin(yaw / 2), np.cos(yaw / 2)])
+BOX_YAW = np.radians(35.0)
+BOX_TOP = np.array([0.45, 0.05, 0.05])
+
+
+def _box_view():
+    """A 9 x 4 x 5 cm box turned by BOX_YAW, seen obliquely; the keypoint is its top centre."""
+    T_box = pose_to_matrix([0.45, 0.05, 0.025], [0, 0, np.sin(BOX_YAW / 2), np.cos(BOX_YAW / 2)])
     scene = Scene([_box([0.09, 0.04, 0.05], T_box)], table_half_size=2.0)
-    top = np.array([0.45, 0.05, 0.05])
-    T_base_cam = look_at([0.25, -0.1, 0.35], top)
-    depth, uv, point_cam = _view(scene, T_base_cam, top)
+    T_base_cam = look_at([0.25, -0.1, 0.35], BOX_TOP)
+    return (T_base_cam, *_view(scene, T_base_cam, BOX_TOP))
+
+
+def test_top_down_grasp_of_an_elongated_box_closes_across_its_narrow_side():
+    T_base_cam, depth, uv, point_cam = _box_view()
     grasp = plan_grasp(point_cam, T_base_cam, GraspConfig(), uv, depth, INTR)
     T = validate_rigid_transform(grasp.T_base_tcp)
     assert (grasp.approach_source, grasp.closing_source) == ("normal", "object_width")
     assert _angle_deg(T[:3, 2], DOWN) < 2.0                        # the top face is level
-    np.testing.assert_allclose(T[:3, 3], top + 0.02 * DOWN, atol=1e-3)
-    narrow = np.array([-np.sin(yaw), np.cos(yaw), 0.0])            # the box's 4 cm side
+    np.testing.assert_allclose(T[:3, 3], BOX_TOP + 0.02 * DOWN, atol=1e-3)
+    narrow = np.array([-np.sin(BOX_YAW), np.cos(BOX_YAW), 0.0])    # the box's 4 cm side
     assert min(_angle_deg(T[:3, 1], narrow), _angle_deg(T[:3, 1], -narrow)) < 5.0
 
 
@@ -118,25 +125,6 @@ def test_normal_and_tilt_helpers():
 FRAME = "camera_color_optical_frame"
 
 
-class Latest:
-    def __init__(self, node, msg_type, topic, qos=10):
-        self.messages, self._changed = [], threading.Condition()
-        node.create_subscription(msg_type, topic, self._on, qos)
-
-    def _on(self, msg):
-        with self._changed:
-            self.messages.append(msg)
-            self._changed.notify_all()
-
-    def wait_for(self, predicate, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not any(predicate(m) for m in self.messages):
-                if not self._changed.wait(max(0.0, deadline - time.monotonic())) and time.monotonic() > deadline:
-                    raise TimeoutError("no such message")
-            return [m for m in self.messages if predicate(m)][-1]
-
-
 def _matches(header, uv, point_cam, found=True, name="grasp"):
     match = KeypointMatch(name=name, found=found, u=float(uv[0]), v=float(uv[1]), descriptor_distance=0.05,
                           confidence=0.9, has_point=point_cam is not None)
@@ -154,17 +142,12 @@ def test_node_publishes_the_grasp_target_in_the_base_frame_and_refuses_to_pick_w
     depth_pub = node.create_publisher(Image, "camera/depth/image_raw", qos_profile_sensor_data)
     info_pub = node.create_publisher(CameraInfo, "camera/color/camera_info", qos_profile_sensor_data)
     matches_pub = node.create_publisher(KeypointMatches, "keypoints/matches", 10)
-    targets = Latest(node, PoseStamped, "grasp/target")
+    targets = Inbox(node, PoseStamped, "grasp/target")
 
     answer = ros.call(Trigger, "/manipulation/grasp", Trigger.Request())
     assert not answer.success and "no keypoint matches received" in answer.message
 
-    yaw = np.radians(35.0)
-    T_box = pose_to_matrix([0.45, 0.05, 0.025], [0, 0, np.sin(yaw / 2), np.cos(yaw / 2)])
-    scene = Scene([_box([0.09, 0.04, 0.05], T_box)], table_half_size=2.0)
-    top = np.array([0.45, 0.05, 0.05])
-    T_base_cam = look_at([0.25, -0.1, 0.35], top)
-    depth, uv, point_cam = _view(scene, T_base_cam, top)
+    T_base_cam, depth, uv, point_cam = _box_view()
     expected = plan_grasp(point_cam, T_base_cam, GraspConfig(), uv, depth, INTR).T_base_tcp
 
     stamp_ns = 5_000_000_000
@@ -219,9 +202,9 @@ def test_pick_and_lift_with_the_simulated_robot_at_the_objects_top(nodes, ros):
                      MoveCamera.Request(target=PoseStamped(header=Header(frame_id="panda_link0"),
                                                            pose=matrix_to_pose_msg(view))), timeout=60)
     assert moved.success, moved.message
-    depths = Latest(node, Image, "camera/depth/image_raw", qos_profile_sensor_data)
-    poses = Latest(node, PoseStamped, "camera/pose", qos_profile_sensor_data)
-    targets = Latest(node, PoseStamped, "grasp/target")
+    depths = Inbox(node, Image, "camera/depth/image_raw", qos_profile_sensor_data)
+    poses = Inbox(node, PoseStamped, "camera/pose", qos_profile_sensor_data)
+    targets = Inbox(node, PoseStamped, "grasp/target")
     matches_pub = node.create_publisher(KeypointMatches, "keypoints/matches", 10)
     deadline = time.monotonic() + 30.0
     while True:
