@@ -121,7 +121,8 @@ def main() -> int:
                 world.set_object_pose(_far_away() @ T_object_now)
                 empty = world.render()
                 world.set_object_pose(T_object_now)
-                empty_table += [loc.distance for loc in match_keypoints(model.describe(empty.rgb), keypoints, size)]
+                empty_table += [loc.distance
+                                for loc in match_keypoints(model.describe(empty.rgb), keypoints, size)]
             print(f"placement {placement + 1}/{args.placements}: {len(visible)} visible keypoints so far",
                   flush=True)
 

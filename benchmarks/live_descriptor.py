@@ -52,8 +52,8 @@ def export_benchmark_model(out_dir: Path, backbone: str, descriptor_dim: int, si
     rng = np.random.default_rng(0)
     keypoints = KeypointSet.for_model(model)
     for i in range(KEYPOINTS):
-        keypoints.put(Keypoint(KeypointSpec(f"k{i}", 0, 0, 0), rng.normal(0, 0.3, descriptor_dim).astype(np.float32),
-                               None, "none"))
+        descriptor = rng.normal(0, 0.3, descriptor_dim).astype(np.float32)
+        keypoints.put(Keypoint(KeypointSpec(f"k{i}", 0, 0, 0), descriptor, None, "none"))
     keypoints.save(out_dir)
     return out_dir
 
@@ -138,8 +138,8 @@ def measure(model_dir: Path, device: str, size: tuple[int, int], dense: bool, ra
             window = None
             while window is None or time.time_ns() < window[1]:
                 now = time.time_ns()
-                publisher.publish(array_to_image(rgb, "rgb8", Header(stamp=ns_to_stamp(now),
-                                                                     frame_id="camera_color_optical_frame")))
+                header = Header(stamp=ns_to_stamp(now), frame_id="camera_color_optical_frame")
+                publisher.publish(array_to_image(rgb, "rgb8", header))
                 published += 1
                 if window is None and receipts_file.with_suffix(".ready").exists():
                     begin = now + int(warmup_s * 1e9)
@@ -166,13 +166,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="JSON file to write")
     parser.add_argument("--duration", type=float, default=10.0, help="measuring window per run, seconds")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the first answer before measuring")
+    parser.add_argument("--warmup", type=float, default=3.0,
+                        help="seconds after the first answer before measuring")
     parser.add_argument("--backbone", default="resnet18", help="resnet18 or resnet34")
     parser.add_argument("--descriptor-dim", type=int, default=16)
     parser.add_argument("--cpu-threads", type=int, default=0,
                         help="torch CPU threads of the node and the baseline; 0 = torch's default "
                              "(on a loaded machine 1 can be much faster: OpenMP threads wait on each other)")
-    parser.add_argument("--devices", default="auto", help="comma-separated cpu,cuda; auto = cpu (+ cuda when present)")
+    parser.add_argument("--devices", default="auto",
+                        help="comma-separated cpu,cuda; auto = cpu (+ cuda when present)")
     parser.add_argument("--subscriber", help=argparse.SUPPRESS)
     parser.add_argument("--dense", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -198,7 +200,7 @@ def main() -> int:
             for device in devices:
                 for dense in (True, False):
                     # Just before the run, so that both see the same load on a shared machine.
-                    forward_ms = baseline_ms(model_dir, device, image, repeats=10 if device == "cpu" else 100)
+                    forward_ms = baseline_ms(model_dir, device, image, 10 if device == "cpu" else 100)
                     result = measure(model_dir, device, size, dense, 30.0 if device == "cpu" else 100.0,
                                      args.warmup, args.duration, args.cpu_threads, work)
                     run = {"device": device, "backbone": args.backbone, "descriptor_dim": args.descriptor_dim,
@@ -225,8 +227,8 @@ def main() -> int:
             and (gpu["latency_p95_ms"] or 1e9) <= TARGETS["gpu_640x480_max_p95_ms"]},
     }
     from nerf_descriptor_ros.dataset import atomic_write_json
-    atomic_write_json(Path(args.out), {"runs": runs, "targets": targets,
-                                       "cpu_threads": args.cpu_threads or torch.get_num_threads(), "cpu_count": os.cpu_count()})
+    atomic_write_json(Path(args.out), {"runs": runs, "targets": targets, "cpu_count": os.cpu_count(),
+                                       "cpu_threads": args.cpu_threads or torch.get_num_threads()})
     print(json.dumps(targets, indent=2))
     return 0
 

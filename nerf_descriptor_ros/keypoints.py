@@ -263,14 +263,10 @@ def nerf_depth_at(nerf, frame: Frame, u: float, v: float) -> float:
 
 
 def lift_pixel(frame: Frame, u: float, v: float, z: float) -> np.ndarray:
-    """Pixel (u, v) at z-depth ``z`` of ``frame`` -> point (3,) in the dataset's base frame."""
-    view = ViewGeometry(frame.c2w, frame.intrinsics, *_no_pixels(frame.intrinsics))
-    return view.lift(np.array([[u, v]], dtype=np.float64), np.array([z]))[0]
-
-
-def _no_pixels(intr: CameraIntrinsics) -> tuple[np.ndarray, np.ndarray]:
-    shape = (intr.height, intr.width)
-    return np.full(shape, np.nan, np.float32), np.zeros(shape, bool)
+    """Pixel (u, v) at z-depth ``z`` of ``frame`` (pinhole) -> point (3,) in the dataset's base frame."""
+    intr = frame.intrinsics
+    cam = np.array([(u - intr.cx) / intr.fx * z, (v - intr.cy) / intr.fy * z, z])
+    return transform_points(frame.c2w, cam[None])[0]
 
 
 def keypoint_point(frame: Frame, u: float, v: float, nerf=None) -> tuple[Optional[np.ndarray], str]:
@@ -292,6 +288,9 @@ def define_keypoint(describe: DescribeFn, dataset: Dataset, spec: KeypointSpec, 
     """Descriptor and 3D point of the pixel ``spec`` names (see the module docstring)."""
     frame = frame_by_index(dataset, spec.image_index)
     intr = frame.intrinsics
+    if intr.has_distortion:
+        raise KeypointError(f"frame {frame.index} has lens distortion: keypoints (like the "
+                            "correspondences the model was trained on) need undistorted images")
     if not (0 <= spec.u <= intr.width - 1 and 0 <= spec.v <= intr.height - 1):
         raise KeypointError(f"pixel ({spec.u}, {spec.v}) is outside frame {frame.index}'s "
                             f"{intr.width}x{intr.height} image")
@@ -307,9 +306,14 @@ def define_keypoint(describe: DescribeFn, dataset: Dataset, spec: KeypointSpec, 
 
 def define_keypoints(describe: DescribeFn, dataset: Dataset, specs: list[KeypointSpec],
                      keypoints: KeypointSet, nerf=None) -> KeypointSet:
-    """Define every spec into ``keypoints`` (replacing same-named ones); returns the set."""
+    """Define every spec into ``keypoints`` (replacing same-named ones); returns the set. Each
+    frame is described once, however many keypoints it holds."""
+    described: dict[int, torch.Tensor] = {}
     for spec in specs:
-        keypoints.put(define_keypoint(describe, dataset, spec, nerf))
+        if spec.image_index not in described:
+            described[spec.image_index] = describe(frame_by_index(dataset, spec.image_index).load_image())
+        descriptors = described[spec.image_index]
+        keypoints.put(define_keypoint(lambda _rgb: descriptors, dataset, spec, nerf))
     return keypoints
 
 

@@ -226,7 +226,8 @@ def test_set_grasp_point_defines_and_stores_a_keypoint(nodes, ros, scene_model, 
     assert answer.success, answer.message
     z = frame.load_depth()[int(v), int(u)]
     intr = frame.intrinsics
-    expected = frame.c2w[:3, :3] @ (np.array([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, 1]) * z) + frame.c2w[:3, 3]
+    ray = np.array([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, 1.0])
+    expected = frame.c2w[:3, :3] @ (ray * z) + frame.c2w[:3, 3]
     assert answer.has_point
     np.testing.assert_allclose([answer.point.x, answer.point.y, answer.point.z], expected, atol=1e-6)
     stored = KeypointSet.load(scene_model["model"], model_dir / KEYPOINTS_NAME)

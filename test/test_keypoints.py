@@ -104,7 +104,8 @@ def test_keypoints_are_stored_beside_the_model_and_refused_for_other_weights(dat
     keypoints = KeypointSet.for_model(model, dataset)
     frame = dataset.frames[0]
     keypoints.put(define_keypoint(model.describe, dataset, KeypointSpec("grasp", 0, *_object_pixel(frame))))
-    keypoints.put(define_keypoint(model.describe, dataset, KeypointSpec("grasp", 1, *_object_pixel(dataset.frames[1]))))
+    second = KeypointSpec("grasp", 1, *_object_pixel(dataset.frames[1]))
+    keypoints.put(define_keypoint(model.describe, dataset, second))
     assert keypoints.names == ["grasp"] and keypoints["grasp"].spec.image_index == 1   # replaced
     path = keypoints.save(tmp_path)
     assert path == tmp_path / KEYPOINTS_NAME and not list(tmp_path.glob(".*tmp"))

@@ -187,7 +187,7 @@ def test_pick_and_lift_with_the_simulated_robot_at_the_objects_top(nodes, ros):
     """Matches made from the simulator's ground truth (the object's top centre), so that this
     checks the grasp geometry and the pick call, not the descriptors."""
     from nerf_descriptor_ros.sim import SimConfig, SimWorld, hemisphere_views
-    from nerf_descriptor_ros.srv import MoveCamera, PickAndLift  # noqa: F401  (the sim offers it)
+    from nerf_descriptor_ros.srv import MoveCamera
 
     with SimWorld(SimConfig()) as world:     # the sim node's nominal placement, to know the top
         low, high = world.object_bounds()

@@ -81,7 +81,8 @@ class DescriptorNode(Node):
         if p["compile"] not in COMPILE_MODES:
             raise DescriptorNodeError(f"parameter compile is {p['compile']!r}; use one of {COMPILE_MODES}")
         if p["refinement"] not in REFINEMENTS:
-            raise DescriptorNodeError(f"parameter refinement is {p['refinement']!r}; use one of {REFINEMENTS}")
+            raise DescriptorNodeError(f"parameter refinement is {p['refinement']!r}; "
+                                      f"use one of {REFINEMENTS}")
         if not 0.0 < p["dense_scale"] <= 1.0:
             raise DescriptorNodeError(f"dense_scale must be in (0, 1], got {p['dense_scale']}")
         if p["cpu_threads"] > 0:
@@ -151,8 +152,9 @@ class DescriptorNode(Node):
                                  "(manifest.json); keypoints.json is stored beside it"),
             "keypoints_file": declare("keypoints_file", "",
                                       "keypoints to locate: '' = keypoints.json beside the model "
-                                      "(where ~/set_grasp_point stores them), or a YAML file of name/image_index/u/v "
-                                      "(config/keypoints_example.yaml), defined at start-up"),
+                                      "(where ~/set_grasp_point stores them), or a YAML file of "
+                                      "name/image_index/u/v (config/keypoints_example.yaml), "
+                                      "defined at start-up"),
             "auto_keypoints": declare("auto_keypoints", 0,
                                       "when no keypoint is defined, choose this many automatically "
                                       "(the first, 'grasp', at the object's top centre) and store "
@@ -244,9 +246,11 @@ class DescriptorNode(Node):
             self.get_logger().warning(f"descriptor colours fitted on the first camera image: {exc}")
             return None
         train, _ = dataset.split()
-        picks = [train[i] for i in np.linspace(0, len(train) - 1, min(PROJECTION_FIT_IMAGES, len(train))).astype(int)]
-        projection = fit_projection((self.engine.describe(dataset.frames[i].load_image()) for i in picks),
-                                    sha, f"{len(picks)} training images of {dataset.root}")
+        count = min(PROJECTION_FIT_IMAGES, len(train))
+        picks = [train[i] for i in np.linspace(0, len(train) - 1, count).astype(int)]
+        images = (dataset.frames[i].load_image() for i in picks)
+        projection = fit_projection((self.engine.describe(rgb) for rgb in images), sha,
+                                    f"{len(picks)} training images of {dataset.root}")
         try:
             projection.save(self.model_dir)
         except OSError as exc:
@@ -332,7 +336,8 @@ class DescriptorNode(Node):
         self._matches_pub.publish(self._matches_msg(image.header, locations))
         self._markers_pub.publish(self._markers_msg(image.header, keypoints.names, locations))
         if self._dense_pub is not None:
-            size = (max(1, round(image.height * self.dense_scale)), max(1, round(image.width * self.dense_scale)))
+            size = (max(1, round(image.height * self.dense_scale)),
+                    max(1, round(image.width * self.dense_scale)))
             dense = F.interpolate(descriptors[None], size=size, mode="bilinear", align_corners=False)[0]
             self._dense_pub.publish(array_to_image(dense.permute(1, 2, 0).cpu().numpy(),
                                                    f"32FC{descriptors.shape[0]}", image.header))
@@ -340,8 +345,8 @@ class DescriptorNode(Node):
             if self.projection is None:
                 self.projection = fit_projection([descriptors], self.engine.model.manifest["weights_sha256"],
                                                  "the first camera image")
-            self._visualization_pub.publish(array_to_image(self.projection.to_rgb(descriptors), "rgb8",
-                                                           image.header))
+            colours = self.projection.to_rgb(descriptors)
+            self._visualization_pub.publish(array_to_image(colours, "rgb8", image.header))
 
     @staticmethod
     def _matches_msg(header, locations) -> KeypointMatches:
@@ -367,11 +372,13 @@ class DescriptorNode(Node):
                     m.action = Marker.DELETE
                 else:
                     m.action = Marker.ADD
+                    lift = 1.5 * self.marker_scale_m if j else 0.0   # the label above the sphere
                     m.pose.position = Point(x=float(loc.point_cam[0]), y=float(loc.point_cam[1]),
-                                            z=float(loc.point_cam[2]) - (1.5 * self.marker_scale_m if j else 0.0))
+                                            z=float(loc.point_cam[2]) - lift)
                     m.pose.orientation.w = 1.0
                     m.scale.x = m.scale.y = m.scale.z = self.marker_scale_m
-                    m.color.r, m.color.g, m.color.b, m.color.a = (1.0, 0.2, 0.2, 1.0) if j == 0 else (1.0, 1.0, 1.0, 1.0)
+                    m.color.r, m.color.g, m.color.b = (1.0, 1.0, 1.0) if j else (1.0, 0.2, 0.2)
+                    m.color.a = 1.0
                     m.text = name if j else ""
                     m.lifetime = Duration(seconds=1.0).to_msg()
                 markers.markers.append(m)
