@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from synthetic_scenes import orbit_poses, textured_objects_scene, write_scene_dataset
 
@@ -150,3 +151,21 @@ def test_service_start_cancel_and_bad_requests(nodes, rclpy_node, data_root):
     assert result_future.result().status == 5  # GoalStatus.STATUS_CANCELED
     first_progress = min(f.iteration for f in feedback if f.iteration > 0)
     assert first_progress > 1  # resumed, not restarted
+
+
+def test_node_shutdown_checkpoints_the_running_job(nodes, rclpy_node, data_root):
+    import os
+    import signal
+
+    from nerf_descriptor_ros.srv import StartTraining
+
+    proc = nodes.start("trainer", "config/trainer.yaml", {"data_root": str(data_root), "cpu_threads": 1})
+    _, start, _, statuses = _clients(rclpy_node)
+    answer = _call(rclpy_node, start, StartTraining.Request(
+        object_name="blocks", config_overrides_yaml=QUICK_NERF.replace("200", "100000")))
+    assert answer.accepted, answer.message
+    _spin_until(rclpy_node, lambda: statuses and statuses[-1].iteration > 0, 120, "progress")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=30) == 0, nodes.log_of(proc)
+    state = torch.load(data_root / "blocks" / "nerf" / "nerf.pt", weights_only=True)
+    assert state["iteration"] > 0 and not state["complete"]

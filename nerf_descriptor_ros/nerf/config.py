@@ -44,7 +44,6 @@ class FastFieldConfig:
     target_samples_per_batch: int = 131072  # rays per batch adapt to this many samples
     grid_learning_rate: float = 0.02
     mlp_learning_rate: float = 0.005
-    tv_weight: float = 0.0          # total variation on the planes (useful with few views)
 
 
 @dataclass

@@ -29,10 +29,6 @@ def trunc_exp(x: torch.Tensor) -> torch.Tensor:
     return _TruncExp.apply(x.clamp(max=15))
 
 
-import os
-_PLANE_INIT = [float(v) for v in os.environ.get("PLANE_INIT", "0.1,0.5").split(",")]
-
-
 class TriPlaneEncoding(nn.Module):
     """Multiresolution tri-plane features: per level, the product of three axis-aligned planes.
 
@@ -43,9 +39,10 @@ class TriPlaneEncoding(nn.Module):
 
     def __init__(self, resolutions: list, features: int):
         super().__init__()
-        # Near 1 so that the product of three planes starts as a mild, well-conditioned signal.
+        # Near 1, so that each plane's gradient (scaled by the other two planes) starts at full
+        # strength; measured to converge faster than K-Planes' uniform(0.1, 0.5).
         self.planes = nn.ParameterList(
-            nn.Parameter(torch.empty(3, features, int(r), int(r)).uniform_(*_PLANE_INIT))
+            nn.Parameter(torch.empty(3, features, int(r), int(r)).uniform_(0.9, 1.1))
             for r in resolutions)
         self.output_dim = len(resolutions) * features
 
@@ -57,13 +54,6 @@ class TriPlaneEncoding(nn.Module):
                                        align_corners=True).squeeze(-1).unbind(0)  # 3 x (F, N)
             features.append(xy * xz * yz)
         return torch.cat(features, 0).t()
-
-    def total_variation(self) -> torch.Tensor:
-        tv = 0.0
-        for planes in self.planes:
-            tv = tv + (planes[..., 1:, :] - planes[..., :-1, :]).square().mean() \
-                + (planes[..., 1:] - planes[..., :-1]).square().mean()
-        return tv
 
 
 def spherical_harmonics(dirs: torch.Tensor, degree: int) -> torch.Tensor:
@@ -111,9 +101,6 @@ class FastField(nn.Module):
 
     def grid_parameters(self):
         return list(self.encoding.parameters())
-
-    def mlp_parameters(self):
-        return list(self.density_net.parameters()) + list(self.color_net.parameters())
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         return trunc_exp(self.density_net(self.encoding(x))[:, 0] - 1.0)
@@ -171,9 +158,6 @@ class ClassicField(nn.Module):
             if i == self.skip_layer:
                 h = torch.cat([encoded, h], -1)
         return h
-
-    def density(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.sigma_head(self._trunk(x))[:, 0])
 
     def forward(self, x: torch.Tensor, dirs: torch.Tensor, appearance: torch.Tensor | None = None):
         h = self._trunk(x)

@@ -38,14 +38,10 @@ class NerfModel(nn.Module):
             nn.init.normal_(self.appearance.weight, std=0.01)
         self.learned_background = LearnedBackground() if background == "learned" else None
 
-    @property
-    def box(self) -> SceneBox:
-        return SceneBox(self.box_min.cpu().double().numpy(), self.box_max.cpu().double().numpy())
-
     def normalize(self, points: torch.Tensor) -> torch.Tensor:
         return (points - self.box_min) / (self.box_max - self.box_min) * 2 - 1
 
-    def _appearance(self, image_ids: torch.Tensor | None, num_rays: int, device) -> torch.Tensor | None:
+    def _appearance(self, image_ids: torch.Tensor | None, num_rays: int) -> torch.Tensor | None:
         if self.appearance is None:
             return None
         if image_ids is None:  # a camera that is not a training image: the average appearance
@@ -64,7 +60,7 @@ class NerfModel(nn.Module):
         model's); ``image_ids`` select per-image appearance embeddings when those are on."""
         dir_norm = torch.linalg.norm(dirs, dim=-1)
         ray_scale = dir_norm / self.diagonal  # ray parameter -> box diagonals
-        appearance = self._appearance(image_ids, len(origins), origins.device)
+        appearance = self._appearance(image_ids, len(origins))
         passes = self.render_passes(origins, dirs, ray_scale, appearance)
         if background is None:
             background = self.default_background(dirs / dir_norm[:, None])
@@ -131,9 +127,6 @@ class ClassicNerf(NerfModel):
         super().__init__(config, box, num_images, background)
         self.coarse = ClassicField(config.classic, config.appearance_embedding_dim)
         self.fine = ClassicField(config.classic, config.appearance_embedding_dim)
-
-    def density(self, points: torch.Tensor) -> torch.Tensor:
-        return self.fine.density(self.normalize(points))
 
     def render_passes(self, origins, dirs, ray_scale, appearance) -> dict:
         cfg = self.config.classic

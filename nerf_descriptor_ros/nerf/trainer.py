@@ -17,11 +17,11 @@ import torch
 from ..dataset import Dataset, atomic_write_json
 from ..progress import ProgressCallback, ProgressReport, StageCancelled, check_cancelled
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, check_same_dataset, read_checkpoint, save_checkpoint
-from .config import NerfConfig
+from .config import NerfConfig, NerfConfigError
 from .data import FrameImages, RayBatcher, check_dataset, load_frame
 from .evaluation import HeldOutPixels, evaluate_frames, psnr
 from .model import FastNerf, NerfModel, build_model
-from .rays import SceneBox, box_seen_by_all
+from .rays import SceneBox, SceneBoundsError, box_seen_by_all
 from .renderer import is_out_of_memory
 from .samplers import OccupancyGrid
 
@@ -36,7 +36,7 @@ def resolve_device(device: str) -> torch.device:
     if device in ("auto", "", None):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available here")
+        raise NerfConfigError(f"device {device!r} asked for but CUDA is not available here")
     return torch.device(device)
 
 
@@ -44,13 +44,17 @@ def resolve_background(mode: str, has_masks: bool) -> str:
     if mode == "auto":
         return "mask" if has_masks else "learned"
     if mode == "mask" and not has_masks:
-        raise ValueError("background 'mask' needs a dataset with masks; this one has none "
-                         "(use background: auto or learned)")
+        raise NerfConfigError("background 'mask' needs a dataset with masks; this one has none "
+                              "(use background: auto or learned)")
     return mode
 
 
 def fit_scene_box(config: NerfConfig, frames: list[FrameImages], use_mask: bool) -> SceneBox:
-    """The configured workspace box; else what every camera sees, tightened to the masks' hull."""
+    """The configured workspace box; else what every camera sees, tightened to the masks' hull.
+
+    When the hull reaches the side of the box (an object larger than what every view sees) the
+    box grows and the masks are carved again.
+    """
     if config.scene_box is not None:
         return SceneBox.from_list(config.scene_box)
     c2ws = [f.c2w for f in frames]
@@ -58,11 +62,17 @@ def fit_scene_box(config: NerfConfig, frames: list[FrameImages], use_mask: bool)
     box = box_seen_by_all(np.stack(c2ws), intrinsics)
     if not use_mask:
         return box
-    grid = OccupancyGrid(box, 64)
-    grid.carve_from_masks(c2ws, intrinsics, [f.mask for f in frames])
-    if not grid.occupied.any():
-        raise ValueError("the object masks share no common region in front of the cameras: "
-                         "check that masks mark the object (255) and poses are camera-to-world")
+    for _ in range(4):
+        grid = OccupancyGrid(box, 64)
+        grid.carve_from_masks(c2ws, intrinsics, [f.mask for f in frames])
+        cells = grid.occupied.nonzero()
+        if len(cells) == 0:
+            raise SceneBoundsError("the object masks share no region in front of the cameras: check "
+                                   "that masks mark the object (255) and poses are camera-to-world")
+        if cells.min() > 0 and cells.max() < grid.resolution - 1:
+            break
+        box = SceneBox(box.center - (box.center - box.box_min) * 1.5,
+                       box.center + (box.box_max - box.center) * 1.5)
     lo, hi = grid.occupied_bounds()
     margin = 2 * grid.cell_size
     lo, hi = torch.maximum(lo - margin, grid.box_min), torch.minimum(hi + margin, grid.box_max)
@@ -330,6 +340,4 @@ def _batch_loss(model: NerfModel, batcher: RayBatcher, rays: int, background: st
     loss = mse
     if "coarse_rgb" in out:
         loss = loss + torch.mean((out["coarse_rgb"] - target) ** 2)
-    if isinstance(model, FastNerf) and config.fast.tv_weight > 0:
-        loss = loss + config.fast.tv_weight * model.field.encoding.total_variation()
     return loss, float(mse.detach()), len(out["samples"].t_starts)

@@ -14,18 +14,15 @@ refused with the reason (the action's result says it; the service answers ``acce
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import rclpy
 import yaml
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from std_srvs.srv import Trigger
@@ -37,6 +34,7 @@ from nerf_descriptor_ros.srv import StartTraining
 from ..dataset import Dataset, object_dataset_path
 from ..errors import NerfDescriptorError
 from ..progress import ProgressCallback, ProgressReport, StageCancelled
+from .run import run_node
 
 
 class TrainingRequestError(NerfDescriptorError):
@@ -287,13 +285,17 @@ class TrainerNode(Node):
             response.success, response.message = True, f"cancelling {job.object_name}"
         return response
 
-    def stop_job(self, timeout_s: float) -> None:
-        """Cancel a running job and wait for its stage to checkpoint (node shutdown)."""
+    def stop(self) -> None:
+        """Cancel a running job (node shutdown); its stage saves a checkpoint before it stops."""
         with self._job_lock:
             job = self._job
-        if job is not None and not job.done.is_set():
+        if job is not None:
             job.cancel.set()
-            job.done.wait(timeout=timeout_s)
+
+    @property
+    def busy(self) -> bool:
+        with self._job_lock:
+            return self._job is not None and not self._job.done.is_set()
 
     def _publish_status(self, job: TrainingJob | None) -> None:
         msg = TrainingStatus(state="idle")
@@ -316,22 +318,5 @@ class TrainerNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = TrainerNode()
-    except NerfDescriptorError as exc:
-        print(f"trainer: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.stop_job(timeout_s=30.0)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # On shutdown the running stage checkpoints and the action goal gets its result.
+    return run_node(TrainerNode, args, executor_threads=4, shutdown_grace_s=30.0)
