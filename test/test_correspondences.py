@@ -13,7 +13,8 @@ from nerf_descriptor_ros.dataset import Dataset
 from nerf_descriptor_ros.evaluation import correspondence_accuracy
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at
 from nerf_descriptor_ros.thin_objects import make_thin_object
-from synthetic_scenes import Scene, box_mesh, orbit_poses, sphere_mesh, textured_objects_scene, write_scene_dataset
+from synthetic_scenes import (Scene, box_mesh, orbit_poses, single_torch_thread,  # noqa: F401
+                              sphere_mesh, textured_objects_scene, write_scene_dataset)
 
 INTR = CameraIntrinsics.from_fov(160, 120, 45.0)
 NERF_ITERATIONS = 300
@@ -174,7 +175,7 @@ def scene_nerf(tmp_path_factory):
     root = tmp_path_factory.mktemp("nerf")
     dataset = Dataset.load(write_scene_dataset(root / "scene", textured_objects_scene(),
                                                orbit_poses(24, 0.3, turns=2.0), width=64, height=48))
-    config = config_from_dict({"iterations": 300, "render_count": 0, "checkpoint_interval_s": 1000.0,
+    config = config_from_dict({"iterations": NERF_ITERATIONS, "render_count": 0, "checkpoint_interval_s": 1000.0,
                                "fast": {"plane_resolutions": [16, 32, 64], "plane_features": 4,
                                         "occupancy_resolution": 32, "target_samples_per_batch": 32768}})
     before = torch.get_num_threads()
@@ -208,3 +209,23 @@ def test_a_nerf_from_another_dataset_is_refused(scene_nerf, tmp_path):
         load_nerf_provider(checkpoint, other)
     with pytest.raises(CorrespondenceError, match="not found"):
         load_nerf_provider(tmp_path / "missing.pt", other)
+
+
+def test_the_nerf_supervised_chain_exports_a_model(scene_nerf, tmp_path, single_torch_thread):
+    from nerf_descriptor_ros.descriptors.model import load_model
+    from nerf_descriptor_ros.descriptors.pipeline import train_descriptor_model
+    from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
+    dataset, checkpoint = scene_nerf
+    settings = DescriptorSettings.load(None, {
+        "correspondences": {"width": 64},
+        "training": {"descriptor_dim": 3, "decoder_channels": 16, "iterations": 2, "pairs_per_step": 1,
+                     "matches_per_pair": 32, "mode": "density_field"}})
+    reports = []
+    model_dir, stats = train_descriptor_model(dataset, tmp_path / "run", settings, "nerf", checkpoint,
+                                              cache_dir=tmp_path / "cache", device="cpu", report=reports.append)
+    assert {r.stage for r in reports} == {"correspondences", "descriptors", "export"}
+    caches = list((tmp_path / "cache").iterdir())
+    assert len(caches) == 1 and caches[0].name.startswith("nerf-")
+    model = load_model(model_dir)
+    assert model.input_size == (64, 48) and model.manifest["info"]["supervision"] == "nerf"
+    assert model.manifest["info"]["training"]["mode"] == "density_field" and stats["iterations"] == 2
