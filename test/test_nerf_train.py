@@ -39,16 +39,17 @@ def scene_dataset(tmp_path_factory):
 
 def test_fits_a_small_scene_to_a_psnr_threshold(scene_dataset, tmp_path, single_torch_thread):
     reports = []
-    checkpoint, metrics = train_nerf(scene_dataset, small_config(iterations=300), tmp_path / "out",
+    checkpoint, metrics = train_nerf(scene_dataset, small_config(iterations=200), tmp_path / "out",
                                      "cpu", reports.append)
-    assert metrics["iterations"] == 300 and metrics["background"] == "mask"
-    assert metrics["psnr"] > 26.0 and metrics["psnr_object_pixels"] > 20.0 and metrics["ssim"] > 0.85
+    assert metrics["iterations"] == 200 and metrics["background"] == "mask"
+    # Measured: 29-30 dB, object pixels 23-25 dB, SSIM 0.97, depth error 2 mm.
+    assert metrics["psnr"] > 26.0 and metrics["psnr_object_pixels"] > 20.0 and metrics["ssim"] > 0.9
     assert metrics["depth_median_abs_err_m"] < 0.004  # pixels are ~5 mm wide here
     assert (tmp_path / "out" / "renders" / "heldout_00.png").is_file()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["psnr"] == metrics["psnr"]
-    assert reports[-1].stage == "nerf" and reports[-1].iteration == 300
+    assert reports[-1].stage == "nerf" and reports[-1].iteration == 200
     training = [r for r in reports if r.message == "training"]
-    assert training and all(r.total_iterations == 300 and r.eta_seconds >= 0 for r in training)
+    assert training and all(r.total_iterations == 200 and r.eta_seconds >= 0 for r in training)
 
 
 def test_checkpoint_resume_and_refusals(scene_dataset, tmp_path, single_torch_thread):

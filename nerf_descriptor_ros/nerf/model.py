@@ -15,7 +15,7 @@ from torch import nn
 from .config import NerfConfig
 from .fields import ClassicField, FastField, LearnedBackground
 from .rays import SceneBox, intersect_box
-from .renderer import accumulate, render_weights, transmittance_and_alpha
+from .renderer import accumulate, render_weights
 from .samplers import OccupancyGrid, RaySamples, importance, march_occupied, stratified
 
 MIN_NEAR = 0.01  # metres: nothing closer to a camera than this is reconstructed
@@ -109,13 +109,6 @@ class FastNerf(NerfModel):
         near, far = intersect_box(origins, dirs, lo, hi, MIN_NEAR)
         samples = march_occupied(origins, dirs, near, far, self.occupancy, float(self.step_size),
                                  jitter=self.training)
-        stop = self.config.fast.transmittance_stop
-        if stop > 0 and len(samples.t_starts):
-            # Drop samples hidden behind opaque ones before the expensive pass (with gradients).
-            with torch.no_grad():
-                sigma = self.density(samples.positions(origins, dirs))
-                transmittance, _ = transmittance_and_alpha(samples, sigma, ray_scale)
-            samples = samples.select(transmittance > stop)
         sigma, rgb = _evaluate(self.field, self, samples, origins, dirs, appearance)
         return {"final": (samples, sigma, rgb)}
 

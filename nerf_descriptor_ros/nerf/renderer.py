@@ -17,26 +17,21 @@ def ray_starts(ray_indices: torch.Tensor, num_rays: int) -> tuple[torch.Tensor, 
     return torch.cumsum(counts, 0) - counts, counts
 
 
-def transmittance_and_alpha(samples: RaySamples, sigma: torch.Tensor,
-                            dir_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample: transmittance up to the sample (exclusive) and its opacity alpha."""
+def render_weights(samples: RaySamples, sigma: torch.Tensor, ray_scale: torch.Tensor) -> torch.Tensor:
+    """Ray-termination weight of each sample, w_i = T_i * alpha_i (they sum to <= 1 per ray).
+
+    ``ray_scale`` converts each ray's parameter to the length unit ``sigma`` is expressed in.
+    """
     if len(sigma) == 0:
-        return sigma, sigma
-    delta = (samples.t_ends - samples.t_starts) * dir_norm[samples.ray_indices]
-    optical = sigma * delta
+        return sigma
+    optical = sigma * (samples.t_ends - samples.t_starts) * ray_scale[samples.ray_indices]
     # Exclusive cumulative sum within each ray, in float64 so that subtracting the running sum at
     # each ray's start loses nothing over a batch of many rays.
     total = torch.cumsum(optical.double(), 0)
     exclusive = total - optical.double()
     first, _ = ray_starts(samples.ray_indices, samples.num_rays)
     within_ray = exclusive - exclusive[first[samples.ray_indices]]
-    return torch.exp(-within_ray).to(sigma.dtype), 1 - torch.exp(-optical)
-
-
-def render_weights(samples: RaySamples, sigma: torch.Tensor, dir_norm: torch.Tensor) -> torch.Tensor:
-    """Ray-termination weight of each sample, w_i = T_i * alpha_i (they sum to <= 1 per ray)."""
-    transmittance, alpha = transmittance_and_alpha(samples, sigma, dir_norm)
-    return transmittance * alpha
+    return torch.exp(-within_ray).to(sigma.dtype) * (1 - torch.exp(-optical))
 
 
 def accumulate(samples: RaySamples, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

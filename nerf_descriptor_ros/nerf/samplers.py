@@ -31,9 +31,6 @@ class RaySamples:
     def positions(self, origins: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
         return origins[self.ray_indices] + dirs[self.ray_indices] * self.t_mids[:, None]
 
-    def select(self, keep: torch.Tensor) -> "RaySamples":
-        return RaySamples(self.ray_indices[keep], self.t_starts[keep], self.t_ends[keep], self.num_rays)
-
 
 class OccupancyGrid(torch.nn.Module):
     """A coarse boolean grid over the scene box marking cells that may hold density."""

@@ -177,7 +177,8 @@ class _TrainingRun:
         self.initial_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.batcher = RayBatcher(self.train_frames, device, config.seed)
         self.rays_per_batch = float(config.classic.rays_per_batch if config.model == "classic" else 4096)
-        self.target_samples = config.fast.target_samples_per_batch
+        self.target_samples = config.fast.target_samples_per_batch or \
+            (262144 if device.type == "cuda" else 32768)
         self.ray_cap = MAX_RAYS  # lowered for good after an out-of-memory
         if state:
             self.model.load_state_dict(state["model"])
