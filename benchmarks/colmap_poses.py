@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_descriptor_ros.dataset import Dataset, DatasetWriter, atomic_write_json
+from nerf_descriptor_ros.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.geometry import pose_distance
 from nerf_descriptor_ros.poses.alignment import align_poses, perturb_pose
 from nerf_descriptor_ros.poses.estimate import estimate_poses
@@ -32,26 +32,15 @@ TARGETS = {"registered_fraction": 0.9, "median_center_error_m": 0.005, "median_r
 
 def capture(root: Path, args) -> Dataset:
     """A hemisphere sweep by the simulated arm, written as a dataset (as the capture node would)."""
-    from nerf_descriptor_ros.sim import SimConfig, SimWorld, hemisphere_views
+    from nerf_descriptor_ros.sim import SimConfig
+    from nerf_descriptor_ros.sim.sweep_dataset import capture_sweep_dataset
 
     config = SimConfig(object_source=args.object, object_rpy_deg=tuple(args.object_rpy_deg),
                        width=args.width, height=args.height)
-    with SimWorld(config) as world:
-        if args.object_seed >= 0:
-            world.place_object_random(args.object_seed)
-        targets = hemisphere_views(world.object_center(), args.views, args.radius,
-                                   args.min_elevation_deg, args.max_elevation_deg)
-        writer = DatasetWriter(root, metadata={"object_name": root.name})
-        for target in targets:
-            solution = world.solve_camera_ik(target)
-            if not solution.success:
-                continue
-            world.set_joint_positions(solution.joint_positions)
-            frame = world.render()
-            writer.add_frame(frame.rgb, frame.T_base_cam, world.intrinsics, depth_m=frame.depth,
-                             mask=frame.mask)
-        atomic_write_json(root / "ground_truth.json", world.ground_truth())
-    return Dataset.load(root)
+    return capture_sweep_dataset(config, root, args.views,
+                                 placement_seed=args.object_seed if args.object_seed >= 0 else None,
+                                 radius_m=args.radius, min_elevation_deg=args.min_elevation_deg,
+                                 max_elevation_deg=args.max_elevation_deg)
 
 
 def main(argv=None) -> int:

@@ -36,13 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nerf_descriptor_ros.dataset import Dataset, DatasetWriter, atomic_write_json
+from nerf_descriptor_ros.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.descriptors.model import load_model
 from nerf_descriptor_ros.descriptors.pipeline import correspondence_cache, train_descriptor_model
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
 from nerf_descriptor_ros.evaluation import (EVAL_RESOLUTION, correspondence_accuracy, dense_sift,
                                             evaluate_descriptors, ground_truth_pairs, plot_matches,
                                             plot_pck_curves)
+from nerf_descriptor_ros.sim import SimConfig
+from nerf_descriptor_ros.sim.sweep_dataset import capture_sweep_dataset
 from nerf_descriptor_ros.thin_objects import write_thin_object
 
 METHODS = ("gt_depth", "nerf_depth_map", "nerf_density_field", "classical_baseline")
@@ -58,45 +60,6 @@ PROTOCOLS = {
     "full": {"width": 504, "height": 378, "views": 64, "nerf_seconds": 600.0, "iterations": 3500,
              "backbone": "resnet34", "device": "auto"},
 }
-
-
-def capture_sim_dataset(root: Path, object_source: str, object_rpy_deg, views: int, width: int,
-                        height: int, fill_fraction: float = 0.85) -> Dataset:
-    """A hemisphere sweep of the simulated eye-in-hand camera around the object, as a dataset.
-
-    Viewpoints the arm cannot reach are skipped; the sweep is made denser until ``views`` are
-    reachable, then thinned evenly to exactly ``views`` (so the held-out split is the same size
-    for every object).
-    """
-    from nerf_descriptor_ros.sim import SimConfig, SimWorld, hemisphere_views
-    from nerf_descriptor_ros.sim.views import framing_distance
-
-    if (root / "transforms.json").is_file():
-        return Dataset.load(root)
-    config = SimConfig(object_source=object_source, object_rpy_deg=tuple(object_rpy_deg), width=width,
-                       height=height)
-    with SimWorld(config) as world:
-        radius = framing_distance(world.object_radius(), world.intrinsics, fill_fraction)
-        requested, reachable = views, []
-        for _ in range(4):
-            reachable = []
-            for target in hemisphere_views(world.object_center(), requested, radius, 25.0, 70.0):
-                solution = world.solve_camera_ik(target)
-                if solution.success:
-                    reachable.append(solution.joint_positions)
-            if len(reachable) >= views:
-                break
-            requested = int(np.ceil(requested * views / max(len(reachable), 1) * 1.05))
-        if len(reachable) < views:
-            raise RuntimeError(f"only {len(reachable)} of {views} views around {object_source} are reachable")
-        writer = DatasetWriter(root, metadata={"object_name": root.name, "object_source": object_source})
-        for index in np.round(np.linspace(0, len(reachable) - 1, views)).astype(int):
-            world.set_joint_positions(reachable[index])
-            frame = world.render()
-            writer.add_frame(frame.rgb, frame.T_base_cam, world.intrinsics, depth_m=frame.depth,
-                             mask=frame.mask)
-        atomic_write_json(root / "ground_truth.json", world.ground_truth())
-    return Dataset.load(root)
 
 
 def train_object_nerf(dataset: Dataset, out_dir: Path, seconds: float, device: str) -> Path:
@@ -121,15 +84,21 @@ def run_object(spec: str, work: Path, protocol: dict, settings: DescriptorSettin
         torch.set_num_threads(threads)
     name, _, source = spec.partition("=")
     source, _, rpy = source.partition("@")
-    rpy_deg = [float(x) for x in rpy.split(",")] if rpy else [0.0, 0.0, 0.0]
+    # No rotation given: the simulator stands the object upright by itself.
+    rpy_deg = tuple(float(x) for x in rpy.split(",")) if rpy else None
     if source.startswith("thin:"):
         _, kind, seed = source.split(":")
         source = str(write_thin_object(work / "objects", kind, int(seed)))
     timings: dict[str, float] = {}
     print(f"[{name}] capture ({source})", flush=True)
     started = time.monotonic()
-    dataset = capture_sim_dataset(work / name / "dataset", source, rpy_deg, protocol["views"],
-                                  protocol["width"], protocol["height"])
+    dataset_dir = work / name / "dataset"
+    if (dataset_dir / "transforms.json").is_file():   # a rerun in the same work folder
+        dataset = Dataset.load(dataset_dir)
+    else:
+        dataset = capture_sweep_dataset(
+            SimConfig(object_source=source, object_rpy_deg=rpy_deg, width=protocol["width"],
+                      height=protocol["height"]), dataset_dir, protocol["views"])
     timings[f"{name}/capture"] = time.monotonic() - started
     pairs = ground_truth_pairs(dataset, per_pair=settings.evaluation.per_pair,
                                min_overlap=settings.evaluation.min_overlap, seed=settings.evaluation.seed)
@@ -182,10 +151,11 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="the paper's 504x378 protocol (GPU)")
     parser.add_argument("--work-dir", help="keep datasets, NeRFs, models and pictures here "
                                            "(default: a temporary folder; reruns reuse what is there)")
-    parser.add_argument("--objects", nargs="+", default=["duck=duck_vhacd.urdf@90,0,0", "basket=thin:basket:0"],
-                        help="NAME=SOURCE[@ROLL,PITCH,YAW]: a pybullet_data URDF or a path (with the "
-                             "rotation in degrees that stands it upright), or thin:KIND:SEED for a "
-                             "generated fork, whisk or basket (default: %(default)s)")
+    parser.add_argument("--objects", nargs="+", default=["duck=duck_vhacd.urdf", "basket=thin:basket:0"],
+                        help="NAME=SOURCE[@ROLL,PITCH,YAW]: a pybullet_data URDF or a path (optionally "
+                             "with the rotation in degrees that stands it upright; without one the "
+                             "simulator chooses), or thin:KIND:SEED for a generated fork, whisk or "
+                             "basket (default: %(default)s)")
     parser.add_argument("--iterations", type=int, help="descriptor training steps per method")
     parser.add_argument("--nerf-seconds", type=float, help="NeRF training time per object")
     parser.add_argument("--descriptor-dim", type=int, default=3, help="D (default: %(default)s, the paper's)")
