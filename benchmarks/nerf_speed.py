@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -64,6 +65,7 @@ def run_model(name: str, config_file: str, dataset: Dataset, out_dir: Path, budg
             last[0] = time.monotonic()
             print(f"  [{name}] it {r.iteration}  batch PSNR {r.psnr:.2f}  {r.message}", flush=True)
 
+    shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, never a resumed one
     _, metrics = train_nerf(dataset, config, out_dir, device, report, resume=False)
     history = metrics["history"]
     return {"psnr_at_budget": round(history[-1][2], 3),
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
         print(f"dataset {dataset.root}: {len(dataset)} frames at {width}x{height}; budget "
               f"{args.budget_s:.0f} s per model on {device}", flush=True)
         fast = run_model("fast", "nerf_fast.yaml", dataset, work / "fast", args.budget_s,
-                         args.history_pixels, 40, str(device), {})
+                         args.history_pixels, 100, str(device), {})
         # The classic model's held-out evaluation renders one frame (minutes per frame on a CPU).
         classic = run_model("classic", "nerf_classic.yaml", dataset, work / "classic", args.budget_s,
                             args.history_pixels, 10, str(device), {"eval_max_frames": 1, "render_count": 1})

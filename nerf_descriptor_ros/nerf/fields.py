@@ -149,6 +149,13 @@ class ClassicField(nn.Module):
             self.rgb_head = nn.Linear(cfg.netwidth // 2, 3)
         else:
             self.rgb_head = nn.Linear(cfg.netwidth + appearance_dim, 3)
+        # The original NeRF ran with TensorFlow's defaults: Glorot-uniform weights, zero biases.
+        # PyTorch's defaults shrink activations through 8 layers until the density head's bias
+        # decides alone, and a negative bias leaves the ReLU density dead from the first step.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         encoded = positional_encoding(x, self.multires)

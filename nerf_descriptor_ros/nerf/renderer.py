@@ -73,8 +73,7 @@ def expected_depth(depth_sum: torch.Tensor, opacity: torch.Tensor) -> torch.Tens
 
 @torch.no_grad()
 def render_rays_chunked(model, origins: torch.Tensor, dirs: torch.Tensor, chunk: int,
-                        return_weights: bool = False, background: torch.Tensor | None = None,
-                        on_chunk_change=None) -> dict:
+                        return_weights: bool = False, background: torch.Tensor | None = None) -> dict:
     """Render rays in chunks; on out-of-memory halve the chunk and retry that chunk.
 
     Returns per-ray ``rgb``, ``depth``, ``opacity`` (torch, on the model's device) and, when
@@ -92,8 +91,6 @@ def render_rays_chunked(model, origins: torch.Tensor, dirs: torch.Tensor, chunk:
             chunk //= 2
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            if on_chunk_change is not None:
-                on_chunk_change(chunk)
             continue
         outputs["rgb"].append(out["rgb"])
         outputs["opacity"].append(out["opacity"])
