@@ -227,3 +227,17 @@ def test_config_files_and_errors(tmp_path):
         load_config(None, "{model: medium}")
     with pytest.raises(NerfConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_train_nerf_command(scene_dataset, tmp_path, capsys, single_torch_thread):
+    from nerf_descriptor_ros.cli import main
+    args = ["train-nerf", str(scene_dataset.root), "--out", str(tmp_path / "cli"), "--set",
+            "{iterations: 20, fast: {plane_resolutions: [16, 32], target_samples_per_batch: 8192}}"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "held-out PSNR" in out.out and "depth median abs error" in out.out
+    assert "20/20" in out.err  # the progress bar
+    assert (tmp_path / "cli" / "nerf.pt").is_file()
+    assert main(args) == 2  # an existing checkpoint is not overwritten without --resume
+    assert "already exists" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
