@@ -128,3 +128,23 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_image():
     with pytest.raises(RuntimeError, match="a bug"):
         render_camera(model, c2w, intr)
 
+
+
+def test_occupancy_follows_the_density_and_never_revives_carved_cells():
+    model = _sphere_model()
+    grid = model.occupancy
+    allowed = torch.ones_like(grid.allowed)
+    allowed[:, :, : grid.resolution // 2] = False  # as if the masks had carved the lower half away
+    grid.allowed.copy_(allowed)
+    model.update_occupancy()
+    centers = grid.cell_centers().reshape(*grid.occupied.shape, 3)
+    radius = centers.norm(dim=-1)
+    half_cell = float(grid.cell_size.norm()) / 2
+    assert grid.occupied[allowed & (radius < SPHERE_RADIUS - half_cell)].all()
+    assert not grid.occupied[radius > SPHERE_RADIUS + half_cell].any()
+    assert not grid.occupied[~allowed].any()
+    # Marching only visits occupied cells: every sample lies in one.
+    origins, dirs = (torch.tensor(a, dtype=torch.float32) for a in camera_rays(
+        look_at([0.2, 0.15, 0.12], [0.0, 0.0, 0.0]), CameraIntrinsics.from_fov(24, 18, 40)))
+    points = model(origins, dirs)["samples"].positions(origins, dirs)
+    assert len(points) > 0 and grid.is_occupied(points).float().mean() > 0.95
