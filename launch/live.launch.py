@@ -7,8 +7,8 @@ camera driver's topic) apply to both nodes; on a real robot give ``pose_source:=
 ``pick_service`` of the robot driver's.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
@@ -16,6 +16,10 @@ from launch_ros.substitutions import FindPackageShare
 def generate_launch_description():
     config_dir = PathJoinSubstitution([FindPackageShare("nerf_descriptor_ros"), "config"])
     return LaunchDescription([
+        # Camera-sized best-effort images need bigger DDS buffers, unless the user chose a profile.
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", EnvironmentVariable(
+            "FASTDDS_DEFAULT_PROFILES_FILE",
+            default_value=PathJoinSubstitution([config_dir, "fastdds_large_images.xml"]))),
         DeclareLaunchArgument("model_dir", description="exported descriptor model folder"),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda or cuda:N"),
         DeclareLaunchArgument("pose_source", default_value="topic",

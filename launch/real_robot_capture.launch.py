@@ -9,8 +9,8 @@ The arm's driver must publish TF from base_frame to camera_frame (hand-eye calib
 camera_frame means "the image header's frame_id".
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -20,6 +20,10 @@ def generate_launch_description():
     config_dir = PathJoinSubstitution([FindPackageShare("nerf_descriptor_ros"), "config"])
     arg = LaunchConfiguration
     return LaunchDescription([
+        # Camera-sized best-effort images need bigger DDS buffers, unless the user chose a profile.
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", EnvironmentVariable(
+            "FASTDDS_DEFAULT_PROFILES_FILE",
+            default_value=PathJoinSubstitution([config_dir, "fastdds_large_images.xml"]))),
         DeclareLaunchArgument("image_topic", default_value="/camera/color/image_raw"),
         DeclareLaunchArgument("camera_info_topic", default_value="/camera/color/camera_info"),
         DeclareLaunchArgument("depth_topic", default_value="/camera/aligned_depth_to_color/image_raw"),

@@ -6,8 +6,8 @@ Then start a session with the capture node's ~/start service and sweep the camer
 sim's ~/view_sweep action (`nerf-descriptor demo` does both).
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
@@ -16,6 +16,10 @@ def generate_launch_description():
     config_dir = PathJoinSubstitution([FindPackageShare("nerf_descriptor_ros"), "config"])
     data_root = LaunchConfiguration("data_root")
     return LaunchDescription([
+        # Camera-sized best-effort images need bigger DDS buffers, unless the user chose a profile.
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", EnvironmentVariable(
+            "FASTDDS_DEFAULT_PROFILES_FILE",
+            default_value=PathJoinSubstitution([config_dir, "fastdds_large_images.xml"]))),
         DeclareLaunchArgument("object", default_value="duck_vhacd.urdf",
                               description="pybullet_data URDF, or a path to a URDF/.obj/.stl"),
         DeclareLaunchArgument("object_seed", default_value="-1",
