@@ -15,6 +15,8 @@ set -u
 export NDR_ROOT="$ROOT"
 # Camera-sized best-effort images need bigger DDS buffers (see the profile's comment).
 export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$ROOT/config/fastdds_large_images.xml}"
-export FASTRTPS_DEFAULT_PROFILES_FILE="${FASTRTPS_DEFAULT_PROFILES_FILE:-$FASTDDS_DEFAULT_PROFILES_FILE}"
+if [ "${ROS_DISTRO:-}" = humble ]; then  # Fast DDS 2.6 reads the older name
+  export FASTRTPS_DEFAULT_PROFILES_FILE="${FASTRTPS_DEFAULT_PROFILES_FILE:-$FASTDDS_DEFAULT_PROFILES_FILE}"
+fi
 [ $# -gt 0 ] || { echo "usage: ./env.sh CMD [ARGS...]" >&2; exit 2; }
 exec "$@"

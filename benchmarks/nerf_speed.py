@@ -36,6 +36,8 @@ from nerf_descriptor_ros.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.nerf import load_config, train_nerf
 from nerf_descriptor_ros.nerf.config import config_from_dict
 from nerf_descriptor_ros.nerf.trainer import resolve_device
+from nerf_descriptor_ros.sim import SimConfig
+from nerf_descriptor_ros.sim.sweep_dataset import capture_sweep_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_PSNR = 25.0
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
     parser.add_argument("--height", type=int, default=120)
     parser.add_argument("--views", type=int, default=64)
     parser.add_argument("--object", default="duck_vhacd.urdf", help="simulator object (pybullet_data or a path)")
-    parser.add_argument("--object-rpy-deg", type=float, nargs=3, default=[90.0, 0.0, 0.0])
+    parser.add_argument("--object-rpy-deg", type=float, nargs=3,
+                        help="object orientation on the table (default: upright, as the simulator chooses)")
     parser.add_argument("--history-pixels", type=int, default=2048,
                         help="held-out pixels in the PSNR-over-time subset")
     parser.add_argument("--device", default="auto")
@@ -103,12 +106,12 @@ def main(argv=None) -> int:
         if args.dataset:
             dataset = Dataset.load(args.dataset)
         else:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from descriptor_quality import capture_sim_dataset  # the shared simulated sweep
             name = f"{Path(args.object).stem}_{args.views}_{args.width}x{args.height}"
             print(f"capturing {args.views} views of {args.object} at {args.width}x{args.height}", flush=True)
-            dataset = capture_sim_dataset(work / name, args.object, args.object_rpy_deg, args.views,
-                                          args.width, args.height)
+            dataset = capture_sweep_dataset(
+                SimConfig(object_source=args.object,
+                          object_rpy_deg=tuple(args.object_rpy_deg) if args.object_rpy_deg else None,
+                          width=args.width, height=args.height), work / name, args.views)
         width, height = dataset.frames[0].intrinsics.width, dataset.frames[0].intrinsics.height
         print(f"dataset {dataset.root}: {len(dataset)} frames at {width}x{height}; budget "
               f"{args.budget_s:.0f} s per model on {device}", flush=True)
