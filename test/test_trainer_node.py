@@ -17,6 +17,11 @@ QUICK_NERF = ("{nerf: {iterations: 200, checkpoint_interval_s: 1.0, render_count
               "target_samples_per_batch: 8192}}}")
 
 
+# Both stages, small: the NeRF above, then a few descriptor steps on its correspondences.
+QUICK_JOB = QUICK_NERF[:-1] + (", descriptors: {correspondences: {width: 64}, training: {iterations: 30, "
+                               "descriptor_dim: 3, decoder_channels: 16, checkpoint_every: 10}}}")
+
+
 @pytest.fixture
 def data_root(tmp_path):
     root = tmp_path / "data"
@@ -72,7 +77,7 @@ def test_action_trains_reports_and_refuses_a_second_job(nodes, rclpy_node, data_
     action, start, _, statuses = _clients(rclpy_node)
     feedback = []
     goal_future = action.send_goal_async(
-        TrainObject.Goal(object_name="blocks", config_overrides_yaml=QUICK_NERF),
+        TrainObject.Goal(object_name="blocks", config_overrides_yaml=QUICK_JOB),
         feedback_callback=lambda msg: feedback.append(msg.feedback))
     _spin_until(rclpy_node, goal_future.done, 30, "goal acceptance")
     goal = goal_future.result()
@@ -98,10 +103,21 @@ def test_action_trains_reports_and_refuses_a_second_job(nodes, rclpy_node, data_
     assert metrics["nerf"]["psnr"] > 15 and metrics["nerf"]["iterations"] == 200
     iterations = [f.iteration for f in feedback if f.stage == "nerf"]
     assert iterations == sorted(iterations) and len(set(iterations)) >= 3
-    assert all(f.total_iterations == 200 for f in feedback if f.iteration > 0)
+    assert all(f.total_iterations == 200 for f in feedback if f.stage == "nerf" and f.iteration > 0)
     assert any(f.psnr > 0 for f in feedback) and any(f.eta_seconds >= 0 for f in feedback)
     _spin_until(rclpy_node, lambda: statuses and statuses[-1].state == "succeeded", 10, "final status")
     assert json.loads(statuses[-1].metrics_json)["nerf"]["psnr"] == metrics["nerf"]["psnr"]
+
+    # The descriptor stage trained on that NeRF and exported a model the live node can load.
+    from nerf_descriptor_ros.descriptors.model import load_model
+    model = load_model(result.model_path)
+    assert model.manifest["descriptor_dim"] == 3
+    assert model.manifest["info"]["nerf_checkpoint"] == result.nerf_checkpoint
+    assert metrics["descriptors"]["iterations"] == 30
+    # Stages in order of their first progress (the action sends the newest report at 10 Hz, so
+    # a short one such as the export may not show).
+    stages_seen = list(dict.fromkeys(f.stage for f in feedback if f.iteration > 0))
+    assert stages_seen[:3] == ["nerf", "correspondences", "descriptors"], stages_seen
 
 
 def test_service_start_cancel_and_bad_requests(nodes, rclpy_node, data_root):
@@ -122,7 +138,9 @@ def test_service_start_cancel_and_bad_requests(nodes, rclpy_node, data_root):
             (StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: {bogus: 1}}"),
              "unknown config key 'bogus'"),
             (StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: {min_train_frames: 30}}"),
-             "need at least 30 training frames")]:
+             "need at least 30 training frames"),
+            (StartTraining.Request(object_name="blocks", config_overrides_yaml="{descriptors: {correspondences: {width: 40}}}"),
+             "too small for the network")]:
         answer = _call(rclpy_node, start, request)
         assert not answer.accepted and reason in answer.message, answer.message
 
@@ -169,3 +187,37 @@ def test_node_shutdown_checkpoints_the_running_job(nodes, rclpy_node, data_root)
     assert proc.wait(timeout=30) == 0, nodes.log_of(proc)
     state = torch.load(data_root / "blocks" / "nerf" / "nerf.pt", weights_only=True)
     assert state["iteration"] > 0 and not state["complete"]
+
+
+def test_estimate_poses_writes_a_new_dataset_and_refuses_bad_requests(nodes, rclpy_node, tmp_path):
+    from test_sfm import arc_poses, write_views
+
+    from nerf_descriptor_ros.dataset import Dataset
+    from nerf_descriptor_ros.srv import EstimatePoses
+
+    root = tmp_path / "data"
+    write_views(root / "box", arc_poses(10))
+    write_views(root / "taken", arc_poses(3))
+    before = Dataset.load(root / "box").content_hash()
+    nodes.start("trainer", "config/trainer.yaml", {"data_root": str(root), "cpu_threads": 1})
+    _clients(rclpy_node)
+    client = rclpy_node.create_client(EstimatePoses, "/trainer/estimate_poses")
+    _spin_until(rclpy_node, client.service_is_ready, 60, "the estimate_poses service")
+    for request, reason in [
+            (EstimatePoses.Request(object_name="../box"), "invalid object name"),
+            (EstimatePoses.Request(object_name="missing"), "does not exist"),
+            (EstimatePoses.Request(object_name="box", output_object_name="taken"), "already exists")]:
+        answer = _call(rclpy_node, client, request)
+        assert not answer.success and reason in answer.message, answer.message
+
+    answer = _call(rclpy_node, client, EstimatePoses.Request(
+        object_name="box", output_object_name="box_sfm", align=True), timeout=300)
+    assert answer.success, answer.message
+    assert answer.frames_registered == answer.frames_total == 10
+    # The views were rendered from the recorded poses: aligned SfM lands on them.
+    assert answer.median_center_residual_m < 0.002 and answer.median_rotation_residual_deg < 0.5
+    assert "registered 10/10" in answer.message
+    written = Dataset.load(answer.output_path)
+    assert written.root == root / "box_sfm" and len(written) == 10
+    assert written.metadata["poses"]["source"] == "sfm"
+    assert Dataset.load(root / "box").content_hash() == before   # the capture is only read

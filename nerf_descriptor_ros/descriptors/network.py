@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import NerfDescriptorError
+
 # Blocks per stage of the two supported backbones (He et al. 2016, "basic" residual blocks).
 BACKBONE_STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 STAGE_CHANNELS = (64, 128, 256, 512)
@@ -24,7 +26,7 @@ SIZE_MULTIPLE = 32
 MIN_SIZE = 32
 
 
-class DescriptorConfigError(ValueError):
+class DescriptorConfigError(NerfDescriptorError, ValueError):
     """A descriptor size, image size or backbone that the network cannot use."""
 
 

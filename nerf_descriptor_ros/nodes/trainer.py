@@ -3,6 +3,8 @@
 Action ``~/train_object`` (TrainObject): runs the job, feedback per progress report, cancellable.
 Service ``~/start_training`` (StartTraining): starts the same job and answers at once.
 Service ``~/cancel_training`` (std_srvs/Trigger): cancels the running job, however it started.
+Service ``~/estimate_poses`` (EstimatePoses): structure-from-motion for a captured object, written
+as a new dataset; refused while a job runs (and jobs are refused while it runs).
 Topic ``~/status`` (TrainingStatus, transient-local): state changes and progress.
 
 A job is an ordered list of named stages (:data:`STAGES`); a request may pick a subset, which runs
@@ -29,7 +31,7 @@ from std_srvs.srv import Trigger
 
 from nerf_descriptor_ros.action import TrainObject
 from nerf_descriptor_ros.msg import TrainingStatus
-from nerf_descriptor_ros.srv import StartTraining
+from nerf_descriptor_ros.srv import EstimatePoses, StartTraining
 
 from ..dataset import Dataset, object_dataset_path
 from ..errors import NerfDescriptorError
@@ -49,6 +51,7 @@ class JobContext:
     overrides: dict            # this stage's config overrides (a mapping; {} = none)
     device: str
     nerf_config_path: str      # "" = the built-in NeRF defaults
+    descriptor_config_path: str = ""  # "" = the built-in descriptor settings
     results: dict = field(default_factory=dict)  # "nerf_checkpoint", "model_path", ...
     metrics: dict = field(default_factory=dict)  # per stage
 
@@ -75,6 +78,39 @@ def run_nerf_stage(ctx: JobContext, report: ProgressCallback, cancel: threading.
     ctx.metrics["nerf"] = {k: v for k, v in metrics.items() if k != "history"}
 
 
+def _descriptor_settings(ctx: JobContext):
+    from ..descriptors.settings import DescriptorSettings
+
+    return DescriptorSettings.load(ctx.descriptor_config_path or None, ctx.overrides)
+
+
+def check_descriptors_stage(ctx: JobContext) -> None:
+    from ..correspondences import working_intrinsics
+    from ..descriptors.network import check_input_size
+
+    settings = _descriptor_settings(ctx)
+    working = working_intrinsics(ctx.dataset.frames[0], settings.correspondences.width)
+    check_input_size(working.width, working.height)
+
+
+def run_descriptors_stage(ctx: JobContext, report: ProgressCallback, cancel: threading.Event) -> None:
+    """NeRF correspondences, then a Dense Object Net trained on them and exported."""
+    from ..descriptors.pipeline import train_descriptor_model
+
+    settings = _descriptor_settings(ctx)
+    checkpoint = Path(ctx.results.get("nerf_checkpoint") or ctx.dataset.root / "nerf" / "nerf.pt")
+    if not checkpoint.is_file():
+        raise TrainingRequestError(f"no NeRF checkpoint at {checkpoint}: run the nerf stage first")
+    out = ctx.dataset.root / "descriptors" / f"nerf_{settings.training.mode}"
+    model_dir, stats = train_descriptor_model(
+        ctx.dataset, out, settings, "nerf", checkpoint,
+        cache_dir=ctx.dataset.root / "descriptors" / "correspondences", device=ctx.device,
+        report=report, cancel=cancel, resume=True)
+    ctx.results["model_path"] = str(model_dir)
+    ctx.metrics["descriptors"] = {k: stats[k] for k in ("iterations", "mean_loss_last_100", "pairs",
+                                                        "seconds")}
+
+
 @dataclass
 class Stage:
     name: str
@@ -86,6 +122,7 @@ class Stage:
 # The job, in order. Adding a stage is adding one entry here.
 STAGES: list[Stage] = [
     Stage("nerf", run_nerf_stage, check_nerf_stage),
+    Stage("descriptors", run_descriptors_stage, check_descriptors_stage),
 ]
 
 
@@ -107,7 +144,8 @@ def parse_overrides(text: str, stages: list[Stage]) -> dict:
         overrides = {}
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
         raise TrainingRequestError("config_overrides_yaml must map stage names to mappings of "
-                                   "config keys, e.g. \"{nerf: {iterations: 2000}}\"")
+                                   "config keys, e.g. \"{nerf: {iterations: 2000}, descriptors: "
+                                   "{training: {iterations: 500}}}\"")
     unknown = [k for k in overrides if k not in [s.name for s in STAGES]]
     if unknown:
         raise TrainingRequestError(f"config_overrides_yaml names unknown stage(s) {unknown}")
@@ -180,10 +218,14 @@ class TrainerNode(Node):
         if threads > 0:
             import torch
             torch.set_num_threads(threads)
-        if self.nerf_config and not Path(self.nerf_config).is_file():
-            raise TrainingRequestError(f"parameter nerf_config: {self.nerf_config} does not exist")
+        self.descriptor_config = declare("descriptor_config", "", "descriptor settings YAML (e.g. "
+                                         "config/descriptors.yaml); empty = the built-in defaults")
+        for name, path in (("nerf_config", self.nerf_config), ("descriptor_config", self.descriptor_config)):
+            if path and not Path(path).is_file():
+                raise TrainingRequestError(f"parameter {name}: {path} does not exist")
 
         self._job: TrainingJob | None = None
+        self._pose_job: str | None = None   # the object whose poses are being estimated
         self._job_lock = threading.Lock()
         group = ReentrantCallbackGroup()
         latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
@@ -195,6 +237,7 @@ class TrainerNode(Node):
                                     callback_group=group)
         self.create_service(StartTraining, "~/start_training", self._on_start, callback_group=group)
         self.create_service(Trigger, "~/cancel_training", self._on_cancel, callback_group=group)
+        self.create_service(EstimatePoses, "~/estimate_poses", self._on_estimate_poses, callback_group=group)
         self._publish_status(None)
         self.get_logger().info(f"ready: stages {[s.name for s in STAGES]}, datasets under "
                                f"{self.data_root.resolve()}, device {self.device}")
@@ -212,14 +255,9 @@ class TrainerNode(Node):
         else:
             raise TrainingRequestError("give an object_name (dataset under data_root) or a dataset_path")
         with self._job_lock:
-            running = self._job
-            if running is not None and not running.done.is_set():
-                r = running.latest
-                raise TrainingRequestError(
-                    f"busy: training {running.object_name!r} (stage {r.stage}, iteration "
-                    f"{r.iteration}/{r.total_iterations}); wait for it to finish or cancel it")
+            self._refuse_if_busy()
             dataset = Dataset.load(path)
-            ctx = JobContext(dataset, {}, self.device, self.nerf_config)
+            ctx = JobContext(dataset, {}, self.device, self.nerf_config, self.descriptor_config)
             for stage in plan:
                 ctx.overrides = overrides.get(stage.name, {})
                 stage.check(ctx)
@@ -229,6 +267,61 @@ class TrainerNode(Node):
                                f"{[s.name for s in plan]}")
         job.start()
         return job
+
+    def _refuse_if_busy(self) -> None:
+        """Raise saying what runs, if a training job or a pose estimation does (hold _job_lock)."""
+        running = self._job
+        if running is not None and not running.done.is_set():
+            r = running.latest
+            raise TrainingRequestError(
+                f"busy: training {running.object_name!r} (stage {r.stage}, iteration "
+                f"{r.iteration}/{r.total_iterations}); wait for it to finish or cancel it")
+        if self._pose_job is not None:
+            raise TrainingRequestError(f"busy: estimating the poses of {self._pose_job!r}; "
+                                       "wait for it to finish")
+
+    def _on_estimate_poses(self, request, response):
+        """SfM on a captured dataset, written as a new dataset; the captured one is only read."""
+        from ..poses.estimate import estimate_poses
+
+        response.median_center_residual_m = response.median_rotation_residual_deg = float("nan")
+        try:
+            source = object_dataset_path(self.data_root, request.object_name)
+            out = (object_dataset_path(self.data_root, request.output_object_name)
+                   if request.output_object_name else None)
+            if out is not None and out.exists():
+                raise TrainingRequestError(f"{out} already exists: choose a new output_object_name")
+            Dataset.load(source)
+            with self._job_lock:
+                self._refuse_if_busy()
+                self._pose_job = request.object_name
+            try:
+                self.get_logger().info(f"estimating the poses of {request.object_name}")
+                estimate = estimate_poses(source, out, align=request.align, refine=request.refine,
+                                          report=self._log_pose_progress)
+            finally:
+                with self._job_lock:
+                    self._pose_job = None
+        except NerfDescriptorError as exc:
+            response.success, response.message = False, str(exc)
+            self.get_logger().warning(f"estimate_poses: {exc}")
+            return response
+        sfm = estimate.sfm
+        response.success = True
+        response.message = "; ".join(estimate.summary_lines())
+        response.output_path = str(estimate.output or "")
+        response.frames_total, response.frames_registered = sfm.num_images, len(sfm.c2w)
+        response.mean_reprojection_error_px = float(sfm.mean_reprojection_error_px)
+        if estimate.alignment is not None:
+            response.median_center_residual_m = estimate.alignment.median_centre_error_m
+            response.median_rotation_residual_deg = estimate.alignment.median_rotation_error_deg
+        self.get_logger().info(f"estimate_poses: {response.message}")
+        return response
+
+    def _log_pose_progress(self, report: ProgressReport) -> None:
+        self.get_logger().info(f"estimate_poses: {report.stage} {report.iteration}/"
+                               f"{report.total_iterations} {report.message}",
+                               throttle_duration_sec=5.0)
 
     def _execute(self, goal_handle):
         goal = goal_handle.request
