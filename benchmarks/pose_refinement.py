@@ -6,8 +6,9 @@ the same fast-NeRF settings and iteration count:
 
 * ``exact``: the recorded poses;
 * ``noisy``: every pose moved by 5 mm and turned by 2 deg in random directions (arm error);
-* ``refined``: the noisy dataset through ``estimate_poses(refine=True)`` (pycolmap SfM, aligned
-  to the noisy arm poses by a similarity, focal length and distortion refined);
+* ``refined``: the noisy dataset through ``estimate_poses`` (pycolmap SfM from the images and the
+  CameraInfo intrinsics, aligned to the noisy arm poses by a similarity; with
+  ``--refine-intrinsics`` focal length and distortion are refined too);
 * ``llff``: the exact dataset exported to LLFF (``poses_bounds.npy``) and imported back.
 
 Held-out PSNR is measured on each dataset's own held-out frames (the same frames). Targets
@@ -15,6 +16,9 @@ Held-out PSNR is measured on each dataset's own held-out frames (the same frames
 the PSNR differs by run-to-run noise only).
 
     ./env.sh python benchmarks/pose_refinement.py --out FILE [--iterations 1500]
+
+Measured on the sim duck (2-core CPU): at 320x240 the refined NeRF is 0.23 dB below exact poses
+(noisy: 16 dB below); at 160x120 SfM's poses are coarser and the gap is 1.7 dB.
 """
 from __future__ import annotations
 
@@ -77,12 +81,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="JSON result file")
     parser.add_argument("--object", default="duck_vhacd.urdf", help="simulator object")
     parser.add_argument("--views", type=int, default=64)
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--height", type=int, default=120)
+    # SfM needs the pixels: at 160x120 its poses (and the refined NeRF) are measurably worse.
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--iterations", type=int, default=1500, help="NeRF iterations per run")
     parser.add_argument("--seed", type=int, default=0, help="pose-noise seed")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--refine-intrinsics", action="store_true",
+                        help="let SfM refine focal length and distortion too (default: keep them)")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -93,8 +100,9 @@ def main(argv=None) -> int:
         exact = capture_sweep_dataset(SimConfig(object_source=args.object, width=args.width,
                                                 height=args.height), work / "exact", args.views)
         noisy = noisy_copy(exact, work / "noisy", args.seed)
-        print("SfM on the noisy dataset (refine)", flush=True)
-        estimate = estimate_poses(noisy.root, work / "refined", refine=True)
+        print("SfM on the noisy dataset, aligned to its poses", flush=True)
+        estimate = estimate_poses(noisy.root, work / "refined", align=True,
+                                  refine=args.refine_intrinsics)
         refined = Dataset.load(work / "refined")
         if len(refined) != len(exact):
             raise SystemExit(f"SfM registered {len(refined)}/{len(exact)} frames: the held-out "
@@ -110,6 +118,7 @@ def main(argv=None) -> int:
     result = {
         "device": str(args.device), "resolution": [args.width, args.height], "views": args.views,
         "iterations": args.iterations, "noise": {"translation_m": NOISE_M, "rotation_deg": NOISE_DEG},
+        "refine_intrinsics": args.refine_intrinsics,
         "runs": runs, "pose_errors_vs_exact": poses, "sfm": estimate.summary_lines(),
         "refined_psnr_gap_db": round(gap, 3),
         "noisy_psnr_gap_db": round(runs["exact"]["psnr"] - runs["noisy"]["psnr"], 3),
