@@ -49,7 +49,8 @@ class KeypointMatchingConfig:
     refinement: str = "soft_argmax"     # none | soft_argmax
     window_px: int = 3                  # soft-argmax window: (2 w + 1)^2 descriptor pixels
     temperature: float = 1.0            # heatmap exp(-|q - d|^2 / T)
-    max_distance: float = 0.5           # best descriptor distance above this: not found
+    max_distance: float = 0.5           # best descriptor distance above this: not found ...
+    calibrated: bool = True             # ... unless the keypoint has its own (calibrate_keypoints)
     confidence_radius_px: float = 2.0   # heatmap mass counted within this many descriptor pixels
 
     def __post_init__(self):
@@ -144,9 +145,12 @@ def match_keypoints(descriptors: torch.Tensor, keypoints: KeypointSet, image_siz
     size = (descriptors.shape[-1], descriptors.shape[-2])
     uv_image = rescale_pixels(uv, size, image_size) if len(uv) else uv
     locations = []
-    for i, name in enumerate(keypoints.names):
+    for i, keypoint in enumerate(keypoints):
+        name = keypoint.name
         u, v = (float(x) for x in uv_image[i])
-        found = bool(distance[i] <= config.max_distance)
+        limit = keypoint.max_distance if config.calibrated and keypoint.max_distance is not None \
+            else config.max_distance
+        found = bool(distance[i] <= limit)
         point = None
         if found and depth is not None and intrinsics is not None:
             depth_uv = rescale_pixels(np.array([[u, v]]), image_size, (depth.shape[1], depth.shape[0]))[0]

@@ -14,9 +14,9 @@ from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 from nerf_descriptor_ros.descriptors.model import export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorNet
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, pose_to_matrix
-from nerf_descriptor_ros.keypoints import (KEYPOINTS_NAME, KeypointError, KeypointSet, KeypointSpec,
-                                           auto_grasp_keypoints, define_keypoint, keypoint_point,
-                                           load_keypoint_specs, moved_point_pixel)
+from nerf_descriptor_ros.keypoints import (KEYPOINTS_NAME, Keypoint, KeypointError, KeypointSet, KeypointSpec,
+                                           auto_grasp_keypoints, calibrate_keypoints, define_keypoint,
+                                           keypoint_point, load_keypoint_specs, moved_point_pixel)
 
 WIDTH, HEIGHT = 80, 60
 
@@ -214,3 +214,35 @@ def test_moved_point_pixel_follows_the_object_and_respects_occlusion():
     assert moved_point_pixel(point, then, now, T_base_cam, intr, depth) is not None
     assert moved_point_pixel(point, then, now, T_base_cam, intr, depth - 0.05) is None   # hidden
     assert moved_point_pixel(point + [0, 0, 5.0], then, now, T_base_cam, intr) is None    # off the image
+
+
+def test_calibration_puts_the_not_found_distance_between_object_present_and_absent(dataset):
+    """With descriptors that are the surface's 3D point (background: far away), a keypoint's best
+    match where it is visible is ~0 away and the nearest background pixel far: the threshold
+    lies halfway. A keypoint without a 3D point is left to the matcher's default."""
+    background = np.array([5.0, 5.0, 5.0], dtype=np.float32)
+
+    def describe_by_position(rgb):
+        frame = next(f for f in dataset.frames if np.array_equal(f.load_image(), rgb))
+        depth, mask = frame.load_depth(), frame.load_mask()
+        rows, cols = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
+        intr = frame.intrinsics
+        cam = np.stack([(cols - intr.cx) / intr.fx * depth, (rows - intr.cy) / intr.fy * depth, depth], -1)
+        world = cam @ frame.c2w[:3, :3].T + frame.c2w[:3, 3]
+        world = np.where(mask[..., None] & np.isfinite(world), world, background)
+        return torch.from_numpy(world.astype(np.float32)).permute(2, 0, 1)
+
+    frame = dataset.frames[1]
+    keypoint = define_keypoint(describe_by_position, dataset, KeypointSpec("top", frame.index,
+                                                                           *_object_pixel(frame)))
+    keypoint.descriptor = keypoint.point_base.astype(np.float32)   # exactly its own position
+    pointless = define_keypoint(describe_by_position, dataset, KeypointSpec("flat", frame.index,
+                                                                            *_object_pixel(frame)))
+    pointless.point_base = None
+    calibrate_keypoints(describe_by_position, dataset, [keypoint, pointless])
+    nearest_background = np.linalg.norm(background - keypoint.point_base)
+    # present: a pixel centre lies within half a pixel footprint of the point (millimetres)
+    assert 0.3 * nearest_background < keypoint.max_distance < 0.55 * nearest_background
+    assert pointless.max_distance is None
+    stored = KeypointSet("sha", 3, keypoints=[keypoint]).to_json()["keypoints"][0]
+    assert Keypoint.from_json(stored).max_distance == keypoint.max_distance

@@ -97,3 +97,16 @@ def test_settings_are_checked_and_the_threshold_follows_the_training_margin():
         match_descriptors(torch.zeros(3, 4, 4), torch.zeros(1, 5), KeypointMatchingConfig())
     assert model_max_distance({"info": {"training": {"margin": 0.8}}}) == pytest.approx(0.8)
     assert model_max_distance({"info": {}}) == KeypointMatchingConfig.max_distance
+
+
+def test_a_keypoint_with_its_own_distance_is_judged_by_it_unless_the_node_fixes_one():
+    descriptors, query = _bowl(40, 30, (12.0, 7.0))
+    offset = query + torch.tensor([[0.0, 0.0, 0.4]])          # best match 0.4 away
+    keypoints = _keypoint_set(torch.cat([offset, offset]).numpy(), ["strict", "lenient"])
+    keypoints["strict"].max_distance, keypoints["lenient"].max_distance = 0.3, 0.5
+    strict, lenient = match_keypoints(descriptors, keypoints, (40, 30),
+                                      config=KeypointMatchingConfig(max_distance=0.45))
+    assert not strict.found and lenient.found
+    fixed = match_keypoints(descriptors, keypoints, (40, 30),
+                            config=KeypointMatchingConfig(max_distance=0.45, calibrated=False))
+    assert [k.found for k in fixed] == [True, True]

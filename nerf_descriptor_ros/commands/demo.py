@@ -35,6 +35,7 @@ PROFILES = {
 }
 KEYPOINT_TOLERANCE_PX = 10.0
 VIEW_ATTEMPTS = 12            # random viewpoints tried per trial until the grasp point is in view
+PICTURED_TRIALS = 4
 
 
 def register(subparsers) -> None:
@@ -331,12 +332,16 @@ def _live_trials(procs, dataset, model_dir: Path, trials: int, first_seed: int, 
                                                                        found.v - expected[1])), 2)
                 else:
                     record["keypoint_error_px"] = None
-            image, colour = images.get(stamp_ns), colours.get(stamp_ns)
-            if image is not None and trial < 4:
-                _draw_trial(image_to_rgb8(image), expected, found, out_dir / f"live_trial_{trial:02d}.png")
-            if colour is not None and trial < 4:
-                _draw_trial(image_to_rgb8(colour), expected, found,
-                            out_dir / f"live_trial_{trial:02d}_descriptors.png")
+            if trial < PICTURED_TRIALS:
+                try:
+                    ros.wait_for("the frame's image and descriptor colours", lambda: images.get(stamp_ns)
+                                 is not None and colours.get(stamp_ns) is not None, 5)
+                except TimeoutError:
+                    pass    # pictures are a courtesy: best-effort topics may drop a frame
+                for cache, suffix in ((images, ""), (colours, "_descriptors")):
+                    if cache.get(stamp_ns) is not None:
+                        _draw_trial(image_to_rgb8(cache.get(stamp_ns)), expected, found,
+                                    out_dir / f"live_trial_{trial:02d}{suffix}.png")
             answer = ros.call(grasp, Trigger.Request(), timeout=180)
             record["grasp_success"] = bool(answer.success)
             record["grasp_message"] = answer.message

@@ -51,7 +51,7 @@ from ..descriptors.projection import DescriptorProjection, fit_projection
 from ..descriptors.training import resolve_device
 from ..errors import NerfDescriptorError
 from ..keypoints import (KEYPOINTS_NAME, KeypointSet, KeypointSpec, auto_grasp_keypoints,
-                         define_keypoint, define_keypoints, load_keypoint_specs)
+                         calibrate_keypoints, define_keypoint, define_keypoints, load_keypoint_specs)
 from ..matching import REFINEMENTS, KeypointMatchingConfig, match_keypoints, model_max_distance
 from ..ros_conversions import (array_to_image, camera_info_to_intrinsics, image_to_depth_m,
                                image_to_rgb8, stamp_to_ns)
@@ -98,7 +98,8 @@ class DescriptorNode(Node):
         self.matching = KeypointMatchingConfig(
             p["refinement"], p["soft_argmax_window_px"], p["temperature"],
             p["max_descriptor_distance"] or model_max_distance(model.manifest),
-            p["confidence_radius_px"])
+            calibrated=p["max_descriptor_distance"] == 0.0,
+            confidence_radius_px=p["confidence_radius_px"])
         self.publish_dense = p["publish_dense"]
         self.dense_scale = p["dense_scale"]
         self.publish_visualization = p["publish_visualization"]
@@ -192,7 +193,8 @@ class DescriptorNode(Node):
                                    "match heatmap exp(-|q - d|^2 / temperature)"),
             "max_descriptor_distance": declare("max_descriptor_distance", 0.0,
                                                "a keypoint whose best match is farther is not "
-                                               "found; 0 = the model's training margin"),
+                                               "found; 0 = each keypoint's own distance, measured "
+                                               "on the training views (else the model's margin)"),
             "confidence_radius_px": declare("confidence_radius_px", 2.0,
                                             "confidence = heatmap mass within this many descriptor "
                                             "pixels of the match"),
@@ -391,6 +393,7 @@ class DescriptorNode(Node):
             spec = KeypointSpec(request.name, request.image_index, request.u, request.v)
             dataset = self._load_dataset()
             keypoint = define_keypoint(self.engine.describe, dataset, spec, self._load_nerf())
+            calibrate_keypoints(self.engine.describe, dataset, [keypoint])
             keypoints = copy.deepcopy(self.keypoints)
             if not keypoints.dataset_root:
                 keypoints.dataset_root = str(dataset.root)
