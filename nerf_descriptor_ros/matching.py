@@ -7,9 +7,10 @@ d(u) is computed; the arg-min is the match. On top of the plain arg-min:
   ``exp(-(|q - d(u)|^2 - min) / T)`` in a small window around the arg-min. This is the heatmap
   that the distributional loss trains (``softmax(-|q - d(u)|^2)``, T = 1), read out at sub-pixel
   precision: the arg-min alone is quantised to the descriptor image's pixels.
-* **Not found**: a keypoint whose best distance exceeds ``max_distance`` is reported not found
-  (the object is absent). The contrastive loss pushes non-matching descriptors at least its
-  margin apart, so the margin is the threshold.
+* **Not found**: a keypoint whose best distance exceeds its own ``max_distance`` (measured on
+  the training views when it was defined, see ``keypoints.calibrate_keypoints``) is reported not
+  found (the object is absent). A keypoint without one uses the config's ``max_distance``: the
+  contrastive loss pushes non-matching descriptors at least its margin apart, so the margin.
 * **Confidence**: the probability mass of the whole-image heatmap ``softmax(-|q - d(u)|^2/T)``
   within ``confidence_radius_px`` (descriptor pixels) of the match: near 1 when one sharp peak
   stands out, low when the descriptor is ambiguous (repeated texture, symmetric parts).
