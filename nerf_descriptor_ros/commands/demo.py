@@ -29,7 +29,7 @@ import numpy as np
 # Sizes per device kind; each can be overridden on the command line.
 PROFILES = {
     "cpu": {"views": 64, "width": 160, "height": 120, "nerf_seconds": 150.0,
-            "descriptor_iterations": 600},
+            "descriptor_iterations": 1200},
     "cuda": {"views": 100, "width": 640, "height": 480, "nerf_seconds": 120.0,
              "descriptor_iterations": 3000},
 }
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, help="image width (CPU 160, GPU 640)")
     p.add_argument("--height", type=int, help="image height (CPU 120, GPU 480)")
     p.add_argument("--nerf-seconds", type=float, help="NeRF training time (CPU 150, GPU 120)")
-    p.add_argument("--descriptor-iterations", type=int, help="descriptor steps (CPU 600, GPU 3000)")
+    p.add_argument("--descriptor-iterations", type=int, help="descriptor steps (CPU 1200, GPU 3000)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--data-root", default="data", help="datasets go to DATA_ROOT/NAME (default: %(default)s)")
     p.add_argument("--name", help="dataset name (default: demo-<object>-<time>)")
@@ -206,10 +206,11 @@ def _train(procs, name: str, profile: dict) -> dict:
             segments.append((feedback.stage, time.monotonic()))
         elif not throttle():
             return
+        loss = f", loss {feedback.loss:.4g}" if np.isfinite(feedback.loss) else ""
         psnr = f", PSNR {feedback.psnr:.2f} dB" if np.isfinite(feedback.psnr) and feedback.psnr > 0 else ""
         eta = f", ETA {feedback.eta_seconds:.0f} s" if np.isfinite(feedback.eta_seconds) else ""
-        print(f"[demo] train {feedback.stage}: {feedback.iteration}/{feedback.total_iterations}, "
-              f"loss {feedback.loss:.4g}{psnr}{eta} {feedback.message}", flush=True)
+        print(f"[demo] train {feedback.stage}: {feedback.iteration}/{feedback.total_iterations}"
+              f"{loss}{psnr}{eta} {feedback.message}", flush=True)
 
     with DemoDriver(procs) as ros:
         action = ros.action(TrainObject, "/trainer/train_object")
