@@ -211,6 +211,8 @@ def main() -> int:
                     print(json.dumps(run), flush=True)
 
     def best(device, size):
+        """The faster of the runs with and without the dense image (the target holds for the
+        configuration a user would choose; the entry names which)."""
         candidates = [r for r in runs if r["device"] == device and tuple(r["resolution"]) == size]
         return max(candidates, key=lambda r: r["fps"]) if candidates else None
 
@@ -219,10 +221,10 @@ def main() -> int:
     targets = {
         "cpu_resnet18_320x240": None if cpu is None else {
             "min_fps": TARGETS["cpu_resnet18_320x240_min_fps"], "fps": cpu["fps"],
-            "met": cpu["fps"] >= TARGETS["cpu_resnet18_320x240_min_fps"]},
+            "publish_dense": cpu["publish_dense"], "met": cpu["fps"] >= TARGETS["cpu_resnet18_320x240_min_fps"]},
         "gpu_640x480": None if gpu is None else {
             "min_fps": TARGETS["gpu_640x480_min_fps"], "max_p95_ms": TARGETS["gpu_640x480_max_p95_ms"],
-            "fps": gpu["fps"], "latency_p95_ms": gpu["latency_p95_ms"],
+            "fps": gpu["fps"], "latency_p95_ms": gpu["latency_p95_ms"], "publish_dense": gpu["publish_dense"],
             "met": gpu["fps"] >= TARGETS["gpu_640x480_min_fps"]
             and (gpu["latency_p95_ms"] or 1e9) <= TARGETS["gpu_640x480_max_p95_ms"]},
     }
