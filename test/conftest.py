@@ -31,12 +31,29 @@ class RepoNodeProcesses(NodeProcesses):
         return super().start(executable, REPO / params_file if params_file else None, params, env)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell that the test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture
-def nodes(ros_domain, tmp_path):
-    """Start nodes with ``nodes.start('sim_robot', 'config/sim_robot.yaml', {...})``."""
+def nodes(ros_domain, tmp_path, request):
+    """Start nodes with ``nodes.start('sim_robot', 'config/sim_robot.yaml', {...})``.
+
+    When the test fails, the tail of every node's log is printed: the failure report then shows
+    what the nodes were doing (CI keeps no other trace of them).
+    """
     procs = RepoNodeProcesses(tmp_path)
     yield procs
     procs.stop_all()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for log in sorted(procs.log_dir.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            print(f"----- last {len(tail)} lines of {log.name} -----", *tail, sep="\n")
 
 
 @pytest.fixture

@@ -145,7 +145,9 @@ def no_tracebacks_in_node_logs(nodes):
         assert "Traceback" not in log.read_text(errors="replace"), log.name
 
 
-def grab(ros, timeout_s=2.0):
+def grab(ros, timeout_s=8.0):
+    """Capture the next frame; a streaming camera answers within a frame period, the timeout only
+    absorbs the multi-second stalls of a loaded 2-core CI machine."""
     return ros.call(CaptureFrame, "/capture/capture_frame", CaptureFrame.Request(timeout_s=timeout_s))
 
 

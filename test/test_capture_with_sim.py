@@ -54,7 +54,9 @@ def start_capture_node(nodes, data_root):
     return nodes.start("capture", "config/capture.yaml", {"data_root": str(data_root)})
 
 
-def grab(ros, timeout_s=3.0):
+def grab(ros, timeout_s=8.0):
+    """Capture the next frame; a streaming camera answers within a frame period, the timeout only
+    absorbs the multi-second stalls of a loaded 2-core CI machine."""
     return ros.call(CaptureFrame, "/capture/capture_frame", CaptureFrame.Request(timeout_s=timeout_s))
 
 
