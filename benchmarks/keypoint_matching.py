@@ -1,8 +1,10 @@
 """Keypoint matching on new object placements: which matching settings measurably help.
 
 A trained descriptor model and its simulated dataset (with ``ground_truth.json``, as the sim's
-capture writes it) are given. Automatic keypoints (the top-centre grasp point and two more spread
-over the object) are defined on the training views; then the object is put at new random
+capture writes it) are given. Automatic keypoints (the grasp point, two more spread over the
+object, and for comparison ``top_centre``, the grasp candidate nearest the middle of the object's
+top, which the grasp point was before it was chosen by how well it matches) are defined on the
+training views; then the object is put at new random
 placements in a ``SimWorld`` (no ROS) and seen from random reachable viewpoints. The ground-truth
 pixel of each keypoint follows from its 3D point and the object's rigid motion (occluded ones are
 left out). Compared, on the same images:
@@ -28,7 +30,8 @@ import numpy as np
 
 from nerf_descriptor_ros.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.descriptors.model import load_model
-from nerf_descriptor_ros.keypoints import auto_grasp_keypoints, moved_point_pixel
+from nerf_descriptor_ros.grasp_points import auto_grasp_keypoints
+from nerf_descriptor_ros.keypoints import define_keypoints, moved_point_pixel
 from nerf_descriptor_ros.matching import KeypointMatchingConfig, match_keypoints, model_max_distance
 
 REFINEMENTS = (("argmin", "none", 0), ("soft_argmax_w1", "soft_argmax", 1),
@@ -82,7 +85,8 @@ def main() -> int:
     model = load_model(args.model)
     truth = json.loads((dataset.root / "ground_truth.json").read_text())["object"]
     T_object_then = np.asarray(truth["T_base_object"])
-    keypoints = auto_grasp_keypoints(dataset, model, count=3)
+    keypoints, choice = auto_grasp_keypoints(dataset, model, count=3)
+    define_keypoints(model.describe, dataset, [choice.top_centre], keypoints)
     intr = dataset.frames[0].intrinsics
     errors = {label: [] for label, _, _ in REFINEMENTS}
     # With the default settings: (name, distance, confidence, error px) of visible keypoints,
@@ -131,7 +135,11 @@ def main() -> int:
     hidden, empty_table = np.asarray(hidden), np.asarray(empty_table)
     result = {
         "model": str(Path(args.model).resolve()), "dataset": str(dataset.root),
-        "keypoints": keypoints.names, "placements": args.placements, "views_per_placement": args.views,
+        "keypoints": keypoints.names,
+        "grasp_choice": {"candidates": choice.candidates, "training_views": choice.views,
+                         "median_error_px": choice.median_error_px,
+                         "top_centre_median_error_px": choice.top_centre_error_px},
+        "placements": args.placements, "views_per_placement": args.views,
         "image_size": [intr.width, intr.height], "model_input_size": list(model.input_size),
         "ground_truth_pixels_on_object_mask": round(float(np.mean(on_mask)), 4),
         "matching": {label: summarize(errors[label]) for label, _, _ in REFINEMENTS},

@@ -1,7 +1,7 @@
 """Named grasp keypoints: a pixel on a training view, its descriptor and its 3D point on the object.
 
 A keypoint is defined once, by a person (the ``~/set_grasp_point`` service or a YAML file of
-``name, image_index, u, v``) or automatically (:func:`auto_grasp_keypoints`), on a frame of the
+``name, image_index, u, v``) or automatically (``grasp_points.auto_grasp_keypoints``), on a frame of the
 dataset the descriptor model was trained on. It keeps
 
 * the descriptor of that pixel (what the live node searches for in every camera image; averaging
@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import yaml
 
-from .correspondences import DatasetDepthProvider, NerfDepthProvider, ViewGeometry
 from .dataset import Dataset, Frame, atomic_write_json
 from .descriptors.loss import sample_descriptors
 from .descriptors.model import DescriptorModel
@@ -362,82 +361,6 @@ def calibrate_keypoints(describe: DescribeFn, dataset: Dataset, keypoints: list[
             continue
         found, lost = float(np.percentile(seen, 90)), float(np.percentile(unseen, 10))
         keypoint.max_distance = (found + lost) / 2 if found < lost else found
-
-
-# ---- the automatic grasp point ------------------------------------------------------------
-
-def object_view(dataset: Dataset, frame: Frame, nerf=None) -> ViewGeometry:
-    """The frame's object mask and z-depth: the dataset's own where it has both, else the NeRF's
-    renders (with the dataset's masks when it has masks)."""
-    if dataset.has_depth and dataset.has_masks:
-        return DatasetDepthProvider(dataset).render(frame, frame.intrinsics)
-    if nerf is None:
-        raise KeypointError(f"dataset {dataset.root} lacks {'masks' if dataset.has_depth else 'depth'} "
-                            "and no NeRF was given to render them: the automatic grasp point "
-                            "needs both")
-    return NerfDepthProvider(nerf, quantiles=1).render(frame, frame.intrinsics)
-
-
-def _interior_pixels(view: ViewGeometry, margin_px: int) -> np.ndarray:
-    """(N, 2) integer (u, v) of object pixels with depth at least ``margin_px`` inside the mask."""
-    kernel = np.ones((2 * margin_px + 1, 2 * margin_px + 1), np.uint8)
-    interior = (cv2.erode(view.mask.astype(np.uint8), kernel) > 0) & np.isfinite(view.depth)
-    rows, cols = np.nonzero(interior)
-    return np.stack([cols, rows], -1)
-
-
-def _lift_pixels(view: ViewGeometry, uv: np.ndarray) -> np.ndarray:
-    return view.lift(uv.astype(np.float64), view.depth[uv[:, 1], uv[:, 0]].astype(np.float64))
-
-
-def auto_grasp_spec(dataset: Dataset, nerf=None, name: str = AUTO_GRASP_NAME,
-                    edge_margin_px: int = 3, top_band_m: float = 0.01) -> tuple[KeypointSpec, ViewGeometry]:
-    """A grasp pixel chosen without a person: the top centre of the object, seen from above.
-
-    The training view that looks most steeply down (world -z; the arm's base frame has z up) is
-    used; on it, among object pixels at least ``edge_margin_px`` inside the mask (descriptors at
-    silhouettes mix in the background) and within ``top_band_m`` of the highest, the pixel closest
-    horizontally to the middle of the object's horizontal extent. Returns the spec and that view.
-    """
-    train, _ = dataset.split()
-    if not train:
-        raise KeypointError(f"dataset {dataset.root} has no training frames")
-    downward = [-dataset.frames[p].c2w[2, 2] for p in train]   # optical axis . (0, 0, -1)
-    frame = dataset.frames[train[int(np.argmax(downward))]]
-    view = object_view(dataset, frame, nerf)
-    interior = _interior_pixels(view, edge_margin_px)
-    if len(interior) == 0:
-        raise KeypointError(f"frame {frame.index} (the most top-down view) shows no object "
-                            f"pixel {edge_margin_px} px inside its mask: the object is too small "
-                            "in the image, or the mask is empty")
-    points = _lift_pixels(view, interior)
-    # The middle of the object's horizontal extent (robust percentiles): unlike a mean of the
-    # visible points, not pulled towards the sides that face the camera.
-    footprint = _lift_pixels(view, _interior_pixels(view, 0))[:, :2]
-    centre_xy = np.percentile(footprint, [2, 98], axis=0).mean(axis=0)
-    top = np.flatnonzero(points[:, 2] >= points[:, 2].max() - top_band_m)
-    best = top[np.argmin(np.linalg.norm(points[top, :2] - centre_xy, axis=1))]
-    u, v = interior[best]
-    return KeypointSpec(name, frame.index, float(u), float(v)), view
-
-
-def auto_grasp_keypoints(dataset: Dataset, model: DescriptorModel, nerf=None, count: int = 1,
-                         keypoints: Optional[KeypointSet] = None, edge_margin_px: int = 3,
-                         describe: Optional[DescribeFn] = None) -> KeypointSet:
-    """The automatic grasp point (named ``grasp``, see :func:`auto_grasp_spec`) and ``count - 1``
-    more keypoints spread over the same view's object (farthest-point sampling on interior object
-    pixels, named ``point_1``...), defined with ``model`` (through ``describe`` when given, e.g. a
-    DescriptorEngine's) into ``keypoints`` (default: a new set bound to the model)."""
-    keypoints = keypoints if keypoints is not None else KeypointSet.for_model(model, dataset)
-    grasp, view = auto_grasp_spec(dataset, nerf, edge_margin_px=edge_margin_px)
-    specs = [grasp]
-    candidates = _interior_pixels(view, edge_margin_px).astype(np.float64)
-    nearest = np.linalg.norm(candidates - [grasp.u, grasp.v], axis=1)
-    for i in range(1, count):
-        pick = candidates[int(np.argmax(nearest))]
-        nearest = np.minimum(nearest, np.linalg.norm(candidates - pick, axis=1))
-        specs.append(KeypointSpec(f"point_{i}", grasp.image_index, pick[0], pick[1]))
-    return define_keypoints(describe or model.describe, dataset, specs, keypoints, nerf)
 
 
 # ---- where a keypoint should appear after the object moved ---------------------------------

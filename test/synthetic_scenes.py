@@ -44,7 +44,9 @@ def procedural_colour(points: np.ndarray, seed: int) -> np.ndarray:
 class Scene:
     """Object meshes on a table plane; ``render`` gives RGB, z-depth and the object mask."""
 
-    def __init__(self, objects: list[WireMesh], table_half_size: float = 0.5):
+    def __init__(self, objects: list[WireMesh], table_half_size: float = 0.5, object_colour=None):
+        """``object_colour``: points (..., 3) -> RGB in [0, 1]; default a procedural texture."""
+        self.object_colour = object_colour or (lambda points: procedural_colour(points, 1))
         self.raycaster = o3d.t.geometry.RaycastingScene()
         self.object_ids = set()
         for mesh in objects:
@@ -65,7 +67,7 @@ class Scene:
         valid = np.isfinite(t)
         points = origins + dirs * np.where(valid, t, 0)[..., None]
         is_object = np.isin(geometry, list(self.object_ids)) & valid
-        colour = np.where(is_object[..., None], procedural_colour(points, 1),
+        colour = np.where(is_object[..., None], self.object_colour(points),
                           0.35 + 0.3 * procedural_colour(points * 0.5, 2))
         colour[~valid] = 0.2
         depth = np.where(valid, t, np.nan)

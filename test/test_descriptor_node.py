@@ -22,7 +22,8 @@ from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 from nerf_descriptor_ros.descriptors.model import export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorNet
 from nerf_descriptor_ros.geometry import invert, transform_points
-from nerf_descriptor_ros.keypoints import KEYPOINTS_NAME, KeypointSet, auto_grasp_keypoints
+from nerf_descriptor_ros.grasp_points import auto_grasp_keypoints
+from nerf_descriptor_ros.keypoints import KEYPOINTS_NAME, KeypointSet
 from nerf_descriptor_ros.matching import locate_keypoints
 from nerf_descriptor_ros.msg import KeypointMatches
 from nerf_descriptor_ros.ros_conversions import (array_to_image, image_to_array,
@@ -47,7 +48,7 @@ def scene_model(tmp_path_factory):
     export_model(DescriptorNet(D, "resnet18", 32), root / "model", (WIDTH, HEIGHT),
                  info={"dataset": str(dataset.root)})
     model = load_model(root / "model")
-    keypoints = auto_grasp_keypoints(dataset, model, count=2)
+    keypoints, _ = auto_grasp_keypoints(dataset, model, count=2)
     keypoints.save(root / "model")
     frame = next(f for f in dataset.frames if f.index == keypoints["grasp"].spec.image_index)
     empty, _, _ = Scene([]).render(frame.c2w, frame.intrinsics)

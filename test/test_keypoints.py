@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from synthetic_scenes import (Scene, orbit_poses, sphere_mesh, textured_objects_scene,
-                              write_scene_dataset)
+from synthetic_scenes import (Scene, box_mesh, orbit_poses, procedural_colour, sphere_mesh,
+                              textured_objects_scene, write_scene_dataset)
 from torch import nn
 
 from nerf_descriptor_ros.dataset import Dataset
@@ -14,9 +14,10 @@ from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 from nerf_descriptor_ros.descriptors.model import export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorNet
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, pose_to_matrix
+from nerf_descriptor_ros.grasp_points import auto_grasp_keypoints, auto_grasp_spec
 from nerf_descriptor_ros.keypoints import (KEYPOINTS_NAME, Keypoint, KeypointError, KeypointSet, KeypointSpec,
-                                           auto_grasp_keypoints, calibrate_keypoints, define_keypoint,
-                                           keypoint_point, load_keypoint_specs, moved_point_pixel)
+                                           calibrate_keypoints, define_keypoint, keypoint_point,
+                                           load_keypoint_specs, moved_point_pixel)
 
 WIDTH, HEIGHT = 80, 60
 
@@ -139,22 +140,48 @@ def test_keypoints_off_the_object_outside_the_image_or_on_unknown_frames_are_ref
             define_keypoint(model.describe, dataset, spec)
 
 
-def test_automatic_grasp_point_is_the_top_centre_of_the_object_on_a_top_down_view(tmp_path, model):
+def test_automatic_grasp_point_is_near_the_top_centre_of_the_object_on_a_top_down_view(tmp_path, model):
     # One box: its top face is at z = 0.06 and centred on (0.01, -0.02).
-    from synthetic_scenes import box_mesh
     scene = Scene([box_mesh([0.01, -0.02, 0.03], [0.07, 0.05, 0.06])])
     dataset = Dataset.load(write_scene_dataset(tmp_path / "box", scene, orbit_poses(8, 0.35), WIDTH, HEIGHT))
-    keypoints = auto_grasp_keypoints(dataset, model, count=3)
+    keypoints, choice = auto_grasp_keypoints(dataset, model, count=3)
     assert keypoints.names == ["grasp", "point_1", "point_2"]
     grasp = keypoints["grasp"]
     train, _ = dataset.split()
     steepest = max(train, key=lambda p: -dataset.frames[p].c2w[2, 2])
     assert grasp.spec.image_index == dataset.frames[steepest].index
     assert grasp.point_base[2] == pytest.approx(0.06, abs=0.002)
-    assert np.linalg.norm(grasp.point_base[:2] - [0.01, -0.02]) < 0.006
+    # Within 0.3 of the half-extent (3.5 cm) of the middle, give or take a pixel (5 mm).
+    assert np.linalg.norm(grasp.point_base[:2] - [0.01, -0.02]) < 0.3 * 0.035 + 0.005
+    assert choice.candidates > 1 and choice.views == len(train) - 1
     # The other keypoints are spread over the object, away from the grasp point.
     for name in ("point_1", "point_2"):
         assert np.linalg.norm(keypoints[name].point_base - grasp.point_base) > 0.02
+
+
+def _colour_as_descriptor(rgb: np.ndarray) -> torch.Tensor:
+    """A 'descriptor' that is the pixel's colour: matches exactly where the texture is distinct."""
+    return torch.from_numpy(rgb.astype(np.float32) / 255.0 * 10.0).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("textured_side", [1.0, -1.0])
+def test_the_automatic_grasp_point_is_the_graspable_spot_found_best_on_other_views(tmp_path, textured_side):
+    # A box whose top is textured on one side of its middle (x = 0.01) and plain grey on the
+    # other: the plain half cannot be localised, so the grasp point goes to the textured half.
+    def colour(points):
+        plain = np.full(points.shape[:-1] + (3,), 0.5)
+        textured = textured_side * (points[..., :1] - 0.01) > 0
+        return np.where(textured, procedural_colour(points, 1), plain)
+
+    scene = Scene([box_mesh([0.01, -0.02, 0.03], [0.07, 0.05, 0.06])], object_colour=colour)
+    dataset = Dataset.load(write_scene_dataset(tmp_path / "box", scene, orbit_poses(8, 0.35), WIDTH, HEIGHT))
+    choice = auto_grasp_spec(dataset, _colour_as_descriptor)
+    u, v = int(choice.spec.u), int(choice.spec.v)
+    point = choice.view.lift(np.array([[u, v]], float), np.array([choice.view.depth[v, u]]))[0]
+    assert textured_side * (point[0] - 0.01) > 0.002, point
+    assert np.linalg.norm(point[:2] - [0.01, -0.02]) < 0.3 * 0.035 + 0.005
+    assert choice.median_error_px is not None and choice.median_error_px < 1.5, choice
+    assert choice.top_centre_error_px is None or choice.top_centre_error_px > choice.median_error_px
 
 
 class _SphereField(nn.Module):

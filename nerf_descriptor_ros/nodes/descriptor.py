@@ -50,8 +50,9 @@ from ..descriptors.model import MANIFEST_NAME, load_model
 from ..descriptors.projection import DescriptorProjection, fit_projection
 from ..descriptors.training import resolve_device
 from ..errors import NerfDescriptorError
-from ..keypoints import (KEYPOINTS_NAME, KeypointSet, KeypointSpec, auto_grasp_keypoints,
-                         calibrate_keypoints, define_keypoint, define_keypoints, load_keypoint_specs)
+from ..grasp_points import auto_grasp_keypoints
+from ..keypoints import (KEYPOINTS_NAME, KeypointSet, KeypointSpec, calibrate_keypoints,
+                         define_keypoint, define_keypoints, load_keypoint_specs)
 from ..matching import REFINEMENTS, KeypointMatchingConfig, match_keypoints, model_max_distance
 from ..ros_conversions import (array_to_image, camera_info_to_intrinsics, image_to_depth_m,
                                image_to_rgb8, stamp_to_ns)
@@ -229,10 +230,16 @@ class DescriptorNode(Node):
         keypoints = KeypointSet.load(model, keypoints_file or self.model_dir / KEYPOINTS_NAME)
         if len(keypoints) == 0 and auto_count > 0:
             dataset = self._load_dataset()
-            keypoints = auto_grasp_keypoints(dataset, model, self._load_nerf(), auto_count,
-                                             describe=self.engine.describe)
+            keypoints, choice = auto_grasp_keypoints(dataset, model, self._load_nerf(), auto_count,
+                                                     describe=self.engine.describe,
+                                                     matching=self.matching)
             path = keypoints.save(self.model_dir)
-            self.get_logger().info(f"keypoints {keypoints.names} chosen automatically, stored in {path}")
+            error = lambda px: "unmeasured" if px is None else f"{px:.1f} px"  # noqa: E731
+            self.get_logger().info(
+                f"keypoints {keypoints.names} chosen automatically, stored in {path}; the grasp "
+                f"point is the best found of {choice.candidates} graspable pixels on "
+                f"{choice.views} training views: median error {error(choice.median_error_px)} "
+                f"(the top centre's {error(choice.top_centre_error_px)})")
         return keypoints
 
     def _load_projection(self) -> DescriptorProjection | None:
