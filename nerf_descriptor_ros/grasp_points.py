@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 import torch
 
-from .correspondences import DatasetDepthProvider, NerfDepthProvider, ViewGeometry
+from .correspondences import (DatasetDepthProvider, NerfDepthProvider, ViewGeometry, resize_nearest,
+                              working_intrinsics)
 from .dataset import Dataset, Frame
 from .descriptors.loss import sample_descriptors
 from .descriptors.model import DescriptorModel
@@ -36,6 +37,7 @@ from .matching import KeypointMatchingConfig, match_descriptors
 
 MIN_VIEWS = 3            # a candidate's error counts once this many training views see it
 QUERY_CHUNK = 16         # candidates matched at once: bounds the (K, h*w) matching buffers
+NERF_VISIBILITY_WIDTH = 160  # NeRF depth for occlusion tests is rendered this wide, then upsampled
 
 
 @dataclass
@@ -61,6 +63,20 @@ def object_view(dataset: Dataset, frame: Frame, nerf=None) -> ViewGeometry:
                             "and no NeRF was given to render them: the automatic grasp point "
                             "needs both")
     return NerfDepthProvider(nerf, quantiles=1).render(frame, frame.intrinsics)
+
+
+def visibility_depth(dataset: Dataset, frame: Frame, nerf=None) -> np.ndarray:
+    """The frame's z-depth at its own resolution, to tell whether a point is hidden: the dataset's,
+    else the NeRF's (rendered at most ``NERF_VISIBILITY_WIDTH`` wide: one view per training frame
+    must stay cheap on a CPU)."""
+    if dataset.has_depth:
+        return frame.load_depth()
+    if nerf is None:
+        raise KeypointError(f"dataset {dataset.root} has no depth and no NeRF was given to render it")
+    intr = frame.intrinsics
+    small = working_intrinsics(frame, min(NERF_VISIBILITY_WIDTH, intr.width))
+    depth = NerfDepthProvider(nerf, quantiles=1).render(frame, small).depth
+    return resize_nearest(depth, intr.width, intr.height)
 
 
 def _interior_pixels(view: ViewGeometry, margin_px: int) -> np.ndarray:
@@ -114,7 +130,7 @@ def localisation_errors(describe: DescribeFn, dataset: Dataset, source: Frame, u
     errors = np.full((len(positions), len(uv)), np.nan)
     for row, position in enumerate(positions):
         frame = dataset.frames[position]
-        depth = object_view(dataset, frame, nerf).depth
+        depth = visibility_depth(dataset, frame, nerf)
         truth = [moved_point_pixel(p, np.eye(4), np.eye(4), frame.c2w, frame.intrinsics, depth)
                  for p in points]
         seen = [i for i, t in enumerate(truth) if t is not None]

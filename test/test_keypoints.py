@@ -2,6 +2,7 @@
 dataset's depth or a NeRF), storage with the model, the automatic grasp point, moved objects."""
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,7 @@ from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 from nerf_descriptor_ros.descriptors.model import export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorNet
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, pose_to_matrix
-from nerf_descriptor_ros.grasp_points import auto_grasp_keypoints, auto_grasp_spec
+from nerf_descriptor_ros.grasp_points import auto_grasp_keypoints, auto_grasp_spec, visibility_depth
 from nerf_descriptor_ros.keypoints import (KEYPOINTS_NAME, Keypoint, KeypointError, KeypointSet, KeypointSpec,
                                            calibrate_keypoints, define_keypoint, keypoint_point,
                                            load_keypoint_specs, moved_point_pixel)
@@ -198,7 +199,8 @@ class _SphereField(nn.Module):
         return self.density(x), torch.ones(len(x), 3) * 0.5
 
 
-def test_without_dataset_depth_the_point_comes_from_the_nerf_expected_depth(tmp_path):
+def _sphere_nerf_and_dataset_without_depth(root):
+    """A NeRF that is exactly the sphere of a one-view dataset whose depth images were removed."""
     from nerf_descriptor_ros.nerf.config import config_from_dict
     from nerf_descriptor_ros.nerf.model import build_model
     from nerf_descriptor_ros.nerf.rays import SceneBox
@@ -209,13 +211,18 @@ def test_without_dataset_depth_the_point_comes_from_the_nerf_expected_depth(tmp_
     nerf.set_step_size(0.0005)
     nerf.eval()
     scene = Scene([sphere_mesh([0, 0, 0], 0.05)])
-    root = write_scene_dataset(tmp_path / "sphere", scene, [look_at([0.2, 0.1, 0.15], [0, 0, 0])], WIDTH, HEIGHT)
+    root = write_scene_dataset(root, scene, [look_at([0.2, 0.1, 0.15], [0, 0, 0])], WIDTH, HEIGHT)
     (root / "depth").rename(root / "no_depth")
     manifest = json.loads((root / "transforms.json").read_text())
     for entry in manifest["frames"]:
         del entry["depth_file_path"]
     (root / "transforms.json").write_text(json.dumps(manifest))
-    frame = Dataset.load(root).frames[0]
+    return nerf, scene, Dataset.load(root)
+
+
+def test_without_dataset_depth_the_point_comes_from_the_nerf_expected_depth(tmp_path):
+    nerf, _, dataset = _sphere_nerf_and_dataset_without_depth(tmp_path / "sphere")
+    frame = dataset.frames[0]
     assert frame.load_depth() is None
     u, v = _object_pixel(frame)
     point, source = keypoint_point(frame, u, v, nerf)
@@ -225,6 +232,19 @@ def test_without_dataset_depth_the_point_comes_from_the_nerf_expected_depth(tmp_
     assert keypoint_point(frame, u, v, None) == (None, "none")
     with pytest.raises(KeypointError, match="no depth"):
         keypoint_point(frame, 1.0, 1.0, nerf)                          # a ray that misses the sphere
+
+
+def test_without_dataset_depth_the_grasp_choice_tells_hidden_points_by_the_nerf_depth(tmp_path):
+    nerf, scene, dataset = _sphere_nerf_and_dataset_without_depth(tmp_path / "sphere")
+    frame = dataset.frames[0]
+    _, truth, mask = scene.render(frame.c2w, frame.intrinsics)
+    depth = visibility_depth(dataset, frame, nerf)
+    assert depth.shape == truth.shape
+    inside = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert np.nanmedian(np.abs(depth[inside] - truth[inside])) < 0.003
+    assert np.isnan(depth[~mask]).mean() > 0.95
+    with pytest.raises(KeypointError, match="no depth and no NeRF"):
+        visibility_depth(dataset, frame, None)
 
 
 def test_moved_point_pixel_follows_the_object_and_respects_occlusion():
