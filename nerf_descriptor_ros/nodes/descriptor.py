@@ -238,7 +238,7 @@ class DescriptorNode(Node):
             self.get_logger().info(
                 f"keypoints {keypoints.names} chosen automatically, stored in {path}; the grasp "
                 f"point is the best found of {choice.candidates} graspable pixels on "
-                f"{choice.views} training views: median error {error(choice.median_error_px)} "
+                f"{choice.views} training views: mean error {error(choice.mean_error_px)} "
                 f"(the top centre's {error(choice.top_centre_error_px)})")
         return keypoints
 
