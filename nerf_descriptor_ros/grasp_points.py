@@ -129,8 +129,8 @@ def localisation_errors(describe: DescribeFn, dataset: Dataset, source: Frame, u
             rescale_pixels(uv, (w, h), size), dtype=torch.float32, device=source_descriptors.device))
     train, _ = dataset.split()
     others = [p for p in train if dataset.frames[p].index != source.index]
-    positions = sorted({others[int(i)] for i in np.linspace(0, len(others) - 1, min(max_frames, len(others)))}) \
-        if others else []
+    spread = np.linspace(0, len(others) - 1, min(max_frames, len(others))) if others else []
+    positions = sorted({others[int(i)] for i in spread})
     errors = np.full((len(positions), len(uv)), np.nan)
     for row, position in enumerate(positions):
         frame = dataset.frames[position]
@@ -173,10 +173,10 @@ def auto_grasp_spec(dataset: Dataset, describe: DescribeFn, nerf=None, name: str
         mean[often] = np.nanmean(errors[:, often], axis=0)
     centre = int(np.argmin(off_centre))
     best = int(np.lexsort((off_centre, mean))[0])   # lowest mean error, then nearest the middle
-    spec = lambda i, label: KeypointSpec(label, frame.index, float(uv[i, 0]), float(uv[i, 1]))  # noqa: E731
-    error = lambda i: float(mean[i]) if np.isfinite(mean[i]) else None  # noqa: E731
-    return GraspChoice(spec(best, name), spec(centre, "top_centre"), view, len(uv), len(errors),
-                       error(best), error(centre))
+    specs = [KeypointSpec(label, frame.index, float(uv[i, 0]), float(uv[i, 1]))
+             for i, label in ((best, name), (centre, "top_centre"))]
+    best_error, centre_error = (float(mean[i]) if np.isfinite(mean[i]) else None for i in (best, centre))
+    return GraspChoice(specs[0], specs[1], view, len(uv), len(errors), best_error, centre_error)
 
 
 def auto_grasp_keypoints(dataset: Dataset, model: DescriptorModel, nerf=None, count: int = 1,

