@@ -56,6 +56,13 @@ class GraspChoice:
     mean_error_px: Optional[float]       # the chosen one's, None when too few views saw any
     top_centre_error_px: Optional[float]  # the top centre's, for comparison
 
+    def summary(self) -> str:
+        def px(error: Optional[float]) -> str:
+            return "unmeasured" if error is None else f"{error:.1f} px"
+        return (f"the best found of {self.candidates} graspable pixels on {self.views} training "
+                f"views: mean error {px(self.mean_error_px)} (the top centre's "
+                f"{px(self.top_centre_error_px)})")
+
 
 def object_view(dataset: Dataset, frame: Frame, nerf=None) -> ViewGeometry:
     """The frame's object mask and z-depth: the dataset's own where it has both, else the NeRF's

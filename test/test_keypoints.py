@@ -155,6 +155,7 @@ def test_automatic_grasp_point_is_near_the_top_centre_of_the_object_on_a_top_dow
     # Within 0.3 of the half-extent (3.5 cm) of the middle, give or take a pixel (5 mm).
     assert np.linalg.norm(grasp.point_base[:2] - [0.01, -0.02]) < 0.3 * 0.035 + 0.005
     assert choice.candidates > 1 and choice.views == len(train) - 1
+    assert f"of {choice.candidates} graspable pixels on {choice.views} training views" in choice.summary()
     # The other keypoints are spread over the object, away from the grasp point.
     for name in ("point_1", "point_2"):
         assert np.linalg.norm(keypoints[name].point_base - grasp.point_base) > 0.02

@@ -234,12 +234,8 @@ class DescriptorNode(Node):
                                                      describe=self.engine.describe,
                                                      matching=self.matching)
             path = keypoints.save(self.model_dir)
-            error = lambda px: "unmeasured" if px is None else f"{px:.1f} px"  # noqa: E731
-            self.get_logger().info(
-                f"keypoints {keypoints.names} chosen automatically, stored in {path}; the grasp "
-                f"point is the best found of {choice.candidates} graspable pixels on "
-                f"{choice.views} training views: mean error {error(choice.mean_error_px)} "
-                f"(the top centre's {error(choice.top_centre_error_px)})")
+            self.get_logger().info(f"keypoints {keypoints.names} chosen automatically, stored in "
+                                   f"{path}; the grasp point is {choice.summary()}")
         return keypoints
 
     def _load_projection(self) -> DescriptorProjection | None:
