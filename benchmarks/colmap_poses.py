@@ -11,6 +11,7 @@ synthetic arm noise (5 mm / 2 deg) are the baseline that alignment to the arm is
 Targets (issue 6): registered_fraction >= 0.9, median_center_error_m <= 0.005,
 median_rotation_error_deg <= 1.0. Timings are wall-clock on a shared CPU: noisy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_descriptor_ros.dataset import Dataset, atomic_write_json
+from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.geometry import pose_distance
 from nerf_descriptor_ros.poses.alignment import align_poses, perturb_pose
 from nerf_descriptor_ros.poses.estimate import estimate_poses
@@ -35,19 +36,26 @@ def capture(root: Path, args) -> Dataset:
     from nerf_descriptor_ros.sim import SimConfig
     from nerf_descriptor_ros.sim.sweep_dataset import capture_sweep_dataset
 
-    config = SimConfig(object_source=args.object, object_rpy_deg=tuple(args.object_rpy_deg),
-                       width=args.width, height=args.height)
-    return capture_sweep_dataset(config, root, args.views,
-                                 placement_seed=args.object_seed if args.object_seed >= 0 else None,
-                                 radius_m=args.radius, min_elevation_deg=args.min_elevation_deg,
-                                 max_elevation_deg=args.max_elevation_deg)
+    config = SimConfig(
+        object_source=args.object, object_rpy_deg=tuple(args.object_rpy_deg), width=args.width, height=args.height
+    )
+    return capture_sweep_dataset(
+        config,
+        root,
+        args.views,
+        placement_seed=args.object_seed if args.object_seed >= 0 else None,
+        radius_m=args.radius,
+        min_elevation_deg=args.min_elevation_deg,
+        max_elevation_deg=args.max_elevation_deg,
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON result file")
-    parser.add_argument("--dataset", help="an existing simulated capture (recorded poses = truth); "
-                                          "default: capture one with SimWorld")
+    parser.add_argument(
+        "--dataset", help="an existing simulated capture (recorded poses = truth); default: capture one with SimWorld"
+    )
     parser.add_argument("--views", type=int, default=64)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
@@ -78,8 +86,9 @@ def main(argv=None) -> int:
     arm = {i: perturb_pose(c2w, rng, 0.005, 2.0) for i, c2w in truth.items()}
     aligned_to_arm = align_poses(sfm.c2w, arm)
     arm_error = np.array([pose_distance(arm[i], truth[i]) for i in truth])
-    refined_error = np.array([pose_distance(aligned_to_arm.similarity.apply_pose(c2w), truth[i])
-                              for i, c2w in sfm.c2w.items()])
+    refined_error = np.array(
+        [pose_distance(aligned_to_arm.similarity.apply_pose(c2w), truth[i]) for i, c2w in sfm.c2w.items()]
+    )
 
     out = {
         "frames": len(dataset),
@@ -107,7 +116,8 @@ def main(argv=None) -> int:
     out["meets_targets"] = bool(
         out["registered_fraction"] >= TARGETS["registered_fraction"]
         and out["median_center_error_m"] <= TARGETS["median_center_error_m"]
-        and out["median_rotation_error_deg"] <= TARGETS["median_rotation_error_deg"])
+        and out["median_rotation_error_deg"] <= TARGETS["median_rotation_error_deg"]
+    )
     atomic_write_json(Path(args.out), out)
     print(json.dumps(out, indent=2))
     return 0 if out["meets_targets"] else 1

@@ -20,6 +20,7 @@ The default is the reduced CPU protocol (160x120 captures, short NeRF and descri
 under 40 minutes on 2 cores); ``--full`` runs the paper's 504x378 protocol with ResNet-34 and
 longer training, meant for a GPU. Timings on a shared CPU are noisy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,38 +37,64 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nerf_descriptor_ros.dataset import Dataset, atomic_write_json
+from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
+from nerf_descriptor_ros.descriptors.evaluation import (
+    EVAL_RESOLUTION,
+    correspondence_accuracy,
+    dense_sift,
+    evaluate_descriptors,
+    ground_truth_pairs,
+    plot_matches,
+    plot_pck_curves,
+)
 from nerf_descriptor_ros.descriptors.model import load_model
 from nerf_descriptor_ros.descriptors.pipeline import correspondence_cache, train_descriptor_model
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
-from nerf_descriptor_ros.evaluation import (EVAL_RESOLUTION, correspondence_accuracy, dense_sift,
-                                            evaluate_descriptors, ground_truth_pairs, plot_matches,
-                                            plot_pck_curves)
 from nerf_descriptor_ros.sim import SimConfig
 from nerf_descriptor_ros.sim.sweep_dataset import capture_sweep_dataset
-from nerf_descriptor_ros.thin_objects import write_thin_object
+from nerf_descriptor_ros.sim.thin_objects import write_thin_object
 
 METHODS = ("gt_depth", "nerf_depth_map", "nerf_density_field", "classical_baseline")
 METRICS = ("aepe_px", "pck3", "pck5", "auc_1_100", "median_px")
 # NeRF-Supervision, Table I-III mean over its 8 real objects (D = 3), errors at 504x378.
-PAPER = {"nerf_density_field": {"aepe_px": 3.88, "pck3": 0.62, "pck5": 0.80},
-         "nerf_depth_map": {"aepe_px": 4.66, "pck3": 0.58, "pck5": 0.77}}
+PAPER = {
+    "nerf_density_field": {"aepe_px": 3.88, "pck3": 0.62, "pck5": 0.80},
+    "nerf_depth_map": {"aepe_px": 4.66, "pck3": 0.58, "pck5": 0.77},
+}
 TARGETS = {"aepe_px_max": 3.0, "pck3_min": 0.70, "pck5_min": 0.85, "fraction_of_gt_pck3_min": 0.90}
 
 PROTOCOLS = {
-    "cpu": {"width": 160, "height": 120, "views": 64, "nerf_seconds": 240.0, "iterations": 600,
-            "backbone": "resnet18", "device": "cpu"},
-    "full": {"width": 504, "height": 378, "views": 64, "nerf_seconds": 600.0, "iterations": 3500,
-             "backbone": "resnet34", "device": "auto"},
+    "cpu": {
+        "width": 160,
+        "height": 120,
+        "views": 64,
+        "nerf_seconds": 240.0,
+        "iterations": 600,
+        "backbone": "resnet18",
+        "device": "cpu",
+    },
+    "full": {
+        "width": 504,
+        "height": 378,
+        "views": 64,
+        "nerf_seconds": 600.0,
+        "iterations": 3500,
+        "backbone": "resnet34",
+        "device": "auto",
+    },
 }
 
 
 def train_object_nerf(dataset: Dataset, out_dir: Path, seconds: float, device: str) -> Path:
     from nerf_descriptor_ros.nerf import NerfConfig, train_nerf
+
     config = NerfConfig(time_budget_s=seconds, iterations=1_000_000)
     checkpoint, metrics = train_nerf(dataset, config, out_dir, device=device)
-    print(f"  NeRF: held-out PSNR {metrics.get('psnr', float('nan')):.2f} dB, depth median error "
-          f"{metrics.get('depth_median_abs_err_m', float('nan')) * 1000:.1f} mm", flush=True)
+    print(
+        f"  NeRF: held-out PSNR {metrics.get('psnr', float('nan')):.2f} dB, depth median error "
+        f"{metrics.get('depth_median_abs_err_m', float('nan')) * 1000:.1f} mm",
+        flush=True,
+    )
     return checkpoint
 
 
@@ -75,8 +102,9 @@ def summary(metrics: dict) -> dict:
     return {k: round(float(metrics[k]), 4) for k in METRICS}
 
 
-def run_object(spec: str, work: Path, protocol: dict, settings: DescriptorSettings,
-               threads: int) -> tuple[str, dict, dict]:
+def run_object(
+    spec: str, work: Path, protocol: dict, settings: DescriptorSettings, threads: int
+) -> tuple[str, dict, dict]:
     """Capture, NeRF, the four methods and their evaluation for one ``NAME=SOURCE[@R,P,Y]``;
     returns (name, per-method results, timings). Runs in its own process when objects run in
     parallel."""
@@ -93,30 +121,47 @@ def run_object(spec: str, work: Path, protocol: dict, settings: DescriptorSettin
     print(f"[{name}] capture ({source})", flush=True)
     started = time.monotonic()
     dataset_dir = work / name / "dataset"
-    if (dataset_dir / "transforms.json").is_file():   # a rerun in the same work folder
+    if (dataset_dir / "transforms.json").is_file():  # a rerun in the same work folder
         dataset = Dataset.load(dataset_dir)
     else:
         dataset = capture_sweep_dataset(
-            SimConfig(object_source=source, object_rpy_deg=rpy_deg, width=protocol["width"],
-                      height=protocol["height"]), dataset_dir, protocol["views"])
+            SimConfig(object_source=source, object_rpy_deg=rpy_deg, width=protocol["width"], height=protocol["height"]),
+            dataset_dir,
+            protocol["views"],
+        )
     timings[f"{name}/capture"] = time.monotonic() - started
-    pairs = ground_truth_pairs(dataset, per_pair=settings.evaluation.per_pair,
-                               min_overlap=settings.evaluation.min_overlap, seed=settings.evaluation.seed)
-    print(f"[{name}] {len(dataset)} frames, {len(dataset.split()[1])} held out, "
-          f"{sum(len(p.uv_a) for p in pairs)} ground-truth correspondences in {len(pairs)} pairs", flush=True)
+    pairs = ground_truth_pairs(
+        dataset,
+        per_pair=settings.evaluation.per_pair,
+        min_overlap=settings.evaluation.min_overlap,
+        seed=settings.evaluation.seed,
+    )
+    print(
+        f"[{name}] {len(dataset)} frames, {len(dataset.split()[1])} held out, "
+        f"{sum(len(p.uv_a) for p in pairs)} ground-truth correspondences in {len(pairs)} pairs",
+        flush=True,
+    )
 
     started = time.monotonic()
     print(f"[{name}] NeRF ({protocol['nerf_seconds']:.0f} s budget)", flush=True)
     checkpoint = train_object_nerf(dataset, work / name / "nerf", protocol["nerf_seconds"], protocol["device"])
     timings[f"{name}/nerf"] = time.monotonic() - started
 
-    caches = {supervision: correspondence_cache(dataset, supervision, work / name / "correspondences", settings,
-                                                checkpoint if supervision == "nerf" else None,
-                                                device=protocol["device"])
-              for supervision in ("gt_depth", "nerf")}
-    accuracy = {mode: correspondence_accuracy(caches["nerf"].views, caches["gt_depth"].views,
-                                              caches["gt_depth"].pairs, mode)
-                for mode in ("depth_map", "density_field")}
+    caches = {
+        supervision: correspondence_cache(
+            dataset,
+            supervision,
+            work / name / "correspondences",
+            settings,
+            checkpoint if supervision == "nerf" else None,
+            device=protocol["device"],
+        )
+        for supervision in ("gt_depth", "nerf")
+    }
+    accuracy = {
+        mode: correspondence_accuracy(caches["nerf"].views, caches["gt_depth"].views, caches["gt_depth"].pairs, mode)
+        for mode in ("depth_map", "density_field")
+    }
     print(f"[{name}] NeRF correspondences vs. exact depth: {accuracy}", flush=True)
 
     results, curves = {"nerf_correspondence_accuracy": accuracy}, {}
@@ -130,10 +175,17 @@ def run_object(spec: str, work: Path, protocol: dict, settings: DescriptorSettin
             settings.training.mode = mode
             print(f"[{name}] {method}: training {settings.training.iterations} steps", flush=True)
             model_dir, _ = train_descriptor_model(
-                dataset, work / name / method, settings, supervision,
-                checkpoint if supervision == "nerf" else None, cache_dir=work / name / "correspondences",
-                device=protocol["device"])
-            model = load_model(model_dir, "cuda" if torch.cuda.is_available() and protocol["device"] != "cpu" else "cpu")
+                dataset,
+                work / name / method,
+                settings,
+                supervision,
+                checkpoint if supervision == "nerf" else None,
+                cache_dir=work / name / "correspondences",
+                device=protocol["device"],
+            )
+            model = load_model(
+                model_dir, "cuda" if torch.cuda.is_available() and protocol["device"] != "cpu" else "cpu"
+            )
             describe = lambda frame, model=model: model.describe(frame.load_image()).cpu()
         metrics, details = evaluate_descriptors(dataset, describe, pairs)
         timings[f"{name}/{method}"] = time.monotonic() - started
@@ -149,19 +201,29 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON result file")
     parser.add_argument("--full", action="store_true", help="the paper's 504x378 protocol (GPU)")
-    parser.add_argument("--work-dir", help="keep datasets, NeRFs, models and pictures here "
-                                           "(default: a temporary folder; reruns reuse what is there)")
-    parser.add_argument("--objects", nargs="+", default=["duck=duck_vhacd.urdf", "basket=thin:basket:0"],
-                        help="NAME=SOURCE[@ROLL,PITCH,YAW]: a pybullet_data URDF or a path (optionally "
-                             "with the rotation in degrees that stands it upright; without one the "
-                             "simulator chooses), or thin:KIND:SEED for a generated fork, whisk or "
-                             "basket (default: %(default)s)")
+    parser.add_argument(
+        "--work-dir",
+        help="keep datasets, NeRFs, models and pictures here (default: a temporary folder; reruns reuse what is there)",
+    )
+    parser.add_argument(
+        "--objects",
+        nargs="+",
+        default=["duck=duck_vhacd.urdf", "basket=thin:basket:0"],
+        help="NAME=SOURCE[@ROLL,PITCH,YAW]: a pybullet_data URDF or a path (optionally "
+        "with the rotation in degrees that stands it upright; without one the "
+        "simulator chooses), or thin:KIND:SEED for a generated fork, whisk or "
+        "basket (default: %(default)s)",
+    )
     parser.add_argument("--iterations", type=int, help="descriptor training steps per method")
     parser.add_argument("--nerf-seconds", type=float, help="NeRF training time per object")
     parser.add_argument("--descriptor-dim", type=int, default=3, help="D (default: %(default)s, the paper's)")
-    parser.add_argument("--jobs", type=int, default=0,
-                        help="objects processed in parallel, each in its own process with one torch "
-                             "thread (default: one per CPU core for the CPU protocol, 1 with --full)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="objects processed in parallel, each in its own process with one torch "
+        "thread (default: one per CPU core for the CPU protocol, 1 with --full)",
+    )
     args = parser.parse_args(argv)
 
     protocol = dict(PROTOCOLS["full" if args.full else "cpu"])
@@ -170,10 +232,17 @@ def main(argv=None) -> int:
     if args.nerf_seconds:
         protocol["nerf_seconds"] = args.nerf_seconds
     jobs = args.jobs or (1 if args.full else min(len(args.objects), os.cpu_count() or 1))
-    settings = DescriptorSettings.load(None, {
-        "correspondences": {"width": protocol["width"]},
-        "training": {"descriptor_dim": args.descriptor_dim, "iterations": protocol["iterations"],
-                     "backbone": protocol["backbone"]}})
+    settings = DescriptorSettings.load(
+        None,
+        {
+            "correspondences": {"width": protocol["width"]},
+            "training": {
+                "descriptor_dim": args.descriptor_dim,
+                "iterations": protocol["iterations"],
+                "backbone": protocol["backbone"],
+            },
+        },
+    )
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="descriptor_quality_"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -191,32 +260,43 @@ def main(argv=None) -> int:
         timings.update(object_timings)
     thin = [spec.partition("=")[0] for spec in args.objects if "=thin:" in spec]
 
-    methods = {m: {k: round(float(np.mean([per_object[o][m][k] for o in per_object])), 4) for k in METRICS}
-               for m in METHODS}
+    methods = {
+        m: {k: round(float(np.mean([per_object[o][m][k] for o in per_object])), 4) for k in METRICS} for m in METHODS
+    }
     density, gt = methods["nerf_density_field"], methods["gt_depth"]
     checks = {
         "density_field_aepe_le_3px": density["aepe_px"] <= TARGETS["aepe_px_max"],
         "density_field_pck3_ge_0.70": density["pck3"] >= TARGETS["pck3_min"],
         "density_field_pck5_ge_0.85": density["pck5"] >= TARGETS["pck5_min"],
         "density_field_pck3_ge_90pct_of_gt": density["pck3"] >= TARGETS["fraction_of_gt_pck3_min"] * gt["pck3"],
-        "learned_rows_beat_classical_pck3": all(methods[m]["pck3"] > methods["classical_baseline"]["pck3"]
-                                                for m in METHODS[:3]),
+        "learned_rows_beat_classical_pck3": all(
+            methods[m]["pck3"] > methods["classical_baseline"]["pck3"] for m in METHODS[:3]
+        ),
     }
     for name in thin:
         row = per_object[name]
         checks[f"{name}_density_field_no_worse_than_depth_map_auc"] = (
-            row["nerf_density_field"]["auc_1_100"] >= row["nerf_depth_map"]["auc_1_100"])
+            row["nerf_density_field"]["auc_1_100"] >= row["nerf_depth_map"]["auc_1_100"]
+        )
     result = {
         "eval_resolution": list(EVAL_RESOLUTION),
         "train_resolution": [protocol["width"], protocol["height"]],
-        "protocol": "full" if args.full else "cpu", "objects": list(per_object),
-        "descriptor_dim": args.descriptor_dim, "backbone": protocol["backbone"],
-        "descriptor_iterations": protocol["iterations"], "nerf_seconds": protocol["nerf_seconds"],
-        "methods": methods, "per_object": per_object, "paper": PAPER, "checks": checks,
+        "protocol": "full" if args.full else "cpu",
+        "objects": list(per_object),
+        "descriptor_dim": args.descriptor_dim,
+        "backbone": protocol["backbone"],
+        "descriptor_iterations": protocol["iterations"],
+        "nerf_seconds": protocol["nerf_seconds"],
+        "methods": methods,
+        "per_object": per_object,
+        "paper": PAPER,
+        "checks": checks,
         "seconds": {k: round(v, 1) for k, v in timings.items()},
-        "total_seconds": round(time.monotonic() - started, 1), "work_dir": str(work),
+        "total_seconds": round(time.monotonic() - started, 1),
+        "work_dir": str(work),
         "device": "cuda" if protocol["device"] != "cpu" and torch.cuda.is_available() else "cpu",
-        "parallel_objects": jobs, "torch_threads_per_object": threads or torch.get_num_threads(),
+        "parallel_objects": jobs,
+        "torch_threads_per_object": threads or torch.get_num_threads(),
     }
     atomic_write_json(Path(args.out), result)
     print(json.dumps({k: result[k] for k in ("methods", "checks", "total_seconds")}, indent=1))

@@ -18,6 +18,7 @@ left out). Compared, on the same images:
 
 Errors are in camera pixels. Writes JSON; prints a summary.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,16 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-from nerf_descriptor_ros.dataset import Dataset, atomic_write_json
+from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.descriptors.model import load_model
-from nerf_descriptor_ros.grasp_points import auto_grasp_keypoints
-from nerf_descriptor_ros.keypoints import define_keypoints, moved_point_pixel
-from nerf_descriptor_ros.matching import KeypointMatchingConfig, match_keypoints, model_max_distance
+from nerf_descriptor_ros.keypoints.definition import define_keypoints, moved_point_pixel
+from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints
+from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig, match_keypoints, model_max_distance
 
-REFINEMENTS = (("argmin", "none", 0), ("soft_argmax_w1", "soft_argmax", 1),
-               ("soft_argmax_w2", "soft_argmax", 2), ("soft_argmax_w3", "soft_argmax", 3))
+REFINEMENTS = (
+    ("argmin", "none", 0),
+    ("soft_argmax_w1", "soft_argmax", 1),
+    ("soft_argmax_w2", "soft_argmax", 2),
+    ("soft_argmax_w3", "soft_argmax", 3),
+)
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5)
-DEFAULT = "soft_argmax_w3"                    # the settings the threshold is measured with
+DEFAULT = "soft_argmax_w3"  # the settings the threshold is measured with
 
 
 def views_of_object(world, rng, count: int, fill_fraction: float = 0.6):
@@ -51,8 +56,9 @@ def views_of_object(world, rng, count: int, fill_fraction: float = 0.6):
         if len(views) == count:
             break
         elevation = rng.uniform(35.0, 70.0)
-        target = hemisphere_views(world.object_center(), 1, radius, elevation, elevation,
-                                  start_azimuth_deg=rng.uniform(0.0, 360.0))[0]
+        target = hemisphere_views(
+            world.object_center(), 1, radius, elevation, elevation, start_azimuth_deg=rng.uniform(0.0, 360.0)
+        )[0]
         solution = world.solve_camera_ik(target)
         if solution.success:
             views.append(solution.joint_positions)
@@ -61,9 +67,13 @@ def views_of_object(world, rng, count: int, fill_fraction: float = 0.6):
 
 def summarize(errors: list[float]) -> dict:
     e = np.asarray(errors, dtype=np.float64)
-    return {"count": int(e.size), "median_px": round(float(np.median(e)), 3),
-            "mean_px": round(float(e.mean()), 3), "within_3px": round(float((e <= 3).mean()), 4),
-            "within_10px": round(float((e <= 10).mean()), 4)}
+    return {
+        "count": int(e.size),
+        "median_px": round(float(np.median(e)), 3),
+        "mean_px": round(float(e.mean()), 3),
+        "within_3px": round(float((e <= 3).mean()), 4),
+        "within_10px": round(float((e <= 10).mean()), 4),
+    }
 
 
 def main() -> int:
@@ -77,6 +87,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
+
     from nerf_descriptor_ros.sim import SimConfig, SimWorld
 
     torch.set_num_threads(1)
@@ -92,11 +103,15 @@ def main() -> int:
     # With the default settings: (name, distance, confidence, error px) of visible keypoints,
     # distances of hidden ones and of the keypoints in images of the empty table.
     visible, hidden, empty_table = [], [], []
-    on_mask = []                                # ground-truth pixels that fall on the object's mask
+    on_mask = []  # ground-truth pixels that fall on the object's mask
     rng = np.random.default_rng(args.seed)
-    sim_config = SimConfig(object_source=truth["source"], object_scale=truth["scale"],
-                           width=intr.width, height=intr.height,
-                           vertical_fov_deg=float(np.degrees(2 * np.arctan2(intr.height / 2, intr.fy))))
+    sim_config = SimConfig(
+        object_source=truth["source"],
+        object_scale=truth["scale"],
+        width=intr.width,
+        height=intr.height,
+        vertical_fov_deg=float(np.degrees(2 * np.arctan2(intr.height / 2, intr.fy))),
+    )
     size = (intr.width, intr.height)
     with SimWorld(sim_config) as world:
         for placement in range(args.placements):
@@ -105,9 +120,12 @@ def main() -> int:
                 world.set_joint_positions(joints)
                 frame = world.render()
                 descriptors = model.describe(frame.rgb)
-                truth_uv = {k.name: moved_point_pixel(k.point_base, T_object_then, T_object_now,
-                                                      frame.T_base_cam, world.intrinsics, frame.depth)
-                            for k in keypoints}
+                truth_uv = {
+                    k.name: moved_point_pixel(
+                        k.point_base, T_object_then, T_object_now, frame.T_base_cam, world.intrinsics, frame.depth
+                    )
+                    for k in keypoints
+                }
                 for label, refinement, window in REFINEMENTS:
                     settings = KeypointMatchingConfig(refinement, max(window, 1))
                     for loc in match_keypoints(descriptors, keypoints, size, config=settings):
@@ -125,41 +143,55 @@ def main() -> int:
                 world.set_object_pose(_far_away() @ T_object_now)
                 empty = world.render()
                 world.set_object_pose(T_object_now)
-                empty_table += [loc.distance
-                                for loc in match_keypoints(model.describe(empty.rgb), keypoints, size)]
-            print(f"placement {placement + 1}/{args.placements}: {len(visible)} visible keypoints so far",
-                  flush=True)
+                empty_table += [loc.distance for loc in match_keypoints(model.describe(empty.rgb), keypoints, size)]
+            print(f"placement {placement + 1}/{args.placements}: {len(visible)} visible keypoints so far", flush=True)
 
     names = np.array([v[0] for v in visible])
     distance, confidence, error = (np.array([v[i] for v in visible], dtype=np.float64) for i in (1, 2, 3))
     hidden, empty_table = np.asarray(hidden), np.asarray(empty_table)
     result = {
-        "model": str(Path(args.model).resolve()), "dataset": str(dataset.root),
+        "model": str(Path(args.model).resolve()),
+        "dataset": str(dataset.root),
         "keypoints": keypoints.names,
-        "grasp_choice": {"candidates": choice.candidates, "training_views": choice.views,
-                         "mean_error_px": choice.mean_error_px,
-                         "top_centre_mean_error_px": choice.top_centre_error_px},
-        "placements": args.placements, "views_per_placement": args.views,
-        "image_size": [intr.width, intr.height], "model_input_size": list(model.input_size),
+        "grasp_choice": {
+            "candidates": choice.candidates,
+            "training_views": choice.views,
+            "mean_error_px": choice.mean_error_px,
+            "top_centre_mean_error_px": choice.top_centre_error_px,
+        },
+        "placements": args.placements,
+        "views_per_placement": args.views,
+        "image_size": [intr.width, intr.height],
+        "model_input_size": list(model.input_size),
         "ground_truth_pixels_on_object_mask": round(float(np.mean(on_mask)), 4),
         "matching": {label: summarize(errors[label]) for label, _, _ in REFINEMENTS},
-        "per_keypoint": {name: summarize(error[names == name]) for name in keypoints.names
-                         if (names == name).any()},
+        "per_keypoint": {name: summarize(error[names == name]) for name in keypoints.names if (names == name).any()},
         "not_found_threshold": {
-            "settings": DEFAULT, "model_default": model_max_distance(model.manifest),
-            "distance_median": {"visible": _median(distance), "hidden": _median(hidden),
-                                "empty_table": _median(empty_table)},
-            "by_threshold": [_at_threshold(t, distance, error, hidden, empty_table) for t in THRESHOLDS]},
-        "by_confidence": [{"min_confidence": round(float(c), 4),
-                           "kept": round(float((confidence >= c).mean()), 4),
-                           "kept_within_10px": round(float((error[confidence >= c] <= 10).mean()), 4)}
-                          for c in np.quantile(confidence, [0.0, 0.25, 0.5, 0.75])],
+            "settings": DEFAULT,
+            "model_default": model_max_distance(model.manifest),
+            "distance_median": {
+                "visible": _median(distance),
+                "hidden": _median(hidden),
+                "empty_table": _median(empty_table),
+            },
+            "by_threshold": [_at_threshold(t, distance, error, hidden, empty_table) for t in THRESHOLDS],
+        },
+        "by_confidence": [
+            {
+                "min_confidence": round(float(c), 4),
+                "kept": round(float((confidence >= c).mean()), 4),
+                "kept_within_10px": round(float((error[confidence >= c] <= 10).mean()), 4),
+            }
+            for c in np.quantile(confidence, [0.0, 0.25, 0.5, 0.75])
+        ],
         "seconds": round(time.monotonic() - started, 1),
     }
     atomic_write_json(Path(args.out), result)
     for key, value in result["matching"].items():
-        print(f"{key:32s} median {value['median_px']:6.2f} px  mean {value['mean_px']:6.2f} px  "
-              f"<=3px {value['within_3px']:.3f}  <=10px {value['within_10px']:.3f}  (n={value['count']})")
+        print(
+            f"{key:32s} median {value['median_px']:6.2f} px  mean {value['mean_px']:6.2f} px  "
+            f"<=3px {value['within_3px']:.3f}  <=10px {value['within_10px']:.3f}  (n={value['count']})"
+        )
     for row in result["not_found_threshold"]["by_threshold"] + result["by_confidence"]:
         print(json.dumps(row))
     print(json.dumps(result["per_keypoint"]))
@@ -170,14 +202,19 @@ def _median(values: np.ndarray):
     return round(float(np.median(values)), 4) if len(values) else None
 
 
-def _at_threshold(threshold: float, distance: np.ndarray, error: np.ndarray, hidden: np.ndarray,
-                  empty: np.ndarray) -> dict:
+def _at_threshold(
+    threshold: float, distance: np.ndarray, error: np.ndarray, hidden: np.ndarray, empty: np.ndarray
+) -> dict:
     """How often keypoints count as found at ``threshold``, and how right the found ones are."""
     found = error[distance <= threshold]
     rate = lambda d: round(float((d <= threshold).mean()), 4) if len(d) else None  # noqa: E731
-    return {"threshold": threshold, "found_when_visible": rate(distance),
-            "found_within_10px": round(float((found <= 10).mean()), 4) if len(found) else None,
-            "found_when_hidden": rate(hidden), "found_on_empty_table": rate(empty)}
+    return {
+        "threshold": threshold,
+        "found_when_visible": rate(distance),
+        "found_within_10px": round(float((found <= 10).mean()), 4) if len(found) else None,
+        "found_when_hidden": rate(hidden),
+        "found_on_empty_table": rate(empty),
+    }
 
 
 def _far_away() -> np.ndarray:

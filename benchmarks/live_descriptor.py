@@ -20,6 +20,7 @@ Targets (issue 5): CPU >= 4 Hz at 320x240 with ResNet-18; GPU >= 60 Hz at 640x48
 <= 30 ms. This CPU is shared with other work: timings are noisy, compare each run with its baseline.
 Traffic stays on this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a private domain id).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ def export_benchmark_model(out_dir: Path, backbone: str, descriptor_dim: int, si
 
     from nerf_descriptor_ros.descriptors.model import export_model, load_model
     from nerf_descriptor_ros.descriptors.network import DescriptorNet
-    from nerf_descriptor_ros.keypoints import Keypoint, KeypointSet, KeypointSpec
+    from nerf_descriptor_ros.keypoints.definition import Keypoint, KeypointSet, KeypointSpec
 
     torch.manual_seed(0)
     export_model(DescriptorNet(descriptor_dim, backbone), out_dir, size)
@@ -97,8 +98,7 @@ def run_subscriber(args) -> int:
     node.create_subscription(KeypointMatches, "keypoints/matches", on_matches, 10)
     if args.dense:
         # Received (so that it crosses DDS) but left serialised: its decoding is the user's cost.
-        node.create_subscription(Image, "descriptors/image", lambda msg: None, qos_profile_sensor_data,
-                                 raw=True)
+        node.create_subscription(Image, "descriptors/image", lambda msg: None, qos_profile_sensor_data, raw=True)
     stop = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     while not stop:
@@ -109,16 +109,25 @@ def run_subscriber(args) -> int:
     return 0
 
 
-def measure(model_dir: Path, device: str, size: tuple[int, int], dense: bool, rate_hz: float,
-            warmup_s: float, duration_s: float, cpu_threads: int, work: Path) -> dict:
+def measure(
+    model_dir: Path,
+    device: str,
+    size: tuple[int, int],
+    dense: bool,
+    rate_hz: float,
+    warmup_s: float,
+    duration_s: float,
+    cpu_threads: int,
+    work: Path,
+) -> dict:
     """One run: node + subscriber processes, images published from here; fps and latency."""
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from nerf_descriptor_ros.node_processes import NodeProcesses
-    from nerf_descriptor_ros.ros_conversions import array_to_image, ns_to_stamp
+    from nerf_descriptor_ros.ros.conversions import array_to_image, ns_to_stamp
+    from nerf_descriptor_ros.ros.processes import NodeProcesses
 
     receipts_file = work / f"receipts-{device}-{size[0]}x{size[1]}-{int(dense)}.json"
     rgb = np.random.default_rng(1).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
@@ -127,12 +136,23 @@ def measure(model_dir: Path, device: str, size: tuple[int, int], dense: bool, ra
     node = rclpy.create_node("live_benchmark_camera", context=context)
     publisher = node.create_publisher(Image, "camera/color/image_raw", qos_profile_sensor_data)
     with NodeProcesses(work / "logs") as procs:
-        procs.start("descriptor", None, {"model_dir": str(model_dir), "device": device,
-                                         "publish_dense": dense, "dense_scale": 1.0,
-                                         "publish_visualization": False, "use_depth": False,
-                                         "cpu_threads": cpu_threads})
-        subscriber = subprocess.Popen([sys.executable, __file__, "--subscriber", str(receipts_file)]
-                                      + (["--dense"] if dense else []), start_new_session=True)
+        procs.start(
+            "descriptor",
+            None,
+            {
+                "model_dir": str(model_dir),
+                "device": device,
+                "publish_dense": dense,
+                "dense_scale": 1.0,
+                "publish_visualization": False,
+                "use_depth": False,
+                "cpu_threads": cpu_threads,
+            },
+        )
+        subscriber = subprocess.Popen(
+            [sys.executable, __file__, "--subscriber", str(receipts_file)] + (["--dense"] if dense else []),
+            start_new_session=True,
+        )
         try:
             published, started = 0, time.monotonic()
             window = None
@@ -156,25 +176,30 @@ def measure(model_dir: Path, device: str, size: tuple[int, int], dense: bool, ra
     receipts = np.array(json.loads(receipts_file.read_text()), dtype=np.int64).reshape(-1, 2)
     inside = receipts[(receipts[:, 0] >= window[0]) & (receipts[:, 0] < window[1])]
     latency_ms = (inside[:, 1] - inside[:, 0]) / 1e6
-    return {"fps": round(len(inside) / duration_s, 2),
-            "latency_p50_ms": round(float(np.percentile(latency_ms, 50)), 1) if len(inside) else None,
-            "latency_p95_ms": round(float(np.percentile(latency_ms, 95)), 1) if len(inside) else None,
-            "frames_published_per_s": round(rate_hz, 1), "frames_answered": int(len(inside))}
+    return {
+        "fps": round(len(inside) / duration_s, 2),
+        "latency_p50_ms": round(float(np.percentile(latency_ms, 50)), 1) if len(inside) else None,
+        "latency_p95_ms": round(float(np.percentile(latency_ms, 95)), 1) if len(inside) else None,
+        "frames_published_per_s": round(rate_hz, 1),
+        "frames_answered": int(len(inside)),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="JSON file to write")
     parser.add_argument("--duration", type=float, default=10.0, help="measuring window per run, seconds")
-    parser.add_argument("--warmup", type=float, default=3.0,
-                        help="seconds after the first answer before measuring")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the first answer before measuring")
     parser.add_argument("--backbone", default="resnet18", help="resnet18 or resnet34")
     parser.add_argument("--descriptor-dim", type=int, default=16)
-    parser.add_argument("--cpu-threads", type=int, default=0,
-                        help="torch CPU threads of the node and the baseline; 0 = torch's default "
-                             "(on a loaded machine 1 can be much faster: OpenMP threads wait on each other)")
-    parser.add_argument("--devices", default="auto",
-                        help="comma-separated cpu,cuda; auto = cpu (+ cuda when present)")
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=0,
+        help="torch CPU threads of the node and the baseline; 0 = torch's default "
+        "(on a loaded machine 1 can be much faster: OpenMP threads wait on each other)",
+    )
+    parser.add_argument("--devices", default="auto", help="comma-separated cpu,cuda; auto = cpu (+ cuda when present)")
     parser.add_argument("--subscriber", help=argparse.SUPPRESS)
     parser.add_argument("--dense", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,26 +212,43 @@ def main() -> int:
     if args.cpu_threads > 0:
         torch.set_num_threads(args.cpu_threads)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 19))   # valid ids are 0-101; tests use 20-100
-    devices = (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-               if args.devices == "auto" else args.devices.split(","))
+    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 19))  # valid ids are 0-101; tests use 20-100
+    devices = (
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    )
     runs = []
     with tempfile.TemporaryDirectory(prefix="live_descriptor_") as tmp:
         work = Path(tmp)
         for size in RESOLUTIONS:
-            model_dir = export_benchmark_model(work / f"model-{size[0]}x{size[1]}", args.backbone,
-                                               args.descriptor_dim, size)
+            model_dir = export_benchmark_model(
+                work / f"model-{size[0]}x{size[1]}", args.backbone, args.descriptor_dim, size
+            )
             image = np.random.default_rng(1).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
             for device in devices:
                 for dense in (True, False):
                     # Just before the run, so that both see the same load on a shared machine.
                     forward_ms = baseline_ms(model_dir, device, image, 10 if device == "cpu" else 100)
-                    result = measure(model_dir, device, size, dense, 30.0 if device == "cpu" else 100.0,
-                                     args.warmup, args.duration, args.cpu_threads, work)
-                    run = {"device": device, "backbone": args.backbone, "descriptor_dim": args.descriptor_dim,
-                           "resolution": list(size), "publish_dense": dense, **result,
-                           "baseline_describe_ms": round(forward_ms, 1),
-                           "baseline_fps": round(1000.0 / forward_ms, 2)}
+                    result = measure(
+                        model_dir,
+                        device,
+                        size,
+                        dense,
+                        30.0 if device == "cpu" else 100.0,
+                        args.warmup,
+                        args.duration,
+                        args.cpu_threads,
+                        work,
+                    )
+                    run = {
+                        "device": device,
+                        "backbone": args.backbone,
+                        "descriptor_dim": args.descriptor_dim,
+                        "resolution": list(size),
+                        "publish_dense": dense,
+                        **result,
+                        "baseline_describe_ms": round(forward_ms, 1),
+                        "baseline_fps": round(1000.0 / forward_ms, 2),
+                    }
                     runs.append(run)
                     print(json.dumps(run), flush=True)
 
@@ -219,18 +261,37 @@ def main() -> int:
     cpu = best("cpu", (320, 240)) if args.backbone == "resnet18" else None
     gpu = best("cuda", (640, 480))
     targets = {
-        "cpu_resnet18_320x240": None if cpu is None else {
-            "min_fps": TARGETS["cpu_resnet18_320x240_min_fps"], "fps": cpu["fps"],
-            "publish_dense": cpu["publish_dense"], "met": cpu["fps"] >= TARGETS["cpu_resnet18_320x240_min_fps"]},
-        "gpu_640x480": None if gpu is None else {
-            "min_fps": TARGETS["gpu_640x480_min_fps"], "max_p95_ms": TARGETS["gpu_640x480_max_p95_ms"],
-            "fps": gpu["fps"], "latency_p95_ms": gpu["latency_p95_ms"], "publish_dense": gpu["publish_dense"],
+        "cpu_resnet18_320x240": None
+        if cpu is None
+        else {
+            "min_fps": TARGETS["cpu_resnet18_320x240_min_fps"],
+            "fps": cpu["fps"],
+            "publish_dense": cpu["publish_dense"],
+            "met": cpu["fps"] >= TARGETS["cpu_resnet18_320x240_min_fps"],
+        },
+        "gpu_640x480": None
+        if gpu is None
+        else {
+            "min_fps": TARGETS["gpu_640x480_min_fps"],
+            "max_p95_ms": TARGETS["gpu_640x480_max_p95_ms"],
+            "fps": gpu["fps"],
+            "latency_p95_ms": gpu["latency_p95_ms"],
+            "publish_dense": gpu["publish_dense"],
             "met": gpu["fps"] >= TARGETS["gpu_640x480_min_fps"]
-            and (gpu["latency_p95_ms"] or 1e9) <= TARGETS["gpu_640x480_max_p95_ms"]},
+            and (gpu["latency_p95_ms"] or 1e9) <= TARGETS["gpu_640x480_max_p95_ms"],
+        },
     }
-    from nerf_descriptor_ros.dataset import atomic_write_json
-    atomic_write_json(Path(args.out), {"runs": runs, "targets": targets, "cpu_count": os.cpu_count(),
-                                       "cpu_threads": args.cpu_threads or torch.get_num_threads()})
+    from nerf_descriptor_ros.data.dataset import atomic_write_json
+
+    atomic_write_json(
+        Path(args.out),
+        {
+            "runs": runs,
+            "targets": targets,
+            "cpu_count": os.cpu_count(),
+            "cpu_threads": args.cpu_threads or torch.get_num_threads(),
+        },
+    )
     print(json.dumps(targets, indent=2))
     return 0
 

@@ -20,6 +20,7 @@ object pixels of all held-out frames. Targets (issue 3), CPU at 160x120: fast PS
 300 s, depth error <= 0.01 m, speedup >= 20; GPU at 640x480: fast PSNR >= 30 dB in under 60 s.
 Timings on a shared CPU are noisy; ``conditions`` records the load average around the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from nerf_descriptor_ros.dataset import Dataset, atomic_write_json
+from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.nerf import load_config, train_nerf
 from nerf_descriptor_ros.nerf.config import config_from_dict
 from nerf_descriptor_ros.nerf.trainer import resolve_device
@@ -54,12 +55,27 @@ def seconds_to(history: list, target: float) -> float | None:
     return None
 
 
-def run_model(name: str, config_file: str, dataset: Dataset, out_dir: Path, budget: float,
-              history_pixels: int, history_points: int, device: str, extra: dict) -> dict:
-    config = config_from_dict({"time_budget_s": budget, "iterations": 10 ** 9,
-                               "history_interval_s": budget / history_points,
-                               "history_pixels": history_pixels, **extra},
-                              load_config(REPO / "config" / config_file))
+def run_model(
+    name: str,
+    config_file: str,
+    dataset: Dataset,
+    out_dir: Path,
+    budget: float,
+    history_pixels: int,
+    history_points: int,
+    device: str,
+    extra: dict,
+) -> dict:
+    config = config_from_dict(
+        {
+            "time_budget_s": budget,
+            "iterations": 10**9,
+            "history_interval_s": budget / history_points,
+            "history_pixels": history_pixels,
+            **extra,
+        },
+        load_config(REPO / "config" / config_file),
+    )
     last = [0.0]
 
     def report(r):
@@ -70,13 +86,16 @@ def run_model(name: str, config_file: str, dataset: Dataset, out_dir: Path, budg
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, never a resumed one
     _, metrics = train_nerf(dataset, config, out_dir, device, report, resume=False)
     history = metrics["history"]
-    return {"psnr_at_budget": round(history[-1][2], 3),
-            "seconds_to_25db": seconds_to(history, TARGET_PSNR),
-            "depth_median_abs_err_m": metrics.get("depth_median_abs_err_m"),
-            "psnr_over_time": [[round(s, 2), round(p, 3)] for s, _, p in history],
-            "iterations": metrics["iterations"], "heldout_metrics": {
-                k: metrics[k] for k in ("psnr", "psnr_object_pixels", "ssim", "heldout_frames")
-                if k in metrics}}
+    return {
+        "psnr_at_budget": round(history[-1][2], 3),
+        "seconds_to_25db": seconds_to(history, TARGET_PSNR),
+        "depth_median_abs_err_m": metrics.get("depth_median_abs_err_m"),
+        "psnr_over_time": [[round(s, 2), round(p, 3)] for s, _, p in history],
+        "iterations": metrics["iterations"],
+        "heldout_metrics": {
+            k: metrics[k] for k in ("psnr", "psnr_object_pixels", "ssim", "heldout_frames") if k in metrics
+        },
+    }
 
 
 def main(argv=None) -> int:
@@ -88,10 +107,13 @@ def main(argv=None) -> int:
     parser.add_argument("--height", type=int, default=120)
     parser.add_argument("--views", type=int, default=64)
     parser.add_argument("--object", default="duck_vhacd.urdf", help="simulator object (pybullet_data or a path)")
-    parser.add_argument("--object-rpy-deg", type=float, nargs=3,
-                        help="object orientation on the table (default: upright, as the simulator chooses)")
-    parser.add_argument("--history-pixels", type=int, default=2048,
-                        help="held-out pixels in the PSNR-over-time subset")
+    parser.add_argument(
+        "--object-rpy-deg",
+        type=float,
+        nargs=3,
+        help="object orientation on the table (default: upright, as the simulator chooses)",
+    )
+    parser.add_argument("--history-pixels", type=int, default=2048, help="held-out pixels in the PSNR-over-time subset")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--work-dir", help="where the capture and the runs go (default: a temp dir)")
@@ -109,17 +131,36 @@ def main(argv=None) -> int:
             name = f"{Path(args.object).stem}_{args.views}_{args.width}x{args.height}"
             print(f"capturing {args.views} views of {args.object} at {args.width}x{args.height}", flush=True)
             dataset = capture_sweep_dataset(
-                SimConfig(object_source=args.object,
-                          object_rpy_deg=tuple(args.object_rpy_deg) if args.object_rpy_deg else None,
-                          width=args.width, height=args.height), work / name, args.views)
+                SimConfig(
+                    object_source=args.object,
+                    object_rpy_deg=tuple(args.object_rpy_deg) if args.object_rpy_deg else None,
+                    width=args.width,
+                    height=args.height,
+                ),
+                work / name,
+                args.views,
+            )
         width, height = dataset.frames[0].intrinsics.width, dataset.frames[0].intrinsics.height
-        print(f"dataset {dataset.root}: {len(dataset)} frames at {width}x{height}; budget "
-              f"{args.budget_s:.0f} s per model on {device}", flush=True)
-        fast = run_model("fast", "nerf_fast.yaml", dataset, work / "fast", args.budget_s,
-                         args.history_pixels, 100, str(device), {})
+        print(
+            f"dataset {dataset.root}: {len(dataset)} frames at {width}x{height}; budget "
+            f"{args.budget_s:.0f} s per model on {device}",
+            flush=True,
+        )
+        fast = run_model(
+            "fast", "nerf_fast.yaml", dataset, work / "fast", args.budget_s, args.history_pixels, 100, str(device), {}
+        )
         # The classic model's held-out evaluation renders one frame (minutes per frame on a CPU).
-        classic = run_model("classic", "nerf_classic.yaml", dataset, work / "classic", args.budget_s,
-                            args.history_pixels, 10, str(device), {"eval_max_frames": 1, "render_count": 1})
+        classic = run_model(
+            "classic",
+            "nerf_classic.yaml",
+            dataset,
+            work / "classic",
+            args.budget_s,
+            args.history_pixels,
+            10,
+            str(device),
+            {"eval_max_frames": 1, "render_count": 1},
+        )
 
     classic.pop("depth_median_abs_err_m")
     t_fast, t_classic = fast["seconds_to_25db"], classic["seconds_to_25db"]
@@ -127,22 +168,36 @@ def main(argv=None) -> int:
         speedup, note = round(t_classic / t_fast, 2), "measured: both reached 25 dB"
     elif t_fast is not None:
         speedup = round(args.budget_s / t_fast, 2)
-        note = (f"lower bound: classic never reached 25 dB within the {args.budget_s:.0f} s budget "
-                f"(PSNR {classic['psnr_at_budget']:.2f} dB at the budget); budget / fast time used")
+        note = (
+            f"lower bound: classic never reached 25 dB within the {args.budget_s:.0f} s budget "
+            f"(PSNR {classic['psnr_at_budget']:.2f} dB at the budget); budget / fast time used"
+        )
     else:
         speedup, note = None, "the fast field did not reach 25 dB within the budget"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result = {"device": f"{device.type}: {name}" if device.type == "cuda" else "cpu",
-              "resolution": [width, height], "budget_s": args.budget_s, "fast": fast,
-              "classic": classic, "speedup_to_25db": speedup, "speedup_note": note,
-              "conditions": {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                             "load_average_before": [round(v, 2) for v in load_before],
-                             "load_average_after": [round(v, 2) for v in os.getloadavg()],
-                             "wall_s": round(time.monotonic() - started, 1), "frames": len(dataset)}}
+    result = {
+        "device": f"{device.type}: {name}" if device.type == "cuda" else "cpu",
+        "resolution": [width, height],
+        "budget_s": args.budget_s,
+        "fast": fast,
+        "classic": classic,
+        "speedup_to_25db": speedup,
+        "speedup_note": note,
+        "conditions": {
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_average_before": [round(v, 2) for v in load_before],
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
+            "wall_s": round(time.monotonic() - started, 1),
+            "frames": len(dataset),
+        },
+    }
     atomic_write_json(Path(args.out), result)
-    print(f"fast: {fast['psnr_at_budget']:.2f} dB at the budget, 25 dB after {t_fast} s, depth "
-          f"error {fast['depth_median_abs_err_m']}; classic: {classic['psnr_at_budget']:.2f} dB, "
-          f"25 dB after {t_classic} s; speedup {speedup} ({note})")
+    print(
+        f"fast: {fast['psnr_at_budget']:.2f} dB at the budget, 25 dB after {t_fast} s, depth "
+        f"error {fast['depth_median_abs_err_m']}; classic: {classic['psnr_at_budget']:.2f} dB, "
+        f"25 dB after {t_classic} s; speedup {speedup} ({note})"
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 The subpackages other than ``nodes`` import no ROS: the geometry, dataset, simulation, NeRF,
 correspondence, descriptor and evaluation code runs in plain Python.
 """
+
 import pkgutil
 
 # The generated msg/srv/action modules are installed beside this package by colcon; when the

@@ -1,11 +1,12 @@
 """`nerf-descriptor`: the command-line entry point; each subcommand lives in its own module."""
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
-from .errors import NerfDescriptorError
+from nerf_descriptor_ros.errors import NerfDescriptorError
 
 # Modules under nerf_descriptor_ros.commands, each exposing register(subparsers).
 COMMANDS = [
@@ -21,7 +22,8 @@ COMMANDS = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nerf-descriptor",
-        description="Capture, NeRF training, descriptor training and evaluation for nerf_descriptor_ros.")
+        description="Capture, NeRF training, descriptor training and evaluation for nerf_descriptor_ros.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"nerf_descriptor_ros.commands.{name}").register(sub)

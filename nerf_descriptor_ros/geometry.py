@@ -12,6 +12,7 @@ Conventions used throughout the package (and tested in test/test_geometry.py):
 * Quaternions are ``(x, y, z, w)`` as in ROS messages; transforms3d's ``(w, x, y, z)`` never
   leaves this module.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import transforms3d
 
-from .errors import NerfDescriptorError
+from nerf_descriptor_ros.errors import NerfDescriptorError
 
 # Flips y and z: the same physical camera expressed in OpenGL instead of OpenCV axes.
 _CV_GL_FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -91,8 +92,7 @@ def validate_rigid_transform(T, what: str = "pose", tol: float = 1e-4) -> np.nda
     R = T[:3, :3]
     orthonormality = np.abs(R.T @ R - np.eye(3)).max()
     if orthonormality > tol:
-        raise InvalidPoseError(
-            f"{what}: rotation is not orthonormal (max |R^T R - I| = {orthonormality:.2e})")
+        raise InvalidPoseError(f"{what}: rotation is not orthonormal (max |R^T R - I| = {orthonormality:.2e})")
     if np.linalg.det(R) < 0:
         raise InvalidPoseError(f"{what}: rotation is a reflection (det < 0)")
     return T
@@ -107,8 +107,7 @@ def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
 
 def pose_distance(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:
     """(translation distance in metres, rotation angle in degrees) between two poses."""
-    return (float(np.linalg.norm(T_a[:3, 3] - T_b[:3, 3])),
-            rotation_angle_deg(T_a[:3, :3], T_b[:3, :3]))
+    return (float(np.linalg.norm(T_a[:3, 3] - T_b[:3, 3])), rotation_angle_deg(T_a[:3, :3], T_b[:3, :3]))
 
 
 def interpolate_pose(T_0: np.ndarray, T_1: np.ndarray, alpha: float) -> np.ndarray:
@@ -172,14 +171,21 @@ class CameraIntrinsics:
     def has_distortion(self) -> bool:
         return any(abs(d) > 0 for d in self.distortion)
 
-    def scaled(self, width: int, height: int) -> "CameraIntrinsics":
+    def scaled(self, width: int, height: int) -> CameraIntrinsics:
         """The same camera resampled to another image size (pixel-centre convention kept)."""
         sx, sy = width / self.width, height / self.height
-        return CameraIntrinsics(self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5,
-                                (self.cy + 0.5) * sy - 0.5, width, height, list(self.distortion))
+        return CameraIntrinsics(
+            self.fx * sx,
+            self.fy * sy,
+            (self.cx + 0.5) * sx - 0.5,
+            (self.cy + 0.5) * sy - 0.5,
+            width,
+            height,
+            list(self.distortion),
+        )
 
     @classmethod
-    def from_fov(cls, width: int, height: int, vertical_fov_deg: float) -> "CameraIntrinsics":
+    def from_fov(cls, width: int, height: int, vertical_fov_deg: float) -> CameraIntrinsics:
         """Square-pixel camera with the principal point at the image centre."""
         f = 0.5 * height / np.tan(np.radians(vertical_fov_deg) / 2.0)
         return cls(f, f, (width - 1) / 2.0, (height - 1) / 2.0, width, height)

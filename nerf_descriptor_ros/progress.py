@@ -3,16 +3,17 @@
 A stage takes a ``report`` callback and a ``cancel`` event; the CLI turns reports into a progress bar,
 the trainer node into action feedback and a status topic.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 
 @dataclass
 class ProgressReport:
-    stage: str                      # "nerf", "correspondences", "descriptors", "export", ...
+    stage: str  # "nerf", "correspondences", "descriptors", "export", ...
     iteration: int
     total_iterations: int
     loss: float = float("nan")
@@ -28,6 +29,6 @@ class StageCancelled(Exception):
     """Raised inside a stage when its cancel event is set; work done so far stays checkpointed."""
 
 
-def check_cancelled(cancel: Optional[threading.Event]) -> None:
+def check_cancelled(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise StageCancelled("cancelled on request")

@@ -1,4 +1,5 @@
 """Helpers shared by the capture node's DDS tests: blocking service calls from a test-side node."""
+
 from __future__ import annotations
 
 import threading

@@ -1,11 +1,12 @@
 """Shared fixtures: an isolated DDS domain per test and ROS node processes that get cleaned up."""
+
 import itertools
 import os
 from pathlib import Path
 
 import pytest
 
-from nerf_descriptor_ros.node_processes import NodeProcesses
+from nerf_descriptor_ros.ros.processes import NodeProcesses
 
 REPO = Path(__file__).resolve().parents[1]
 

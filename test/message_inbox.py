@@ -1,4 +1,5 @@
 """A test-side topic inbox: the messages of one topic, with a blocking wait for one that fits."""
+
 import threading
 import time
 

@@ -4,6 +4,7 @@ Meshes on a table are ray cast with open3d (exact depth and object masks) and co
 procedural 3D texture, so every surface point has a view-independent colour, and written through
 :class:`DatasetWriter` like a real capture.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,9 +14,9 @@ import open3d as o3d
 import pytest
 import torch
 
-from nerf_descriptor_ros.dataset import DatasetWriter
+from nerf_descriptor_ros.data.dataset import DatasetWriter
 from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at
-from nerf_descriptor_ros.thin_objects import WireMesh
+from nerf_descriptor_ros.sim.thin_objects import WireMesh
 
 
 def box_mesh(center, size) -> WireMesh:
@@ -33,7 +34,7 @@ def sphere_mesh(center, radius) -> WireMesh:
 def procedural_colour(points: np.ndarray, seed: int) -> np.ndarray:
     """A smooth, non-repeating colour per 3D point (several sinusoids per channel)."""
     rng = np.random.default_rng(seed)
-    freqs = rng.normal(0.0, 60.0, size=(3, 4, 3))      # channel, component, xyz (rad/m)
+    freqs = rng.normal(0.0, 60.0, size=(3, 4, 3))  # channel, component, xyz (rad/m)
     phases = rng.uniform(0, 2 * np.pi, size=(3, 4))
     colour = np.zeros(points.shape[:-1] + (3,))
     for c in range(3):
@@ -50,8 +51,9 @@ class Scene:
         self.raycaster = o3d.t.geometry.RaycastingScene()
         self.object_ids = set()
         for mesh in objects:
-            self.object_ids.add(self.raycaster.add_triangles(
-                mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32)))
+            self.object_ids.add(
+                self.raycaster.add_triangles(mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32))
+            )
         table = box_mesh([0, 0, -0.01], [2 * table_half_size, 2 * table_half_size, 0.02])
         self.raycaster.add_triangles(table.vertices.astype(np.float32), table.faces.astype(np.uint32))
 
@@ -62,34 +64,43 @@ class Scene:
         origins = np.broadcast_to(c2w[:3, 3], dirs.shape)
         rays = np.concatenate([origins, dirs], -1).astype(np.float32)
         hit = self.raycaster.cast_rays(o3d.core.Tensor(rays))
-        t = hit["t_hit"].numpy().astype(np.float64)   # along the un-normalised direction: z-depth
+        t = hit["t_hit"].numpy().astype(np.float64)  # along the un-normalised direction: z-depth
         geometry = hit["geometry_ids"].numpy()
         valid = np.isfinite(t)
         points = origins + dirs * np.where(valid, t, 0)[..., None]
         is_object = np.isin(geometry, list(self.object_ids)) & valid
-        colour = np.where(is_object[..., None], self.object_colour(points),
-                          0.35 + 0.3 * procedural_colour(points * 0.5, 2))
+        colour = np.where(
+            is_object[..., None], self.object_colour(points), 0.35 + 0.3 * procedural_colour(points * 0.5, 2)
+        )
         colour[~valid] = 0.2
         depth = np.where(valid, t, np.nan)
         return (colour * 255).round().astype(np.uint8), depth, is_object
 
 
-def orbit_poses(count: int, radius: float, target=(0.0, 0.0, 0.03), elevations_deg=(35.0, 60.0),
-                turns: float = 1.0) -> list[np.ndarray]:
+def orbit_poses(
+    count: int, radius: float, target=(0.0, 0.0, 0.03), elevations_deg=(35.0, 60.0), turns: float = 1.0
+) -> list[np.ndarray]:
     """Cameras on a rising spiral around ``target``, all looking at it."""
     poses = []
     for i in range(count):
         azimuth = 2 * np.pi * turns * i / count
         elevation = np.radians(np.interp(i, [0, count - 1], elevations_deg))
-        eye = np.asarray(target) + radius * np.array([np.cos(elevation) * np.cos(azimuth),
-                                                      np.cos(elevation) * np.sin(azimuth),
-                                                      np.sin(elevation)])
+        eye = np.asarray(target) + radius * np.array(
+            [np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)]
+        )
         poses.append(look_at(eye, target))
     return poses
 
 
-def write_scene_dataset(root: Path, scene: Scene, poses: list[np.ndarray], width: int = 160,
-                        height: int = 120, vertical_fov_deg: float = 45.0, masks: bool = True) -> Path:
+def write_scene_dataset(
+    root: Path,
+    scene: Scene,
+    poses: list[np.ndarray],
+    width: int = 160,
+    height: int = 120,
+    vertical_fov_deg: float = 45.0,
+    masks: bool = True,
+) -> Path:
     intr = CameraIntrinsics.from_fov(width, height, vertical_fov_deg)
     writer = DatasetWriter(root, metadata={"object_name": root.name})
     for c2w in poses:

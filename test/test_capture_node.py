@@ -3,24 +3,29 @@
 Every image the fake camera publishes encodes its sequence number in its pixels and its depth, and
 its pose is known, so the tests can tell which image, depth and pose ended up in each saved frame.
 """
+
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from capture_test_utils import ros  # noqa: F401  (fixture)
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from capture_test_utils import ros  # noqa: F401  (fixture)
-from nerf_descriptor_ros.dataset import Dataset
+from nerf_descriptor_ros.data.dataset import Dataset
 from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at, pose_distance
 from nerf_descriptor_ros.msg import CaptureStatus
-from nerf_descriptor_ros.ros_conversions import (array_to_image, intrinsics_to_camera_info,
-                                                 matrix_to_pose_msg, ns_to_stamp)
+from nerf_descriptor_ros.ros.conversions import (
+    array_to_image,
+    intrinsics_to_camera_info,
+    matrix_to_pose_msg,
+    ns_to_stamp,
+)
 from nerf_descriptor_ros.srv import CaptureFrame, GetCaptureStatus, StartCapture
 
 pytestmark = pytest.mark.ros
@@ -52,8 +57,7 @@ class FakeCamera:
         self.node = node
         self.period = 1.0 / rate_hz
         self.published: dict[int, tuple[int, np.ndarray]] = {}  # stamp -> (sequence number, pose)
-        self._settings = {"streaming": True, "info": INTRINSICS, "encoding": "rgb8", "depth": True,
-                          "pose": "ok"}
+        self._settings = {"streaming": True, "info": INTRINSICS, "encoding": "rgb8", "depth": True, "pose": "ok"}
         self._lock = threading.Lock()
         sensor = qos_profile_sensor_data
         self._image = node.create_publisher(Image, "camera/color/image_raw", sensor)
@@ -105,14 +109,12 @@ class FakeCamera:
         mask = np.zeros((HEIGHT, WIDTH), np.uint8)
         mask[:, : WIDTH // 2] = 255 if seq % 2 else 0
         if settings["depth"]:
-            self._depth.publish(array_to_image(np.full((HEIGHT, WIDTH), depth_of(seq), np.float32),
-                                               "32FC1", header))
+            self._depth.publish(array_to_image(np.full((HEIGHT, WIDTH), depth_of(seq), np.float32), "32FC1", header))
         self._mask.publish(array_to_image(mask, "mono8", header))
         if settings["info"] is not None:
             self._info.publish(intrinsics_to_camera_info(settings["info"], header))
         self._image.publish(image)
-        pose = PoseStamped(header=Header(stamp=header.stamp, frame_id=BASE),
-                           pose=matrix_to_pose_msg(T))
+        pose = PoseStamped(header=Header(stamp=header.stamp, frame_id=BASE), pose=matrix_to_pose_msg(T))
         if settings["pose"] == "nan":
             pose.pose.position.y = float("nan")
         elif settings["pose"] == "non_unit":
@@ -169,7 +171,7 @@ def check_frames_match_what_was_published(dataset, camera):
         depth = frame.load_depth()
         assert np.allclose(depth, depth_of(seq), atol=1e-6)
         mask = frame.load_mask()
-        assert mask[:, : WIDTH // 2].all() == bool(seq % 2) and not mask[:, WIDTH // 2:].any()
+        assert mask[:, : WIDTH // 2].all() == bool(seq % 2) and not mask[:, WIDTH // 2 :].any()
         assert frame.intrinsics == INTRINSICS
 
 
@@ -201,14 +203,19 @@ def test_capture_session_writes_posed_frames_with_their_depth_and_masks(nodes, t
     assert [f.index for f in dataset.frames] == [0, 1, 2]
     check_frames_match_what_was_published(dataset, camera)
     meta = dataset.metadata
-    assert (meta["object_name"], meta["base_frame"], meta["camera_frame"], meta["pose_source"]) == \
-        ("mug-1", BASE, CAMERA, "topic")
+    assert (meta["object_name"], meta["base_frame"], meta["camera_frame"], meta["pose_source"]) == (
+        "mug-1",
+        BASE,
+        CAMERA,
+        "topic",
+    )
     assert meta["start_time"] == meta["last_start_time"]
 
     # The status topic is latched: a late subscriber still gets the final state.
     received = []
-    latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
-                         durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+    latched = QoSProfile(
+        depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
+    )
     ros.node.create_subscription(CaptureStatus, "/capture/status", received.append, latched)
     deadline = time.monotonic() + 5
     while not received and time.monotonic() < deadline:
@@ -276,8 +283,7 @@ def test_bad_input_is_refused_with_its_reason_and_loses_nothing(nodes, tmp_path,
 
 
 def test_auto_keyframes_then_resume(nodes, tmp_path, ros, camera):
-    data_root = start_capture(nodes, tmp_path, keyframe_min_translation_m=0.05,
-                              keyframe_min_rotation_deg=0.0)
+    data_root = start_capture(nodes, tmp_path, keyframe_min_translation_m=0.05, keyframe_min_rotation_deg=0.0)
     camera.wait_for_subscribers()
     assert start(ros, "teddy", auto_keyframes=True).success
     time.sleep(2.0)
@@ -307,6 +313,7 @@ def test_auto_keyframes_then_resume(nodes, tmp_path, ros, camera):
 def test_tf_pose_source_without_tf2_ros_stops_at_start_up_with_the_reason(nodes, tmp_path):
     try:
         import tf2_ros  # noqa: F401
+
         pytest.skip("tf2_ros is installed here")
     except ImportError:
         pass

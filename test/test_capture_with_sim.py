@@ -4,6 +4,7 @@ Checks the issue's acceptance criteria end to end: saved poses equal the simulat
 saved images and depth reproject consistently between views, and a capture killed with SIGKILL in
 the middle of a sweep reloads with every acknowledged frame and resumes.
 """
+
 import os
 import queue
 import signal
@@ -13,19 +14,17 @@ import time
 import cv2
 import numpy as np
 import pytest
+from capture_test_utils import ros  # noqa: F401  (fixture)
 from geometry_msgs.msg import PoseStamped
 from rclpy.action import ActionClient
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from std_srvs.srv import Trigger
 
-from capture_test_utils import ros  # noqa: F401  (fixture)
 from nerf_descriptor_ros.action import ViewSweep
-from nerf_descriptor_ros.dataset import Dataset
-from nerf_descriptor_ros.geometry import (backproject_depth, invert, look_at, project_points,
-                                          transform_points)
+from nerf_descriptor_ros.data.dataset import Dataset
+from nerf_descriptor_ros.geometry import backproject_depth, invert, look_at, project_points, transform_points
 from nerf_descriptor_ros.msg import CaptureStatus
-from nerf_descriptor_ros.ros_conversions import (matrix_to_pose_msg, pose_msg_to_matrix,
-                                                 stamp_to_ns)
+from nerf_descriptor_ros.ros.conversions import matrix_to_pose_msg, pose_msg_to_matrix, stamp_to_ns
 from nerf_descriptor_ros.srv import CaptureFrame, MoveCamera, StartCapture
 
 pytestmark = pytest.mark.ros
@@ -39,9 +38,11 @@ def sim_poses(rclpy_node, ros):
     """Every camera/pose message the simulator publishes: stamp (ns) -> 4x4 camera-to-base."""
     poses = {}
     rclpy_node.create_subscription(
-        PoseStamped, "/camera/pose",
+        PoseStamped,
+        "/camera/pose",
         lambda msg: poses.__setitem__(stamp_to_ns(msg.header.stamp), pose_msg_to_matrix(msg.pose)),
-        qos_profile_sensor_data)
+        qos_profile_sensor_data,
+    )
     return poses
 
 
@@ -66,8 +67,11 @@ def start_sweep(ros, num_views: int, dwell_s: float):
     assert client.wait_for_server(timeout_sec=30), "no view_sweep action server"
     feedback = queue.Queue()
     goal = ViewSweep.Goal(num_views=num_views, radius=SWEEP_RADIUS_M, dwell_s=dwell_s)
-    handle = ros.wait(client.send_goal_async(goal, feedback_callback=lambda m: feedback.put(m.feedback)),
-                      10.0, "sweep goal not answered")
+    handle = ros.wait(
+        client.send_goal_async(goal, feedback_callback=lambda m: feedback.put(m.feedback)),
+        10.0,
+        "sweep goal not answered",
+    )
     assert handle.accepted
     return feedback, handle.get_result_async()
 
@@ -93,8 +97,13 @@ def reproject(frame_a, frame_b, c2w_b, margin_px: float):
     in_b = transform_points(invert(c2w_b) @ frame_a.c2w, points_a[valid])
     uv, z = project_points(in_b, frame_b.intrinsics.K)
     w, h = frame_b.intrinsics.width, frame_b.intrinsics.height
-    inside = ((z > 0) & (uv[:, 0] >= margin_px) & (uv[:, 0] <= w - 1 - margin_px)
-              & (uv[:, 1] >= margin_px) & (uv[:, 1] <= h - 1 - margin_px))
+    inside = (
+        (z > 0)
+        & (uv[:, 0] >= margin_px)
+        & (uv[:, 0] <= w - 1 - margin_px)
+        & (uv[:, 1] >= margin_px)
+        & (uv[:, 1] <= h - 1 - margin_px)
+    )
     return uv[inside], z[inside], colours[inside]
 
 
@@ -129,12 +138,10 @@ def image_offset_px(frame_a, frame_b, c2w_b, max_px: float = 4.0, step_px: float
     return best_shift, len(uv)
 
 
-def test_capture_from_the_sim_matches_its_poses_and_reprojects_its_depth(nodes, tmp_path, ros,
-                                                                          sim_poses):
+def test_capture_from_the_sim_matches_its_poses_and_reprojects_its_depth(nodes, tmp_path, ros, sim_poses):
     data_root = tmp_path / "data"
     start_nodes(nodes, data_root)
-    started = ros.call(StartCapture, "/capture/start", StartCapture.Request(object_name="duck"),
-                       timeout=60.0)
+    started = ros.call(StartCapture, "/capture/start", StartCapture.Request(object_name="duck"), timeout=60.0)
     assert started.success, started.message
 
     sweep_frames, view_poses = [], []  # (frame index, stamp ns); where the sim says each view is
@@ -158,8 +165,7 @@ def test_capture_from_the_sim_matches_its_poses_and_reprojects_its_depth(nodes, 
         assert moved.success, moved.message
         frame = grab(ros)
         assert frame.success, frame.message
-        moved_frames.append((frame.frame_index, stamp_to_ns(frame.stamp),
-                             pose_msg_to_matrix(moved.achieved.pose)))
+        moved_frames.append((frame.frame_index, stamp_to_ns(frame.stamp), pose_msg_to_matrix(moved.achieved.pose)))
     assert ros.call(Trigger, "/capture/stop", Trigger.Request()).success
 
     dataset = Dataset.load(data_root / "duck")
@@ -170,15 +176,18 @@ def test_capture_from_the_sim_matches_its_poses_and_reprojects_its_depth(nodes, 
         saved = dataset.frames[index]
         assert saved.stamp_ns == stamp_ns
         assert np.abs(saved.c2w - sim_poses[stamp_ns]).max() < 1e-5  # the sim's pose at that stamp
-        assert (saved.intrinsics.width, saved.intrinsics.height) == \
-            (SIM_PARAMS["width"], SIM_PARAMS["height"])
+        assert (saved.intrinsics.width, saved.intrinsics.height) == (SIM_PARAMS["width"], SIM_PARAMS["height"])
 
     pairs = [(i, i + 1) for i in range(len(dataset) - 1)] + [(len(dataset) - 1, 0)]
     for a, b in pairs:
         frame_a, frame_b = dataset.frames[a], dataset.frames[b]
         residuals = depth_residuals_m(frame_a, frame_b)
-        assert np.median(residuals) < 0.003 and np.mean(residuals < 0.006) > 0.8, \
-            (a, b, np.median(residuals), np.mean(residuals < 0.006))
+        assert np.median(residuals) < 0.003 and np.mean(residuals < 0.006) > 0.8, (
+            a,
+            b,
+            np.median(residuals),
+            np.mean(residuals < 0.006),
+        )
         shift, used = image_offset_px(frame_a, frame_b, frame_b.c2w)
         assert used > 300, f"views {a} and {b} barely overlap ({used} points)"
         assert np.linalg.norm(shift) <= 0.5, (a, b, shift)
@@ -190,12 +199,10 @@ def test_capture_from_the_sim_matches_its_poses_and_reprojects_its_depth(nodes, 
         assert np.linalg.norm(shift - [3.0, 0.0]) <= 0.5, (a, b, shift)
 
 
-def test_capture_killed_mid_sweep_reloads_every_acknowledged_frame_and_resumes(nodes, tmp_path, ros,
-                                                                              sim_poses):
+def test_capture_killed_mid_sweep_reloads_every_acknowledged_frame_and_resumes(nodes, tmp_path, ros, sim_poses):
     data_root = tmp_path / "data"
     capture = start_nodes(nodes, data_root)
-    started = ros.call(StartCapture, "/capture/start", StartCapture.Request(object_name="sweep"),
-                       timeout=60.0)
+    started = ros.call(StartCapture, "/capture/start", StartCapture.Request(object_name="sweep"), timeout=60.0)
     assert started.success, started.message
 
     acknowledged = {}  # frame index -> stamp ns
@@ -205,7 +212,8 @@ def test_capture_killed_mid_sweep_reloads_every_acknowledged_frame_and_resumes(n
         if len(acknowledged) == 3:
             # Kill it while a request is in flight.
             ros.node.create_client(CaptureFrame, "/capture/capture_frame").call_async(
-                CaptureFrame.Request(timeout_s=3.0))
+                CaptureFrame.Request(timeout_s=3.0)
+            )
             time.sleep(0.05)
             os.killpg(capture.pid, signal.SIGKILL)
             capture.wait(timeout=10)
@@ -227,8 +235,9 @@ def test_capture_killed_mid_sweep_reloads_every_acknowledged_frame_and_resumes(n
     ros.node.create_subscription(CaptureStatus, "/capture/status", lambda _: restarted.set(), latched)
     assert restarted.wait(60), "the restarted capture node never published its status"
     ros.forget_clients("/capture/")
-    resumed = ros.call(StartCapture, "/capture/start",
-                       StartCapture.Request(object_name="sweep", resume=True), timeout=60.0)
+    resumed = ros.call(
+        StartCapture, "/capture/start", StartCapture.Request(object_name="sweep", resume=True), timeout=60.0
+    )
     assert resumed.success and resumed.frames_in_dataset == len(survived), resumed.message
     added = 0
     for view in views:

@@ -1,20 +1,37 @@
 """Correspondences from depth providers: geometry, visibility, the density field, caching, bad input."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
+from synthetic_scenes import (  # noqa: F401
+    Scene,
+    box_mesh,
+    orbit_poses,
+    single_torch_thread,
+    sphere_mesh,
+    textured_objects_scene,
+    write_scene_dataset,
+)
 
-from nerf_descriptor_ros.correspondences import (
-    CorrespondenceCache, CorrespondenceConfig, CorrespondenceError, DatasetDepthProvider,
-    ViewGeometry, depth_quantiles_from_weights, find_correspondences,
-    generate_correspondences, load_nerf_provider, object_pixels, view_overlap)
-from nerf_descriptor_ros.dataset import Dataset
-from nerf_descriptor_ros.evaluation import correspondence_accuracy
+from nerf_descriptor_ros.data.dataset import Dataset
+from nerf_descriptor_ros.descriptors.correspondences import (
+    CorrespondenceCache,
+    CorrespondenceConfig,
+    CorrespondenceError,
+    DatasetDepthProvider,
+    ViewGeometry,
+    depth_quantiles_from_weights,
+    find_correspondences,
+    generate_correspondences,
+    load_nerf_provider,
+    object_pixels,
+    view_overlap,
+)
+from nerf_descriptor_ros.descriptors.evaluation import correspondence_accuracy
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at
-from nerf_descriptor_ros.thin_objects import make_thin_object
-from synthetic_scenes import (Scene, box_mesh, orbit_poses, single_torch_thread,  # noqa: F401
-                              sphere_mesh, textured_objects_scene, write_scene_dataset)
+from nerf_descriptor_ros.sim.thin_objects import make_thin_object
 
 INTR = CameraIntrinsics.from_fov(160, 120, 45.0)
 NERF_ITERATIONS = 300
@@ -28,7 +45,9 @@ def gt_view(scene: Scene, c2w, intr=INTR) -> ViewGeometry:
 def project(c2w, intr, points):
     w2c = invert(c2w)
     cam = points @ w2c[:3, :3].T + w2c[:3, 3]
-    return np.stack([cam[:, 0] / cam[:, 2] * intr.fx + intr.cx, cam[:, 1] / cam[:, 2] * intr.fy + intr.cy], -1), cam[:, 2]
+    return np.stack([cam[:, 0] / cam[:, 2] * intr.fx + intr.cx, cam[:, 1] / cam[:, 2] * intr.fy + intr.cy], -1), cam[
+        :, 2
+    ]
 
 
 def surface_points(view: ViewGeometry, uv: np.ndarray) -> np.ndarray:
@@ -69,7 +88,7 @@ def test_occluded_points_are_rejected_and_visible_ones_kept():
     uv, z, pixels = uv[inside], z[inside], pixels[inside]
     surface_b = view_b.depth[np.rint(uv[:, 1]).astype(int), np.rint(uv[:, 0]).astype(int)]
     was_kept = np.array([tuple(p) in kept for p in pixels])
-    hidden = z > surface_b + 0.01                 # at least 1 cm behind what B sees there
+    hidden = z > surface_b + 0.01  # at least 1 cm behind what B sees there
     visible = np.abs(z - surface_b) < 0.002
     assert hidden.sum() > 300 and visible.sum() > 300
     assert not (was_kept & hidden).any()
@@ -77,7 +96,7 @@ def test_occluded_points_are_rejected_and_visible_ones_kept():
 
 
 def test_depth_quantiles_follow_the_weights():
-    depths = np.array([[1.0, 2.0, 3.0, 4.0, 0.0, 0.0]])   # two zero-weight padding samples
+    depths = np.array([[1.0, 2.0, 3.0, 4.0, 0.0, 0.0]])  # two zero-weight padding samples
     weights = np.array([[0.25, 0.25, 0.25, 0.25, 0.0, 0.0]]) * 0.8
     np.testing.assert_allclose(depth_quantiles_from_weights(weights, depths, 4), [[1, 2, 3, 4]])
     bimodal = np.array([[0.5, 0.0, 0.0, 0.5, 0.0, 0.0]])
@@ -117,8 +136,12 @@ def test_density_field_keeps_thin_structure_that_the_expected_depth_smears():
 def test_view_overlap_and_no_overlap_error(tmp_path):
     scene = textured_objects_scene()
     # Two cameras level with the objects, facing each other: they see opposite sides only.
-    poses = [look_at([0.4, 0.0, 0.03], [0, 0, 0.03]), look_at([-0.4, 0.0, 0.03], [0, 0, 0.03]),
-             look_at([0.0, 0.4, 0.03], [0, 0, 0.03]), look_at([0.0, -0.4, 0.03], [0, 0, 0.03])]
+    poses = [
+        look_at([0.4, 0.0, 0.03], [0, 0, 0.03]),
+        look_at([-0.4, 0.0, 0.03], [0, 0, 0.03]),
+        look_at([0.0, 0.4, 0.03], [0, 0, 0.03]),
+        look_at([0.0, -0.4, 0.03], [0, 0, 0.03]),
+    ]
     dataset = Dataset.load(write_scene_dataset(tmp_path / "opposite", scene, poses))
     provider = DatasetDepthProvider(dataset)
     views = [provider.render(f, f.intrinsics) for f in dataset.frames]
@@ -134,8 +157,9 @@ def test_cache_is_reused_and_refused_for_another_dataset(tmp_path):
     other = Dataset.load(write_scene_dataset(tmp_path / "b", scene, orbit_poses(12, 0.4)))
     config = CorrespondenceConfig(width=80)
     reports = []
-    cache = generate_correspondences(dataset, DatasetDepthProvider(dataset), tmp_path / "cache", config,
-                                     report=reports.append)
+    cache = generate_correspondences(
+        dataset, DatasetDepthProvider(dataset), tmp_path / "cache", config, report=reports.append
+    )
     train, held_out = dataset.split()
     assert sorted(cache.views) == [dataset.frames[i].index for i in train]
     assert not set(held_out) & set(cache.views)
@@ -172,12 +196,26 @@ def scene_nerf(tmp_path_factory):
     """A small NeRF fitted to the box-and-sphere scene (CPU, about half a minute)."""
     from nerf_descriptor_ros.nerf import train_nerf
     from nerf_descriptor_ros.nerf.config import config_from_dict
+
     root = tmp_path_factory.mktemp("nerf")
-    dataset = Dataset.load(write_scene_dataset(root / "scene", textured_objects_scene(),
-                                               orbit_poses(24, 0.3, turns=2.0), width=64, height=48))
-    config = config_from_dict({"iterations": NERF_ITERATIONS, "render_count": 0, "checkpoint_interval_s": 1000.0,
-                               "fast": {"plane_resolutions": [16, 32, 64], "plane_features": 4,
-                                        "occupancy_resolution": 32, "target_samples_per_batch": 32768}})
+    dataset = Dataset.load(
+        write_scene_dataset(
+            root / "scene", textured_objects_scene(), orbit_poses(24, 0.3, turns=2.0), width=64, height=48
+        )
+    )
+    config = config_from_dict(
+        {
+            "iterations": NERF_ITERATIONS,
+            "render_count": 0,
+            "checkpoint_interval_s": 1000.0,
+            "fast": {
+                "plane_resolutions": [16, 32, 64],
+                "plane_features": 4,
+                "occupancy_resolution": 32,
+                "target_samples_per_batch": 32768,
+            },
+        }
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -189,10 +227,12 @@ def scene_nerf(tmp_path_factory):
 
 def test_nerf_correspondences_agree_with_the_true_geometry(scene_nerf, tmp_path):
     dataset, checkpoint = scene_nerf
-    nerf = generate_correspondences(dataset, load_nerf_provider(checkpoint, dataset), tmp_path / "nerf",
-                                    CorrespondenceConfig(width=64))
-    truth = generate_correspondences(dataset, DatasetDepthProvider(dataset), tmp_path / "truth",
-                                     CorrespondenceConfig(width=64))
+    nerf = generate_correspondences(
+        dataset, load_nerf_provider(checkpoint, dataset), tmp_path / "nerf", CorrespondenceConfig(width=64)
+    )
+    truth = generate_correspondences(
+        dataset, DatasetDepthProvider(dataset), tmp_path / "truth", CorrespondenceConfig(width=64)
+    )
     assert nerf.views[0].depth_quantiles.shape == (48, 64, 16)
     for mode in ("depth_map", "density_field"):
         accuracy = correspondence_accuracy(nerf.views, truth.views, truth.pairs, mode, samples=50)
@@ -203,8 +243,9 @@ def test_nerf_correspondences_agree_with_the_true_geometry(scene_nerf, tmp_path)
 
 def test_a_nerf_from_another_dataset_is_refused(scene_nerf, tmp_path):
     _, checkpoint = scene_nerf
-    other = Dataset.load(write_scene_dataset(tmp_path / "other", textured_objects_scene(),
-                                             orbit_poses(12, 0.35), width=64, height=48))
+    other = Dataset.load(
+        write_scene_dataset(tmp_path / "other", textured_objects_scene(), orbit_poses(12, 0.35), width=64, height=48)
+    )
     with pytest.raises(CorrespondenceError, match="cannot be used with dataset"):
         load_nerf_provider(checkpoint, other)
     with pytest.raises(CorrespondenceError, match="not found"):
@@ -215,14 +256,33 @@ def test_the_nerf_supervised_chain_exports_a_model(scene_nerf, tmp_path, single_
     from nerf_descriptor_ros.descriptors.model import load_model
     from nerf_descriptor_ros.descriptors.pipeline import train_descriptor_model
     from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
+
     dataset, checkpoint = scene_nerf
-    settings = DescriptorSettings.load(None, {
-        "correspondences": {"width": 64},
-        "training": {"descriptor_dim": 3, "decoder_channels": 16, "iterations": 2, "pairs_per_step": 1,
-                     "matches_per_pair": 32, "mode": "density_field"}})
+    settings = DescriptorSettings.load(
+        None,
+        {
+            "correspondences": {"width": 64},
+            "training": {
+                "descriptor_dim": 3,
+                "decoder_channels": 16,
+                "iterations": 2,
+                "pairs_per_step": 1,
+                "matches_per_pair": 32,
+                "mode": "density_field",
+            },
+        },
+    )
     reports = []
-    model_dir, stats = train_descriptor_model(dataset, tmp_path / "run", settings, "nerf", checkpoint,
-                                              cache_dir=tmp_path / "cache", device="cpu", report=reports.append)
+    model_dir, stats = train_descriptor_model(
+        dataset,
+        tmp_path / "run",
+        settings,
+        "nerf",
+        checkpoint,
+        cache_dir=tmp_path / "cache",
+        device="cpu",
+        report=reports.append,
+    )
     assert {r.stage for r in reports} == {"correspondences", "descriptors", "export"}
     caches = list((tmp_path / "cache").iterdir())
     assert len(caches) == 1 and caches[0].name.startswith("nerf-")

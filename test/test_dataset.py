@@ -1,11 +1,17 @@
 """The on-disk dataset: nerfstudio conventions, atomic frames, safe names, clear errors."""
+
 import json
 
 import numpy as np
 import pytest
 
-from nerf_descriptor_ros.dataset import (Dataset, DatasetError, DatasetWriter, object_dataset_path,
-                                         validate_object_name)
+from nerf_descriptor_ros.data.dataset import (
+    Dataset,
+    DatasetError,
+    DatasetWriter,
+    object_dataset_path,
+    validate_object_name,
+)
 from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at, opencv_to_opengl
 
 INTR = CameraIntrinsics.from_fov(32, 24, 55)

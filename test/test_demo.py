@@ -1,6 +1,7 @@
 """The main job end to end at toy sizes: capture, training through the trainer node's action,
 held-out evaluation and live trials with the descriptor and manipulation nodes, all over DDS.
 Checks that every stage runs and reports, not the quality (see the issue notes and benchmarks)."""
+
 import json
 
 import pytest
@@ -12,16 +13,44 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 def test_demo_runs_every_stage_and_writes_its_report(ros_domain, tmp_path, capsys):
     out = tmp_path / "report.json"
-    code = main(["demo", "--views", "16", "--width", "64", "--height", "48", "--nerf-seconds", "15",
-                 "--descriptor-iterations", "20", "--trials", "2", "--device", "cpu",
-                 "--data-root", str(tmp_path / "data"), "--name", "toy", "--out", str(out)])
+    code = main(
+        [
+            "demo",
+            "--views",
+            "16",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--nerf-seconds",
+            "15",
+            "--descriptor-iterations",
+            "20",
+            "--trials",
+            "2",
+            "--device",
+            "cpu",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--name",
+            "toy",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads(out.read_text())
     assert report["trials"] == 2 and len(report["per_trial"]) == 2
     assert 0.0 <= report["keypoint_within_10px"] <= 1.0 and 0.0 <= report["grasp_success_rate"] <= 1.0
-    assert set(report["stage_seconds"]) >= {"capture", "train_nerf", "train_correspondences",
-                                            "train_descriptors", "evaluate", "live"}
+    assert set(report["stage_seconds"]) >= {
+        "capture",
+        "train_nerf",
+        "train_correspondences",
+        "train_descriptors",
+        "evaluate",
+        "live",
+    }
     assert report["heldout_psnr_db"] > 10 and 0.0 <= report["descriptors"]["auc_1_100"] <= 1.0
     for trial in report["per_trial"]:
         assert isinstance(trial["grasp_success"], bool) and trial["grasp_message"]

@@ -2,6 +2,7 @@
 encodings and headers of every output, 3D keypoints from depth, "not found" on the empty table,
 refusals of wrong images, a flood of images without queueing or growing memory, and
 ~/set_grasp_point."""
+
 import json
 import time
 
@@ -17,17 +18,16 @@ from std_msgs.msg import Header, String
 from synthetic_scenes import Scene, orbit_poses, textured_objects_scene, write_scene_dataset
 from visualization_msgs.msg import Marker, MarkerArray
 
-from nerf_descriptor_ros.dataset import Dataset
+from nerf_descriptor_ros.data.dataset import Dataset
 from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 from nerf_descriptor_ros.descriptors.model import export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorNet
 from nerf_descriptor_ros.geometry import invert, transform_points
-from nerf_descriptor_ros.grasp_points import auto_grasp_keypoints
-from nerf_descriptor_ros.keypoints import KEYPOINTS_NAME, KeypointSet
-from nerf_descriptor_ros.matching import locate_keypoints
+from nerf_descriptor_ros.keypoints.definition import KEYPOINTS_NAME, KeypointSet
+from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints
+from nerf_descriptor_ros.keypoints.matching import locate_keypoints
 from nerf_descriptor_ros.msg import KeypointMatches
-from nerf_descriptor_ros.ros_conversions import (array_to_image, image_to_array,
-                                                 intrinsics_to_camera_info, ns_to_stamp)
+from nerf_descriptor_ros.ros.conversions import array_to_image, image_to_array, intrinsics_to_camera_info, ns_to_stamp
 from nerf_descriptor_ros.srv import SetGraspPoint
 
 pytestmark = pytest.mark.ros
@@ -45,8 +45,7 @@ def scene_model(tmp_path_factory):
     scene = textured_objects_scene()
     dataset = Dataset.load(write_scene_dataset(root / "objects", scene, orbit_poses(8, 0.35), WIDTH, HEIGHT))
     torch.manual_seed(0)
-    export_model(DescriptorNet(D, "resnet18", 32), root / "model", (WIDTH, HEIGHT),
-                 info={"dataset": str(dataset.root)})
+    export_model(DescriptorNet(D, "resnet18", 32), root / "model", (WIDTH, HEIGHT), info={"dataset": str(dataset.root)})
     model = load_model(root / "model")
     keypoints, _ = auto_grasp_keypoints(dataset, model, count=2)
     keypoints.save(root / "model")
@@ -55,8 +54,15 @@ def scene_model(tmp_path_factory):
     on_object = max(k.distance for k in locate_keypoints(model, keypoints, frame.load_image()))
     on_table = min(k.distance for k in locate_keypoints(model, keypoints, empty))
     assert on_object < 0.5 * on_table
-    return {"dataset": dataset, "model_dir": root / "model", "model": model, "keypoints": keypoints,
-            "frame": frame, "empty": empty, "threshold": (on_object + on_table) / 2}
+    return {
+        "dataset": dataset,
+        "model_dir": root / "model",
+        "model": model,
+        "keypoints": keypoints,
+        "frame": frame,
+        "empty": empty,
+        "threshold": (on_object + on_table) / 2,
+    }
 
 
 class Camera:
@@ -100,13 +106,20 @@ class Camera:
 
 
 def _start(nodes, scene_model, **params):
-    return nodes.start("descriptor", "config/descriptor.yaml",
-                       {"model_dir": str(scene_model["model_dir"]), "device": "cpu", "cpu_threads": 1,
-                        "max_descriptor_distance": scene_model["threshold"], **params})
+    return nodes.start(
+        "descriptor",
+        "config/descriptor.yaml",
+        {
+            "model_dir": str(scene_model["model_dir"]),
+            "device": "cpu",
+            "cpu_threads": 1,
+            "max_descriptor_distance": scene_model["threshold"],
+            **params,
+        },
+    )
 
 
-def test_outputs_have_their_encodings_and_the_source_header_and_keypoints_their_3d_points(
-        nodes, ros, scene_model):
+def test_outputs_have_their_encodings_and_the_source_header_and_keypoints_their_3d_points(nodes, ros, scene_model):
     _start(nodes, scene_model, dense_scale=1.0)
     node = ros.node
     matches = Inbox(node, KeypointMatches, "keypoints/matches")
@@ -130,30 +143,34 @@ def test_outputs_have_their_encodings_and_the_source_header_and_keypoints_their_
     assert (image.encoding, image.width, image.height, image.header) == (f"32FC{D}", WIDTH, HEIGHT, header)
     descriptors = image_to_array(image)
     spec = keypoints["grasp"].spec
-    np.testing.assert_allclose(descriptors[int(spec.v), int(spec.u)],
-                               sample_descriptors(scene_model["model"].describe(rgb),
-                                                  torch.tensor([[spec.u, spec.v]]))[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        descriptors[int(spec.v), int(spec.u)],
+        sample_descriptors(scene_model["model"].describe(rgb), torch.tensor([[spec.u, spec.v]]))[0].numpy(),
+        atol=1e-4,
+    )
     colours = visual.wait_for(lambda m: m.header.stamp == header.stamp, what="visualisation")
     assert (colours.encoding, colours.header) == ("rgb8", header)
-    assert image_to_array(colours).std() > 5            # not a blank image
+    assert image_to_array(colours).std() > 5  # not a blank image
     stored = json.loads((scene_model["model_dir"] / "visualization.json").read_text())
     assert stored["model_weights_sha256"] == scene_model["model"].manifest["weights_sha256"]
 
     # With depth and camera info: 3D points in the optical frame, and markers at them.
-    header, msg = camera.publish_until(matches, "matches with depth", rgb=rgb, depth=depth,
-                                       intrinsics=frame.intrinsics)
+    header, msg = camera.publish_until(matches, "matches with depth", rgb=rgb, depth=depth, intrinsics=frame.intrinsics)
     for match in msg.keypoints:
         assert match.found and match.has_point
         expected = transform_points(invert(frame.c2w), keypoints[match.name].point_base[None])[0]
-        assert np.linalg.norm([match.point.x - expected[0], match.point.y - expected[1],
-                               match.point.z - expected[2]]) < 0.006
+        assert (
+            np.linalg.norm([match.point.x - expected[0], match.point.y - expected[1], match.point.z - expected[2]])
+            < 0.006
+        )
     array = markers.wait_for(lambda m: m.markers and m.markers[0].header.stamp == header.stamp)
     spheres = [m for m in array.markers if m.type == Marker.SPHERE]
     assert len(spheres) == 2 and all(m.action == Marker.ADD and m.header.frame_id == FRAME_ID for m in spheres)
 
     # The empty table: nothing found, and no marker left standing.
-    header, msg = camera.publish_until(matches, "matches on the empty table", rgb=scene_model["empty"],
-                                       depth=depth, intrinsics=frame.intrinsics)
+    header, msg = camera.publish_until(
+        matches, "matches on the empty table", rgb=scene_model["empty"], depth=depth, intrinsics=frame.intrinsics
+    )
     assert not any(m.found or m.has_point for m in msg.keypoints)
     array = markers.wait_for(lambda m: m.markers and m.markers[0].header.stamp == header.stamp)
     assert all(m.action == Marker.DELETE for m in array.markers)
@@ -171,7 +188,7 @@ def test_wrong_images_are_refused_with_the_reason_and_the_node_keeps_going(nodes
     depth_as_colour = array_to_image(np.zeros((HEIGHT, WIDTH), np.uint16), "16UC1")
     camera.publish(image_msg=depth_as_colour)
     errors.wait_for(lambda m: "16UC1" in m.data and "expected a colour image" in m.data)
-    camera.publish(rgb=np.zeros((HEIGHT, 3 * WIDTH, 3), np.uint8))          # another aspect ratio
+    camera.publish(rgb=np.zeros((HEIGHT, 3 * WIDTH, 3), np.uint8))  # another aspect ratio
     errors.wait_for(lambda m: f"{3 * WIDTH}x{HEIGHT}" in m.data and "aspect" in m.data)
     truncated = array_to_image(rgb, "rgb8")
     truncated.data = truncated.data[: len(truncated.data) // 2]
@@ -179,8 +196,9 @@ def test_wrong_images_are_refused_with_the_reason_and_the_node_keeps_going(nodes
     errors.wait_for(lambda m: "too short" in m.data)
     # A camera info that does not fit the image: matched, but no 3D point, and said why.
     frame = scene_model["frame"]
-    _, msg = camera.publish_until(matches, "matches", rgb=rgb, depth=frame.load_depth(),
-                                  intrinsics=frame.intrinsics.scaled(2 * WIDTH, 2 * HEIGHT))
+    _, msg = camera.publish_until(
+        matches, "matches", rgb=rgb, depth=frame.load_depth(), intrinsics=frame.intrinsics.scaled(2 * WIDTH, 2 * HEIGHT)
+    )
     assert all(m.found and not m.has_point for m in msg.keypoints)
     errors.wait_for(lambda m: "CameraInfo is for 160x120" in m.data)
     assert proc.poll() is None
@@ -206,8 +224,8 @@ def test_a_flood_of_images_is_thinned_to_the_newest_without_growing_memory(nodes
     flood_end = time.monotonic()
     received = list(matches.messages)
     stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in received]
-    assert stamps == sorted(stamps)                    # never an older frame after a newer one
-    assert len(received) < 0.8 * sent                  # frames were dropped, not queued ...
+    assert stamps == sorted(stamps)  # never an older frame after a newer one
+    assert len(received) < 0.8 * sent  # frames were dropped, not queued ...
     # ... so a frame sent now is answered at once, not after a backlog (retried only when the
     # best-effort transport itself lost it).
     frame_period = 5.0 / max(len(received), 1)
@@ -215,12 +233,13 @@ def test_a_flood_of_images_is_thinned_to_the_newest_without_growing_memory(nodes
     # The frame in progress plus the newest one, not the hundreds sent during the flood.
     assert time.monotonic() - flood_end < 3 * frame_period + 1.0
     rss.append(process.memory_info().rss)
-    growth_mb = (max(rss[len(rss) // 2:]) - rss[1]) / 2**20
+    growth_mb = (max(rss[len(rss) // 2 :]) - rss[1]) / 2**20
     assert growth_mb < 40, f"memory grew by {growth_mb:.0f} MB under the flood: {rss}"
 
 
 def test_set_grasp_point_defines_and_stores_a_keypoint(nodes, ros, scene_model, tmp_path):
     import shutil
+
     model_dir = tmp_path / "model"
     shutil.copytree(scene_model["model_dir"], model_dir)
     _start(nodes, dict(scene_model, model_dir=model_dir))
@@ -228,8 +247,12 @@ def test_set_grasp_point_defines_and_stores_a_keypoint(nodes, ros, scene_model, 
     mask = frame.load_mask()
     rows, cols = np.nonzero(mask)
     u, v = float(cols[len(cols) // 2]), float(rows[len(rows) // 2])
-    answer = ros.call(SetGraspPoint, "/descriptor/set_grasp_point",
-                      SetGraspPoint.Request(name="handle", image_index=frame.index, u=u, v=v), timeout=30)
+    answer = ros.call(
+        SetGraspPoint,
+        "/descriptor/set_grasp_point",
+        SetGraspPoint.Request(name="handle", image_index=frame.index, u=u, v=v),
+        timeout=30,
+    )
     assert answer.success, answer.message
     z = frame.load_depth()[int(v), int(u)]
     intr = frame.intrinsics
@@ -245,11 +268,18 @@ def test_set_grasp_point_defines_and_stores_a_keypoint(nodes, ros, scene_model, 
     assert [m.name for m in matches.messages[-1].keypoints] == ["grasp", "point_1", "handle"]
 
     off = np.nonzero(~mask)
-    refused = ros.call(SetGraspPoint, "/descriptor/set_grasp_point",
-                       SetGraspPoint.Request(name="table", image_index=frame.index,
-                                             u=float(off[1][0]), v=float(off[0][0])), timeout=30)
+    refused = ros.call(
+        SetGraspPoint,
+        "/descriptor/set_grasp_point",
+        SetGraspPoint.Request(name="table", image_index=frame.index, u=float(off[1][0]), v=float(off[0][0])),
+        timeout=30,
+    )
     assert not refused.success and "not on the object" in refused.message
-    refused = ros.call(SetGraspPoint, "/descriptor/set_grasp_point",
-                       SetGraspPoint.Request(name="x", image_index=999, u=1.0, v=1.0), timeout=30)
+    refused = ros.call(
+        SetGraspPoint,
+        "/descriptor/set_grasp_point",
+        SetGraspPoint.Request(name="x", image_index=999, u=1.0, v=1.0),
+        timeout=30,
+    )
     assert not refused.success and "no frame with index 999" in refused.message
     assert KeypointSet.load(scene_model["model"], model_dir / KEYPOINTS_NAME).names == stored.names

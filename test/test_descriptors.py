@@ -1,4 +1,5 @@
 """Descriptor network, losses, augmentation, training with resume, export and safe loading."""
+
 import json
 import threading
 from dataclasses import asdict
@@ -7,27 +8,35 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from synthetic_scenes import orbit_poses, single_torch_thread, textured_objects_scene, write_scene_dataset
 
-from nerf_descriptor_ros.correspondences import CorrespondenceConfig, DatasetDepthProvider, generate_correspondences
-from nerf_descriptor_ros.dataset import Dataset
-from nerf_descriptor_ros.descriptors.augmentation import (AugmentationConfig, random_similarity, warp_image,
-                                                          warp_points)
-from nerf_descriptor_ros.descriptors.loss import (CorrespondenceBatch, distributional_loss,
-                                                  pixelwise_contrastive_loss, sample_descriptors)
+from nerf_descriptor_ros.data.dataset import Dataset
+from nerf_descriptor_ros.descriptors.augmentation import AugmentationConfig, random_similarity, warp_image, warp_points
+from nerf_descriptor_ros.descriptors.correspondences import (
+    CorrespondenceConfig,
+    DatasetDepthProvider,
+    generate_correspondences,
+)
+from nerf_descriptor_ros.descriptors.loss import (
+    CorrespondenceBatch,
+    distributional_loss,
+    pixelwise_contrastive_loss,
+    sample_descriptors,
+)
 from nerf_descriptor_ros.descriptors.model import ModelError, export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorConfigError, DescriptorNet
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings, SettingsError
 from nerf_descriptor_ros.descriptors.training import TrainingConfig, TrainingError, train_descriptors
 from nerf_descriptor_ros.progress import StageCancelled
-from synthetic_scenes import orbit_poses, single_torch_thread, textured_objects_scene, write_scene_dataset
 
 REPO_CONFIG = __import__("pathlib").Path(__file__).resolve().parents[1] / "config" / "descriptors.yaml"
 
 
 def coordinate_descriptors(width, height, scale=1.0):
     """(2, H, W) descriptors equal to the pixel's own (u, v) times ``scale``: a perfect matcher."""
-    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                          indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
     return torch.stack([u, v]) * scale
 
 
@@ -65,7 +74,7 @@ def test_contrastive_loss_is_zero_for_perfect_descriptors_and_grows_for_swapped_
     # A non-match inside the margin is penalised, averaged over the hard ones only.
     close = match + [0.2, 0.0]
     hinge, stats = pixelwise_contrastive_loss(desc, desc, _batch(match, match, match, close), margin=0.5)
-    assert stats["hard_object"] == 50 and stats["nonmatch"] == pytest.approx(0.3 ** 2, rel=1e-4)
+    assert stats["hard_object"] == 50 and stats["nonmatch"] == pytest.approx(0.3**2, rel=1e-4)
     with pytest.raises(ValueError, match="no matches"):
         pixelwise_contrastive_loss(desc, desc, _batch(np.zeros((0, 2)), np.zeros((0, 2)), match, close))
 
@@ -119,10 +128,12 @@ def test_augmentation_keeps_correspondences_valid():
         warped = warp_image(image, matrix)
         moved = warp_points(points, matrix)
         inside = (moved[:, 0] > 1) & (moved[:, 0] < width - 2) & (moved[:, 1] > 1) & (moved[:, 1] < height - 2)
-        colour_after = sample_descriptors(torch.from_numpy(warped.transpose(2, 0, 1)),
-                                          torch.as_tensor(moved[inside], dtype=torch.float32))
-        colour_before = sample_descriptors(torch.from_numpy(image.transpose(2, 0, 1)),
-                                           torch.as_tensor(points[inside], dtype=torch.float32))
+        colour_after = sample_descriptors(
+            torch.from_numpy(warped.transpose(2, 0, 1)), torch.as_tensor(moved[inside], dtype=torch.float32)
+        )
+        colour_before = sample_descriptors(
+            torch.from_numpy(image.transpose(2, 0, 1)), torch.as_tensor(points[inside], dtype=torch.float32)
+        )
         assert inside.sum() > 50
         assert (colour_after - colour_before).abs().max() < 0.05
 
@@ -154,7 +165,7 @@ def test_export_round_trip_and_refusals(tmp_path):
     export_model(net, tmp_path / "model", (64, 48))
     manifest_path = tmp_path / "model" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["descriptor_dim"] = 16          # the weights hold D = 4
+    manifest["descriptor_dim"] = 16  # the weights hold D = 4
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="does not fit the network"):
         load_model(tmp_path / "model")
@@ -189,16 +200,26 @@ def test_settings_file_matches_the_defaults_and_refuses_unknown_keys(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("descriptors")
-    dataset = Dataset.load(write_scene_dataset(root / "scene", textured_objects_scene(), orbit_poses(12, 0.35),
-                                               width=128, height=96))
-    cache = generate_correspondences(dataset, DatasetDepthProvider(dataset), root / "cache",
-                                     CorrespondenceConfig(width=64))
+    dataset = Dataset.load(
+        write_scene_dataset(root / "scene", textured_objects_scene(), orbit_poses(12, 0.35), width=128, height=96)
+    )
+    cache = generate_correspondences(
+        dataset, DatasetDepthProvider(dataset), root / "cache", CorrespondenceConfig(width=64)
+    )
     return dataset, cache
 
 
 def _tiny_config(**overrides):
-    values = dict(descriptor_dim=3, decoder_channels=16, iterations=6, checkpoint_every=2, pairs_per_step=1,
-                  matches_per_pair=64, loss="both", mode="depth_map")
+    values = dict(
+        descriptor_dim=3,
+        decoder_channels=16,
+        iterations=6,
+        checkpoint_every=2,
+        pairs_per_step=1,
+        matches_per_pair=64,
+        loss="both",
+        mode="depth_map",
+    )
     values.update(overrides)
     return TrainingConfig(**values)
 
@@ -217,6 +238,7 @@ def test_training_resumes_after_a_kill_exactly_where_it_stopped(tiny_cache, tmp_
         reports.append(r)
         if r.iteration == 3:
             cancel.set()
+
     with pytest.raises(StageCancelled):
         train_descriptors(cache, dataset, tmp_path / "killed", config, device="cpu", report=report, cancel=cancel)
     assert [r.iteration for r in reports] == [1, 2, 3] and reports[0].stage == "descriptors"
@@ -230,6 +252,7 @@ def test_training_resumes_after_a_kill_exactly_where_it_stopped(tiny_cache, tmp_
 
 def test_training_refuses_pairs_without_enough_correspondences(tiny_cache, tmp_path):
     dataset, cache = tiny_cache
-    from nerf_descriptor_ros.correspondences import CorrespondenceError
+    from nerf_descriptor_ros.descriptors.correspondences import CorrespondenceError
+
     with pytest.raises(CorrespondenceError, match="fewer than 100000 matches"):
         train_descriptors(cache, dataset, tmp_path / "t", _tiny_config(min_matches=100000), device="cpu")

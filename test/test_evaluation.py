@@ -1,4 +1,5 @@
 """The evaluation protocol: metrics, best matches, ground truth on held-out views, the commands."""
+
 import json
 
 import cv2
@@ -6,22 +7,31 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from synthetic_scenes import orbit_poses, single_torch_thread, textured_objects_scene, write_scene_dataset
 
 from nerf_descriptor_ros import cli
-from nerf_descriptor_ros.correspondences import CorrespondenceError, DatasetDepthProvider
-from nerf_descriptor_ros.dataset import Dataset
-from nerf_descriptor_ros.evaluation import (EVAL_RESOLUTION, best_matches, dense_sift, evaluate_descriptors,
-                                            ground_truth_pairs, plot_matches, plot_pck_curves, rescale_pixels,
-                                            summarize_errors)
+from nerf_descriptor_ros.data.dataset import Dataset
+from nerf_descriptor_ros.descriptors.correspondences import CorrespondenceError, DatasetDepthProvider
+from nerf_descriptor_ros.descriptors.evaluation import (
+    EVAL_RESOLUTION,
+    best_matches,
+    dense_sift,
+    evaluate_descriptors,
+    ground_truth_pairs,
+    plot_matches,
+    plot_pck_curves,
+    rescale_pixels,
+    summarize_errors,
+)
 from nerf_descriptor_ros.geometry import look_at
-from synthetic_scenes import orbit_poses, single_torch_thread, textured_objects_scene, write_scene_dataset
 
 
 def coordinates(width, height, shift=(0.0, 0.0)):
     """Descriptors (2, H, W) = the pixel's coordinates minus ``shift``: pixel p of this image looks
     like pixel p - shift of an unshifted one."""
-    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                          indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
     return torch.stack([u - shift[0], v - shift[1]])
 
 
@@ -41,8 +51,9 @@ def test_summary_of_known_errors():
 def test_rescaling_keeps_pixel_centres():
     uv = np.array([[0.0, 0.0], [159.0, 119.0]])
     np.testing.assert_allclose(rescale_pixels(uv, (160, 120), (320, 240)), [[0.5, 0.5], [318.5, 238.5]])
-    np.testing.assert_allclose(rescale_pixels(rescale_pixels(uv, (160, 120), EVAL_RESOLUTION), EVAL_RESOLUTION,
-                                              (160, 120)), uv, atol=1e-9)
+    np.testing.assert_allclose(
+        rescale_pixels(rescale_pixels(uv, (160, 120), EVAL_RESOLUTION), EVAL_RESOLUTION, (160, 120)), uv, atol=1e-9
+    )
 
 
 def test_exact_descriptors_score_perfectly_and_a_known_shift_scores_as_expected():
@@ -66,8 +77,9 @@ def test_exact_descriptors_score_perfectly_and_a_known_shift_scores_as_expected(
 @pytest.fixture(scope="module")
 def scene_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluation") / "scene"
-    return Dataset.load(write_scene_dataset(root, textured_objects_scene(), orbit_poses(32, 0.35), width=160,
-                                            height=120))
+    return Dataset.load(
+        write_scene_dataset(root, textured_objects_scene(), orbit_poses(32, 0.35), width=160, height=120)
+    )
 
 
 def test_ground_truth_descriptors_score_near_perfect_on_held_out_views(scene_dataset, single_torch_thread):
@@ -80,7 +92,7 @@ def test_ground_truth_descriptors_score_near_perfect_on_held_out_views(scene_dat
         view = provider.render(frame, frame.intrinsics)
         depth = np.where(np.isfinite(view.depth), view.depth, 10.0)
         intr = frame.intrinsics
-        v, u = np.mgrid[0:intr.height, 0:intr.width]
+        v, u = np.mgrid[0 : intr.height, 0 : intr.width]
         cam = np.stack([(u - intr.cx) / intr.fx * depth, (v - intr.cy) / intr.fy * depth, depth], -1)
         world = cam @ frame.c2w[:3, :3].T + frame.c2w[:3, 3]
         return torch.from_numpy(world.transpose(2, 0, 1).astype(np.float32))
@@ -93,7 +105,10 @@ def test_ground_truth_descriptors_score_near_perfect_on_held_out_views(scene_dat
 
 
 def test_held_out_views_that_do_not_overlap_are_refused(tmp_path):
-    poses = [look_at([0.4 * np.cos(a), 0.4 * np.sin(a), 0.03], [0, 0, 0.03]) for a in np.linspace(0, 2 * np.pi, 16, endpoint=False)]
+    poses = [
+        look_at([0.4 * np.cos(a), 0.4 * np.sin(a), 0.03], [0, 0, 0.03])
+        for a in np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    ]
     dataset = Dataset.load(write_scene_dataset(tmp_path / "ring", textured_objects_scene(), poses))
     # Held-out views 4 and 12 face each other across the objects.
     with pytest.raises(CorrespondenceError, match="ground-truth correspondences"):
@@ -113,19 +128,58 @@ def test_pictures_are_written(scene_dataset, tmp_path):
 
 def test_train_and_evaluate_commands(scene_dataset, tmp_path, capsys, single_torch_thread):
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "correspondences": {"width": 64},
-        "training": {"descriptor_dim": 3, "decoder_channels": 16, "iterations": 3, "pairs_per_step": 1,
-                     "matches_per_pair": 32},
-        "evaluation": {"per_pair": 30}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "correspondences": {"width": 64},
+                "training": {
+                    "descriptor_dim": 3,
+                    "decoder_channels": 16,
+                    "iterations": 3,
+                    "pairs_per_step": 1,
+                    "matches_per_pair": 32,
+                },
+                "evaluation": {"per_pair": 30},
+            }
+        )
+    )
     out = tmp_path / "run"
-    assert cli.main(["train-descriptors", str(scene_dataset.root), "--supervision", "gt_depth",
-                     "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "train-descriptors",
+                str(scene_dataset.root),
+                "--supervision",
+                "gt_depth",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "model" / "manifest.json").read_text())
     assert manifest["descriptor_dim"] == 3 and manifest["input_size"] == [64, 48]
     assert manifest["info"]["supervision"] == "gt_depth"
-    assert cli.main(["evaluate", str(scene_dataset.root), str(out / "model"), "--config", str(config),
-                     "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                str(scene_dataset.root),
+                str(out / "model"),
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "eval"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert result["eval_resolution"] == [504, 378] and result["working_resolution"] == [64, 48]
     assert 0.0 <= result["pck3"] <= result["pck5"] <= 1.0 and result["count"] >= 100
@@ -140,12 +194,13 @@ def test_train_and_evaluate_commands(scene_dataset, tmp_path, capsys, single_tor
 def test_thin_objects_are_wire_meshes_that_pybullet_loads(kind, tmp_path):
     import open3d as o3d
     import pybullet
-    from nerf_descriptor_ros.thin_objects import make_thin_object, write_thin_object
+
+    from nerf_descriptor_ros.sim.thin_objects import make_thin_object, write_thin_object
 
     mesh = make_thin_object(kind, seed=1)
     lo, hi = mesh.bounds()
     assert lo[2] == pytest.approx(0.0) and abs(lo[0] + hi[0]) < 1e-9 and abs(lo[1] + hi[1]) < 1e-9
-    assert 0.08 < (hi - lo).max() < 0.35                       # a kitchen-utensil size
+    assert 0.08 < (hi - lo).max() < 0.35  # a kitchen-utensil size
     assert not np.array_equal(make_thin_object(kind, seed=2).vertices, mesh.vertices)
     urdf = write_thin_object(tmp_path, kind, seed=1)
     loaded = o3d.io.read_triangle_mesh(str(urdf.with_suffix(".obj")))

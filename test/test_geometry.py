@@ -1,4 +1,5 @@
 """Camera conventions and rigid-transform helpers."""
+
 import numpy as np
 import pytest
 
@@ -52,12 +53,15 @@ def test_backproject_then_project_is_identity():
     assert np.allclose(uv, [[5, 10], [6, 10], [5, 11], [6, 11]])
 
 
-@pytest.mark.parametrize("bad, words", [
-    (np.full((4, 4), np.nan), "NaN"),
-    (np.diag([1.0, 1.0, 2.0, 1.0]), "orthonormal"),
-    (np.diag([1.0, 1.0, -1.0, 1.0]), "reflection"),
-    (np.eye(3), "4x4"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (np.full((4, 4), np.nan), "NaN"),
+        (np.diag([1.0, 1.0, 2.0, 1.0]), "orthonormal"),
+        (np.diag([1.0, 1.0, -1.0, 1.0]), "reflection"),
+        (np.eye(3), "4x4"),
+    ],
+)
 def test_validate_rigid_transform_rejects_bad_poses(bad, words):
     with pytest.raises(g.InvalidPoseError, match=words):
         g.validate_rigid_transform(bad)

@@ -1,9 +1,10 @@
 """Automatic keyframe selection by camera motion."""
+
 import numpy as np
 import pytest
 
 from nerf_descriptor_ros.geometry import look_at, pose_distance
-from nerf_descriptor_ros.keyframes import KeyframeSelector
+from nerf_descriptor_ros.ros.keyframes import KeyframeSelector
 
 
 def _turned(T, degrees):

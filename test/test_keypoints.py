@@ -1,24 +1,41 @@
 """Grasp keypoints: YAML specs, definition on training views (descriptor + 3D point from the
 dataset's depth or a NeRF), storage with the model, the automatic grasp point, moved objects."""
+
 import json
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from synthetic_scenes import (Scene, box_mesh, orbit_poses, procedural_colour, sphere_mesh,
-                              textured_objects_scene, write_scene_dataset)
+from synthetic_scenes import (
+    Scene,
+    box_mesh,
+    orbit_poses,
+    procedural_colour,
+    sphere_mesh,
+    textured_objects_scene,
+    write_scene_dataset,
+)
 from torch import nn
 
-from nerf_descriptor_ros.dataset import Dataset
+from nerf_descriptor_ros.data.dataset import Dataset
 from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 from nerf_descriptor_ros.descriptors.model import export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorNet
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, pose_to_matrix
-from nerf_descriptor_ros.grasp_points import auto_grasp_keypoints, auto_grasp_spec, visibility_depth
-from nerf_descriptor_ros.keypoints import (KEYPOINTS_NAME, Keypoint, KeypointError, KeypointSet, KeypointSpec,
-                                           calibrate_keypoints, define_keypoint, keypoint_point,
-                                           load_keypoint_specs, moved_point_pixel)
+from nerf_descriptor_ros.keypoints.definition import (
+    KEYPOINTS_NAME,
+    Keypoint,
+    KeypointError,
+    KeypointSet,
+    KeypointSpec,
+    calibrate_keypoints,
+    define_keypoint,
+    keypoint_point,
+    load_keypoint_specs,
+    moved_point_pixel,
+)
+from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints, auto_grasp_spec, visibility_depth
 
 WIDTH, HEIGHT = 80, 60
 
@@ -48,6 +65,7 @@ def model(tmp_path_factory):
 def _object_pixel(frame, margin=3):
     """An object pixel well inside the mask, near the mask's centre."""
     import cv2
+
     interior = cv2.erode(frame.load_mask().astype(np.uint8), np.ones((2 * margin + 1,) * 2, np.uint8)) > 0
     rows, cols = np.nonzero(interior)
     i = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
@@ -56,15 +74,16 @@ def _object_pixel(frame, margin=3):
 
 def test_yaml_specs_load_and_bad_files_are_refused_with_the_reason(tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text("keypoints:\n  - {name: grasp, image_index: 3, u: 10, v: 20.5}\n"
-                    "  - {name: handle, image_index: 0, u: 1.5, v: 2}\n")
+    good.write_text(
+        "keypoints:\n  - {name: grasp, image_index: 3, u: 10, v: 20.5}\n"
+        "  - {name: handle, image_index: 0, u: 1.5, v: 2}\n"
+    )
     specs = load_keypoint_specs(good)
     assert specs == [KeypointSpec("grasp", 3, 10.0, 20.5), KeypointSpec("handle", 0, 1.5, 2.0)]
     bad = {
         "keypoints: []\n": "non-empty",
         "keypoints:\n  - {name: grasp, image_index: 3, u: 10}\n": "exactly the keys",
-        "keypoints:\n  - {name: a, image_index: 0, u: 1, v: 1}\n  - {name: a, image_index: 1, u: 1, v: 1}\n":
-            "unique",
+        "keypoints:\n  - {name: a, image_index: 0, u: 1, v: 1}\n  - {name: a, image_index: 1, u: 1, v: 1}\n": "unique",
         "keypoints:\n  - {name: ../x, image_index: 0, u: 1, v: 1}\n": "invalid keypoint name",
         "keypoints:\n  - {name: a, image_index: zero, u: 1, v: 1}\n": "must be numbers",
         "keypoints: [\n": "not valid YAML",
@@ -94,11 +113,15 @@ def test_a_keypoint_gets_the_model_descriptor_and_the_surface_point_from_the_dat
         pu, pv = intr.fx * cam[0] / cam[2] + intr.cx, intr.fy * cam[1] / cam[2] + intr.cy
         if 0 <= pu < WIDTH - 1 and 0 <= pv < HEIGHT - 1:
             seen = other.load_depth()[int(round(pv)), int(round(pu))]
-            agree += abs(seen - cam[2]) < 0.004 or seen < cam[2]   # visible, or hidden behind
+            agree += abs(seen - cam[2]) < 0.004 or seen < cam[2]  # visible, or hidden behind
     assert agree >= 6
     z = frame.load_depth()[int(v), int(u)]
-    ray = np.array([(u - frame.intrinsics.cx) / frame.intrinsics.fx,
-                    (v - frame.intrinsics.cy) / frame.intrinsics.fy, 1.0]) * z
+    ray = (
+        np.array(
+            [(u - frame.intrinsics.cx) / frame.intrinsics.fx, (v - frame.intrinsics.cy) / frame.intrinsics.fy, 1.0]
+        )
+        * z
+    )
     np.testing.assert_allclose(keypoint.point_base, frame.c2w[:3, :3] @ ray + frame.c2w[:3, 3], atol=1e-9)
 
 
@@ -108,7 +131,7 @@ def test_keypoints_are_stored_beside_the_model_and_refused_for_other_weights(dat
     keypoints.put(define_keypoint(model.describe, dataset, KeypointSpec("grasp", 0, *_object_pixel(frame))))
     second = KeypointSpec("grasp", 1, *_object_pixel(dataset.frames[1]))
     keypoints.put(define_keypoint(model.describe, dataset, second))
-    assert keypoints.names == ["grasp"] and keypoints["grasp"].spec.image_index == 1   # replaced
+    assert keypoints.names == ["grasp"] and keypoints["grasp"].spec.image_index == 1  # replaced
     path = keypoints.save(tmp_path)
     assert path == tmp_path / KEYPOINTS_NAME and not list(tmp_path.glob(".*tmp"))
     loaded = KeypointSet.load(model, path)
@@ -133,9 +156,11 @@ def test_keypoints_are_stored_beside_the_model_and_refused_for_other_weights(dat
 def test_keypoints_off_the_object_outside_the_image_or_on_unknown_frames_are_refused(dataset, model):
     frame = dataset.frames[0]
     rows, cols = np.nonzero(~frame.load_mask())
-    cases = [(KeypointSpec("a", 0, float(cols[0]), float(rows[0])), "not on the object"),
-             (KeypointSpec("a", 0, WIDTH + 5.0, 10.0), "outside frame 0"),
-             (KeypointSpec("a", 99, 10.0, 10.0), "no frame with index 99")]
+    cases = [
+        (KeypointSpec("a", 0, float(cols[0]), float(rows[0])), "not on the object"),
+        (KeypointSpec("a", 0, WIDTH + 5.0, 10.0), "outside frame 0"),
+        (KeypointSpec("a", 99, 10.0, 10.0), "no frame with index 99"),
+    ]
     for spec, reason in cases:
         with pytest.raises(KeypointError, match=reason):
             define_keypoint(model.describe, dataset, spec)
@@ -206,8 +231,12 @@ def _sphere_nerf_and_dataset_without_depth(root):
     from nerf_descriptor_ros.nerf.model import build_model
     from nerf_descriptor_ros.nerf.rays import SceneBox
 
-    nerf = build_model(config_from_dict({"model": "fast", "background": "black"}),
-                       SceneBox(np.full(3, -0.1), np.full(3, 0.1)), 1, "black")
+    nerf = build_model(
+        config_from_dict({"model": "fast", "background": "black"}),
+        SceneBox(np.full(3, -0.1), np.full(3, 0.1)),
+        1,
+        "black",
+    )
     nerf.field = _SphereField()
     nerf.set_step_size(0.0005)
     nerf.eval()
@@ -228,11 +257,11 @@ def test_without_dataset_depth_the_point_comes_from_the_nerf_expected_depth(tmp_
     u, v = _object_pixel(frame)
     point, source = keypoint_point(frame, u, v, nerf)
     assert source == "nerf_depth"
-    assert np.linalg.norm(point) == pytest.approx(0.05, abs=0.0015)   # on the sphere
-    assert np.dot(point, frame.c2w[:3, 3]) > 0                          # on the side facing the camera
+    assert np.linalg.norm(point) == pytest.approx(0.05, abs=0.0015)  # on the sphere
+    assert np.dot(point, frame.c2w[:3, 3]) > 0  # on the side facing the camera
     assert keypoint_point(frame, u, v, None) == (None, "none")
     with pytest.raises(KeypointError, match="no depth"):
-        keypoint_point(frame, 1.0, 1.0, nerf)                          # a ray that misses the sphere
+        keypoint_point(frame, 1.0, 1.0, nerf)  # a ray that misses the sphere
 
 
 def test_without_dataset_depth_the_grasp_choice_tells_hidden_points_by_the_nerf_depth(tmp_path):
@@ -260,8 +289,8 @@ def test_moved_point_pixel_follows_the_object_and_respects_occlusion():
     np.testing.assert_allclose(uv, [intr.fx * cam[0] / cam[2] + intr.cx, intr.fy * cam[1] / cam[2] + intr.cy])
     depth = np.full((HEIGHT, WIDTH), cam[2], np.float32)
     assert moved_point_pixel(point, then, now, T_base_cam, intr, depth) is not None
-    assert moved_point_pixel(point, then, now, T_base_cam, intr, depth - 0.05) is None   # hidden
-    assert moved_point_pixel(point + [0, 0, 5.0], then, now, T_base_cam, intr) is None    # off the image
+    assert moved_point_pixel(point, then, now, T_base_cam, intr, depth - 0.05) is None  # hidden
+    assert moved_point_pixel(point + [0, 0, 5.0], then, now, T_base_cam, intr) is None  # off the image
 
 
 def test_calibration_puts_the_not_found_distance_between_object_present_and_absent(dataset):
@@ -273,7 +302,7 @@ def test_calibration_puts_the_not_found_distance_between_object_present_and_abse
     def describe_by_position(rgb):
         frame = next(f for f in dataset.frames if np.array_equal(f.load_image(), rgb))
         depth, mask = frame.load_depth(), frame.load_mask()
-        rows, cols = np.mgrid[0:depth.shape[0], 0:depth.shape[1]]
+        rows, cols = np.mgrid[0 : depth.shape[0], 0 : depth.shape[1]]
         intr = frame.intrinsics
         cam = np.stack([(cols - intr.cx) / intr.fx * depth, (rows - intr.cy) / intr.fy * depth, depth], -1)
         world = cam @ frame.c2w[:3, :3].T + frame.c2w[:3, 3]
@@ -281,11 +310,9 @@ def test_calibration_puts_the_not_found_distance_between_object_present_and_abse
         return torch.from_numpy(world.astype(np.float32)).permute(2, 0, 1)
 
     frame = dataset.frames[1]
-    keypoint = define_keypoint(describe_by_position, dataset, KeypointSpec("top", frame.index,
-                                                                           *_object_pixel(frame)))
-    keypoint.descriptor = keypoint.point_base.astype(np.float32)   # exactly its own position
-    pointless = define_keypoint(describe_by_position, dataset, KeypointSpec("flat", frame.index,
-                                                                            *_object_pixel(frame)))
+    keypoint = define_keypoint(describe_by_position, dataset, KeypointSpec("top", frame.index, *_object_pixel(frame)))
+    keypoint.descriptor = keypoint.point_base.astype(np.float32)  # exactly its own position
+    pointless = define_keypoint(describe_by_position, dataset, KeypointSpec("flat", frame.index, *_object_pixel(frame)))
     pointless.point_base = None
     calibrate_keypoints(describe_by_position, dataset, [keypoint, pointless])
     nearest_background = np.linalg.norm(background - keypoint.point_base)

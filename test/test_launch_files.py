@@ -3,6 +3,7 @@ each params file has a section for the node name it is given to.
 
 `ros2 launch` is not installable here, so the launch files are read as Python syntax trees.
 """
+
 import ast
 from pathlib import Path
 
@@ -41,8 +42,7 @@ def test_launch_file_names_existing_executables_and_params(launch_file):
         executable = ast.literal_eval(kwargs["executable"])
         assert (REPO / "scripts" / "nodes" / executable).is_file(), f"no executable {executable}"
         node_name = ast.literal_eval(kwargs["name"])
-        yaml_files = [s for s in _string_constants(kwargs.get("parameters", ast.List(elts=[])))
-                      if s.endswith(".yaml")]
+        yaml_files = [s for s in _string_constants(kwargs.get("parameters", ast.List(elts=[]))) if s.endswith(".yaml")]
         assert yaml_files, f"{executable}: no params file"
         for name in yaml_files:
             params = yaml.safe_load((REPO / "config" / name).read_text())

@@ -1,12 +1,13 @@
 """Grasp poses from keypoints: geometry on exact synthetic depth, the manipulation node over DDS
 with a test-side camera, and a pick-and-lift with the simulated robot."""
+
 import time
 
 import numpy as np
 import pytest
 from capture_test_utils import ros  # noqa: F401  (fixture)
-from message_inbox import Inbox
 from geometry_msgs.msg import Point, PoseStamped
+from message_inbox import Inbox
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -14,14 +15,25 @@ from std_srvs.srv import Trigger
 from synthetic_scenes import Scene
 from synthetic_scenes import box_mesh as axis_aligned_box
 
-from nerf_descriptor_ros.geometry import (CameraIntrinsics, invert, look_at, pose_to_matrix,
-                                          project_points, transform_points,
-                                          validate_rigid_transform)
-from nerf_descriptor_ros.grasping import GraspConfig, GraspError, fit_normal, limit_tilt, plan_grasp
+from nerf_descriptor_ros.geometry import (
+    CameraIntrinsics,
+    invert,
+    look_at,
+    pose_to_matrix,
+    project_points,
+    transform_points,
+    validate_rigid_transform,
+)
+from nerf_descriptor_ros.grasping.planner import GraspConfig, GraspError, fit_normal, limit_tilt, plan_grasp
 from nerf_descriptor_ros.msg import KeypointMatch, KeypointMatches
-from nerf_descriptor_ros.ros_conversions import (array_to_image, intrinsics_to_camera_info,
-                                                 matrix_to_pose_msg, ns_to_stamp, pose_msg_to_matrix)
-from nerf_descriptor_ros.thin_objects import WireMesh
+from nerf_descriptor_ros.ros.conversions import (
+    array_to_image,
+    intrinsics_to_camera_info,
+    matrix_to_pose_msg,
+    ns_to_stamp,
+    pose_msg_to_matrix,
+)
+from nerf_descriptor_ros.sim.thin_objects import WireMesh
 
 INTR = CameraIntrinsics.from_fov(160, 120, 50.0)
 DOWN = np.array([0.0, 0.0, -1.0])
@@ -62,9 +74,9 @@ def test_top_down_grasp_of_an_elongated_box_closes_across_its_narrow_side():
     grasp = plan_grasp(point_cam, T_base_cam, GraspConfig(), uv, depth, INTR)
     T = validate_rigid_transform(grasp.T_base_tcp)
     assert (grasp.approach_source, grasp.closing_source) == ("normal", "object_width")
-    assert _angle_deg(T[:3, 2], DOWN) < 2.0                        # the top face is level
+    assert _angle_deg(T[:3, 2], DOWN) < 2.0  # the top face is level
     np.testing.assert_allclose(T[:3, 3], BOX_TOP + 0.02 * DOWN, atol=1e-3)
-    narrow = np.array([-np.sin(BOX_YAW), np.cos(BOX_YAW), 0.0])    # the box's 4 cm side
+    narrow = np.array([-np.sin(BOX_YAW), np.cos(BOX_YAW), 0.0])  # the box's 4 cm side
     assert min(_angle_deg(T[:3, 1], narrow), _angle_deg(T[:3, 1], -narrow)) < 5.0
 
 
@@ -82,13 +94,13 @@ def test_the_approach_follows_the_surface_normal_up_to_the_tilt_limit(slope_deg,
     approach = grasp.T_base_tcp[:3, 2]
     assert grasp.approach_source == "normal"
     assert _angle_deg(approach, DOWN) == pytest.approx(expected_tilt_deg, abs=1.0)
-    assert np.dot(approach, normal) < 0 and approach[1] > 0       # into the surface, leaning with it
+    assert np.dot(approach, normal) < 0 and approach[1] > 0  # into the surface, leaning with it
 
 
 def test_two_keypoint_and_fallback_approaches():
     T_base_cam = look_at([0.2, 0.0, 0.4], [0.45, 0.0, 0.0])
     grasp_point = np.array([0.45, 0.0, 0.05])
-    from_point = grasp_point + [-0.1, 0.0, 0.1]            # 45 deg above, on the robot's side
+    from_point = grasp_point + [-0.1, 0.0, 0.1]  # 45 deg above, on the robot's side
     cam = transform_points(invert(T_base_cam), np.stack([grasp_point, from_point]))
     config = GraspConfig(approach="keypoints", max_tilt_deg=60.0)
     grasp = plan_grasp(cam[0], T_base_cam, config, second_point_cam=cam[1])
@@ -113,10 +125,10 @@ def test_normal_and_tilt_helpers():
     n /= np.linalg.norm(n)
     basis = np.linalg.svd(n[None])[2][1:]
     points = rng.uniform(-0.01, 0.01, (50, 2)) @ basis + [0.1, 0.2, 0.5]
-    assert _angle_deg(fit_normal(points, np.zeros(3)), -n) < 1e-6    # on the origin's side
+    assert _angle_deg(fit_normal(points, np.zeros(3)), -n) < 1e-6  # on the origin's side
     assert fit_normal(points[:3], np.zeros(3)) is None
-    assert fit_normal(np.outer(np.linspace(0, 1, 10), [1, 2, 3]), np.zeros(3)) is None   # a line
-    up = limit_tilt(np.array([0.0, 0.0, 1.0]), 30.0)                 # from below: turned down
+    assert fit_normal(np.outer(np.linspace(0, 1, 10), [1, 2, 3]), np.zeros(3)) is None  # a line
+    up = limit_tilt(np.array([0.0, 0.0, 1.0]), 30.0)  # from below: turned down
     assert _angle_deg(up, DOWN) == pytest.approx(30.0)
 
 
@@ -126,8 +138,15 @@ FRAME = "camera_color_optical_frame"
 
 
 def _matches(header, uv, point_cam, found=True, name="grasp"):
-    match = KeypointMatch(name=name, found=found, u=float(uv[0]), v=float(uv[1]), descriptor_distance=0.05,
-                          confidence=0.9, has_point=point_cam is not None)
+    match = KeypointMatch(
+        name=name,
+        found=found,
+        u=float(uv[0]),
+        v=float(uv[1]),
+        descriptor_distance=0.05,
+        confidence=0.9,
+        has_point=point_cam is not None,
+    )
     if point_cam is not None:
         match.point = Point(x=float(point_cam[0]), y=float(point_cam[1]), z=float(point_cam[2]))
     return KeypointMatches(header=header, keypoints=[match])
@@ -135,8 +154,9 @@ def _matches(header, uv, point_cam, found=True, name="grasp"):
 
 @pytest.mark.ros
 def test_node_publishes_the_grasp_target_in_the_base_frame_and_refuses_to_pick_without_one(nodes, ros):
-    nodes.start("manipulation", "config/manipulation.yaml",
-                {"pick_service": "/nobody/pick_and_lift", "max_target_age_s": 30.0})
+    nodes.start(
+        "manipulation", "config/manipulation.yaml", {"pick_service": "/nobody/pick_and_lift", "max_target_age_s": 30.0}
+    )
     node = ros.node
     pose_pub = node.create_publisher(PoseStamped, "camera/pose", qos_profile_sensor_data)
     depth_pub = node.create_publisher(Image, "camera/depth/image_raw", qos_profile_sensor_data)
@@ -156,8 +176,9 @@ def test_node_publishes_the_grasp_target_in_the_base_frame_and_refuses_to_pick_w
     while target is None:
         stamp_ns += 100_000_000
         header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=FRAME)
-        pose_pub.publish(PoseStamped(header=Header(stamp=header.stamp, frame_id="panda_link0"),
-                                     pose=matrix_to_pose_msg(T_base_cam)))
+        pose_pub.publish(
+            PoseStamped(header=Header(stamp=header.stamp, frame_id="panda_link0"), pose=matrix_to_pose_msg(T_base_cam))
+        )
         info_pub.publish(intrinsics_to_camera_info(INTR, header))
         depth_pub.publish(array_to_image(depth, "32FC1", header))
         time.sleep(0.05)
@@ -189,7 +210,7 @@ def test_pick_and_lift_with_the_simulated_robot_at_the_objects_top(nodes, ros):
     from nerf_descriptor_ros.sim import SimConfig, SimWorld, hemisphere_views
     from nerf_descriptor_ros.srv import MoveCamera
 
-    with SimWorld(SimConfig()) as world:     # the sim node's nominal placement, to know the top
+    with SimWorld(SimConfig()) as world:  # the sim node's nominal placement, to know the top
         low, high = world.object_bounds()
         centre = (low + high) / 2
         hit = world.bullet.rayTest([centre[0], centre[1], high[2] + 0.1], [centre[0], centre[1], -0.01])[0]
@@ -198,9 +219,12 @@ def test_pick_and_lift_with_the_simulated_robot_at_the_objects_top(nodes, ros):
     nodes.start("sim_robot", "config/sim_robot.yaml", {"publish_rate_hz": 10.0})
     nodes.start("manipulation", "config/manipulation.yaml", {"max_target_age_s": 5.0})
     node = ros.node
-    moved = ros.call(MoveCamera, "/sim_robot/move_camera",
-                     MoveCamera.Request(target=PoseStamped(header=Header(frame_id="panda_link0"),
-                                                           pose=matrix_to_pose_msg(view))), timeout=60)
+    moved = ros.call(
+        MoveCamera,
+        "/sim_robot/move_camera",
+        MoveCamera.Request(target=PoseStamped(header=Header(frame_id="panda_link0"), pose=matrix_to_pose_msg(view))),
+        timeout=60,
+    )
     assert moved.success, moved.message
     depths = Inbox(node, Image, "camera/depth/image_raw", qos_profile_sensor_data)
     poses = Inbox(node, PoseStamped, "camera/pose", qos_profile_sensor_data)

@@ -1,13 +1,20 @@
 """Keypoint matching: arg-min, soft-argmax refinement, "not found", confidence, 3D points."""
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from nerf_descriptor_ros.geometry import CameraIntrinsics
-from nerf_descriptor_ros.keypoints import Keypoint, KeypointSet, KeypointSpec
-from nerf_descriptor_ros.matching import (KeypointMatchingConfig, MatchingError, backproject_pixel,
-                                          match_descriptors, match_keypoints, model_max_distance)
+from nerf_descriptor_ros.keypoints.definition import Keypoint, KeypointSet, KeypointSpec
+from nerf_descriptor_ros.keypoints.matching import (
+    KeypointMatchingConfig,
+    MatchingError,
+    backproject_pixel,
+    match_descriptors,
+    match_keypoints,
+    model_max_distance,
+)
 
 
 def _bowl(width, height, centre, scale=0.7):
@@ -21,9 +28,13 @@ def _bowl(width, height, centre, scale=0.7):
 
 def _keypoint_set(descriptors: np.ndarray, names=None):
     names = names or [f"k{i}" for i in range(len(descriptors))]
-    return KeypointSet("sha", descriptors.shape[1], keypoints=[
-        Keypoint(KeypointSpec(n, 0, 0, 0), d.astype(np.float32), None, "none")
-        for n, d in zip(names, descriptors)])
+    return KeypointSet(
+        "sha",
+        descriptors.shape[1],
+        keypoints=[
+            Keypoint(KeypointSpec(n, 0, 0, 0), d.astype(np.float32), None, "none") for n, d in zip(names, descriptors)
+        ],
+    )
 
 
 def test_argmin_finds_the_nearest_pixel_and_soft_argmax_the_subpixel_position():
@@ -44,23 +55,22 @@ def test_argmin_finds_the_nearest_pixel_and_soft_argmax_the_subpixel_position():
 
 def test_a_query_far_from_every_descriptor_is_not_found_and_one_close_is():
     descriptors, query = _bowl(40, 30, (12.0, 7.0))
-    far = query + torch.tensor([[0.0, 0.0, 1.0]])     # 1.0 away from every pixel in the third channel
+    far = query + torch.tensor([[0.0, 0.0, 1.0]])  # 1.0 away from every pixel in the third channel
     keypoints = _keypoint_set(torch.cat([query, far]).numpy(), ["here", "absent"])
-    here, absent = match_keypoints(descriptors, keypoints, (40, 30),
-                                   config=KeypointMatchingConfig(max_distance=0.25))
+    here, absent = match_keypoints(descriptors, keypoints, (40, 30), config=KeypointMatchingConfig(max_distance=0.25))
     assert here.found and (here.u, here.v) == pytest.approx((12.0, 7.0), abs=0.05)
     assert here.distance == pytest.approx(0.0, abs=1e-3)
     assert not absent.found and absent.distance == pytest.approx(1.0, abs=1e-3)
-    assert here.point_cam is None and absent.point_cam is None        # no depth given
+    assert here.point_cam is None and absent.point_cam is None  # no depth given
 
 
 def test_confidence_is_high_for_a_unique_match_and_split_between_two_identical_ones():
     d = torch.zeros(4, 30, 40)
-    d[0] = 5.0                                                  # every pixel far from the query ...
-    d[:, 10, 8] = torch.tensor([0.0, 1.0, 0.0, 0.0])            # ... but one
+    d[0] = 5.0  # every pixel far from the query ...
+    d[:, 10, 8] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # ... but one
     query = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
     _, _, unique = match_descriptors(d, query, KeypointMatchingConfig())
-    d[:, 20, 30] = torch.tensor([0.0, 1.0, 0.0, 0.0])           # a second, identical pixel
+    d[:, 20, 30] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # a second, identical pixel
     _, _, ambiguous = match_descriptors(d, query, KeypointMatchingConfig())
     assert unique[0] > 0.99
     assert ambiguous[0] == pytest.approx(0.5, abs=0.01)
@@ -71,12 +81,11 @@ def test_matches_are_scaled_to_the_camera_image_and_lifted_with_its_depth():
     descriptors, query = _bowl(40, 30, (10.0, 6.0))
     keypoints = _keypoint_set(query.numpy())
     intr = CameraIntrinsics(100.0, 110.0, 39.5, 29.5, 80, 60)
-    depth = np.full((30, 40), 0.5, np.float32)                  # depth at yet another resolution
-    (loc,) = match_keypoints(descriptors, keypoints, (80, 60), depth, intr,
-                             KeypointMatchingConfig("none"))
-    assert (loc.u, loc.v) == pytest.approx((20.5, 12.5))        # pixel centres: (x + 0.5) * 2 - 0.5
+    depth = np.full((30, 40), 0.5, np.float32)  # depth at yet another resolution
+    (loc,) = match_keypoints(descriptors, keypoints, (80, 60), depth, intr, KeypointMatchingConfig("none"))
+    assert (loc.u, loc.v) == pytest.approx((20.5, 12.5))  # pixel centres: (x + 0.5) * 2 - 0.5
     np.testing.assert_allclose(loc.point_cam, [(20.5 - 39.5) / 100 * 0.5, (12.5 - 29.5) / 110 * 0.5, 0.5])
-    depth[:] = np.nan                                           # no depth there: no point
+    depth[:] = np.nan  # no depth there: no point
     (loc,) = match_keypoints(descriptors, keypoints, (80, 60), depth, intr)
     assert loc.found and loc.point_cam is None
 
@@ -101,12 +110,14 @@ def test_settings_are_checked_and_the_threshold_follows_the_training_margin():
 
 def test_a_keypoint_with_its_own_distance_is_judged_by_it_unless_the_node_fixes_one():
     descriptors, query = _bowl(40, 30, (12.0, 7.0))
-    offset = query + torch.tensor([[0.0, 0.0, 0.4]])          # best match 0.4 away
+    offset = query + torch.tensor([[0.0, 0.0, 0.4]])  # best match 0.4 away
     keypoints = _keypoint_set(torch.cat([offset, offset]).numpy(), ["strict", "lenient"])
     keypoints["strict"].max_distance, keypoints["lenient"].max_distance = 0.3, 0.5
-    strict, lenient = match_keypoints(descriptors, keypoints, (40, 30),
-                                      config=KeypointMatchingConfig(max_distance=0.45))
+    strict, lenient = match_keypoints(
+        descriptors, keypoints, (40, 30), config=KeypointMatchingConfig(max_distance=0.45)
+    )
     assert not strict.found and lenient.found
-    fixed = match_keypoints(descriptors, keypoints, (40, 30),
-                            config=KeypointMatchingConfig(max_distance=0.45, calibrated=False))
+    fixed = match_keypoints(
+        descriptors, keypoints, (40, 30), config=KeypointMatchingConfig(max_distance=0.45, calibrated=False)
+    )
     assert [k.found for k in fixed] == [True, True]

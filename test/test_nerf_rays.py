@@ -1,14 +1,21 @@
 """Rays, camera conventions and the scene box, against the dataset's poses and OpenCV."""
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from nerf_descriptor_ros.dataset import Dataset, DatasetWriter
+from nerf_descriptor_ros.data.dataset import Dataset, DatasetWriter
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, transform_points
-from nerf_descriptor_ros.nerf.rays import (SceneBoundsError, box_seen_by_all, camera_rays,
-                                           check_camera_poses, intersect_box, looked_at_point,
-                                           normalized_pixel_coords)
+from nerf_descriptor_ros.nerf.rays import (
+    SceneBoundsError,
+    box_seen_by_all,
+    camera_rays,
+    check_camera_poses,
+    intersect_box,
+    looked_at_point,
+    normalized_pixel_coords,
+)
 
 
 def test_rays_through_dataset_pixels_hit_the_projected_point_at_its_z_depth(tmp_path):
@@ -25,8 +32,9 @@ def test_rays_through_dataset_pixels_hit_the_projected_point_at_its_z_depth(tmp_
         z = rng.uniform(0.1, 1.0)
         point_cam = np.array([(u - intr.cx) / intr.fx * z, (v - intr.cy) / intr.fy * z, z])
         point = transform_points(c2w, point_cam[None])[0]
-        uv, _ = cv2.projectPoints(transform_points(invert(frame.c2w), point[None]), np.zeros(3),
-                                  np.zeros(3), intr.K, None)
+        uv, _ = cv2.projectPoints(
+            transform_points(invert(frame.c2w), point[None]), np.zeros(3), np.zeros(3), intr.K, None
+        )
         assert np.allclose(uv.ravel(), [u, v], atol=1e-6)  # OpenCV agrees on the pixel
         i = v * 40 + u
         assert np.allclose(origins[i] + z * dirs[i], point, atol=1e-9)
@@ -54,8 +62,9 @@ def _hemisphere(center, radius, count=24):
     poses = []
     for i in range(count):
         azimuth, elevation = 2 * np.pi * i / count, np.radians(25 + 40 * (i % 3) / 2)
-        eye = np.asarray(center) + radius * np.array([np.cos(elevation) * np.cos(azimuth),
-                                                      np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
+        eye = np.asarray(center) + radius * np.array(
+            [np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)]
+        )
         poses.append(look_at(eye, center))
     return np.stack(poses)
 

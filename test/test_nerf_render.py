@@ -1,4 +1,5 @@
 """Volume rendering: weights, expected depth, whole-camera rendering, out-of-memory fallback."""
+
 import numpy as np
 import pytest
 import torch
@@ -20,8 +21,7 @@ def test_packed_weights_match_a_per_ray_reference():
     rng = np.random.default_rng(0)
     counts = [5, 0, 17, 1, 9]
     ray_idx = torch.tensor(np.repeat(np.arange(len(counts)), counts))
-    starts = torch.tensor(np.concatenate([np.sort(rng.uniform(0.1, 1, c)) for c in counts]),
-                          dtype=torch.float32)
+    starts = torch.tensor(np.concatenate([np.sort(rng.uniform(0.1, 1, c)) for c in counts]), dtype=torch.float32)
     ends = starts + torch.tensor(rng.uniform(0.001, 0.05, len(starts)), dtype=torch.float32)
     sigma = torch.tensor(rng.uniform(0, 40, len(starts)), dtype=torch.float32)
     scale = torch.tensor(rng.uniform(0.5, 2, len(counts)), dtype=torch.float32)
@@ -29,10 +29,10 @@ def test_packed_weights_match_a_per_ray_reference():
     weights = render_weights(samples, sigma, scale)
     offset = 0
     for r, c in enumerate(counts):
-        alpha = 1 - torch.exp(-sigma[offset:offset + c] * (ends - starts)[offset:offset + c] * scale[r])
+        alpha = 1 - torch.exp(-sigma[offset : offset + c] * (ends - starts)[offset : offset + c] * scale[r])
         transmittance = torch.cumprod(torch.cat([torch.ones(1), 1 - alpha[:-1]]), 0)
-        assert torch.allclose(weights[offset:offset + c], alpha * transmittance, atol=1e-6)
-        assert weights[offset:offset + c].sum() <= 1 + 1e-6
+        assert torch.allclose(weights[offset : offset + c], alpha * transmittance, atol=1e-6)
+        assert weights[offset : offset + c].sum() <= 1 + 1e-6
         offset += c
 
 
@@ -66,7 +66,7 @@ def _analytic_depth(c2w, intr):
     origins, dirs = camera_rays(c2w, intr)
     b = 2 * np.einsum("ij,ij->i", origins, dirs)
     a = np.einsum("ij,ij->i", dirs, dirs)
-    c = np.einsum("ij,ij->i", origins, origins) - SPHERE_RADIUS ** 2
+    c = np.einsum("ij,ij->i", origins, origins) - SPHERE_RADIUS**2
     disc = b * b - 4 * a * c
     depth = np.where(disc > 0, (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a), np.nan)
     return depth.reshape(intr.height, intr.width)
@@ -129,7 +129,6 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_image():
         render_camera(model, c2w, intr)
 
 
-
 def test_occupancy_follows_the_density_and_never_revives_carved_cells():
     model = _sphere_model()
     grid = model.occupancy
@@ -144,7 +143,9 @@ def test_occupancy_follows_the_density_and_never_revives_carved_cells():
     assert not grid.occupied[radius > SPHERE_RADIUS + half_cell].any()
     assert not grid.occupied[~allowed].any()
     # Marching only visits occupied cells: every sample lies in one.
-    origins, dirs = (torch.tensor(a, dtype=torch.float32) for a in camera_rays(
-        look_at([0.2, 0.15, 0.12], [0.0, 0.0, 0.0]), CameraIntrinsics.from_fov(24, 18, 40)))
+    origins, dirs = (
+        torch.tensor(a, dtype=torch.float32)
+        for a in camera_rays(look_at([0.2, 0.15, 0.12], [0.0, 0.0, 0.0]), CameraIntrinsics.from_fov(24, 18, 40))
+    )
     points = model(origins, dirs)["samples"].positions(origins, dirs)
     assert len(points) > 0 and grid.is_occupied(points).float().mean() > 0.95

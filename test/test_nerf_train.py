@@ -1,5 +1,6 @@
 """Training: a small scene fitted to a PSNR threshold, checkpoints and resumption, the classic
 model, and every kind of bad input refused with a clear message."""
+
 import json
 import shutil
 import threading
@@ -7,22 +8,35 @@ import threading
 import numpy as np
 import pytest
 import torch
+from synthetic_scenes import orbit_poses, single_torch_thread, textured_objects_scene, write_scene_dataset  # noqa: F401
 
-from nerf_descriptor_ros.dataset import Dataset, DatasetError
-from nerf_descriptor_ros.nerf import (CheckpointError, NerfConfig, NerfConfigError, load_config,
-                                      load_nerf, render_camera, train_nerf)
+from nerf_descriptor_ros.data.dataset import Dataset, DatasetError
+from nerf_descriptor_ros.nerf import (
+    CheckpointError,
+    NerfConfig,
+    NerfConfigError,
+    load_config,
+    load_nerf,
+    render_camera,
+    train_nerf,
+)
 from nerf_descriptor_ros.nerf.config import config_from_dict
 from nerf_descriptor_ros.nerf.data import DatasetTooSmallError, load_frame
 from nerf_descriptor_ros.nerf.evaluation import evaluate_frames
 from nerf_descriptor_ros.nerf.model import ClassicNerf, FastNerf
 from nerf_descriptor_ros.nerf.rays import SceneBoundsError
 from nerf_descriptor_ros.progress import StageCancelled
-from synthetic_scenes import (orbit_poses, single_torch_thread, textured_objects_scene,  # noqa: F401
-                              write_scene_dataset)
 
-SMALL = {"render_count": 1, "checkpoint_interval_s": 1000.0,
-         "fast": {"plane_resolutions": [16, 32, 64], "plane_features": 4, "occupancy_resolution": 32,
-                  "target_samples_per_batch": 32768}}
+SMALL = {
+    "render_count": 1,
+    "checkpoint_interval_s": 1000.0,
+    "fast": {
+        "plane_resolutions": [16, 32, 64],
+        "plane_features": 4,
+        "occupancy_resolution": 32,
+        "target_samples_per_batch": 32768,
+    },
+}
 
 
 def small_config(**values):
@@ -32,15 +46,15 @@ def small_config(**values):
 @pytest.fixture(scope="module")
 def scene_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("nerf") / "blocks"
-    write_scene_dataset(root, textured_objects_scene(), orbit_poses(24, 0.3, turns=2.0), width=48,
-                        height=36)
+    write_scene_dataset(root, textured_objects_scene(), orbit_poses(24, 0.3, turns=2.0), width=48, height=36)
     return Dataset.load(root)
 
 
 def test_fits_a_small_scene_to_a_psnr_threshold(scene_dataset, tmp_path, single_torch_thread):
     reports = []
-    checkpoint, metrics = train_nerf(scene_dataset, small_config(iterations=200), tmp_path / "out",
-                                     "cpu", reports.append)
+    checkpoint, metrics = train_nerf(
+        scene_dataset, small_config(iterations=200), tmp_path / "out", "cpu", reports.append
+    )
     assert metrics["iterations"] == 200 and metrics["background"] == "mask"
     # Measured: 29-30 dB, object pixels 23-25 dB, SSIM 0.97, depth error 2 mm.
     assert metrics["psnr"] > 26.0 and metrics["psnr_object_pixels"] > 20.0 and metrics["ssim"] > 0.9
@@ -64,6 +78,7 @@ def test_checkpoint_resume_and_refusals(scene_dataset, tmp_path, single_torch_th
             cancel.set()
 
     import nerf_descriptor_ros.nerf.trainer as trainer
+
     interval, trainer.REPORT_INTERVAL_S = trainer.REPORT_INTERVAL_S, 0.0
     try:
         with pytest.raises(StageCancelled):
@@ -98,6 +113,7 @@ def test_checkpoint_resume_and_refusals(scene_dataset, tmp_path, single_torch_th
     shutil.copytree(scene_dataset.root, other_root, ignore=shutil.ignore_patterns("nerf"))
     image = other_root / "images" / "frame_00003.png"
     import cv2
+
     pixels = cv2.imread(str(image))
     cv2.imwrite(str(image), 255 - pixels)
     other = Dataset.load(other_root)
@@ -124,9 +140,20 @@ def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path, capsys):
 
 
 def test_classic_model_shares_the_pipeline(scene_dataset, tmp_path, single_torch_thread):
-    config = small_config(model="classic", iterations=12, classic={
-        "netdepth": 4, "netwidth": 32, "skip_layer": 2, "multires": 4, "multires_views": 2,
-        "n_coarse": 16, "n_fine": 16, "rays_per_batch": 256})
+    config = small_config(
+        model="classic",
+        iterations=12,
+        classic={
+            "netdepth": 4,
+            "netwidth": 32,
+            "skip_layer": 2,
+            "multires": 4,
+            "multires_views": 2,
+            "n_coarse": 16,
+            "n_fine": 16,
+            "rays_per_batch": 256,
+        },
+    )
     checkpoint, metrics = train_nerf(scene_dataset, config, tmp_path / "classic", "cpu")
     assert metrics["model"] == "classic" and metrics["iterations"] == 12
     model = load_nerf(checkpoint, scene_dataset)
@@ -138,8 +165,7 @@ def test_classic_model_shares_the_pipeline(scene_dataset, tmp_path, single_torch
 
 def test_without_masks_a_learned_background_and_appearance_embeddings(tmp_path, single_torch_thread):
     root = tmp_path / "nomask"
-    write_scene_dataset(root, textured_objects_scene(), orbit_poses(18, 0.3), width=40, height=30,
-                        masks=False)
+    write_scene_dataset(root, textured_objects_scene(), orbit_poses(18, 0.3), width=40, height=30, masks=False)
     dataset = Dataset.load(root)
     config = small_config(iterations=30, appearance_embedding_dim=4)
     checkpoint, metrics = train_nerf(dataset, config, tmp_path / "out", "cpu")
@@ -151,8 +177,7 @@ def test_without_masks_a_learned_background_and_appearance_embeddings(tmp_path, 
     assert out.rgb.shape == (30, 40, 3) and np.isfinite(out.rgb).all()
 
 
-def test_out_of_memory_in_training_halves_the_batch(scene_dataset, tmp_path, monkeypatch,
-                                                     single_torch_thread):
+def test_out_of_memory_in_training_halves_the_batch(scene_dataset, tmp_path, monkeypatch, single_torch_thread):
     forward = FastNerf.forward
 
     def small_device(self, origins, *args, **kwargs):
@@ -162,8 +187,7 @@ def test_out_of_memory_in_training_halves_the_batch(scene_dataset, tmp_path, mon
 
     monkeypatch.setattr(FastNerf, "forward", small_device)
     reports = []
-    _, metrics = train_nerf(scene_dataset, small_config(iterations=10), tmp_path / "out", "cpu",
-                            reports.append)
+    _, metrics = train_nerf(scene_dataset, small_config(iterations=10), tmp_path / "out", "cpu", reports.append)
     assert metrics["iterations"] == 10
     assert any("out of memory: continuing with 512 rays" in r.message for r in reports)
 
@@ -212,13 +236,20 @@ def test_bad_datasets_are_refused_with_the_reason(scene_dataset, tmp_path):
 
 def test_config_files_and_errors(tmp_path):
     from pathlib import Path
+
     repo = Path(__file__).resolve().parents[1]
     # The fast config file spells out the defaults (what the trainer node uses without one).
     assert load_config(repo / "config" / "nerf_fast.yaml").to_dict() == NerfConfig().to_dict()
     classic = load_config(repo / "config" / "nerf_classic.yaml")
-    assert (classic.model, classic.classic.netdepth, classic.classic.netwidth, classic.classic.multires,
-            classic.classic.multires_views, classic.classic.n_coarse, classic.classic.n_fine) == \
-        ("classic", 8, 256, 10, 4, 64, 128)
+    assert (
+        classic.model,
+        classic.classic.netdepth,
+        classic.classic.netwidth,
+        classic.classic.multires,
+        classic.classic.multires_views,
+        classic.classic.n_coarse,
+        classic.classic.n_fine,
+    ) == ("classic", 8, 256, 10, 4, 64, 128)
     with pytest.raises(NerfConfigError, match="unknown config key 'fast.plane_featurez'"):
         load_config(None, "{fast: {plane_featurez: 3}}")
     with pytest.raises(NerfConfigError, match="iterations must be int"):
@@ -231,8 +262,15 @@ def test_config_files_and_errors(tmp_path):
 
 def test_train_nerf_command(scene_dataset, tmp_path, capsys, single_torch_thread):
     from nerf_descriptor_ros.cli import main
-    args = ["train-nerf", str(scene_dataset.root), "--out", str(tmp_path / "cli"), "--set",
-            "{iterations: 20, fast: {plane_resolutions: [16, 32], target_samples_per_batch: 8192}}"]
+
+    args = [
+        "train-nerf",
+        str(scene_dataset.root),
+        "--out",
+        str(tmp_path / "cli"),
+        "--set",
+        "{iterations: 20, fast: {plane_resolutions: [16, 32], target_samples_per_batch: 8192}}",
+    ]
     assert main(args) == 0
     out = capsys.readouterr()
     assert "held-out PSNR" in out.out and "depth median abs error" in out.out

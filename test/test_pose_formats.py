@@ -1,4 +1,5 @@
 """Foreign pose formats: stated conventions, exact import -> export -> import round trips, clear errors."""
+
 import json
 import shutil
 
@@ -7,19 +8,27 @@ import numpy as np
 import pycolmap
 import pytest
 
-from nerf_descriptor_ros.dataset import Dataset, DatasetError, DatasetWriter
-from nerf_descriptor_ros.geometry import (CameraIntrinsics, invert, look_at, opencv_to_opengl,
-                                          project_points, transform_points)
-from nerf_descriptor_ros.poses import formats
-from nerf_descriptor_ros.poses.masks import attach_masks
+from nerf_descriptor_ros.data import formats
+from nerf_descriptor_ros.data.dataset import Dataset, DatasetError, DatasetWriter
+from nerf_descriptor_ros.data.masks import attach_masks
+from nerf_descriptor_ros.geometry import (
+    CameraIntrinsics,
+    invert,
+    look_at,
+    opencv_to_opengl,
+    project_points,
+    transform_points,
+)
 
 W, H = 40, 30
 
 
 def _poses(n, seed=0):
     rng = np.random.default_rng(seed)
-    return [look_at(rng.normal(0, 0.05, 3) + [0.5 * np.cos(a), 0.5 * np.sin(a), 0.4],
-                    rng.normal(0, 0.02, 3)) for a in np.linspace(0, 2, n)]
+    return [
+        look_at(rng.normal(0, 0.05, 3) + [0.5 * np.cos(a), 0.5 * np.sin(a), 0.4], rng.normal(0, 0.02, 3))
+        for a in np.linspace(0, 2, n)
+    ]
 
 
 def _images(n, seed=0):
@@ -34,7 +43,7 @@ def _dataset(path, intrinsics, n=4, depth=True, masks=False):
         d = np.full((H, W), 0.4 + 0.01 * i) if depth else None
         m = np.zeros((H, W), bool) if masks else None
         if masks:
-            m[5:20, 10 + i:30] = True
+            m[5:20, 10 + i : 30] = True
         writer.add_frame(rgb, c2w, intr, depth_m=d, mask=m)
     return Dataset.load(path)
 
@@ -66,13 +75,14 @@ def _assert_same_frames(a: Dataset, b: Dataset, atol=0.0):
 
 # --- conventions ---------------------------------------------------------------------------------
 
+
 def test_llff_columns_are_down_right_back_of_the_opencv_camera():
     c2w = look_at([0.3, -0.2, 0.5], [0, 0, 0])
     row = formats.poses_to_llff_rows([c2w], np.array([[H, W, 50.0]]), np.array([[0.1, 2.0]]))[0]
     m = row[:15].reshape(3, 5)
-    assert np.array_equal(m[:, 0], c2w[:3, 1])    # down = OpenCV +y
-    assert np.array_equal(m[:, 1], c2w[:3, 0])    # right = OpenCV +x
-    assert np.array_equal(m[:, 2], -c2w[:3, 2])   # back = OpenCV -z (the camera looks along -back)
+    assert np.array_equal(m[:, 0], c2w[:3, 1])  # down = OpenCV +y
+    assert np.array_equal(m[:, 1], c2w[:3, 0])  # right = OpenCV +x
+    assert np.array_equal(m[:, 2], -c2w[:3, 2])  # back = OpenCV -z (the camera looks along -back)
     assert np.array_equal(m[:, 3], c2w[:3, 3]) and np.array_equal(m[:, 4], [H, W, 50.0])
     assert np.array_equal(row[15:], [0.1, 2.0])
     poses, hwf, bounds = formats.llff_rows_to_poses(row[None])
@@ -108,6 +118,7 @@ def test_nerfstudio_intrinsics_put_the_image_corner_at_zero(tmp_path):
 
 # --- round trips ---------------------------------------------------------------------------------
 
+
 def test_llff_import_export_import_is_exact(tmp_path):
     poses, images = _poses(5), _images(5)
     hwf = np.tile([H, W, 47.5], (5, 1))
@@ -129,8 +140,9 @@ def test_llff_import_export_import_is_exact(tmp_path):
 
 
 def test_llff_downsampled_images_scale_the_focal_length(tmp_path):
-    _write_llff(tmp_path / "llff", _poses(2), np.tile([4 * H, 4 * W, 200.0], (2, 1)),
-                np.tile([0.1, 1.0], (2, 1)), _images(2))
+    _write_llff(
+        tmp_path / "llff", _poses(2), np.tile([4 * H, 4 * W, 200.0], (2, 1)), np.tile([0.1, 1.0], (2, 1)), _images(2)
+    )
     (tmp_path / "llff" / "images").rename(tmp_path / "llff" / "images_4")
     ds = formats.import_llff(tmp_path / "llff", tmp_path / "ds", images="images_4")
     assert ds.frames[0].intrinsics.fx == 50.0
@@ -160,11 +172,16 @@ def test_blender_synthetic_import_and_nerfstudio_round_trip(tmp_path):
         frames = []
         for i in idx:
             rgba = rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
-            rgba[:, :W // 2, 3] = 0      # transparent left half
-            rgba[:, W // 2:, 3] = 255
+            rgba[:, : W // 2, 3] = 0  # transparent left half
+            rgba[:, W // 2 :, 3] = 255
             cv2.imwrite(str(src / split / f"r_{i}.png"), rgba)
-            frames.append({"file_path": f"./{split}/r_{i}", "rotation": 0.1,
-                           "transform_matrix": opencv_to_opengl(poses[i]).tolist()})
+            frames.append(
+                {
+                    "file_path": f"./{split}/r_{i}",
+                    "rotation": 0.1,
+                    "transform_matrix": opencv_to_opengl(poses[i]).tolist(),
+                }
+            )
         (src / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": angle, "frames": frames}))
 
     for background, value in (("white", 255), ("black", 0)):
@@ -174,7 +191,7 @@ def test_blender_synthetic_import_and_nerfstudio_round_trip(tmp_path):
         assert (intr.cx, intr.cy) == ((W - 1) / 2, (H - 1) / 2)
         assert ds.metadata["source_split"] == ["train", "train", "test"]
         img, mask = ds.frames[0].load_image(), ds.frames[0].load_mask()
-        assert np.all(img[:, :W // 2] == value) and not mask[:, :W // 2].any() and mask[:, W // 2:].all()
+        assert np.all(img[:, : W // 2] == value) and not mask[:, : W // 2].any() and mask[:, W // 2 :].all()
         assert all(np.array_equal(f.c2w, p) for f, p in zip(ds.frames, poses))
 
     formats.export_nerfstudio(tmp_path / "ds_white", tmp_path / "ns")
@@ -193,13 +210,33 @@ def test_nerfstudio_import_export_is_exact_with_depth_masks_and_per_frame_camera
         cv2.imwrite(str(src / "images" / f"{i}.jpg"), images[i][:, :, ::-1])
         cv2.imwrite(str(src / "depth" / f"{i}.png"), np.full((H, W), 500 + i, np.uint16))
         cv2.imwrite(str(src / "masks" / f"{i}.png"), np.full((H, W), 255 * (i % 2), np.uint8))
-        frames.append({"file_path": f"images/{i}.jpg", "depth_file_path": f"depth/{i}.png",
-                       "mask_path": f"masks/{i}.png",
-                       "transform_matrix": opencv_to_opengl(poses[i]).tolist()})
+        frames.append(
+            {
+                "file_path": f"images/{i}.jpg",
+                "depth_file_path": f"depth/{i}.png",
+                "mask_path": f"masks/{i}.png",
+                "transform_matrix": opencv_to_opengl(poses[i]).tolist(),
+            }
+        )
     frames[2]["fl_x"] = 51.25
-    (src / "transforms.json").write_text(json.dumps({
-        "camera_model": "OPENCV", "fl_x": 50.0, "fl_y": 50.5, "cx": 20.25, "cy": 15.5, "w": W,
-        "h": H, "k1": 0.01, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames}))
+    (src / "transforms.json").write_text(
+        json.dumps(
+            {
+                "camera_model": "OPENCV",
+                "fl_x": 50.0,
+                "fl_y": 50.5,
+                "cx": 20.25,
+                "cy": 15.5,
+                "w": W,
+                "h": H,
+                "k1": 0.01,
+                "k2": 0.0,
+                "p1": 0.0,
+                "p2": 0.0,
+                "frames": frames,
+            }
+        )
+    )
     first = formats.import_transforms(src, tmp_path / "ds1")
     assert (first.frames[0].intrinsics.cx, first.frames[0].intrinsics.cy) == (19.75, 15.0)
     assert first.frames[2].intrinsics.fx == 51.25 and first.frames[0].intrinsics.distortion[0] == 0.01
@@ -216,9 +253,11 @@ def test_nerfstudio_import_export_is_exact_with_depth_masks_and_per_frame_camera
 
 
 def test_colmap_import_export_import_matches_to_round_off(tmp_path):
-    cams = [CameraIntrinsics(45.0, 44.0, 19.2, 14.7, W, H, [0.01, -0.002, 0.0005, 0.0001, 0.0]),
-            CameraIntrinsics(40.0, 40.0, 19.5, 14.5, W, H),
-            CameraIntrinsics(41.0, 42.0, 20.0, 14.0, W, H, [0.02, 0.0, 0.0, 0.0, 0.001])]
+    cams = [
+        CameraIntrinsics(45.0, 44.0, 19.2, 14.7, W, H, [0.01, -0.002, 0.0005, 0.0001, 0.0]),
+        CameraIntrinsics(40.0, 40.0, 19.5, 14.5, W, H),
+        CameraIntrinsics(41.0, 42.0, 20.0, 14.0, W, H, [0.02, 0.0, 0.0, 0.0, 0.001]),
+    ]
     native = _dataset(tmp_path / "ds", cams, n=5, depth=False, masks=True)
     formats.export_colmap(native.root, tmp_path / "colmap")
     rec = pycolmap.Reconstruction(str(tmp_path / "colmap" / "sparse" / "0"))
@@ -238,8 +277,7 @@ def test_colmap_points_give_llff_bounds(tmp_path):
     (tmp_path / "colmap" / "images").mkdir(parents=True)
     rec = pycolmap.Reconstruction()
     model, params = formats.intrinsics_to_colmap(intr)
-    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model=model, width=W, height=H,
-                                                    params=params))
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model=model, width=W, height=H, params=params))
     depths = []
     for image_id, (c2w, img) in enumerate(zip(poses, images), start=1):
         cam = transform_points(invert(c2w), points)
@@ -247,7 +285,8 @@ def test_colmap_points_give_llff_bounds(tmp_path):
         uv = project_points(cam, intr.K)[0] + 0.5
         rec.add_image_with_trivial_frame(
             pycolmap.Image(name=f"{image_id}.png", keypoints=uv, camera_id=1, image_id=image_id),
-            pycolmap.Rigid3d(invert(c2w)[:3]))
+            pycolmap.Rigid3d(invert(c2w)[:3]),
+        )
         cv2.imwrite(str(tmp_path / "colmap" / "images" / f"{image_id}.png"), img[:, :, ::-1])
     for k, xyz in enumerate(points):
         track = pycolmap.Track()
@@ -267,9 +306,9 @@ def test_colmap_points_give_llff_bounds(tmp_path):
 
 # --- bad input -----------------------------------------------------------------------------------
 
+
 def test_existing_destination_and_missing_images_leave_nothing_behind(tmp_path):
-    _write_llff(tmp_path / "llff", _poses(3), np.tile([H, W, 40.0], (3, 1)), np.tile([0.1, 1.0], (3, 1)),
-                _images(3))
+    _write_llff(tmp_path / "llff", _poses(3), np.tile([H, W, 40.0], (3, 1)), np.tile([0.1, 1.0], (3, 1)), _images(3))
     (tmp_path / "taken").mkdir()
     with pytest.raises(DatasetError, match="already exists"):
         formats.import_llff(tmp_path / "llff", tmp_path / "taken")
@@ -281,8 +320,7 @@ def test_existing_destination_and_missing_images_leave_nothing_behind(tmp_path):
 
 def test_mixed_image_sizes_and_partial_masks_are_refused(tmp_path):
     images = _images(3)
-    _write_llff(tmp_path / "llff", _poses(3), np.tile([H, W, 40.0], (3, 1)), np.tile([0.1, 1.0], (3, 1)),
-                images)
+    _write_llff(tmp_path / "llff", _poses(3), np.tile([H, W, 40.0], (3, 1)), np.tile([0.1, 1.0], (3, 1)), images)
     (tmp_path / "llff" / "masks").mkdir()
     cv2.imwrite(str(tmp_path / "llff" / "masks" / "IMG_000.png"), np.zeros((H, W), np.uint8))
     with pytest.raises(DatasetError, match="masks for 1 of 3 images"):
@@ -303,8 +341,7 @@ def test_llff_export_refuses_what_llff_cannot_hold(tmp_path):
     with pytest.raises(DatasetError, match=r"moves pixels .* by up to 3\.50 px"):
         formats.export_llff(off_centre.root, tmp_path / "out")
     formats.export_llff(off_centre.root, tmp_path / "out", max_pixel_shift=4.0)
-    two_cams = _dataset(tmp_path / "b", [CameraIntrinsics.from_fov(W, H, 50),
-                                         CameraIntrinsics.from_fov(W, H, 60)])
+    two_cams = _dataset(tmp_path / "b", [CameraIntrinsics.from_fov(W, H, 50), CameraIntrinsics.from_fov(W, H, 60)])
     with pytest.raises(DatasetError, match="one camera for all images"):
         formats.export_llff(two_cams.root, tmp_path / "out2")
     no_depth = _dataset(tmp_path / "c", [CameraIntrinsics.from_fov(W, H, 50)], depth=False)
@@ -323,9 +360,17 @@ def test_foreign_files_with_bad_content_get_clear_errors(tmp_path):
     with pytest.raises(DatasetError, match="already a nerf_descriptor_ros dataset"):
         formats.import_transforms(ds.root, tmp_path / "out")
     (tmp_path / "fish").mkdir()
-    (tmp_path / "fish" / "transforms.json").write_text(json.dumps({
-        "camera_model": "OPENCV_FISHEYE", "fl_x": 1, "w": W, "h": H,
-        "frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}]}))
+    (tmp_path / "fish" / "transforms.json").write_text(
+        json.dumps(
+            {
+                "camera_model": "OPENCV_FISHEYE",
+                "fl_x": 1,
+                "w": W,
+                "h": H,
+                "frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}],
+            }
+        )
+    )
     with pytest.raises(DatasetError, match="OPENCV_FISHEYE.*not supported"):
         formats.import_transforms(tmp_path / "fish", tmp_path / "out")
     with pytest.raises(DatasetError, match="not a COLMAP sparse model"):
@@ -339,7 +384,7 @@ def test_attach_masks_writes_only_when_every_mask_is_there(tmp_path):
     (tmp_path / "sam").mkdir()
     for i in range(2):  # as a segmentation tool might write them: another suffix, RGB
         mask = np.zeros((H, W, 3), np.uint8)
-        mask[:10, :10 + i] = 255
+        mask[:10, : 10 + i] = 255
         cv2.imwrite(str(tmp_path / "sam" / f"frame_{i:05d}.jpg"), mask)
     with pytest.raises(DatasetError, match="masks for 2 of 3 images"):
         attach_masks(ds.root, tmp_path / "sam")
@@ -355,13 +400,13 @@ def test_attach_masks_writes_only_when_every_mask_is_there(tmp_path):
 def test_command_line_import_export_and_option_checks(tmp_path, capsys):
     from nerf_descriptor_ros.cli import main
 
-    _write_llff(tmp_path / "llff", _poses(3), np.tile([H, W, 40.0], (3, 1)), np.tile([0.1, 1.0], (3, 1)),
-                _images(3))
+    _write_llff(tmp_path / "llff", _poses(3), np.tile([H, W, 40.0], (3, 1)), np.tile([0.1, 1.0], (3, 1)), _images(3))
     assert main(["import", "llff", str(tmp_path / "llff"), str(tmp_path / "ds")]) == 0
     assert "3 frames in" in capsys.readouterr().out
     assert main(["export", "llff", str(tmp_path / "ds"), str(tmp_path / "again")]) == 0
-    assert np.array_equal(np.load(tmp_path / "again" / formats.LLFF_FILE),
-                          np.load(tmp_path / "llff" / formats.LLFF_FILE))
+    assert np.array_equal(
+        np.load(tmp_path / "again" / formats.LLFF_FILE), np.load(tmp_path / "llff" / formats.LLFF_FILE)
+    )
     assert main(["export", "colmap", str(tmp_path / "ds"), str(tmp_path / "ds")]) == 2
     assert "already exists" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -1,4 +1,5 @@
 """The pose-source seam: PoseBuffer lookups by stamp, pose validation, the TF source, the factory."""
+
 import sys
 import threading
 import time
@@ -8,9 +9,15 @@ import numpy as np
 import pytest
 
 from nerf_descriptor_ros.geometry import InvalidPoseError, look_at, pose_distance
-from nerf_descriptor_ros.pose_source import (PoseBuffer, PoseLookupError, PoseNotYetAvailable,
-                                             PoseSourceUnavailable, TfPoseSource,
-                                             checked_pose_matrix, make_pose_source)
+from nerf_descriptor_ros.ros.pose_sources import (
+    PoseBuffer,
+    PoseLookupError,
+    PoseNotYetAvailable,
+    PoseSourceUnavailable,
+    TfPoseSource,
+    checked_pose_matrix,
+    make_pose_source,
+)
 
 S = 1_000_000_000  # ns per second
 
@@ -77,11 +84,14 @@ def test_gap_larger_than_max_interpolation_gap_is_refused():
     assert np.array_equal(buffer.lookup(int(1.5 * S)), orbit_pose(1.5))  # exact needs no gap check
 
 
-@pytest.mark.parametrize("corrupt, reason", [
-    (lambda T: T.__setitem__((0, 3), np.nan), "NaN"),
-    (lambda T: T.__setitem__((slice(0, 3), 0), 2 * T[:3, 0]), "not orthonormal"),
-    (lambda T: T.__setitem__((slice(0, 3), 0), -T[:3, 0]), "reflection"),
-])
+@pytest.mark.parametrize(
+    "corrupt, reason",
+    [
+        (lambda T: T.__setitem__((0, 3), np.nan), "NaN"),
+        (lambda T: T.__setitem__((slice(0, 3), 0), 2 * T[:3, 0]), "not orthonormal"),
+        (lambda T: T.__setitem__((slice(0, 3), 0), -T[:3, 0]), "reflection"),
+    ],
+)
 def test_invalid_poses_are_refused_and_lookups_near_them_say_why(corrupt, reason):
     buffer = filled_buffer([1.0, 1.1])
     bad = orbit_pose(1.2)
@@ -152,6 +162,7 @@ def test_buffer_arguments_are_checked():
 # asks for (target = base frame, source = camera frame, at the image stamp, with the timeout) and
 # what it does with the answer. On a machine with tf2_ros the real one is left alone.
 
+
 class _FakeTransformException(Exception):
     pass
 
@@ -169,8 +180,11 @@ def _fake_tf2_ros(answer):
                 raise answer
             return answer
 
-    module = types.SimpleNamespace(Buffer=Buffer, TransformException=_FakeTransformException,
-                                   TransformListener=lambda buffer, node, spin_thread: None)
+    module = types.SimpleNamespace(
+        Buffer=Buffer,
+        TransformException=_FakeTransformException,
+        TransformListener=lambda buffer, node, spin_thread: None,
+    )
     return module, calls
 
 
@@ -178,10 +192,13 @@ def _transform_stamped(T):
     from geometry_msgs.msg import Quaternion, Transform, TransformStamped, Vector3
 
     from nerf_descriptor_ros.geometry import matrix_to_pose
+
     p, q = matrix_to_pose(T)
-    return TransformStamped(transform=Transform(
-        translation=Vector3(x=p[0], y=p[1], z=p[2]),
-        rotation=Quaternion(x=q[0], y=q[1], z=q[2], w=q[3])))
+    return TransformStamped(
+        transform=Transform(
+            translation=Vector3(x=p[0], y=p[1], z=p[2]), rotation=Quaternion(x=q[0], y=q[1], z=q[2], w=q[3])
+        )
+    )
 
 
 def test_tf_source_looks_up_base_to_camera_at_the_stamp(monkeypatch):
@@ -209,8 +226,15 @@ def test_tf_source_turns_tf_errors_into_clear_refusals(monkeypatch):
 def test_asking_for_tf_without_tf2_ros_fails_clearly(monkeypatch):
     monkeypatch.setitem(sys.modules, "tf2_ros", None)  # makes `import tf2_ros` raise ImportError
     with pytest.raises(PoseSourceUnavailable, match="needs the tf2_ros Python package"):
-        make_pose_source(None, "tf", base_frame="base", pose_topic="camera/pose",
-                         max_interpolation_gap_s=0.2, newest_tolerance_s=0.0)
+        make_pose_source(
+            None, "tf", base_frame="base", pose_topic="camera/pose", max_interpolation_gap_s=0.2, newest_tolerance_s=0.0
+        )
     with pytest.raises(PoseSourceUnavailable, match="'gps' is not one of topic, tf"):
-        make_pose_source(None, "gps", base_frame="base", pose_topic="camera/pose",
-                         max_interpolation_gap_s=0.2, newest_tolerance_s=0.0)
+        make_pose_source(
+            None,
+            "gps",
+            base_frame="base",
+            pose_topic="camera/pose",
+            max_interpolation_gap_s=0.2,
+            newest_tolerance_s=0.0,
+        )

@@ -1,9 +1,10 @@
 """Image, camera-info, pose and stamp conversions (our cv_bridge / tf_transformations replacement)."""
+
 import numpy as np
 import pytest
 
-from nerf_descriptor_ros import ros_conversions as rc
 from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at
+from nerf_descriptor_ros.ros import conversions as rc
 
 
 def test_rgb_bgr_mono_round_trips():

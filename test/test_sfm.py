@@ -3,18 +3,25 @@
 The scene (a textured box on a textured plane) is ray-cast in numpy with our pinhole model, so the
 true cameras are known exactly; views are small (240x180) and few to keep the suite fast.
 """
+
 import threading
 
 import cv2
 import numpy as np
 import pytest
 
-from nerf_descriptor_ros.dataset import Dataset, DatasetWriter
+from nerf_descriptor_ros.data.dataset import Dataset, DatasetWriter
+from nerf_descriptor_ros.data.masks import check_mask_consistency
 from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at, pose_distance, pose_to_matrix
-from nerf_descriptor_ros.poses.alignment import (AlignmentError, Similarity, align_poses, perturb_pose,
-                                                 robust_umeyama, umeyama)
+from nerf_descriptor_ros.poses.alignment import (
+    AlignmentError,
+    Similarity,
+    align_poses,
+    perturb_pose,
+    robust_umeyama,
+    umeyama,
+)
 from nerf_descriptor_ros.poses.estimate import estimate_poses
-from nerf_descriptor_ros.poses.masks import check_mask_consistency
 from nerf_descriptor_ros.poses.sfm import SfmError, run_sfm
 from nerf_descriptor_ros.progress import StageCancelled
 
@@ -25,8 +32,10 @@ PLANE_EXTENT = 0.3  # the plane texture repeats every 2 * PLANE_EXTENT metres
 
 def _texture(seed, size):
     rng = np.random.default_rng(seed)
-    tex = sum(cv2.resize(rng.random((size // s, size // s, 3)), (size, size), interpolation=cv2.INTER_CUBIC)
-              for s in (4, 8, 16, 32, 64))
+    tex = sum(
+        cv2.resize(rng.random((size // s, size // s, 3)), (size, size), interpolation=cv2.INTER_CUBIC)
+        for s in (4, 8, 16, 32, 64)
+    )
     tex = (tex - tex.min()) / (tex.max() - tex.min())
     return (255 * tex).astype(np.uint8)
 
@@ -58,8 +67,10 @@ def render(c2w, intr=INTR, textured=True):
         a = np.where(face_axis == 0, q[:, 1], q[:, 0])
         b = np.where(face_axis == 2, q[:, 1], q[:, 2])
         m = TEXTURES[1].shape[0]
-        rgb[on_box] = TEXTURES[1][np.clip((b * (m - 1)).astype(int), 0, m - 1),
-                                  np.clip((a * (m // 3 - 1)).astype(int) + face_axis * (m // 3), 0, m - 1)]
+        rgb[on_box] = TEXTURES[1][
+            np.clip((b * (m - 1)).astype(int), 0, m - 1),
+            np.clip((a * (m // 3 - 1)).astype(int) + face_axis * (m // 3), 0, m - 1),
+        ]
     depth = (t * (d @ c2w[:3, 2])).reshape(intr.height, intr.width)
     return rgb.reshape(intr.height, intr.width, 3), on_box.reshape(intr.height, intr.width), depth
 
@@ -96,6 +107,7 @@ def scene(tmp_path_factory):
 
 # --- alignment (pure geometry) --------------------------------------------------------------------
 
+
 def test_umeyama_recovers_a_known_similarity_and_applies_it_to_poses():
     rng = np.random.default_rng(0)
     true = Similarity(2.5, pose_to_matrix([0, 0, 0], [0.3, -0.2, 0.5, 0.8])[:3, :3], np.array([1.0, -2.0, 0.5]))
@@ -125,6 +137,7 @@ def test_alignment_refuses_degenerate_centres():
 
 
 # --- SfM ----------------------------------------------------------------------------------------
+
 
 def test_sfm_registers_every_view_and_matches_the_true_cameras_after_alignment(scene):
     dataset, truth, sfm = scene
@@ -205,6 +218,7 @@ def test_folder_of_images_without_intrinsics_or_poses(scene, tmp_path):
 
 # --- bad input ----------------------------------------------------------------------------------
 
+
 def test_textureless_and_segmented_views_get_a_clear_error(tmp_path):
     blank = write_views(tmp_path / "blank", arc_poses(4), textured=False, masks=False)
     with pytest.raises(SfmError, match="too textureless.*do not mask it out"):
@@ -246,6 +260,7 @@ def test_mixed_sizes_missing_files_and_cancel(tmp_path, scene):
 
 
 # --- masks against poses -------------------------------------------------------------------------
+
 
 def test_mask_consistency_flags_a_wrong_pose_and_a_wrong_mask(scene, tmp_path):
     dataset, truth, _ = scene

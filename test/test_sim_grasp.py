@@ -1,4 +1,5 @@
 """Pick and lift in the simulated world: physics only while grasping, the object put back after."""
+
 import numpy as np
 import pytest
 
@@ -66,8 +67,7 @@ def test_a_grasp_at_the_centre_lifts_the_cube_and_puts_it_back(ready):
     assert w.pick_and_lift(grasp_at_center(w), PRE_GRASP_M, LIFT_M).success
     w.place_object_random(3)
     w.set_joint_positions(np.array(READY_ARM_POSITIONS))
-    assert w.pick_and_lift(T_grasp, PRE_GRASP_M, LIFT_M).object_lift_m == pytest.approx(
-        result.object_lift_m, abs=1e-6)
+    assert w.pick_and_lift(T_grasp, PRE_GRASP_M, LIFT_M).object_lift_m == pytest.approx(result.object_lift_m, abs=1e-6)
 
 
 def test_the_object_rises_with_the_gripper_while_the_pick_runs(ready):
@@ -116,8 +116,11 @@ def test_grasps_that_would_hit_the_table_or_make_no_sense_are_refused_and_nothin
     assert not result.success and result.message.startswith("unreachable")
     bad = grasp_at_center(w)
     bad[0, 3] = np.nan
-    for T, pre, lift in ((bad, PRE_GRASP_M, LIFT_M), (grasp_at_center(w), 0.0, LIFT_M),
-                         (grasp_at_center(w), PRE_GRASP_M, -0.1)):
+    for T, pre, lift in (
+        (bad, PRE_GRASP_M, LIFT_M),
+        (grasp_at_center(w), 0.0, LIFT_M),
+        (grasp_at_center(w), PRE_GRASP_M, -0.1),
+    ):
         result = w.pick_and_lift(T, pre, lift)
         assert not result.success and result.message.startswith("refused")
     assert np.allclose(w.joint_positions, before) and not w.picking
@@ -144,8 +147,10 @@ def test_the_approach_stops_on_an_object_too_wide_for_the_gripper(world):
         placed = world.place_object_nominal()
         axis = placed[:3, 3] + [0.0, 0.0, 0.05]  # the body's axis, half way up (the mug is z-up)
         across_body = placed[:3, 0]  # the handle is along the mug's y
-        assert world.start_pick(top_down_grasp(axis, np.arctan2(across_body[1], across_body[0])),
-                                PRE_GRASP_M, LIFT_M) is None
+        assert (
+            world.start_pick(top_down_grasp(axis, np.arctan2(across_body[1], across_body[0])), PRE_GRASP_M, LIFT_M)
+            is None
+        )
         lowest, result = 0.0, None
         while result is None:
             result = world.step_pick(0.02)

@@ -1,4 +1,5 @@
 """The sim_robot node over real DDS: camera streams, camera moves, view sweeps, object and ground truth."""
+
 import json
 import math
 import signal
@@ -12,17 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from action_msgs.msg import GoalStatus
+from capture_test_utils import RosCalls
 from geometry_msgs.msg import Pose, PoseStamped
 from rclpy.action import ActionClient
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Header
 
-from capture_test_utils import RosCalls
 from nerf_descriptor_ros.action import ViewSweep
 from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at, pose_distance
-from nerf_descriptor_ros.ros_conversions import (image_to_array, matrix_to_pose_msg,
-                                                 pose_msg_to_matrix, stamp_to_ns)
+from nerf_descriptor_ros.ros.conversions import image_to_array, matrix_to_pose_msg, pose_msg_to_matrix, stamp_to_ns
 from nerf_descriptor_ros.sim import hemisphere_views
 from nerf_descriptor_ros.srv import MoveCamera, PickAndLift, SaveGroundTruth, SetObjectPose
 
@@ -30,16 +30,20 @@ pytestmark = pytest.mark.ros
 
 WIDTH, HEIGHT = 80, 60
 BASE, CAMERA = "panda_link0", "camera_color_optical_frame"
-PARAMS = {"width": WIDTH, "height": HEIGHT, "publish_rate_hz": 20.0, "joint_speed_rad_s": 3.0,
-          "grasp_speed_m_s": 0.4}
+PARAMS = {"width": WIDTH, "height": HEIGHT, "publish_rate_hz": 20.0, "joint_speed_rad_s": 3.0, "grasp_speed_m_s": 0.4}
 
 
 class Streams:
     """Keeps every message of the sim's topics, by topic, with a condition to wait on."""
 
-    TOPICS = {"camera/color/image_raw": Image, "camera/color/camera_info": CameraInfo,
-              "camera/depth/image_raw": Image, "camera/mask/image_raw": Image,
-              "camera/pose": PoseStamped, "joint_states": JointState}
+    TOPICS = {
+        "camera/color/image_raw": Image,
+        "camera/color/camera_info": CameraInfo,
+        "camera/depth/image_raw": Image,
+        "camera/mask/image_raw": Image,
+        "camera/pose": PoseStamped,
+        "joint_states": JointState,
+    }
 
     def __init__(self, node):
         self.messages = defaultdict(list)
@@ -137,8 +141,9 @@ def test_move_camera_reaches_reachable_targets_and_refuses_the_rest(sim):
     calls, streams = sim.calls, sim.streams
     center = _object_center(calls, sim.data_root)
     target = hemisphere_views(center, 1, 0.3, 45.0, 45.0, start_azimuth_deg=200.0)[0]
-    answer = calls.call(MoveCamera, "/sim_robot/move_camera", MoveCamera.Request(target=_target(target, "")),
-                        timeout=30.0)
+    answer = calls.call(
+        MoveCamera, "/sim_robot/move_camera", MoveCamera.Request(target=_target(target, "")), timeout=30.0
+    )
     assert answer.success, answer.message
     assert answer.achieved.header.frame_id == BASE
     assert answer.position_error_m < 1e-4 and answer.rotation_error_deg < 0.01
@@ -179,8 +184,9 @@ def test_view_sweep_reports_every_view_keeps_publishing_and_refuses_a_second_goa
     second = _send(client, ViewSweep.Goal(num_views=3))
     second_result = _result(second)
     assert not second_result.result.success and "another view sweep" in second_result.result.message
-    busy = calls.call(MoveCamera, "/sim_robot/move_camera",
-                      MoveCamera.Request(target=_target(look_at([0.3, 0, 0.4], [0.45, 0, 0]))))
+    busy = calls.call(
+        MoveCamera, "/sim_robot/move_camera", MoveCamera.Request(target=_target(look_at([0.3, 0, 0.4], [0.45, 0, 0])))
+    )
     assert not busy.success and "busy" in busy.message
 
     result = _result(first, timeout=60.0).result
@@ -193,8 +199,13 @@ def test_view_sweep_reports_every_view_keeps_publishing_and_refuses_a_second_goa
         if f.feedback.reached:  # the reported pose is the one the camera stream shows while dwelling
             stamp = stamp_to_ns(f.feedback.camera_pose.header.stamp)
             after = [s for s in poses if s > stamp]
-            assert after and pose_distance(pose_msg_to_matrix(poses[min(after)].pose),
-                                           pose_msg_to_matrix(f.feedback.camera_pose.pose))[0] < 1e-6
+            assert (
+                after
+                and pose_distance(
+                    pose_msg_to_matrix(poses[min(after)].pose), pose_msg_to_matrix(f.feedback.camera_pose.pose)
+                )[0]
+                < 1e-6
+            )
     assert streams.count("camera/color/image_raw") - images_before >= 10  # rendering went on
 
 

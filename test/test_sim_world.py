@@ -1,4 +1,5 @@
 """The pybullet world without ROS: camera model, IK, motion, view sweep, object placement."""
+
 import json
 from pathlib import Path
 
@@ -10,13 +11,19 @@ import pytest
 from pybullet_utils.bullet_client import BulletClient
 from scipy.spatial import ConvexHull
 
-from nerf_descriptor_ros.dataset import DatasetError
-from nerf_descriptor_ros.geometry import (CameraIntrinsics, backproject_depth, invert, look_at,
-                                          pose_distance, pose_to_matrix, project_points,
-                                          transform_points)
+from nerf_descriptor_ros.data.dataset import DatasetError
+from nerf_descriptor_ros.geometry import (
+    CameraIntrinsics,
+    backproject_depth,
+    invert,
+    look_at,
+    pose_distance,
+    pose_to_matrix,
+    project_points,
+    transform_points,
+)
 from nerf_descriptor_ros.sim import SimConfig, SimWorld, framing_distance, hemisphere_views
-from nerf_descriptor_ros.sim.camera import (depth_buffer_to_metres, projection_matrix, to_gl_list,
-                                             view_matrix)
+from nerf_descriptor_ros.sim.camera import depth_buffer_to_metres, projection_matrix, to_gl_list, view_matrix
 from nerf_descriptor_ros.sim.objects import ObjectModelError, read_mesh_vertices, resolve_object_model
 
 SMALL = dict(width=160, height=120)
@@ -30,8 +37,9 @@ def world():
 
 
 def _reachable_view(world, azimuth_deg=180.0, elevation_deg=50.0, radius=0.3):
-    return hemisphere_views(world.object_center(), 1, radius, elevation_deg, elevation_deg,
-                            start_azimuth_deg=azimuth_deg)[0]
+    return hemisphere_views(
+        world.object_center(), 1, radius, elevation_deg, elevation_deg, start_azimuth_deg=azimuth_deg
+    )[0]
 
 
 def _move_to(world, T):
@@ -42,8 +50,7 @@ def _move_to(world, T):
 
 
 # ------------------------------------------------------------------ camera model
-@pytest.mark.parametrize("width,height,shift", [(160, 120, (0.0, 0.0)), (97, 61, (0.0, 0.0)),
-                                                (320, 240, (9.3, -5.7))])
+@pytest.mark.parametrize("width,height,shift", [(160, 120, (0.0, 0.0)), (97, 61, (0.0, 0.0)), (320, 240, (9.3, -5.7))])
 def test_rendered_depth_of_a_tilted_plane_matches_the_pinhole_model(width, height, shift):
     """Every pixel's depth equals the analytic ray-plane intersection through that pixel centre.
 
@@ -54,14 +61,23 @@ def test_rendered_depth_of_a_tilted_plane_matches_the_pinhole_model(width, heigh
     intr = CameraIntrinsics(base.fx, base.fy * 1.05, base.cx + shift[0], base.cy + shift[1], width, height)
     near, far = 0.02, 5.0
     q = bullet.getQuaternionFromEuler([0.5, -0.3, 0.2])
-    plane = bullet.createMultiBody(0, -1, bullet.createVisualShape(bullet.GEOM_BOX, halfExtents=[2, 2, 0.001]),
-                                   basePosition=[0, 0, 0], baseOrientation=q)
+    plane = bullet.createMultiBody(
+        0,
+        -1,
+        bullet.createVisualShape(bullet.GEOM_BOX, halfExtents=[2, 2, 0.001]),
+        basePosition=[0, 0, 0],
+        baseOrientation=q,
+    )
     normal = pose_to_matrix([0, 0, 0], q)[:3, 2]
     point = 0.001 * normal  # on the top face
     T_cam = look_at([0.3, 0.1, 0.5], [0.0, 0.0, 0.0])
     _, _, _, buffer, seg = bullet.getCameraImage(
-        width, height, viewMatrix=to_gl_list(view_matrix(T_cam)),
-        projectionMatrix=to_gl_list(projection_matrix(intr, near, far)), renderer=pybullet.ER_TINY_RENDERER)
+        width,
+        height,
+        viewMatrix=to_gl_list(view_matrix(T_cam)),
+        projectionMatrix=to_gl_list(projection_matrix(intr, near, far)),
+        renderer=pybullet.ER_TINY_RENDERER,
+    )
     bullet.disconnect()
     depth = depth_buffer_to_metres(np.asarray(buffer).reshape(height, width), near, far)
 
@@ -86,8 +102,12 @@ def test_a_point_renders_at_the_pixel_project_points_gives():
             point = transform_points(T_cam, point_cam[None])[0]
             body = w.bullet.createMultiBody(0, -1, marker, basePosition=point.tolist())
             _, _, _, _, seg = w.bullet.getCameraImage(
-                320, 240, viewMatrix=to_gl_list(view_matrix(w.camera_pose())),
-                projectionMatrix=w._projection, renderer=pybullet.ER_TINY_RENDERER)
+                320,
+                240,
+                viewMatrix=to_gl_list(view_matrix(w.camera_pose())),
+                projectionMatrix=w._projection,
+                renderer=pybullet.ER_TINY_RENDERER,
+            )
             w.bullet.removeBody(body)
             rows, cols = np.nonzero(np.asarray(seg).reshape(240, 320) == body)
             expected, _ = project_points(point_cam[None], w.intrinsics.K)
@@ -108,8 +128,14 @@ def test_depth_seen_in_one_view_reprojects_onto_the_same_surface_in_another(worl
     points_base = transform_points(a.T_base_cam, points_a)
     uv_b, z_b = project_points(transform_points(invert(b.T_base_cam), points_base), K)
     # b's depth at the projected (sub-pixel) positions, bilinearly interpolated.
-    depth_b = cv2.remap(b.depth, uv_b[:, 0].astype(np.float32)[None], uv_b[:, 1].astype(np.float32)[None],
-                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)[0]
+    depth_b = cv2.remap(
+        b.depth,
+        uv_b[:, 0].astype(np.float32)[None],
+        uv_b[:, 1].astype(np.float32)[None],
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=np.nan,
+    )[0]
     visible = np.abs(depth_b - z_b) < 0.005  # the rest is occluded in b or off its image
     assert visible.mean() > 0.5
     assert np.median(np.abs(depth_b - z_b)[visible]) < 1e-3
@@ -219,8 +245,12 @@ def test_hemisphere_views_partial_span_and_bad_input():
     views = hemisphere_views([0, 0, 0], 9, 0.5, 30.0, 30.0, start_azimuth_deg=180.0, azimuth_span_deg=90.0)
     azimuths = [np.degrees(np.arctan2(T[1, 3], T[0, 3])) % 360 for T in views]
     assert len(views) == 9 and all(135.0 <= a <= 225.0 for a in azimuths)
-    for bad in (dict(num_views=0), dict(radius=-1.0), dict(min_elevation_deg=60.0, max_elevation_deg=30.0),
-                dict(max_elevation_deg=90.0)):
+    for bad in (
+        dict(num_views=0),
+        dict(radius=-1.0),
+        dict(min_elevation_deg=60.0, max_elevation_deg=30.0),
+        dict(max_elevation_deg=90.0),
+    ):
         args = dict(center=[0, 0, 0], num_views=5, radius=0.3, min_elevation_deg=20.0, max_elevation_deg=60.0)
         args.update(bad)
         with pytest.raises(ValueError):
@@ -269,22 +299,25 @@ def test_explicit_object_pose_is_kept_exactly(world):
     world.place_object_nominal()
 
 
-@pytest.mark.parametrize("source,scale", [
-    ("cube_small.urdf", 1.0),            # box
-    ("lego/lego.urdf", 1.0),             # box turned in its link
-    ("sphere_small.urdf", 1.0),          # sphere
-    ("domino/domino.urdf", 1.0),
-    ("duck_vhacd.urdf", 1.0),            # convex pieces of a y-up mesh
-    ("teddy_vhacd.urdf", 1.0),
-    ("objects/mug.urdf", 1.0),
-    ("random_urdfs/000/000.urdf", 1.0),
-    ("random_urdfs/017/017.urdf", 1.0),
-    ("random_urdfs/213/213.urdf", 1.0),
-    ("random_urdfs/642/642.urdf", 1.0),
-    (str(DATA / "torus" / "torus_textured.obj"), 0.05),
-    ("l_finger.stl", 1.0),
-    ("r2d2.urdf", 0.3),                  # several links: boxes, a sphere, meshes
-])
+@pytest.mark.parametrize(
+    "source,scale",
+    [
+        ("cube_small.urdf", 1.0),  # box
+        ("lego/lego.urdf", 1.0),  # box turned in its link
+        ("sphere_small.urdf", 1.0),  # sphere
+        ("domino/domino.urdf", 1.0),
+        ("duck_vhacd.urdf", 1.0),  # convex pieces of a y-up mesh
+        ("teddy_vhacd.urdf", 1.0),
+        ("objects/mug.urdf", 1.0),
+        ("random_urdfs/000/000.urdf", 1.0),
+        ("random_urdfs/017/017.urdf", 1.0),
+        ("random_urdfs/213/213.urdf", 1.0),
+        ("random_urdfs/642/642.urdf", 1.0),
+        (str(DATA / "torus" / "torus_textured.obj"), 0.05),
+        ("l_finger.stl", 1.0),
+        ("r2d2.urdf", 0.3),  # several links: boxes, a sphere, meshes
+    ],
+)
 def test_any_object_rests_on_the_table_and_shows_in_the_mask(objects_world, source, scale):
     w = objects_world
     w.load_object(resolve_object_model(source, scale))
@@ -304,9 +337,14 @@ def objects_world():
         yield w
 
 
-@pytest.mark.parametrize("source,extents", [("cube_small.urdf", (0.05, 0.05, 0.05)),
-                                            ("sphere_small.urdf", (0.06, 0.06, 0.06)),
-                                            ("lego/lego.urdf", (0.032, 0.032, 0.023))])
+@pytest.mark.parametrize(
+    "source,extents",
+    [
+        ("cube_small.urdf", (0.05, 0.05, 0.05)),
+        ("sphere_small.urdf", (0.06, 0.06, 0.06)),
+        ("lego/lego.urdf", (0.032, 0.032, 0.023)),
+    ],
+)
 def test_primitive_shapes_have_their_modelled_size(objects_world, source, extents):
     objects_world.load_object(resolve_object_model(source))
     low, high = objects_world.object_bounds()
@@ -327,8 +365,7 @@ def test_static_concave_meshes_are_measured_from_their_files(tmp_path):
             assert w.bullet.getMeshData(w.object_id, -1)[0] == 0  # the case being tested
             expected = read_mesh_vertices(mesh) * 0.4
             size = np.subtract(*w.object_bounds()[::-1])
-            turned = transform_points(pose_to_matrix([0, 0, 0], w.bullet.getQuaternionFromEuler([0.3, 0, 0])),
-                                      expected)
+            turned = transform_points(pose_to_matrix([0, 0, 0], w.bullet.getQuaternionFromEuler([0.3, 0, 0])), expected)
             assert np.allclose(size, np.ptp(turned, axis=0), atol=1e-6)
 
 
@@ -343,15 +380,17 @@ def test_ascii_and_binary_stl_give_the_same_vertices(tmp_path):
     (tmp_path / "finger.stl").write_text("\n".join(lines + ["endsolid finger"]))
     assert len(binary) > 100
     assert np.allclose(read_mesh_vertices(tmp_path / "finger.stl"), binary.astype(np.float32))
-    for name, text in (("points.ply", "ply"), ("broken.stl", "solid x facet outer loop vertex 1 two 3"),
-                       ("empty.obj", "# nothing")):
+    for name, text in (
+        ("points.ply", "ply"),
+        ("broken.stl", "solid x facet outer loop vertex 1 two 3"),
+        ("empty.obj", "# nothing"),
+    ):
         (tmp_path / name).write_text(text)
         with pytest.raises(ObjectModelError):
             read_mesh_vertices(tmp_path / name)
 
 
-@pytest.mark.parametrize("source", ["plane_implicit.urdf", "sphere2red_nocol.urdf",
-                                    "random_urdfs/168/168.urdf"])
+@pytest.mark.parametrize("source", ["plane_implicit.urdf", "sphere2red_nocol.urdf", "random_urdfs/168/168.urdf"])
 def test_objects_without_usable_collision_geometry_are_refused(source):
     """A plane, no collision shape, a mesh of NaN coordinates."""
     with pytest.raises(ObjectModelError):
@@ -366,8 +405,12 @@ def _height(world):
 
 def test_known_y_up_models_stand_upright_and_others_stay_as_modelled(objects_world):
     w = objects_world
-    for source, rpy in (("duck_vhacd.urdf", (90.0, 0.0, 0.0)), ("teddy_vhacd.urdf", (90.0, 0.0, 0.0)),
-                        ("objects/mug.urdf", (0.0, 0.0, 0.0)), ("random_urdfs/017/017.urdf", (0.0, 0.0, 0.0))):
+    for source, rpy in (
+        ("duck_vhacd.urdf", (90.0, 0.0, 0.0)),
+        ("teddy_vhacd.urdf", (90.0, 0.0, 0.0)),
+        ("objects/mug.urdf", (0.0, 0.0, 0.0)),
+        ("random_urdfs/017/017.urdf", (0.0, 0.0, 0.0)),
+    ):
         w.load_object(resolve_object_model(source))
         expected = pose_to_matrix([0, 0, 0], w.bullet.getQuaternionFromEuler(np.radians(rpy).tolist()))
         assert np.allclose(w.object_pose[:3, :3], expected[:3, :3], atol=1e-9), source

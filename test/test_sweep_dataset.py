@@ -1,4 +1,5 @@
 """The ROS-free simulated sweep capture that the benchmarks record their datasets with."""
+
 import json
 
 import numpy as np
@@ -17,7 +18,7 @@ def test_sweep_gives_exactly_the_views_asked_for_with_depth_masks_and_ground_tru
     centre = (np.array(truth["object"]["bounds_base_min"]) + truth["object"]["bounds_base_max"]) / 2
     distances = []
     for frame in dataset.frames:
-        assert frame.load_mask().mean() > 0.05            # the object is in view ...
+        assert frame.load_mask().mean() > 0.05  # the object is in view ...
         optical_axis = frame.c2w[:3, 2]
         to_object = centre - frame.c2w[:3, 3]
         distances.append(np.linalg.norm(to_object))
@@ -25,7 +26,7 @@ def test_sweep_gives_exactly_the_views_asked_for_with_depth_masks_and_ground_tru
         assert np.degrees(np.arccos(optical_axis @ to_object / distances[-1])) < 3.0
         depth = frame.load_depth()
         assert np.nanmin(depth[frame.load_mask()]) < distances[-1] < np.nanmax(depth)
-    assert np.ptp(distances) < 0.01                       # one radius: a hemisphere cap
+    assert np.ptp(distances) < 0.01  # one radius: a hemisphere cap
     assert len({tuple(np.round(f.c2w[:3, 3], 4)) for f in dataset.frames}) == 7
 
 

@@ -1,38 +1,42 @@
 """The trainer node over DDS: the action trains and reports, refuses a second job, cancels; the
 service starts the same job; status follows it."""
+
 import json
 import time
 from pathlib import Path
 
 import pytest
 import torch
-
 from synthetic_scenes import orbit_poses, textured_objects_scene, write_scene_dataset
 
 pytestmark = pytest.mark.ros
 
 # A short, small fast-NeRF run: enough iterations to report progress several times.
-QUICK_NERF = ("{nerf: {iterations: 200, checkpoint_interval_s: 1.0, render_count: 1, "
-              "fast: {plane_resolutions: [16, 32], plane_features: 4, occupancy_resolution: 32, "
-              "target_samples_per_batch: 8192}}}")
+QUICK_NERF = (
+    "{nerf: {iterations: 200, checkpoint_interval_s: 1.0, render_count: 1, "
+    "fast: {plane_resolutions: [16, 32], plane_features: 4, occupancy_resolution: 32, "
+    "target_samples_per_batch: 8192}}}"
+)
 
 
 # Both stages, small: the NeRF above, then a few descriptor steps on its correspondences.
-QUICK_JOB = QUICK_NERF[:-1] + (", descriptors: {correspondences: {width: 64}, training: {iterations: 30, "
-                               "descriptor_dim: 3, decoder_channels: 16, checkpoint_every: 10}}}")
+QUICK_JOB = QUICK_NERF[:-1] + (
+    ", descriptors: {correspondences: {width: 64}, training: {iterations: 30, "
+    "descriptor_dim: 3, decoder_channels: 16, checkpoint_every: 10}}}"
+)
 
 
 @pytest.fixture
 def data_root(tmp_path):
     root = tmp_path / "data"
-    write_scene_dataset(root / "blocks", textured_objects_scene(), orbit_poses(18, 0.3), width=40,
-                        height=30)
+    write_scene_dataset(root / "blocks", textured_objects_scene(), orbit_poses(18, 0.3), width=40, height=30)
     return root
 
 
 def _spin_until(node, predicate, timeout, what):
     if not hasattr(node, "test_executor"):  # the fixture's node lives in its own context
         from rclpy.executors import SingleThreadedExecutor
+
         node.test_executor = SingleThreadedExecutor(context=node.context)
         node.test_executor.add_node(node)
     deadline = time.monotonic() + timeout
@@ -44,22 +48,27 @@ def _spin_until(node, predicate, timeout, what):
 
 def _clients(node):
     from rclpy.action import ActionClient
+    from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
     from std_srvs.srv import Trigger
 
     from nerf_descriptor_ros.action import TrainObject
     from nerf_descriptor_ros.msg import TrainingStatus
     from nerf_descriptor_ros.srv import StartTraining
-    from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
     statuses = []
-    latched = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
-                         durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+    latched = QoSProfile(
+        depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
+    )
     node.create_subscription(TrainingStatus, "/trainer/status", statuses.append, latched)
     action = ActionClient(node, TrainObject, "/trainer/train_object")
     start = node.create_client(StartTraining, "/trainer/start_training")
     cancel = node.create_client(Trigger, "/trainer/cancel_training")
-    _spin_until(node, lambda: action.server_is_ready() and start.service_is_ready()
-                and cancel.service_is_ready(), 60, "the trainer node")
+    _spin_until(
+        node,
+        lambda: action.server_is_ready() and start.service_is_ready() and cancel.service_is_ready(),
+        60,
+        "the trainer node",
+    )
     return action, start, cancel, statuses
 
 
@@ -78,7 +87,8 @@ def test_action_trains_reports_and_refuses_a_second_job(nodes, rclpy_node, data_
     feedback = []
     goal_future = action.send_goal_async(
         TrainObject.Goal(object_name="blocks", config_overrides_yaml=QUICK_JOB),
-        feedback_callback=lambda msg: feedback.append(msg.feedback))
+        feedback_callback=lambda msg: feedback.append(msg.feedback),
+    )
     _spin_until(rclpy_node, goal_future.done, 30, "goal acceptance")
     goal = goal_future.result()
     assert goal.accepted
@@ -110,6 +120,7 @@ def test_action_trains_reports_and_refuses_a_second_job(nodes, rclpy_node, data_
 
     # The descriptor stage trained on that NeRF and exported a model the live node can load.
     from nerf_descriptor_ros.descriptors.model import load_model
+
     model = load_model(result.model_path)
     assert model.manifest["descriptor_dim"] == 3
     assert model.manifest["info"]["nerf_checkpoint"] == result.nerf_checkpoint
@@ -130,25 +141,40 @@ def test_service_start_cancel_and_bad_requests(nodes, rclpy_node, data_root):
     action, start, cancel, statuses = _clients(rclpy_node)
 
     for request, reason in [
-            (StartTraining.Request(object_name="../etc"), "invalid object name"),
-            (StartTraining.Request(object_name="missing"), "does not exist"),
-            (StartTraining.Request(object_name="blocks", stages=["nerf", "dance"]), "unknown stage"),
-            (StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: [1]}"),
-             "must map stage names"),
-            (StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: {bogus: 1}}"),
-             "unknown config key 'bogus'"),
-            (StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: {min_train_frames: 30}}"),
-             "need at least 30 training frames"),
-            (StartTraining.Request(object_name="blocks", config_overrides_yaml="{descriptors: {correspondences: {width: 40}}}"),
-             "too small for the network")]:
+        (StartTraining.Request(object_name="../etc"), "invalid object name"),
+        (StartTraining.Request(object_name="missing"), "does not exist"),
+        (StartTraining.Request(object_name="blocks", stages=["nerf", "dance"]), "unknown stage"),
+        (StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: [1]}"), "must map stage names"),
+        (
+            StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: {bogus: 1}}"),
+            "unknown config key 'bogus'",
+        ),
+        (
+            StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: {min_train_frames: 30}}"),
+            "need at least 30 training frames",
+        ),
+        (
+            StartTraining.Request(
+                object_name="blocks", config_overrides_yaml="{descriptors: {correspondences: {width: 40}}}"
+            ),
+            "too small for the network",
+        ),
+    ]:
         answer = _call(rclpy_node, start, request)
         assert not answer.accepted and reason in answer.message, answer.message
 
-    answer = _call(rclpy_node, start, StartTraining.Request(
-        object_name="blocks", config_overrides_yaml=QUICK_NERF.replace("200", "100000")))
+    answer = _call(
+        rclpy_node,
+        start,
+        StartTraining.Request(object_name="blocks", config_overrides_yaml=QUICK_NERF.replace("200", "100000")),
+    )
     assert answer.accepted, answer.message
-    _spin_until(rclpy_node, lambda: statuses and statuses[-1].state == "running"
-                and statuses[-1].iteration > 0, 120, "progress on ~/status")
+    _spin_until(
+        rclpy_node,
+        lambda: statuses and statuses[-1].state == "running" and statuses[-1].iteration > 0,
+        120,
+        "progress on ~/status",
+    )
     assert _call(rclpy_node, cancel, Trigger.Request()).success
     _spin_until(rclpy_node, lambda: statuses[-1].state == "cancelled", 60, "cancellation")
     checkpoint = data_root / "blocks" / "nerf" / "nerf.pt"
@@ -158,7 +184,8 @@ def test_service_start_cancel_and_bad_requests(nodes, rclpy_node, data_root):
     feedback = []
     goal_future = action.send_goal_async(
         TrainObject.Goal(object_name="blocks", config_overrides_yaml=QUICK_NERF.replace("200", "100000")),
-        feedback_callback=lambda msg: feedback.append(msg.feedback))
+        feedback_callback=lambda msg: feedback.append(msg.feedback),
+    )
     _spin_until(rclpy_node, goal_future.done, 30, "goal acceptance")
     goal = goal_future.result()
     _spin_until(rclpy_node, lambda: any(f.iteration > 0 for f in feedback), 120, "feedback")
@@ -179,8 +206,11 @@ def test_node_shutdown_checkpoints_the_running_job(nodes, rclpy_node, data_root)
 
     proc = nodes.start("trainer", "config/trainer.yaml", {"data_root": str(data_root), "cpu_threads": 1})
     _, start, _, statuses = _clients(rclpy_node)
-    answer = _call(rclpy_node, start, StartTraining.Request(
-        object_name="blocks", config_overrides_yaml=QUICK_NERF.replace("200", "100000")))
+    answer = _call(
+        rclpy_node,
+        start,
+        StartTraining.Request(object_name="blocks", config_overrides_yaml=QUICK_NERF.replace("200", "100000")),
+    )
     assert answer.accepted, answer.message
     _spin_until(rclpy_node, lambda: statuses and statuses[-1].iteration > 0, 120, "progress")
     os.killpg(proc.pid, signal.SIGINT)
@@ -192,7 +222,7 @@ def test_node_shutdown_checkpoints_the_running_job(nodes, rclpy_node, data_root)
 def test_estimate_poses_writes_a_new_dataset_and_refuses_bad_requests(nodes, rclpy_node, tmp_path):
     from test_sfm import arc_poses, write_views
 
-    from nerf_descriptor_ros.dataset import Dataset
+    from nerf_descriptor_ros.data.dataset import Dataset
     from nerf_descriptor_ros.srv import EstimatePoses
 
     root = tmp_path / "data"
@@ -204,14 +234,19 @@ def test_estimate_poses_writes_a_new_dataset_and_refuses_bad_requests(nodes, rcl
     client = rclpy_node.create_client(EstimatePoses, "/trainer/estimate_poses")
     _spin_until(rclpy_node, client.service_is_ready, 60, "the estimate_poses service")
     for request, reason in [
-            (EstimatePoses.Request(object_name="../box"), "invalid object name"),
-            (EstimatePoses.Request(object_name="missing"), "does not exist"),
-            (EstimatePoses.Request(object_name="box", output_object_name="taken"), "already exists")]:
+        (EstimatePoses.Request(object_name="../box"), "invalid object name"),
+        (EstimatePoses.Request(object_name="missing"), "does not exist"),
+        (EstimatePoses.Request(object_name="box", output_object_name="taken"), "already exists"),
+    ]:
         answer = _call(rclpy_node, client, request)
         assert not answer.success and reason in answer.message, answer.message
 
-    answer = _call(rclpy_node, client, EstimatePoses.Request(
-        object_name="box", output_object_name="box_sfm", align=True), timeout=300)
+    answer = _call(
+        rclpy_node,
+        client,
+        EstimatePoses.Request(object_name="box", output_object_name="box_sfm", align=True),
+        timeout=300,
+    )
     assert answer.success, answer.message
     assert answer.frames_registered == answer.frames_total == 10
     # The views were rendered from the recorded poses: aligned SfM lands on them.
@@ -220,4 +255,4 @@ def test_estimate_poses_writes_a_new_dataset_and_refuses_bad_requests(nodes, rcl
     written = Dataset.load(answer.output_path)
     assert written.root == root / "box_sfm" and len(written) == 10
     assert written.metadata["poses"]["source"] == "sfm"
-    assert Dataset.load(root / "box").content_hash() == before   # the capture is only read
+    assert Dataset.load(root / "box").content_hash() == before  # the capture is only read

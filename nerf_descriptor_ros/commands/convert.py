@@ -15,6 +15,7 @@ export FORMAT DATASET DEST   writes DEST (a new folder) as
     nerfstudio  a plain nerfstudio transforms.json + files
     colmap      images/ + sparse/0 (cameras and poses, no points: for point_triangulator)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,28 +24,42 @@ _DESCRIPTION = __doc__
 
 
 def register(subparsers) -> None:
-    imp = subparsers.add_parser("import", help="import LLFF, nerfstudio/instant-ngp/Blender, COLMAP "
-                                "or masks", description=_DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp = subparsers.add_parser(
+        "import",
+        help="import LLFF, nerfstudio/instant-ngp/Blender, COLMAP or masks",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     imp.add_argument("format", choices=["llff", "nerfstudio", "colmap", "masks"])
     imp.add_argument("src")
     imp.add_argument("dest")
     imp.add_argument("--images", help="llff: image subfolder (default images); colmap: image folder")
-    imp.add_argument("--background", choices=["white", "black"],
-                     help="nerfstudio: background for transparent images (default white)")
+    imp.add_argument(
+        "--background", choices=["white", "black"], help="nerfstudio: background for transparent images (default white)"
+    )
     imp.set_defaults(func=run_import, parser=imp)
 
-    exp = subparsers.add_parser("export", help="export a dataset to LLFF, nerfstudio or COLMAP",
-                                description=_DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    exp = subparsers.add_parser(
+        "export",
+        help="export a dataset to LLFF, nerfstudio or COLMAP",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     exp.add_argument("format", choices=["llff", "nerfstudio", "colmap"])
     exp.add_argument("dataset")
     exp.add_argument("dest")
-    exp.add_argument("--bounds", nargs=2, type=float, metavar=("NEAR", "FAR"),
-                     help="llff: near/far for every image when the dataset has no depth or bounds")
-    exp.add_argument("--max-pixel-shift", type=float,
-                     help="llff: accept a camera LLFF cannot hold exactly if no pixel moves more "
-                          "than this (default 0.5)")
+    exp.add_argument(
+        "--bounds",
+        nargs=2,
+        type=float,
+        metavar=("NEAR", "FAR"),
+        help="llff: near/far for every image when the dataset has no depth or bounds",
+    )
+    exp.add_argument(
+        "--max-pixel-shift",
+        type=float,
+        help="llff: accept a camera LLFF cannot hold exactly if no pixel moves more than this (default 0.5)",
+    )
     exp.set_defaults(func=run_export, parser=exp)
 
 
@@ -62,10 +77,10 @@ def _refuse_foreign_options(args, allowed: dict[str, tuple[str, ...]]) -> dict:
 
 
 def run_import(args) -> int:
-    from ..poses.formats import IMPORTERS
-    from ..dataset import DatasetError
-    from ..poses.masks import attach_masks, check_mask_consistency
-    from .progress_bars import ProgressBars
+    from nerf_descriptor_ros.commands.progress_bars import ProgressBars
+    from nerf_descriptor_ros.data.dataset import DatasetError
+    from nerf_descriptor_ros.data.formats import IMPORTERS
+    from nerf_descriptor_ros.data.masks import attach_masks, check_mask_consistency
 
     kwargs = _refuse_foreign_options(args, {"images": ("llff", "colmap"), "background": ("nerfstudio",)})
     with ProgressBars() as bars:
@@ -83,8 +98,8 @@ def run_import(args) -> int:
 
 
 def run_export(args) -> int:
-    from ..poses.formats import EXPORTERS
-    from .progress_bars import ProgressBars
+    from nerf_descriptor_ros.commands.progress_bars import ProgressBars
+    from nerf_descriptor_ros.data.formats import EXPORTERS
 
     kwargs = _refuse_foreign_options(args, {"bounds": ("llff",), "max_pixel_shift": ("llff",)})
     with ProgressBars() as bars:

@@ -15,6 +15,7 @@ them. Sizes follow the device: small images, a time-boxed NeRF and fewer descrip
 CPU (about 15 minutes on 2 cores), full sizes on a GPU. Prints a report; writes report.json
 (and --out FILE) and pictures into <dataset>/demo/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,26 +32,30 @@ import numpy as np
 # live grasp keypoint gained nothing measurable from them (600 steps with the best-matched grasp
 # point of grasp_points.py: within 10 px in 20 of 20 trials).
 PROFILES = {
-    "cpu": {"views": 64, "width": 160, "height": 120, "nerf_seconds": 150.0,
-            "descriptor_iterations": 600},
-    "cuda": {"views": 100, "width": 640, "height": 480, "nerf_seconds": 120.0,
-             "descriptor_iterations": 3000},
+    "cpu": {"views": 64, "width": 160, "height": 120, "nerf_seconds": 150.0, "descriptor_iterations": 600},
+    "cuda": {"views": 100, "width": 640, "height": 480, "nerf_seconds": 120.0, "descriptor_iterations": 3000},
 }
 KEYPOINT_TOLERANCE_PX = 10.0
-VIEW_ATTEMPTS = 12            # random viewpoints tried per trial until the grasp point is in view
+VIEW_ATTEMPTS = 12  # random viewpoints tried per trial until the grasp point is in view
 PICTURED_TRIALS = 4
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="run the main job on the simulated robot, end to end",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--object", default="duck_vhacd.urdf",
-                   help="pybullet_data URDF, or a path to a URDF/.obj/.stl (default: %(default)s)")
-    p.add_argument("--object-seed", type=int, default=-1,
-                   help="placement seed for the capture; -1 = nominal pose")
-    p.add_argument("--trials", type=int, default=20,
-                   help="live trials at new random placements (default: %(default)s; 0 = none)")
+        "demo",
+        help="run the main job on the simulated robot, end to end",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--object",
+        default="duck_vhacd.urdf",
+        help="pybullet_data URDF, or a path to a URDF/.obj/.stl (default: %(default)s)",
+    )
+    p.add_argument("--object-seed", type=int, default=-1, help="placement seed for the capture; -1 = nominal pose")
+    p.add_argument(
+        "--trials", type=int, default=20, help="live trials at new random placements (default: %(default)s; 0 = none)"
+    )
     p.add_argument("--trial-seed", type=int, default=1000, help="placement seed of the first trial")
     p.add_argument("--views", type=int, help="viewpoints in the capture sweep (CPU 64, GPU 100)")
     p.add_argument("--width", type=int, help="image width (CPU 160, GPU 640)")
@@ -68,9 +73,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     # Demo traffic stays on this machine unless the user configured otherwise.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    from ..dataset import Dataset, atomic_write_json, validate_object_name
-    from ..descriptors.training import resolve_device
-    from ..node_processes import NodeProcesses, package_share
+    from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json, validate_object_name
+    from nerf_descriptor_ros.descriptors.training import resolve_device
+    from nerf_descriptor_ros.ros.processes import NodeProcesses, package_share
 
     device = resolve_device(args.device)
     profile = dict(PROFILES["cuda" if device.type == "cuda" else "cpu"])
@@ -82,14 +87,22 @@ def run(args) -> int:
     name = validate_object_name(args.name or f"demo-{object_stem}-{datetime.now():%Y%m%d-%H%M%S}")
     log_dir = Path(args.log_dir) if args.log_dir else data_root / "logs" / name
     config = package_share() / "config"
-    sim_params = {"object": args.object, "object_seed": args.object_seed, "width": profile["width"],
-                  "height": profile["height"], "data_root": str(data_root)}
+    sim_params = {
+        "object": args.object,
+        "object_seed": args.object_seed,
+        "width": profile["width"],
+        "height": profile["height"],
+        "data_root": str(data_root),
+    }
     stage_seconds: dict[str, float] = {}
     report: dict = {"object": args.object, "device": str(device), "sizes": profile}
-    print(f"[demo] {args.object} on {device}: {profile['views']} views at {profile['width']}x"
-          f"{profile['height']}, NeRF {profile['nerf_seconds']:.0f} s, {profile['descriptor_iterations']} "
-          f"descriptor steps, {args.trials} live trials; dataset {data_root / name}; node logs in "
-          f"{log_dir}", flush=True)
+    print(
+        f"[demo] {args.object} on {device}: {profile['views']} views at {profile['width']}x"
+        f"{profile['height']}, NeRF {profile['nerf_seconds']:.0f} s, {profile['descriptor_iterations']} "
+        f"descriptor steps, {args.trials} live trials; dataset {data_root / name}; node logs in "
+        f"{log_dir}",
+        flush=True,
+    )
 
     started = time.monotonic()
     with NodeProcesses(log_dir / "capture") as procs:
@@ -98,35 +111,46 @@ def run(args) -> int:
         frames = _capture(procs, name, profile["views"])
     dataset = Dataset.load(data_root / name)
     stage_seconds["capture"] = time.monotonic() - started
-    print(f"[demo] capture: {len(dataset)} frames ({frames['unreachable']} views unreachable) in "
-          f"{stage_seconds['capture']:.0f} s", flush=True)
+    print(
+        f"[demo] capture: {len(dataset)} frames ({frames['unreachable']} views unreachable) in "
+        f"{stage_seconds['capture']:.0f} s",
+        flush=True,
+    )
 
     started = time.monotonic()
     with NodeProcesses(log_dir / "train") as procs:
-        procs.start("trainer", config / "trainer.yaml",
-                    {"data_root": str(data_root), "device": str(device)})
+        procs.start("trainer", config / "trainer.yaml", {"data_root": str(data_root), "device": str(device)})
         trained = _train(procs, name, profile)
     stage_seconds.update({f"train_{k}": v for k, v in trained["stage_seconds"].items()})
     report["heldout_psnr_db"] = trained["metrics"]["nerf"].get("psnr")
     report["depth_median_abs_err_m"] = trained["metrics"]["nerf"].get("depth_median_abs_err_m")
     model_dir = Path(trained["model_path"])
-    print(f"[demo] train: NeRF held-out PSNR {report['heldout_psnr_db']:.2f} dB; descriptor model "
-          f"in {model_dir} ({time.monotonic() - started:.0f} s)", flush=True)
+    print(
+        f"[demo] train: NeRF held-out PSNR {report['heldout_psnr_db']:.2f} dB; descriptor model "
+        f"in {model_dir} ({time.monotonic() - started:.0f} s)",
+        flush=True,
+    )
 
     out_dir = dataset.root / "demo"
     started = time.monotonic()
     evaluation = _evaluate(dataset, model_dir, out_dir, str(device))
     stage_seconds["evaluate"] = time.monotonic() - started
     report["descriptors"] = evaluation
-    print(f"[demo] evaluate: held-out AEPE {evaluation['aepe_px']:.1f} px, PCK@5 "
-          f"{evaluation['pck5']:.3f}, AUC(1..100 px) {evaluation['auc_1_100']:.3f} at 504x378", flush=True)
+    print(
+        f"[demo] evaluate: held-out AEPE {evaluation['aepe_px']:.1f} px, PCK@5 "
+        f"{evaluation['pck5']:.3f}, AUC(1..100 px) {evaluation['auc_1_100']:.3f} at 504x378",
+        flush=True,
+    )
 
     if args.trials > 0:
         started = time.monotonic()
         with NodeProcesses(log_dir / "live") as procs:
             procs.start("sim_robot", config / "sim_robot.yaml", sim_params)
-            procs.start("descriptor", config / "descriptor.yaml",
-                        {"model_dir": str(model_dir), "device": str(device), "auto_keypoints": 1})
+            procs.start(
+                "descriptor",
+                config / "descriptor.yaml",
+                {"model_dir": str(model_dir), "device": str(device), "auto_keypoints": 1},
+            )
             procs.start("manipulation", config / "manipulation.yaml", {})
             trials = _live_trials(procs, dataset, model_dir, args.trials, args.trial_seed, out_dir)
         stage_seconds["live"] = time.monotonic() - started
@@ -143,14 +167,14 @@ def run(args) -> int:
 
 # ---- stages --------------------------------------------------------------------------------
 
+
 def _capture(procs, name: str, num_views: int) -> dict:
     """One capture session over DDS: a view sweep, one frame kept per reached view."""
     from std_srvs.srv import Trigger
 
     from nerf_descriptor_ros.action import ViewSweep
+    from nerf_descriptor_ros.ros.demo_driver import DemoDriver
     from nerf_descriptor_ros.srv import CaptureFrame, SaveGroundTruth, StartCapture
-
-    from .demo_driver import DemoDriver
 
     with DemoDriver(procs) as ros:
         start = ros.service(StartCapture, "/capture/start")
@@ -166,7 +190,8 @@ def _capture(procs, name: str, num_views: int) -> dict:
         reached = []
         goal_future = sweep.send_goal_async(
             ViewSweep.Goal(num_views=num_views, dwell_s=0.5),
-            feedback_callback=lambda msg: reached.append(msg.feedback) if msg.feedback.reached else None)
+            feedback_callback=lambda msg: reached.append(msg.feedback) if msg.feedback.reached else None,
+        )
         ros.wait_for("the sweep goal to be accepted", goal_future.done)
         goal = goal_future.result()
         if not goal.accepted:
@@ -178,9 +203,11 @@ def _capture(procs, name: str, num_views: int) -> dict:
                 view = reached.pop(0)
                 frame = ros.call(grab, CaptureFrame.Request(timeout_s=5.0))
                 captured += frame.success
-                print(f"[demo] view {view.view_index + 1}/{view.num_views}: "
-                      + (f"frame {frame.frame_index} captured" if frame.success
-                         else f"not captured ({frame.message})"), flush=True)
+                print(
+                    f"[demo] view {view.view_index + 1}/{view.num_views}: "
+                    + (f"frame {frame.frame_index} captured" if frame.success else f"not captured ({frame.message})"),
+                    flush=True,
+                )
             else:
                 ros.wait_for("sweep progress", lambda: bool(reached) or result_future.done(), 300)
         result = result_future.result().result
@@ -196,12 +223,13 @@ def _capture(procs, name: str, num_views: int) -> dict:
 def _train(procs, name: str, profile: dict) -> dict:
     """NeRF then descriptors through the trainer node's action, feedback as progress lines."""
     from nerf_descriptor_ros.action import TrainObject
+    from nerf_descriptor_ros.ros.demo_driver import DemoDriver, Throttle
 
-    from .demo_driver import DemoDriver, Throttle
-
-    overrides = {"nerf": {"time_budget_s": float(profile["nerf_seconds"]), "iterations": 1_000_000},
-                 "descriptors": {"training": {"iterations": int(profile["descriptor_iterations"])}}}
-    segments: list[tuple[str, float]] = []   # (stage, when its feedback began), in order
+    overrides = {
+        "nerf": {"time_budget_s": float(profile["nerf_seconds"]), "iterations": 1_000_000},
+        "descriptors": {"training": {"iterations": int(profile["descriptor_iterations"])}},
+    }
+    segments: list[tuple[str, float]] = []  # (stage, when its feedback began), in order
     throttle = Throttle(10.0)
 
     def on_feedback(feedback) -> None:
@@ -212,36 +240,47 @@ def _train(procs, name: str, profile: dict) -> dict:
         loss = f", loss {feedback.loss:.4g}" if np.isfinite(feedback.loss) else ""
         psnr = f", PSNR {feedback.psnr:.2f} dB" if np.isfinite(feedback.psnr) and feedback.psnr > 0 else ""
         eta = f", ETA {feedback.eta_seconds:.0f} s" if np.isfinite(feedback.eta_seconds) else ""
-        print(f"[demo] train {feedback.stage}: {feedback.iteration}/{feedback.total_iterations}"
-              f"{loss}{psnr}{eta} {feedback.message}", flush=True)
+        print(
+            f"[demo] train {feedback.stage}: {feedback.iteration}/{feedback.total_iterations}"
+            f"{loss}{psnr}{eta} {feedback.message}",
+            flush=True,
+        )
 
     with DemoDriver(procs) as ros:
         action = ros.action(TrainObject, "/trainer/train_object")
-        result = ros.run_goal(action, "/trainer/train_object",
-                              TrainObject.Goal(object_name=name, config_overrides_yaml=json.dumps(overrides)),
-                              on_feedback, timeout=3 * 3600)
+        result = ros.run_goal(
+            action,
+            "/trainer/train_object",
+            TrainObject.Goal(object_name=name, config_overrides_yaml=json.dumps(overrides)),
+            on_feedback,
+            timeout=3 * 3600,
+        )
     if not result.success:
         raise RuntimeError(f"training failed: {result.message}")
     seconds: dict[str, float] = {}
     for (stage, began), (_, ended) in zip(segments, segments[1:] + [("", time.monotonic())]):
         seconds[stage] = seconds.get(stage, 0.0) + ended - began
-    return {"model_path": result.model_path, "metrics": json.loads(result.metrics_json),
-            "stage_seconds": seconds}
+    return {"model_path": result.model_path, "metrics": json.loads(result.metrics_json), "stage_seconds": seconds}
 
 
 def _evaluate(dataset, model_dir: Path, out_dir: Path, device: str) -> dict:
     """The NeRF-Supervision protocol on the held-out views (see `nerf-descriptor evaluate`)."""
-    from ..descriptors.model import load_model
-    from ..descriptors.settings import DescriptorSettings
-    from ..descriptors.training import resolve_device
-    from ..evaluation import evaluate_descriptors, ground_truth_pairs, plot_matches, plot_pck_curves
+    from nerf_descriptor_ros.descriptors.evaluation import (
+        evaluate_descriptors,
+        ground_truth_pairs,
+        plot_matches,
+        plot_pck_curves,
+    )
+    from nerf_descriptor_ros.descriptors.model import load_model
+    from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
+    from nerf_descriptor_ros.descriptors.training import resolve_device
 
     settings = DescriptorSettings.load().evaluation
     model = load_model(model_dir, resolve_device(device))
-    pairs = ground_truth_pairs(dataset, per_pair=settings.per_pair, min_overlap=settings.min_overlap,
-                               seed=settings.seed)
-    metrics, results = evaluate_descriptors(dataset, lambda frame: model.describe(frame.load_image()).cpu(),
-                                            pairs)
+    pairs = ground_truth_pairs(
+        dataset, per_pair=settings.per_pair, min_overlap=settings.min_overlap, seed=settings.seed
+    )
+    metrics, results = evaluate_descriptors(dataset, lambda frame: model.describe(frame.load_image()).cpu(), pairs)
     plot_pck_curves({"descriptors": metrics["pck_curve"]}, out_dir / "pck_curve.png")
     plot_matches(dataset, results, out_dir / "heldout_matches.png")
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "pck_curve"}
@@ -254,15 +293,19 @@ def _live_trials(procs, dataset, model_dir: Path, trials: int, first_seed: int, 
     from sensor_msgs.msg import Image
     from std_srvs.srv import Trigger
 
+    from nerf_descriptor_ros.geometry import invert, transform_points
+    from nerf_descriptor_ros.keypoints.definition import AUTO_GRASP_NAME, KEYPOINTS_NAME, moved_point_pixel
     from nerf_descriptor_ros.msg import KeypointMatches
+    from nerf_descriptor_ros.ros.conversions import (
+        image_to_depth_m,
+        image_to_rgb8,
+        matrix_to_pose_msg,
+        pose_msg_to_matrix,
+        stamp_to_ns,
+    )
+    from nerf_descriptor_ros.ros.demo_driver import DemoDriver
+    from nerf_descriptor_ros.sim import hemisphere_views
     from nerf_descriptor_ros.srv import MoveCamera, SetObjectPose
-
-    from ..geometry import invert, transform_points
-    from ..keypoints import AUTO_GRASP_NAME, KEYPOINTS_NAME, moved_point_pixel
-    from ..ros_conversions import (image_to_depth_m, image_to_rgb8, matrix_to_pose_msg, pose_msg_to_matrix,
-                                   stamp_to_ns)
-    from ..sim import hemisphere_views
-    from .demo_driver import DemoDriver
 
     truth = json.loads((dataset.root / "ground_truth.json").read_text())["object"]
     T_then = np.asarray(truth["T_base_object"])
@@ -283,8 +326,9 @@ def _live_trials(procs, dataset, model_dir: Path, trials: int, first_seed: int, 
         colours = ros.cache(Image, "descriptors/visualization", qos_profile_sensor_data, size=8)
         # The descriptor node chooses the grasp keypoint on a training view when it starts.
         ros.wait_for_message(matches, 0, "the descriptor node's first keypoint matches", 600)
-        grasp_point = next(k for k in json.loads((model_dir / KEYPOINTS_NAME).read_text())["keypoints"]
-                           if k["name"] == AUTO_GRASP_NAME)
+        grasp_point = next(
+            k for k in json.loads((model_dir / KEYPOINTS_NAME).read_text())["keypoints"] if k["name"] == AUTO_GRASP_NAME
+        )
         if grasp_point["point"] is None:
             raise RuntimeError(f"the grasp keypoint in {model_dir / KEYPOINTS_NAME} has no 3D point")
         point_then = np.asarray(grasp_point["point"])
@@ -300,16 +344,21 @@ def _live_trials(procs, dataset, model_dir: Path, trials: int, first_seed: int, 
             record = {"trial": trial, "seed": seed, "object_xyz": [round(float(x), 4) for x in T_now[:3, 3]]}
             for attempt in range(VIEW_ATTEMPTS):
                 elevation = rng.uniform(45.0, 75.0)
-                view = hemisphere_views(centre_now, 1, radius, elevation, elevation,
-                                        start_azimuth_deg=rng.uniform(0.0, 360.0))[0]
+                view = hemisphere_views(
+                    centre_now, 1, radius, elevation, elevation, start_azimuth_deg=rng.uniform(0.0, 360.0)
+                )[0]
                 if not _in_view(point_now, view, intrinsics):
                     continue
                 moved = ros.call(move, MoveCamera.Request(target=PoseStamped(pose=matrix_to_pose_msg(view))))
                 if moved.success:
                     break
             else:
-                record.update(keypoint_error_px=None, found=False, grasp_success=False,
-                              note="no reachable view of the grasp point")
+                record.update(
+                    keypoint_error_px=None,
+                    found=False,
+                    grasp_success=False,
+                    note="no reachable view of the grasp point",
+                )
                 results.append(record)
                 print(f"[demo] trial {trial + 1}/{trials}: no reachable view of the grasp point", flush=True)
                 continue
@@ -317,8 +366,11 @@ def _live_trials(procs, dataset, model_dir: Path, trials: int, first_seed: int, 
             settled = ros.now_ns() + 200_000_000
             match_msg = ros.wait_for_message(matches, settled, "keypoint matches after the move", 60)
             stamp_ns = stamp_to_ns(match_msg.header.stamp)
-            ros.wait_for("the frame's depth and pose",
-                         lambda: depths.get(stamp_ns) is not None and poses.get(stamp_ns) is not None, 10)
+            ros.wait_for(
+                "the frame's depth and pose",
+                lambda: depths.get(stamp_ns) is not None and poses.get(stamp_ns) is not None,
+                10,
+            )
             T_base_cam = pose_msg_to_matrix(poses.get(stamp_ns).pose)
             depth = image_to_depth_m(depths.get(stamp_ns))
             expected = moved_point_pixel(point_then, T_then, T_now, T_base_cam, intrinsics, depth)
@@ -332,39 +384,53 @@ def _live_trials(procs, dataset, model_dir: Path, trials: int, first_seed: int, 
                 if record["found"]:
                     record["found_uv"] = [round(found.u, 2), round(found.v, 2)]
                     record["confidence"] = round(found.confidence, 3)
-                    record["keypoint_error_px"] = round(float(np.hypot(found.u - expected[0],
-                                                                       found.v - expected[1])), 2)
+                    record["keypoint_error_px"] = round(
+                        float(np.hypot(found.u - expected[0], found.v - expected[1])), 2
+                    )
                 else:
                     record["keypoint_error_px"] = None
             if trial < PICTURED_TRIALS:
                 try:
-                    ros.wait_for("the frame's image and descriptor colours", lambda: images.get(stamp_ns)
-                                 is not None and colours.get(stamp_ns) is not None, 5)
+                    ros.wait_for(
+                        "the frame's image and descriptor colours",
+                        lambda: images.get(stamp_ns) is not None and colours.get(stamp_ns) is not None,
+                        5,
+                    )
                 except TimeoutError:
-                    pass    # pictures are a courtesy: best-effort topics may drop a frame
+                    pass  # pictures are a courtesy: best-effort topics may drop a frame
                 for cache, suffix in ((images, ""), (colours, "_descriptors")):
                     if cache.get(stamp_ns) is not None:
-                        _draw_trial(image_to_rgb8(cache.get(stamp_ns)), expected, found,
-                                    out_dir / f"live_trial_{trial:02d}{suffix}.png")
+                        _draw_trial(
+                            image_to_rgb8(cache.get(stamp_ns)),
+                            expected,
+                            found,
+                            out_dir / f"live_trial_{trial:02d}{suffix}.png",
+                        )
             answer = ros.call(grasp, Trigger.Request(), timeout=180)
             record["grasp_success"] = bool(answer.success)
             record["grasp_message"] = answer.message
             results.append(record)
             error = record.get("keypoint_error_px")
-            print(f"[demo] trial {trial + 1}/{trials} (seed {seed}): keypoint "
-                  + (f"{error:.1f} px from truth" if error is not None
-                     else record.get("note", "not found")) + f"; grasp "
-                  + ("lifted the object" if answer.success else f"failed ({answer.message})"), flush=True)
+            print(
+                f"[demo] trial {trial + 1}/{trials} (seed {seed}): keypoint "
+                + (f"{error:.1f} px from truth" if error is not None else record.get("note", "not found"))
+                + "; grasp "
+                + ("lifted the object" if answer.success else f"failed ({answer.message})"),
+                flush=True,
+            )
     return results
 
 
 def _in_view(point_base: np.ndarray, T_base_cam: np.ndarray, intrinsics, margin_px: float = 8.0) -> bool:
-    from ..geometry import invert, project_points, transform_points
+    from nerf_descriptor_ros.geometry import invert, project_points, transform_points
 
     cam = transform_points(invert(T_base_cam), point_base[None])
     uv, z = project_points(cam, intrinsics.K)
-    return bool(z[0] > 0 and margin_px <= uv[0, 0] <= intrinsics.width - 1 - margin_px
-                and margin_px <= uv[0, 1] <= intrinsics.height - 1 - margin_px)
+    return bool(
+        z[0] > 0
+        and margin_px <= uv[0, 0] <= intrinsics.width - 1 - margin_px
+        and margin_px <= uv[0, 1] <= intrinsics.height - 1 - margin_px
+    )
 
 
 def _draw_trial(rgb: np.ndarray, expected, found, path: Path) -> None:
@@ -372,13 +438,18 @@ def _draw_trial(rgb: np.ndarray, expected, found, path: Path) -> None:
     import cv2
 
     scale = 4
-    bgr = cv2.resize(np.ascontiguousarray(rgb[..., ::-1]), None, fx=scale, fy=scale,
-                     interpolation=cv2.INTER_NEAREST)
+    bgr = cv2.resize(np.ascontiguousarray(rgb[..., ::-1]), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     if expected is not None:
         cv2.circle(bgr, tuple(int(round((c + 0.5) * scale)) for c in expected), 10, (0, 200, 0), 2)
     if found is not None and found.found:
-        cv2.drawMarker(bgr, (int(round((found.u + 0.5) * scale)), int(round((found.v + 0.5) * scale))),
-                       (0, 0, 255), cv2.MARKER_CROSS, 18, 2)
+        cv2.drawMarker(
+            bgr,
+            (int(round((found.u + 0.5) * scale)), int(round((found.v + 0.5) * scale))),
+            (0, 0, 255),
+            cv2.MARKER_CROSS,
+            18,
+            2,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), bgr)
 
@@ -387,27 +458,37 @@ def _summarize_trials(trials: list[dict]) -> dict:
     """Keypoint success counts every trial (not found or hidden = a miss); so does the grasp."""
     errors = np.array([t["keypoint_error_px"] for t in trials if t.get("keypoint_error_px") is not None])
     within = int((errors <= KEYPOINT_TOLERANCE_PX).sum()) if errors.size else 0
-    return {"trials": len(trials),
-            "keypoint_within_10px": round(within / len(trials), 4),
-            "keypoint_median_px": round(float(np.median(errors)), 2) if errors.size else None,
-            "keypoint_found_rate": round(float(np.mean([t["found"] for t in trials])), 4),
-            "grasp_success_rate": round(float(np.mean([t["grasp_success"] for t in trials])), 4)}
+    return {
+        "trials": len(trials),
+        "keypoint_within_10px": round(within / len(trials), 4),
+        "keypoint_median_px": round(float(np.median(errors)), 2) if errors.size else None,
+        "keypoint_found_rate": round(float(np.mean([t["found"] for t in trials])), 4),
+        "grasp_success_rate": round(float(np.mean([t["grasp_success"] for t in trials])), 4),
+    }
 
 
 def _print_report(report: dict, out_dir: Path) -> None:
     lines = ["", "[demo] report", f"  object            {report['object']} on {report['device']}"]
-    lines.append("  stage seconds     " + ", ".join(f"{k} {v:.0f}" for k, v in report["stage_seconds"].items())
-                 + f" (total {report['total_seconds']:.0f})")
+    lines.append(
+        "  stage seconds     "
+        + ", ".join(f"{k} {v:.0f}" for k, v in report["stage_seconds"].items())
+        + f" (total {report['total_seconds']:.0f})"
+    )
     lines.append(f"  NeRF              held-out PSNR {report['heldout_psnr_db']:.2f} dB")
     d = report["descriptors"]
-    lines.append(f"  descriptors       AUC(1..100 px) {d['auc_1_100']:.3f}, AEPE {d['aepe_px']:.1f} px, "
-                 f"PCK@3 {d['pck3']:.3f}, PCK@5 {d['pck5']:.3f} (held-out views, 504x378)")
+    lines.append(
+        f"  descriptors       AUC(1..100 px) {d['auc_1_100']:.3f}, AEPE {d['aepe_px']:.1f} px, "
+        f"PCK@3 {d['pck3']:.3f}, PCK@5 {d['pck5']:.3f} (held-out views, 504x378)"
+    )
     if "trials" in report:
         median = report["keypoint_median_px"]
-        lines.append(f"  live keypoint     within 10 px in {100 * report['keypoint_within_10px']:.0f}% of "
-                     f"{report['trials']} new placements, median "
-                     + (f"{median:.1f} px" if median is not None else "n/a"))
+        lines.append(
+            f"  live keypoint     within 10 px in {100 * report['keypoint_within_10px']:.0f}% of "
+            f"{report['trials']} new placements, median " + (f"{median:.1f} px" if median is not None else "n/a")
+        )
         lines.append(f"  grasp             {100 * report['grasp_success_rate']:.0f}% lifted")
-    lines.append(f"  written to        {out_dir} (report.json, pck_curve.png, heldout_matches.png, "
-                 "live_trial_*.png: true grasp point green, found red)")
+    lines.append(
+        f"  written to        {out_dir} (report.json, pck_curve.png, heldout_matches.png, "
+        "live_trial_*.png: true grasp point green, found red)"
+    )
     print("\n".join(lines), flush=True)

@@ -1,11 +1,12 @@
 """A tqdm progress bar per stage, fed by the stages' ProgressReport callbacks."""
+
 from __future__ import annotations
 
 import math
 
 from tqdm import tqdm
 
-from ..progress import ProgressReport
+from nerf_descriptor_ros.progress import ProgressReport
 
 
 class ProgressBars:

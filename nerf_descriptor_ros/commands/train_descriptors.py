@@ -5,6 +5,7 @@ Output (default DATASET/descriptors/<supervision>_<mode>/): ``model/`` (manifest
 descriptor_net.pt), ``training/`` (a resumable checkpoint). Rendered views are cached in
 DATASET/descriptors/correspondences/ and shared between runs on the same NeRF.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,15 +15,24 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train-descriptors", help="train dense descriptors from NeRF correspondences",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "train-descriptors",
+        help="train dense descriptors from NeRF correspondences",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dataset", help="dataset folder (transforms.json)")
     p.add_argument("--nerf", help="NeRF checkpoint (default: DATASET/nerf/nerf.pt)")
-    p.add_argument("--supervision", choices=("nerf", "gt_depth"), default="nerf",
-                   help="depth for correspondences: the NeRF, or the dataset's own depth (upper bound)")
-    p.add_argument("--mode", choices=("depth_map", "density_field"),
-                   help="NeRF correspondences from the expected depth or the density field "
-                        "(default: the config's training.mode)")
+    p.add_argument(
+        "--supervision",
+        choices=("nerf", "gt_depth"),
+        default="nerf",
+        help="depth for correspondences: the NeRF, or the dataset's own depth (upper bound)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("depth_map", "density_field"),
+        help="NeRF correspondences from the expected depth or the density field (default: the config's training.mode)",
+    )
     p.add_argument("--config", help="settings YAML (see config/descriptors.yaml; default: built-in)")
     p.add_argument("--descriptor-dim", type=int, help="descriptor size D (overrides the config)")
     p.add_argument("--iterations", type=int, help="training steps (overrides the config)")
@@ -33,26 +43,43 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..dataset import Dataset
-    from ..descriptors.pipeline import train_descriptor_model
-    from ..descriptors.settings import DescriptorSettings
-    from .progress_bars import ProgressBars
+    from nerf_descriptor_ros.commands.progress_bars import ProgressBars
+    from nerf_descriptor_ros.data.dataset import Dataset
+    from nerf_descriptor_ros.descriptors.pipeline import train_descriptor_model
+    from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
 
-    training = {k: v for k, v in (("descriptor_dim", args.descriptor_dim),
-                                  ("iterations", args.iterations), ("mode", args.mode)) if v is not None}
+    training = {
+        k: v
+        for k, v in (("descriptor_dim", args.descriptor_dim), ("iterations", args.iterations), ("mode", args.mode))
+        if v is not None
+    }
     settings = DescriptorSettings.load(args.config, {"training": training})
     dataset = Dataset.load(args.dataset)
     mode = settings.training.mode if args.supervision == "nerf" else "depth_map"
     out = Path(args.out) if args.out else dataset.root / "descriptors" / f"{args.supervision}_{mode}"
     nerf = args.nerf or (dataset.root / "nerf" / "nerf.pt")
-    print(f"[train-descriptors] {dataset.root}: {args.supervision} supervision, {mode}, "
-          f"D={settings.training.descriptor_dim}, {settings.training.backbone}; output {out}", flush=True)
+    print(
+        f"[train-descriptors] {dataset.root}: {args.supervision} supervision, {mode}, "
+        f"D={settings.training.descriptor_dim}, {settings.training.backbone}; output {out}",
+        flush=True,
+    )
     cancel = threading.Event()
     with ProgressBars() as bars:
         model_dir, stats = train_descriptor_model(
-            dataset, out, settings, args.supervision, nerf if args.supervision == "nerf" else None,
-            cache_dir=dataset.root / "descriptors" / "correspondences", device=args.device,
-            report=bars.update, cancel=cancel, resume=not args.restart)
-    print(f"[train-descriptors] model in {model_dir} ({stats['iterations']} steps, final loss "
-          f"{stats['mean_loss_last_100']:.4f}, {stats['pairs']} view pairs)", flush=True)
+            dataset,
+            out,
+            settings,
+            args.supervision,
+            nerf if args.supervision == "nerf" else None,
+            cache_dir=dataset.root / "descriptors" / "correspondences",
+            device=args.device,
+            report=bars.update,
+            cancel=cancel,
+            resume=not args.restart,
+        )
+    print(
+        f"[train-descriptors] model in {model_dir} ({stats['iterations']} steps, final loss "
+        f"{stats['mean_loss_last_100']:.4f}, {stats['pairs']} view pairs)",
+        flush=True,
+    )
     return 0

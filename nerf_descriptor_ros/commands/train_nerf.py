@@ -4,6 +4,7 @@ Writes ``nerf.pt`` (checkpoint with config and dataset hash), ``metrics.json`` (
 SSIM, depth error) and ``renders/heldout_*.png`` (held-out image | prediction | depth) to the
 output folder. Ctrl-C saves a checkpoint; ``--resume`` continues it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,20 +15,36 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train-nerf", help="train an object NeRF on a captured dataset",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "train-nerf",
+        help="train an object NeRF on a captured dataset",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dataset", help="dataset folder (holding transforms.json)")
-    p.add_argument("--config", help="NeRF config YAML, e.g. config/nerf_fast.yaml or "
-                                    "config/nerf_classic.yaml (default: the fast model's defaults)")
-    p.add_argument("--set", dest="overrides", default="", metavar="YAML",
-                   help="config overrides as YAML, e.g. '{iterations: 2000, fast: {sh_degree: 0}}'")
+    p.add_argument(
+        "--config",
+        help="NeRF config YAML, e.g. config/nerf_fast.yaml or "
+        "config/nerf_classic.yaml (default: the fast model's defaults)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        default="",
+        metavar="YAML",
+        help="config overrides as YAML, e.g. '{iterations: 2000, fast: {sh_degree: 0}}'",
+    )
     p.add_argument("--out", help="output folder (default: DATASET/nerf)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the checkpoint in the output folder instead of refusing it")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the checkpoint in the output folder instead of refusing it"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for PyTorch (default: all cores, best on an idle machine; 1 is "
-                        "many times faster when other processes keep the cores busy)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for PyTorch (default: all cores, best on an idle machine; 1 is "
+        "many times faster when other processes keep the cores busy)",
+    )
     p.set_defaults(func=run)
 
 
@@ -35,9 +52,9 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..dataset import Dataset
-    from ..nerf import load_config, train_nerf
-    from ..progress import StageCancelled
+    from nerf_descriptor_ros.data.dataset import Dataset
+    from nerf_descriptor_ros.nerf import load_config, train_nerf
+    from nerf_descriptor_ros.progress import StageCancelled
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -50,8 +67,14 @@ def run(args) -> int:
 
     def report(r):
         if not bars:
-            bars.append(tqdm(total=config.iterations, unit="it", dynamic_ncols=True,
-                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"))
+            bars.append(
+                tqdm(
+                    total=config.iterations,
+                    unit="it",
+                    dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+                )
+            )
         bar = bars[0]
         bar.update(r.iteration - bar.n)
         eta = "" if r.eta_seconds != r.eta_seconds else f"{int(r.eta_seconds // 60)}:{int(r.eta_seconds % 60):02d}"
@@ -61,8 +84,7 @@ def run(args) -> int:
         bar.refresh()
 
     try:
-        checkpoint, metrics = train_nerf(dataset, config, out_dir, args.device, report, cancel,
-                                         resume=args.resume)
+        checkpoint, metrics = train_nerf(dataset, config, out_dir, args.device, report, cancel, resume=args.resume)
     except StageCancelled:
         checkpoint = None
     finally:

@@ -5,6 +5,7 @@ centre) and its own photometric change. The warp is applied to the image and its
 same 2x3 matrix to every pixel coordinate attached to that image, so a match stays a match; the
 photometric changes do not move pixels at all.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,15 +21,14 @@ class AugmentationConfig:
     scale_range: tuple = (0.8, 1.25)
     max_shift_fraction: float = 0.1
     photometric_probability: float = 0.8
-    brightness: float = 0.2          # added, in [0, 1] units
-    contrast: float = 0.25           # multiplied around the mean, 1 +- this
+    brightness: float = 0.2  # added, in [0, 1] units
+    contrast: float = 0.25  # multiplied around the mean, 1 +- this
     saturation: float = 0.3
     noise_std: float = 0.02
     blur_probability: float = 0.2
 
 
-def random_similarity(rng: np.random.Generator, width: int, height: int,
-                      config: AugmentationConfig) -> np.ndarray:
+def random_similarity(rng: np.random.Generator, width: int, height: int, config: AugmentationConfig) -> np.ndarray:
     """A 2x3 matrix mapping source to target pixels (pixel centres at integers), or identity."""
     if rng.random() >= config.geometric_probability:
         return np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -43,9 +43,14 @@ def random_similarity(rng: np.random.Generator, width: int, height: int,
 def warp_image(image: np.ndarray, matrix: np.ndarray, nearest: bool = False) -> np.ndarray:
     """Warp so that source pixel p lands on ``matrix @ [p, 1]``; outside the source reads as 0."""
     h, w = image.shape[:2]
-    return cv2.warpAffine(image, matrix, (w, h),
-                          flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        image,
+        matrix,
+        (w, h),
+        flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
 
 
 def warp_points(uv: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ first camera image. Calls are serialised by a lock: one network, several callers
 keypoint definitions) never interleave. The engine converts the model's network in place (dtype,
 memory format): describe through the engine, not the model, once it exists.
 """
+
 from __future__ import annotations
 
 import threading
@@ -15,7 +16,7 @@ import threading
 import numpy as np
 import torch
 
-from .model import DescriptorModel, ModelError
+from nerf_descriptor_ros.descriptors.model import DescriptorModel, ModelError
 
 COMPILE_MODES = ("none", "torchscript", "torch_compile")
 
@@ -23,8 +24,13 @@ COMPILE_MODES = ("none", "torchscript", "torch_compile")
 class DescriptorEngine:
     """``describe(rgb)`` -> (D, h, w) float32 descriptors at the model's input size, on its device."""
 
-    def __init__(self, model: DescriptorModel, half_precision: bool = True, channels_last: bool = True,
-                 compile_mode: str = "none"):
+    def __init__(
+        self,
+        model: DescriptorModel,
+        half_precision: bool = True,
+        channels_last: bool = True,
+        compile_mode: str = "none",
+    ):
         if compile_mode not in COMPILE_MODES:
             raise ModelError(f"compile mode {compile_mode!r} unknown; choose one of {COMPILE_MODES}")
         self.model = model
@@ -45,17 +51,20 @@ class DescriptorEngine:
             try:
                 net(example)  # warm-up: compile now, and allocate the working memory once
             except Exception as exc:  # a compiler that is missing or fails says so at start-up
-                raise ModelError(f"the descriptor network does not run with compile mode "
-                                 f"{compile_mode!r} on {model.device}: {exc}") from exc
+                raise ModelError(
+                    f"the descriptor network does not run with compile mode {compile_mode!r} on {model.device}: {exc}"
+                ) from exc
         self._net = net
 
     @property
     def description(self) -> str:
-        return (f"{self.model.manifest['backbone']} D={self.model.descriptor_dim} at "
-                f"{self.model.input_size[0]}x{self.model.input_size[1]} on {self.model.device} "
-                f"({str(self.dtype).replace('torch.', '')}"
-                f"{', channels-last' if self.memory_format == torch.channels_last else ''}"
-                f"{'' if self.compile_mode == 'none' else ', ' + self.compile_mode})")
+        return (
+            f"{self.model.manifest['backbone']} D={self.model.descriptor_dim} at "
+            f"{self.model.input_size[0]}x{self.model.input_size[1]} on {self.model.device} "
+            f"({str(self.dtype).replace('torch.', '')}"
+            f"{', channels-last' if self.memory_format == torch.channels_last else ''}"
+            f"{'' if self.compile_mode == 'none' else ', ' + self.compile_mode})"
+        )
 
     def _input(self, rgb: np.ndarray) -> torch.Tensor:
         x = self.model.preprocess(rgb)  # checks the image and resizes it to the model's input size

@@ -12,6 +12,7 @@
 Pixel coordinates are (u, v) = (column, row) floats with pixel centres at integers; descriptors
 at non-integer positions are interpolated bilinearly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,7 @@ def sample_descriptors(descriptors: torch.Tensor, uv: torch.Tensor) -> torch.Ten
     grid = torch.empty((1, 1, uv.shape[0], 2), dtype=descriptors.dtype, device=descriptors.device)
     grid[0, 0, :, 0] = uv[:, 0] * (2.0 / max(w - 1, 1)) - 1.0
     grid[0, 0, :, 1] = uv[:, 1] * (2.0 / max(h - 1, 1)) - 1.0
-    out = F.grid_sample(descriptors[None], grid, mode="bilinear", padding_mode="border",
-                        align_corners=True)
+    out = F.grid_sample(descriptors[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
     return out[0, :, 0, :].T
 
 
@@ -48,15 +48,19 @@ class CorrespondenceBatch:
 
     match_a: torch.Tensor
     match_b: torch.Tensor
-    nonmatch_a: torch.Tensor           # object pixel in A vs. an object pixel in B that is not its match
+    nonmatch_a: torch.Tensor  # object pixel in A vs. an object pixel in B that is not its match
     nonmatch_b: torch.Tensor
-    background_a: torch.Tensor         # object pixel in A vs. a background pixel in B
+    background_a: torch.Tensor  # object pixel in A vs. a background pixel in B
     background_b: torch.Tensor
 
 
-def pixelwise_contrastive_loss(desc_a: torch.Tensor, desc_b: torch.Tensor,
-                               batch: CorrespondenceBatch, margin: float = 0.5,
-                               background_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+def pixelwise_contrastive_loss(
+    desc_a: torch.Tensor,
+    desc_b: torch.Tensor,
+    batch: CorrespondenceBatch,
+    margin: float = 0.5,
+    background_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict]:
     """DON's loss for one image pair; returns (loss, stats)."""
     if batch.match_a.shape[0] == 0:
         raise ValueError("no matches in this image pair: the contrastive loss needs at least one")
@@ -64,20 +68,25 @@ def pixelwise_contrastive_loss(desc_a: torch.Tensor, desc_b: torch.Tensor,
     db = sample_descriptors(desc_b, batch.match_b)
     match_loss = (da - db).square().sum(dim=1).mean()
     nonmatch_loss, hard_object = _hard_negative_hinge(
-        sample_descriptors(desc_a, batch.nonmatch_a), sample_descriptors(desc_b, batch.nonmatch_b),
-        margin)
+        sample_descriptors(desc_a, batch.nonmatch_a), sample_descriptors(desc_b, batch.nonmatch_b), margin
+    )
     background_loss, hard_background = _hard_negative_hinge(
-        sample_descriptors(desc_a, batch.background_a),
-        sample_descriptors(desc_b, batch.background_b), margin)
+        sample_descriptors(desc_a, batch.background_a), sample_descriptors(desc_b, batch.background_b), margin
+    )
     loss = match_loss + nonmatch_loss + background_weight * background_loss
-    stats = {"match": match_loss.item(), "nonmatch": nonmatch_loss.item(),
-             "background": background_loss.item(), "hard_object": hard_object,
-             "hard_background": hard_background}
+    stats = {
+        "match": match_loss.item(),
+        "nonmatch": nonmatch_loss.item(),
+        "background": background_loss.item(),
+        "hard_object": hard_object,
+        "hard_background": hard_background,
+    }
     return loss, stats
 
 
-def distributional_loss(desc_a: torch.Tensor, desc_b: torch.Tensor, match_a: torch.Tensor,
-                        match_b: torch.Tensor, sigma_px: float = 1.0) -> torch.Tensor:
+def distributional_loss(
+    desc_a: torch.Tensor, desc_b: torch.Tensor, match_a: torch.Tensor, match_b: torch.Tensor, sigma_px: float = 1.0
+) -> torch.Tensor:
     """Mean KL(target || predicted) of each match's distribution over all pixels of B.
 
     The prediction is ``softmax(-|d_a - d_b(u)|^2)`` over every pixel u of image B; the target a
@@ -87,21 +96,20 @@ def distributional_loss(desc_a: torch.Tensor, desc_b: torch.Tensor, match_a: tor
     if match_a.shape[0] == 0:
         raise ValueError("no matches in this image pair: the distributional loss needs at least one")
     d, h, w = desc_b.shape
-    da = sample_descriptors(desc_a, match_a)                       # (N, D)
-    flat_b = desc_b.reshape(d, h * w)                               # (D, HW)
-    sq_dist = (da.square().sum(1, keepdim=True) - 2.0 * da @ flat_b
-               + flat_b.square().sum(0, keepdim=True))              # (N, HW)
-    log_normaliser = torch.logsumexp(-sq_dist, dim=1)               # (N,)
+    da = sample_descriptors(desc_a, match_a)  # (N, D)
+    flat_b = desc_b.reshape(d, h * w)  # (D, HW)
+    sq_dist = da.square().sum(1, keepdim=True) - 2.0 * da @ flat_b + flat_b.square().sum(0, keepdim=True)  # (N, HW)
+    log_normaliser = torch.logsumexp(-sq_dist, dim=1)  # (N,)
 
     radius = max(1, int(np.ceil(3.0 * sigma_px)))
     steps = torch.arange(-radius, radius + 1, device=desc_b.device)
     offsets = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1).reshape(-1, 2)  # (K, 2) u, v
-    pixels = torch.round(match_b).long()[:, None, :] + offsets[None]                      # (N, K, 2)
-    inside = ((pixels[..., 0] >= 0) & (pixels[..., 0] < w) & (pixels[..., 1] >= 0) & (pixels[..., 1] < h))
+    pixels = torch.round(match_b).long()[:, None, :] + offsets[None]  # (N, K, 2)
+    inside = (pixels[..., 0] >= 0) & (pixels[..., 0] < w) & (pixels[..., 1] >= 0) & (pixels[..., 1] < h)
     pixel_sq = (pixels.to(match_b.dtype) - match_b[:, None, :]).square().sum(-1)
-    target = torch.where(inside, torch.exp(-pixel_sq / (2.0 * sigma_px ** 2)), torch.zeros_like(pixel_sq))
+    target = torch.where(inside, torch.exp(-pixel_sq / (2.0 * sigma_px**2)), torch.zeros_like(pixel_sq))
     target = target / target.sum(1, keepdim=True).clamp(min=1e-12)
-    flat_index = (pixels[..., 1].clamp(0, h - 1) * w + pixels[..., 0].clamp(0, w - 1))
+    flat_index = pixels[..., 1].clamp(0, h - 1) * w + pixels[..., 0].clamp(0, w - 1)
     cross_entropy = (target * sq_dist.gather(1, flat_index)).sum(1) + log_normaliser
     entropy = -(target * torch.log(target.clamp(min=1e-30))).sum(1)
     return (cross_entropy - entropy).mean()

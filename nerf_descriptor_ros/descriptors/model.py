@@ -5,6 +5,7 @@ backbone, input size, input normalisation) and the SHA-256 of ``descriptor_net.p
 ``state_dict`` saved with ``torch.save`` and read with ``weights_only=True``. A missing manifest,
 a weights file whose hash differs, or weights that do not fit the manifest are refused.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,16 +13,15 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
 import torch
 
-from ..dataset import atomic_write_bytes, atomic_write_json
-from ..errors import NerfDescriptorError
-from ..progress import ProgressCallback, ProgressReport, check_cancelled
-from .network import DescriptorConfigError, DescriptorNet, check_input_size
+from nerf_descriptor_ros.data.dataset import atomic_write_bytes, atomic_write_json
+from nerf_descriptor_ros.descriptors.network import DescriptorConfigError, DescriptorNet, check_input_size
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "descriptor_net.pt"
@@ -44,9 +44,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_model(net: DescriptorNet, out_dir: str | Path, input_size: tuple[int, int],
-                 normalisation: dict = IMAGENET_NORMALISATION, info: Optional[dict] = None,
-                 report: Optional[ProgressCallback] = None, cancel=None) -> Path:
+def export_model(
+    net: DescriptorNet,
+    out_dir: str | Path,
+    input_size: tuple[int, int],
+    normalisation: dict = IMAGENET_NORMALISATION,
+    info: dict | None = None,
+    report: ProgressCallback | None = None,
+    cancel=None,
+) -> Path:
     """Write ``descriptor_net.pt`` and ``manifest.json`` into ``out_dir``; return the manifest path.
 
     ``input_size`` is (width, height) of the images the network was trained on; ``info`` is kept
@@ -60,12 +66,15 @@ def export_model(net: DescriptorNet, out_dir: str | Path, input_size: tuple[int,
     weights = buffer.getvalue()
     atomic_write_bytes(out_dir / WEIGHTS_NAME, weights)
     manifest = {
-        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
-        "descriptor_dim": net.descriptor_dim, "backbone": net.backbone_name,
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "descriptor_dim": net.descriptor_dim,
+        "backbone": net.backbone_name,
         "decoder_channels": net.decoder_channels,
         "input_size": [int(input_size[0]), int(input_size[1])],
         "normalisation": {"mean": list(normalisation["mean"]), "std": list(normalisation["std"])},
-        "weights_file": WEIGHTS_NAME, "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "weights_file": WEIGHTS_NAME,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "info": info or {},
     }
     atomic_write_json(out_dir / MANIFEST_NAME, manifest)
@@ -98,9 +107,11 @@ class DescriptorModel:
         width, height = self.input_size
         aspect, model_aspect = rgb.shape[1] / rgb.shape[0], width / height
         if abs(aspect / model_aspect - 1.0) > ASPECT_TOLERANCE:
-            raise ModelError(f"image of {rgb.shape[1]}x{rgb.shape[0]} does not fit the model's "
-                             f"input of {width}x{height}: the aspect ratios differ (crop the image "
-                             "or train a model for this camera)")
+            raise ModelError(
+                f"image of {rgb.shape[1]}x{rgb.shape[0]} does not fit the model's "
+                f"input of {width}x{height}: the aspect ratios differ (crop the image "
+                "or train a model for this camera)"
+            )
         if rgb.shape[:2] != (height, width):
             rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
         norm = self.manifest["normalisation"]
@@ -113,8 +124,17 @@ class DescriptorModel:
             return self.net(self.preprocess(rgb))[0]
 
 
-_REQUIRED = ("format", "version", "descriptor_dim", "backbone", "decoder_channels", "input_size",
-             "normalisation", "weights_file", "weights_sha256")
+_REQUIRED = (
+    "format",
+    "version",
+    "descriptor_dim",
+    "backbone",
+    "decoder_channels",
+    "input_size",
+    "normalisation",
+    "weights_file",
+    "weights_sha256",
+)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> DescriptorModel:
@@ -122,8 +142,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Descript
     path = Path(path)
     manifest_path = path if path.name == MANIFEST_NAME else path / MANIFEST_NAME
     if not manifest_path.is_file():
-        raise ModelError(f"{manifest_path} not found: {path} is not an exported descriptor model "
-                         "(train one with `nerf-descriptor train-descriptors`)")
+        raise ModelError(
+            f"{manifest_path} not found: {path} is not an exported descriptor model "
+            "(train one with `nerf-descriptor train-descriptors`)"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -132,21 +154,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Descript
     if missing:
         raise ModelError(f"{manifest_path} lacks {missing}: not a descriptor model manifest")
     if manifest["format"] != MANIFEST_FORMAT or manifest["version"] != MANIFEST_VERSION:
-        raise ModelError(f"{manifest_path} is format {manifest['format']!r} version "
-                         f"{manifest['version']}, expected {MANIFEST_FORMAT!r} {MANIFEST_VERSION}")
+        raise ModelError(
+            f"{manifest_path} is format {manifest['format']!r} version "
+            f"{manifest['version']}, expected {MANIFEST_FORMAT!r} {MANIFEST_VERSION}"
+        )
     weights_file = manifest["weights_file"]
     weights_path = (manifest_path.parent / weights_file).resolve()
     if Path(weights_file).name != weights_file or not weights_path.is_file():
-        raise ModelError(f"{manifest_path} names weights {weights_file!r}, which are not a file "
-                         "beside it")
+        raise ModelError(f"{manifest_path} names weights {weights_file!r}, which are not a file beside it")
     digest = sha256_file(weights_path)
     if digest != manifest["weights_sha256"]:
-        raise ModelError(f"{weights_path} does not match its manifest (SHA-256 {digest[:12]}... "
-                         f"instead of {str(manifest['weights_sha256'])[:12]}...): the file was "
-                         "changed or damaged; export the model again")
+        raise ModelError(
+            f"{weights_path} does not match its manifest (SHA-256 {digest[:12]}... "
+            f"instead of {str(manifest['weights_sha256'])[:12]}...): the file was "
+            "changed or damaged; export the model again"
+        )
     try:
-        net = DescriptorNet(int(manifest["descriptor_dim"]), manifest["backbone"],
-                            int(manifest["decoder_channels"]))
+        net = DescriptorNet(int(manifest["descriptor_dim"]), manifest["backbone"], int(manifest["decoder_channels"]))
         check_input_size(*manifest["input_size"])
     except (DescriptorConfigError, TypeError, ValueError) as exc:
         raise ModelError(f"{manifest_path}: {exc}") from exc
@@ -154,8 +178,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Descript
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelError(f"{weights_path} does not fit the network its manifest describes "
-                         f"(D={manifest['descriptor_dim']}, {manifest['backbone']}): "
-                         f"{str(exc).splitlines()[0]}") from exc
+        raise ModelError(
+            f"{weights_path} does not fit the network its manifest describes "
+            f"(D={manifest['descriptor_dim']}, {manifest['backbone']}): "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
     device = torch.device(device)
     return DescriptorModel(net.to(device).eval(), manifest, device)

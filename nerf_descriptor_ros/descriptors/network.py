@@ -7,6 +7,7 @@ full-resolution branch, so that the descriptor can change from one pixel to the 
 must be found to about a pixel, and at reduced working resolutions a stride-4 descriptor
 interpolated bilinearly cannot be that sharp. The decoder narrows as it gets finer to stay cheap.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import NerfDescriptorError
+from nerf_descriptor_ros.errors import NerfDescriptorError
 
 # Blocks per stage of the two supported backbones (He et al. 2016, "basic" residual blocks).
 BACKBONE_STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
@@ -40,8 +41,8 @@ class BasicBlock(nn.Module):
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels))
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -61,8 +62,7 @@ class ResNetBackbone(nn.Module):
     def __init__(self, name: str):
         super().__init__()
         if name not in BACKBONE_STAGES:
-            raise DescriptorConfigError(
-                f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_STAGES)}")
+            raise DescriptorConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_STAGES)}")
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -85,8 +85,11 @@ class ResNetBackbone(nn.Module):
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, 1, kernel // 2, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, 1, kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 class DescriptorNet(nn.Module):
@@ -95,8 +98,7 @@ class DescriptorNet(nn.Module):
     def __init__(self, descriptor_dim: int, backbone: str = "resnet18", decoder_channels: int = 128):
         super().__init__()
         if not isinstance(descriptor_dim, int) or descriptor_dim < 1:
-            raise DescriptorConfigError(f"descriptor dimension must be a positive integer, "
-                                        f"got {descriptor_dim!r}")
+            raise DescriptorConfigError(f"descriptor dimension must be a positive integer, got {descriptor_dim!r}")
         if not isinstance(decoder_channels, int) or decoder_channels < 4:
             raise DescriptorConfigError(f"decoder_channels must be an integer >= 4, got {decoder_channels!r}")
         self.descriptor_dim = descriptor_dim
@@ -142,8 +144,8 @@ def check_input_size(width: int, height: int) -> None:
     """Raise unless both sides are at least :data:`MIN_SIZE` pixels."""
     if width < MIN_SIZE or height < MIN_SIZE:
         raise DescriptorConfigError(
-            f"image size {width}x{height} is too small for the network: both sides must be at "
-            f"least {MIN_SIZE} pixels")
+            f"image size {width}x{height} is too small for the network: both sides must be at least {MIN_SIZE} pixels"
+        )
 
 
 def load_imagenet_weights(net: DescriptorNet, path: str | Path) -> list[str]:
@@ -161,6 +163,6 @@ def load_imagenet_weights(net: DescriptorNet, path: str | Path) -> list[str]:
     result = net.backbone.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise DescriptorConfigError(
-            f"{path} is not a {net.backbone_name} state dict (unexpected keys such as "
-            f"{result.unexpected_keys[:3]})")
+            f"{path} is not a {net.backbone_name} state dict (unexpected keys such as {result.unexpected_keys[:3]})"
+        )
     return list(result.missing_keys)

@@ -4,17 +4,17 @@ The defaults live in the dataclasses; ``config/descriptors.yaml`` spells all of 
 users to copy and edit (a test keeps the two identical). Unknown keys are refused, so a typo does
 not silently fall back to a default.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
-from ..correspondences import CorrespondenceConfig, CorrespondenceError, MatchingConfig
-from ..errors import NerfDescriptorError
-from .training import TrainingConfig
+from nerf_descriptor_ros.descriptors.correspondences import CorrespondenceConfig, CorrespondenceError, MatchingConfig
+from nerf_descriptor_ros.descriptors.training import TrainingConfig
+from nerf_descriptor_ros.errors import NerfDescriptorError
 
 
 class SettingsError(NerfDescriptorError):
@@ -28,7 +28,7 @@ class NerfProviderConfig:
     quantiles: int = 16
     chunk: int = 4096
     opacity_threshold: float = 0.5
-    workspace_box: Optional[list] = None       # [[xmin, ymin, zmin], [xmax, ymax, zmax]] metres
+    workspace_box: list | None = None  # [[xmin, ymin, zmin], [xmax, ymax, zmax]] metres
     use_dataset_masks: bool = True
 
 
@@ -47,26 +47,28 @@ class DescriptorSettings:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "DescriptorSettings":
+    def from_dict(cls, values: dict) -> DescriptorSettings:
         values = dict(values or {})
         _refuse_unknown("descriptor settings", values, cls)
         try:
             correspondences = dict(values.get("correspondences") or {})
             _refuse_unknown("correspondences", correspondences, CorrespondenceConfig)
-            _refuse_unknown("correspondences.matching", correspondences.get("matching") or {},
-                            MatchingConfig)
+            _refuse_unknown("correspondences.matching", correspondences.get("matching") or {}, MatchingConfig)
             nerf = values.get("nerf") or {}
             _refuse_unknown("nerf", nerf, NerfProviderConfig)
             evaluation = values.get("evaluation") or {}
             _refuse_unknown("evaluation", evaluation, EvaluationConfig)
-            return cls(CorrespondenceConfig.from_dict(correspondences), NerfProviderConfig(**nerf),
-                       TrainingConfig.from_dict(values.get("training") or {}),
-                       EvaluationConfig(**evaluation))
+            return cls(
+                CorrespondenceConfig.from_dict(correspondences),
+                NerfProviderConfig(**nerf),
+                TrainingConfig.from_dict(values.get("training") or {}),
+                EvaluationConfig(**evaluation),
+            )
         except (TypeError, ValueError, CorrespondenceError) as exc:
             raise SettingsError(f"invalid descriptor settings: {exc}") from exc
 
     @classmethod
-    def load(cls, path: Optional[str | Path] = None, overrides: Optional[dict] = None) -> "DescriptorSettings":
+    def load(cls, path: str | Path | None = None, overrides: dict | None = None) -> DescriptorSettings:
         """Settings from a YAML file (None: the defaults) with ``{section: {key: value}}`` overrides."""
         values: dict = {}
         if path is not None:

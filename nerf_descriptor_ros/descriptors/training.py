@@ -7,6 +7,7 @@ loss and/or the distributional loss. Checkpoints are written atomically every fe
 so a killed run resumes; randomness is derived from (seed, step), so a resumed run continues as
 the uninterrupted one would.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,21 +15,31 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
 import torch
 
-from ..correspondences import MODES, CorrespondenceCache, CorrespondenceError, find_correspondences
-from ..dataset import Dataset, atomic_write_bytes
-from ..errors import NerfDescriptorError
-from ..progress import ProgressCallback, ProgressReport, check_cancelled
-from .augmentation import (AugmentationConfig, in_bounds, photometric, random_similarity,
-                           warp_image, warp_points)
-from .loss import CorrespondenceBatch, distributional_loss, pixelwise_contrastive_loss
-from .model import IMAGENET_NORMALISATION
-from .network import DescriptorConfigError, DescriptorNet, load_imagenet_weights
+from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_bytes
+from nerf_descriptor_ros.descriptors.augmentation import (
+    AugmentationConfig,
+    in_bounds,
+    photometric,
+    random_similarity,
+    warp_image,
+    warp_points,
+)
+from nerf_descriptor_ros.descriptors.correspondences import (
+    MODES,
+    CorrespondenceCache,
+    CorrespondenceError,
+    find_correspondences,
+)
+from nerf_descriptor_ros.descriptors.loss import CorrespondenceBatch, distributional_loss, pixelwise_contrastive_loss
+from nerf_descriptor_ros.descriptors.model import IMAGENET_NORMALISATION
+from nerf_descriptor_ros.descriptors.network import DescriptorConfigError, DescriptorNet, load_imagenet_weights
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
 LOSSES = ("contrastive", "distributional", "both")
 CHECKPOINT_NAME = "training_checkpoint.pt"
@@ -43,23 +54,23 @@ class TrainingConfig:
     descriptor_dim: int = 16
     backbone: str = "resnet18"
     decoder_channels: int = 128
-    mode: str = "density_field"          # how correspondences are drawn: depth_map | density_field
-    loss: str = "both"                   # contrastive | distributional | both
+    mode: str = "density_field"  # how correspondences are drawn: depth_map | density_field
+    loss: str = "both"  # contrastive | distributional | both
     iterations: int = 1500
     learning_rate: float = 3e-4
     weight_decay: float = 1e-4
     pairs_per_step: int = 2
     matches_per_pair: int = 256
-    nonmatches_per_match: int = 4        # object non-matches, and as many background ones
+    nonmatches_per_match: int = 4  # object non-matches, and as many background ones
     nonmatch_min_distance_px: float = 3.0
     margin: float = 0.5
     background_weight: float = 1.0
     distributional_sigma_px: float = 1.0
     distributional_weight: float = 1.0
-    min_matches: int = 20                # a drawn pair with fewer matches is replaced by another
+    min_matches: int = 20  # a drawn pair with fewer matches is replaced by another
     checkpoint_every: int = 200
     seed: int = 0
-    imagenet_weights: Optional[str] = None  # a local ResNet state dict; never downloaded
+    imagenet_weights: str | None = None  # a local ResNet state dict; never downloaded
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     def __post_init__(self):
@@ -73,7 +84,7 @@ class TrainingConfig:
             raise TrainingError("iterations, pairs_per_step and matches_per_pair must be positive")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainingConfig":
+    def from_dict(cls, values: dict) -> TrainingConfig:
         values = dict(values or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -128,7 +139,8 @@ class PairSampler:
         raise CorrespondenceError(
             f"{attempts} drawn view pairs in a row gave fewer than {self.config.min_matches} "
             f"matches in {self.config.mode} mode: the cached depth does not support "
-            "correspondences (check the NeRF or lower min_matches)")
+            "correspondences (check the NeRF or lower min_matches)"
+        )
 
     def _make(self, a: int, b: int, rng: np.random.Generator):
         cfg = self.config
@@ -171,8 +183,9 @@ class PairSampler:
 
 
 def _to_tensor_batch(batch: CorrespondenceBatch, device) -> CorrespondenceBatch:
-    return CorrespondenceBatch(*(torch.as_tensor(np.asarray(x, np.float32).reshape(-1, 2), device=device)
-                                 for x in asdict(batch).values()))
+    return CorrespondenceBatch(
+        *(torch.as_tensor(np.asarray(x, np.float32).reshape(-1, 2), device=device) for x in asdict(batch).values())
+    )
 
 
 def _normalise(images: list[np.ndarray], device) -> torch.Tensor:
@@ -187,36 +200,50 @@ def pair_loss(desc_a, desc_b, batch: CorrespondenceBatch, config: TrainingConfig
     loss = desc_a.new_zeros(())
     stats = {}
     if config.loss in ("contrastive", "both"):
-        contrastive, stats = pixelwise_contrastive_loss(desc_a, desc_b, batch, config.margin,
-                                                        config.background_weight)
+        contrastive, stats = pixelwise_contrastive_loss(desc_a, desc_b, batch, config.margin, config.background_weight)
         loss = loss + contrastive
     if config.loss in ("distributional", "both"):
-        distributional = distributional_loss(desc_a, desc_b, batch.match_a, batch.match_b,
-                                             config.distributional_sigma_px)
+        distributional = distributional_loss(
+            desc_a, desc_b, batch.match_a, batch.match_b, config.distributional_sigma_px
+        )
         stats["distributional"] = distributional.item()
         loss = loss + config.distributional_weight * distributional
     return loss, stats
 
 
-def _save_checkpoint(path: Path, net, optimizer, scheduler, iteration: int, config: TrainingConfig,
-                     cache_key: str, history: list) -> None:
+def _save_checkpoint(
+    path: Path, net, optimizer, scheduler, iteration: int, config: TrainingConfig, cache_key: str, history: list
+) -> None:
     buffer = io.BytesIO()
-    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "iteration": iteration,
-                "config_json": json.dumps(asdict(config), sort_keys=True), "cache_key": cache_key,
-                "history_json": json.dumps(history)}, buffer)
+    torch.save(
+        {
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "iteration": iteration,
+            "config_json": json.dumps(asdict(config), sort_keys=True),
+            "cache_key": cache_key,
+            "history_json": json.dumps(history),
+        },
+        buffer,
+    )
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def _cache_key(cache: CorrespondenceCache) -> str:
-    return json.dumps({k: cache.index[k] for k in ("dataset_hash", "provider", "config", "frames")},
-                      sort_keys=True)
+    return json.dumps({k: cache.index[k] for k in ("dataset_hash", "provider", "config", "frames")}, sort_keys=True)
 
 
-def train_descriptors(cache: CorrespondenceCache, dataset: Dataset, out_dir: str | Path,
-                      config: TrainingConfig = TrainingConfig(), device: str = "auto",
-                      report: Optional[ProgressCallback] = None, cancel=None,
-                      resume: bool = True) -> TrainingResult:
+def train_descriptors(
+    cache: CorrespondenceCache,
+    dataset: Dataset,
+    out_dir: str | Path,
+    config: TrainingConfig = TrainingConfig(),
+    device: str = "auto",
+    report: ProgressCallback | None = None,
+    cancel=None,
+    resume: bool = True,
+) -> TrainingResult:
     """Train a descriptor network on ``cache``; checkpoints go to ``out_dir``.
 
     With ``resume`` a checkpoint in ``out_dir`` from the same settings and correspondences is
@@ -232,18 +259,20 @@ def train_descriptors(cache: CorrespondenceCache, dataset: Dataset, out_dir: str
     if config.imagenet_weights:
         load_imagenet_weights(net, config.imagenet_weights)
     net.to(torch_device).train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.iterations,
-                                                           eta_min=0.05 * config.learning_rate)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, config.iterations, eta_min=0.05 * config.learning_rate
+    )
     checkpoint = out_dir / CHECKPOINT_NAME
     cache_key = _cache_key(cache)
     start, history = 0, []
     if resume and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=torch_device, weights_only=True)
         if state["config_json"] != json.dumps(asdict(config), sort_keys=True) or state["cache_key"] != cache_key:
-            raise TrainingError(f"{checkpoint} is from other settings or correspondences; delete it "
-                                "or choose another output folder to start afresh")
+            raise TrainingError(
+                f"{checkpoint} is from other settings or correspondences; delete it "
+                "or choose another output folder to start afresh"
+            )
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -260,8 +289,9 @@ def train_descriptors(cache: CorrespondenceCache, dataset: Dataset, out_dir: str
         descriptors = net(images)
         losses, step_stats = [], {}
         for i, (_, _, batch) in enumerate(samples):
-            loss, stats = pair_loss(descriptors[2 * i], descriptors[2 * i + 1],
-                                    _to_tensor_batch(batch, torch_device), config)
+            loss, stats = pair_loss(
+                descriptors[2 * i], descriptors[2 * i + 1], _to_tensor_batch(batch, torch_device), config
+            )
             losses.append(loss)
             for key, value in stats.items():
                 step_stats[key] = step_stats.get(key, 0.0) + value / len(samples)
@@ -272,8 +302,7 @@ def train_descriptors(cache: CorrespondenceCache, dataset: Dataset, out_dir: str
         scheduler.step()
         loss_value = total.item()
         if not np.isfinite(loss_value):
-            raise TrainingError(f"the loss became {loss_value} at step {iteration}; lower the "
-                                "learning rate")
+            raise TrainingError(f"the loss became {loss_value} at step {iteration}; lower the learning rate")
         history.append(round(loss_value, 5))
         done = iteration + 1
         if done % config.checkpoint_every == 0 or done == config.iterations:
@@ -281,10 +310,22 @@ def train_descriptors(cache: CorrespondenceCache, dataset: Dataset, out_dir: str
         if report:
             elapsed = time.monotonic() - started
             eta = elapsed / (done - start) * (config.iterations - done)
-            report(ProgressReport("descriptors", done, config.iterations, loss=loss_value,
-                                  eta_seconds=eta, message=", ".join(f"{k} {v:.3g}" for k, v in step_stats.items())))
+            report(
+                ProgressReport(
+                    "descriptors",
+                    done,
+                    config.iterations,
+                    loss=loss_value,
+                    eta_seconds=eta,
+                    message=", ".join(f"{k} {v:.3g}" for k, v in step_stats.items()),
+                )
+            )
     net.eval()
-    stats = {"iterations": config.iterations, "final_loss": loss_value,
-             "mean_loss_last_100": float(np.mean(history[-100:])) if history else float("nan"),
-             "seconds": time.monotonic() - started, "pairs": len(cache.pairs)}
+    stats = {
+        "iterations": config.iterations,
+        "final_loss": loss_value,
+        "mean_loss_last_100": float(np.mean(history[-100:])) if history else float("nan"),
+        "seconds": time.monotonic() - started,
+        "pairs": len(cache.pairs),
+    }
     return TrainingResult(net, sampler.size, checkpoint, stats)

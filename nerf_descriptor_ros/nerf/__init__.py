@@ -5,10 +5,19 @@ Layout (after nerfstudio): ``config`` (the settings), ``rays`` (camera rays, sce
 classic MLP fields), ``renderer`` (volume rendering, whole cameras), ``model`` (field + sampler +
 background), ``data`` (training rays), ``evaluation``, ``checkpoint``, ``trainer``.
 """
-from .checkpoint import CheckpointError, load_nerf
-from .config import NerfConfig, NerfConfigError, load_config
-from .renderer import RenderOutput, render_camera
-from .trainer import train_nerf
 
-__all__ = ["CheckpointError", "NerfConfig", "NerfConfigError", "RenderOutput", "load_config",
-           "load_nerf", "render_camera", "train_nerf"]
+from nerf_descriptor_ros.nerf.checkpoint import CheckpointError, load_nerf
+from nerf_descriptor_ros.nerf.config import NerfConfig, NerfConfigError, load_config
+from nerf_descriptor_ros.nerf.renderer import RenderOutput, render_camera
+from nerf_descriptor_ros.nerf.trainer import train_nerf
+
+__all__ = [
+    "CheckpointError",
+    "NerfConfig",
+    "NerfConfigError",
+    "RenderOutput",
+    "load_config",
+    "load_nerf",
+    "render_camera",
+    "train_nerf",
+]

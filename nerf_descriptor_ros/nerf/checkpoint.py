@@ -3,6 +3,7 @@
 Written atomically (a killed save leaves the previous checkpoint) and read with
 ``torch.load(weights_only=True)``: only tensors and plain containers, never arbitrary pickles.
 """
+
 from __future__ import annotations
 
 import io
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..dataset import Dataset, atomic_write_bytes
-from ..errors import NerfDescriptorError
-from .config import config_from_dict
-from .model import NerfModel, build_model
-from .rays import SceneBox
+from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_bytes
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.nerf.config import config_from_dict
+from nerf_descriptor_ros.nerf.model import NerfModel, build_model
+from nerf_descriptor_ros.nerf.rays import SceneBox
 
 FORMAT = "nerf_descriptor_ros.nerf/1"
 CHECKPOINT_NAME = "nerf.pt"
@@ -49,13 +50,13 @@ def check_same_dataset(state: dict, dataset_hash: str, path: Path, dataset_root)
             f"checkpoint {path} was trained on another dataset ({state.get('dataset_root')}, "
             f"content hash {str(state.get('dataset_hash'))[:12]}...) than {dataset_root} (content "
             f"hash {dataset_hash[:12]}...): the images or poses differ. Train a new NeRF for "
-            "this dataset (another output folder) or pass the dataset it was trained on.")
+            "this dataset (another output folder) or pass the dataset it was trained on."
+        )
 
 
 def model_from_state(state: dict, device="cpu") -> NerfModel:
     config = config_from_dict(state["config"])
-    model = build_model(config, SceneBox.from_list(state["scene_box"]), int(state["num_images"]),
-                        state["background"])
+    model = build_model(config, SceneBox.from_list(state["scene_box"]), int(state["num_images"]), state["background"])
     model.load_state_dict(state["model"])
     return model.to(device)
 

@@ -4,6 +4,7 @@ Pixels of all frames are stored once (uint8 colour, bool mask) with one table of
 directions per distinct camera; a batch picks random pixels and rotates their directions by
 their frame's pose, so memory stays at about 4 bytes per pixel at any resolution.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..dataset import Dataset, DatasetError
-from ..geometry import CameraIntrinsics
-from .rays import camera_directions, check_camera_poses
+from nerf_descriptor_ros.data.dataset import Dataset, DatasetError
+from nerf_descriptor_ros.geometry import CameraIntrinsics
+from nerf_descriptor_ros.nerf.rays import camera_directions, check_camera_poses
 
 
 class DatasetTooSmallError(DatasetError):
@@ -29,11 +30,14 @@ def check_dataset(dataset: Dataset, min_train_frames: int) -> tuple[list[int], l
         raise DatasetTooSmallError(
             f"dataset {dataset.root} has {len(dataset)} frames: {len(train)} for training and "
             f"{len(held_out)} held out (every 8th); need at least {min_train_frames} training "
-            f"frames and one held-out frame. Capture more views (60 or more give good results).")
+            f"frames and one held-out frame. Capture more views (60 or more give good results)."
+        )
     missing = [f.index for f in dataset.frames if not f.image_path.is_file()]
     if missing:
-        raise DatasetError(f"dataset {dataset.root}: frames {missing[:10]} have no image file "
-                           f"({len(missing)} in all); recapture or remove them from transforms.json")
+        raise DatasetError(
+            f"dataset {dataset.root}: frames {missing[:10]} have no image file "
+            f"({len(missing)} in all); recapture or remove them from transforms.json"
+        )
     check_camera_poses(np.stack([f.c2w for f in dataset.frames]))
     return train, held_out
 
@@ -42,9 +46,9 @@ def check_dataset(dataset: Dataset, min_train_frames: int) -> tuple[list[int], l
 class FrameImages:
     """What a frame contributes: colour, optional mask and depth, camera."""
 
-    rgb: np.ndarray                 # HxWx3 uint8
-    mask: np.ndarray | None         # HxW bool
-    depth: np.ndarray | None        # HxW float32 metres, NaN unknown
+    rgb: np.ndarray  # HxWx3 uint8
+    mask: np.ndarray | None  # HxW bool
+    depth: np.ndarray | None  # HxW float32 metres, NaN unknown
     c2w: np.ndarray
     intrinsics: CameraIntrinsics
 
@@ -54,10 +58,11 @@ def load_frame(dataset: Dataset, position: int, with_depth: bool = False) -> Fra
     rgb = frame.load_image()
     intr = frame.intrinsics
     if rgb.shape[:2] != (intr.height, intr.width):
-        raise DatasetError(f"frame {frame.index}: image is {rgb.shape[1]}x{rgb.shape[0]} but its "
-                           f"intrinsics say {intr.width}x{intr.height}")
-    return FrameImages(rgb, frame.load_mask(), frame.load_depth() if with_depth else None,
-                       frame.c2w, intr)
+        raise DatasetError(
+            f"frame {frame.index}: image is {rgb.shape[1]}x{rgb.shape[0]} but its "
+            f"intrinsics say {intr.width}x{intr.height}"
+        )
+    return FrameImages(rgb, frame.load_mask(), frame.load_depth() if with_depth else None, frame.c2w, intr)
 
 
 class RayBatcher:
@@ -69,8 +74,15 @@ class RayBatcher:
         direction_tables, camera_of_frame, offsets = [], [], [0]
         rgb, masks = [], []
         for f in frames:
-            key = (f.intrinsics.fx, f.intrinsics.fy, f.intrinsics.cx, f.intrinsics.cy,
-                   f.intrinsics.width, f.intrinsics.height, tuple(f.intrinsics.distortion))
+            key = (
+                f.intrinsics.fx,
+                f.intrinsics.fy,
+                f.intrinsics.cx,
+                f.intrinsics.cy,
+                f.intrinsics.width,
+                f.intrinsics.height,
+                tuple(f.intrinsics.distortion),
+            )
             if key not in cameras:
                 cameras[key] = len(direction_tables)
                 direction_tables.append(camera_directions(f.intrinsics))
@@ -81,11 +93,11 @@ class RayBatcher:
         table_offsets = np.cumsum([0] + [len(t) for t in direction_tables])
         self.directions = torch.from_numpy(np.concatenate(direction_tables)).float().to(device)
         self.table_offset_of_frame = torch.tensor(
-            [table_offsets[c] for c in camera_of_frame], dtype=torch.long, device=device)
+            [table_offsets[c] for c in camera_of_frame], dtype=torch.long, device=device
+        )
         self.pixel_offsets = torch.tensor(offsets, dtype=torch.long, device=device)
         self.rgb = torch.from_numpy(np.concatenate(rgb)).to(device)
-        self.masks = (torch.from_numpy(np.concatenate(masks)).to(device)
-                      if all(m is not None for m in masks) else None)
+        self.masks = torch.from_numpy(np.concatenate(masks)).to(device) if all(m is not None for m in masks) else None
         c2w = torch.tensor(np.stack([f.c2w for f in frames]), dtype=torch.float32, device=device)
         self.rotations, self.origins = c2w[:, :3, :3], c2w[:, :3, 3]
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -99,8 +111,12 @@ class RayBatcher:
         local = pixel_ids - self.pixel_offsets[frame]
         cam_dirs = self.directions[self.table_offset_of_frame[frame] + local]
         dirs = torch.einsum("nij,nj->ni", self.rotations[frame], cam_dirs)
-        batch = {"origins": self.origins[frame], "dirs": dirs, "image_ids": frame,
-                 "rgb": self.rgb[pixel_ids].float() / 255.0}
+        batch = {
+            "origins": self.origins[frame],
+            "dirs": dirs,
+            "image_ids": frame,
+            "rgb": self.rgb[pixel_ids].float() / 255.0,
+        }
         if self.masks is not None:
             batch["mask"] = self.masks[pixel_ids]
         return batch

@@ -1,4 +1,5 @@
 """Held-out evaluation: PSNR, SSIM, depth error on object pixels, and PNGs for a person to look at."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +8,10 @@ import cv2
 import numpy as np
 import torch
 
-from ..dataset import atomic_write_bytes
-from .data import FrameImages
-from .rays import camera_rays
-from .renderer import render_camera, render_rays_chunked
+from nerf_descriptor_ros.data.dataset import atomic_write_bytes
+from nerf_descriptor_ros.nerf.data import FrameImages
+from nerf_descriptor_ros.nerf.rays import camera_rays
+from nerf_descriptor_ros.nerf.renderer import render_camera, render_rays_chunked
 
 # Masked datasets are evaluated composited on this colour, prediction and target alike.
 EVAL_BACKGROUND = (1.0, 1.0, 1.0)
@@ -22,18 +23,18 @@ def psnr(mse: float) -> float:
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """Mean SSIM of two HxWx3 images in [0, 1] (11x11 Gaussian window, sigma 1.5, per channel)."""
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = 0.01**2, 0.03**2
     a, b = a.astype(np.float64), b.astype(np.float64)
 
     def blur(x):
         return cv2.GaussianBlur(x, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
 
     mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a ** 2
-    var_b = blur(b * b) - mu_b ** 2
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-    den = (mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
     return float((num / den)[5:-5, 5:-5].mean()) if min(a.shape[:2]) > 10 else float((num / den).mean())
 
 
@@ -51,15 +52,17 @@ def object_pixels(frame: FrameImages) -> np.ndarray:
     return valid & frame.mask if frame.mask is not None else valid
 
 
-def evaluate_frames(model, frames: list[FrameImages], use_mask: bool, chunk: int,
-                    render_dir: Path | None = None, render_count: int = 0) -> dict:
+def evaluate_frames(
+    model, frames: list[FrameImages], use_mask: bool, chunk: int, render_dir: Path | None = None, render_count: int = 0
+) -> dict:
     """Render every held-out frame in full; PSNR over all their pixels, mean SSIM, depth error."""
     background = EVAL_BACKGROUND if use_mask else None
     squared_error, pixel_count, ssims, depth_errors = 0.0, 0, [], []
     object_se, object_count = 0.0, 0
     for i, frame in enumerate(frames):
-        out = render_camera(model, frame.c2w, frame.intrinsics, chunk=chunk, return_weights=False,
-                            background=background)
+        out = render_camera(
+            model, frame.c2w, frame.intrinsics, chunk=chunk, return_weights=False, background=background
+        )
         target = target_image(frame, use_mask)
         err = (out.rgb - target) ** 2
         squared_error += float(err.sum())
@@ -73,8 +76,11 @@ def evaluate_frames(model, frames: list[FrameImages], use_mask: bool, chunk: int
             depth_errors.append(np.abs(out.depth[sel] - frame.depth[sel]))
         if render_dir is not None and i < render_count:
             write_render_png(render_dir / f"heldout_{i:02d}.png", target, out.rgb, out.depth)
-    metrics = {"psnr": psnr(squared_error / max(pixel_count, 1)), "ssim": float(np.mean(ssims)),
-               "heldout_frames": len(frames)}
+    metrics = {
+        "psnr": psnr(squared_error / max(pixel_count, 1)),
+        "ssim": float(np.mean(ssims)),
+        "heldout_frames": len(frames),
+    }
     if object_count:
         metrics["psnr_object_pixels"] = psnr(object_se / object_count)
     if depth_errors:
@@ -105,7 +111,7 @@ class HeldOutPixels:
         self.origins = torch.from_numpy(np.concatenate(origins)).float().to(device)
         self.dirs = torch.from_numpy(np.concatenate(dirs)).float().to(device)
         self.targets = torch.from_numpy(np.concatenate(targets)).float().to(device)
-        self.background = (torch.tensor(EVAL_BACKGROUND, device=device) if use_mask else None)
+        self.background = torch.tensor(EVAL_BACKGROUND, device=device) if use_mask else None
 
     def psnr(self, model, chunk: int) -> float:
         was_training = model.training
@@ -129,8 +135,11 @@ def depth_colormap(depth: np.ndarray, valid: np.ndarray | None = None) -> np.nda
 
 def write_render_png(path: Path, target: np.ndarray, prediction: np.ndarray, depth: np.ndarray) -> None:
     """Side by side: held-out image | NeRF prediction | NeRF expected depth."""
-    tiles = [np.clip(target * 255, 0, 255).astype(np.uint8),
-             np.clip(prediction * 255, 0, 255).astype(np.uint8), depth_colormap(depth)]
+    tiles = [
+        np.clip(target * 255, 0, 255).astype(np.uint8),
+        np.clip(prediction * 255, 0, 255).astype(np.uint8),
+        depth_colormap(depth),
+    ]
     ok, buf = cv2.imencode(".png", cv2.cvtColor(np.concatenate(tiles, axis=1), cv2.COLOR_RGB2BGR))
     if ok:
         atomic_write_bytes(path, buf.tobytes())

@@ -2,13 +2,14 @@
 
 Positions reach a field already normalised to [-1, 1] over the scene box.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ClassicFieldConfig, FastFieldConfig
+from nerf_descriptor_ros.nerf.config import ClassicFieldConfig, FastFieldConfig
 
 
 class _TruncExp(torch.autograd.Function):
@@ -42,16 +43,19 @@ class TriPlaneEncoding(nn.Module):
         # Near 1, so that each plane's gradient (scaled by the other two planes) starts at full
         # strength; measured to converge faster than K-Planes' uniform(0.1, 0.5).
         self.planes = nn.ParameterList(
-            nn.Parameter(torch.empty(3, features, int(r), int(r)).uniform_(0.9, 1.1))
-            for r in resolutions)
+            nn.Parameter(torch.empty(3, features, int(r), int(r)).uniform_(0.9, 1.1)) for r in resolutions
+        )
         self.output_dim = len(resolutions) * features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         coords = torch.stack([x[:, [0, 1]], x[:, [0, 2]], x[:, [1, 2]]]).unsqueeze(2)  # (3, N, 1, 2)
         features = []
         for planes in self.planes:
-            xy, xz, yz = F.grid_sample(planes, coords, mode="bilinear", padding_mode="border",
-                                       align_corners=True).squeeze(-1).unbind(0)  # 3 x (F, N)
+            xy, xz, yz = (
+                F.grid_sample(planes, coords, mode="bilinear", padding_mode="border", align_corners=True)
+                .squeeze(-1)
+                .unbind(0)
+            )  # 3 x (F, N)
             features.append(xy * xz * yz)
         return torch.cat(features, 0).t()
 
@@ -64,14 +68,23 @@ def spherical_harmonics(dirs: torch.Tensor, degree: int) -> torch.Tensor:
         out += [-0.48860251190291987 * y, 0.48860251190291987 * z, -0.48860251190291987 * x]
     if degree > 2:
         xx, yy, zz = x * x, y * y, z * z
-        out += [1.0925484305920792 * x * y, -1.0925484305920792 * y * z,
-                0.94617469575755997 * zz - 0.31539156525251999, -1.0925484305920792 * x * z,
-                0.54627421529603959 * (xx - yy)]
+        out += [
+            1.0925484305920792 * x * y,
+            -1.0925484305920792 * y * z,
+            0.94617469575755997 * zz - 0.31539156525251999,
+            -1.0925484305920792 * x * z,
+            0.54627421529603959 * (xx - yy),
+        ]
     if degree > 3:
-        out += [0.59004358992664352 * y * (-3.0 * xx + yy), 2.8906114426405538 * x * y * z,
-                0.45704579946446572 * y * (1.0 - 5.0 * zz), 0.3731763325901154 * z * (5.0 * zz - 3.0),
-                0.45704579946446572 * x * (1.0 - 5.0 * zz), 1.4453057213202769 * z * (xx - yy),
-                0.59004358992664352 * x * (-xx + 3.0 * yy)]
+        out += [
+            0.59004358992664352 * y * (-3.0 * xx + yy),
+            2.8906114426405538 * x * y * z,
+            0.45704579946446572 * y * (1.0 - 5.0 * zz),
+            0.3731763325901154 * z * (5.0 * zz - 3.0),
+            0.45704579946446572 * x * (1.0 - 5.0 * zz),
+            1.4453057213202769 * z * (xx - yy),
+            0.59004358992664352 * x * (-xx + 3.0 * yy),
+        ]
     return torch.stack(out, -1)
 
 
@@ -96,8 +109,12 @@ class FastField(nn.Module):
         self.encoding = TriPlaneEncoding(cfg.plane_resolutions, cfg.plane_features)
         self.density_net = _mlp(self.encoding.output_dim, cfg.hidden_width, 1, 1 + cfg.geo_features)
         self.sh_degree = cfg.sh_degree
-        self.color_net = _mlp(cfg.geo_features + sh_dim(cfg.sh_degree) + appearance_dim,
-                              cfg.color_hidden_width, cfg.color_hidden_layers, 3)
+        self.color_net = _mlp(
+            cfg.geo_features + sh_dim(cfg.sh_degree) + appearance_dim,
+            cfg.color_hidden_width,
+            cfg.color_hidden_layers,
+            3,
+        )
 
     def grid_parameters(self):
         return list(self.encoding.parameters())
@@ -190,4 +207,3 @@ class LearnedBackground(nn.Module):
 
     def forward(self, unit_dirs: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.coefficients(spherical_harmonics(unit_dirs, 3)))
-

@@ -7,16 +7,17 @@ evaluation and :func:`render_camera` do not care which model they hold.
 Density is expressed per scene-box diagonal rather than per metre, so the same initialisation,
 thresholds and learning rates work for a 5 cm part and a 50 cm object alike.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .config import NerfConfig
-from .fields import ClassicField, FastField, LearnedBackground
-from .rays import SceneBox, intersect_box
-from .renderer import accumulate, render_weights
-from .samplers import OccupancyGrid, RaySamples, importance, march_occupied, stratified
+from nerf_descriptor_ros.nerf.config import NerfConfig
+from nerf_descriptor_ros.nerf.fields import ClassicField, FastField, LearnedBackground
+from nerf_descriptor_ros.nerf.rays import SceneBox, intersect_box
+from nerf_descriptor_ros.nerf.renderer import accumulate, render_weights
+from nerf_descriptor_ros.nerf.samplers import OccupancyGrid, RaySamples, importance, march_occupied, stratified
 
 MIN_NEAR = 0.01  # metres: nothing closer to a camera than this is reconstructed
 
@@ -54,8 +55,13 @@ class NerfModel(nn.Module):
         color = FIXED_BACKGROUNDS[self.background_mode]
         return torch.tensor(color, device=unit_dirs.device).expand(len(unit_dirs), 3)
 
-    def forward(self, origins: torch.Tensor, dirs: torch.Tensor, image_ids: torch.Tensor | None = None,
-                background: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        origins: torch.Tensor,
+        dirs: torch.Tensor,
+        image_ids: torch.Tensor | None = None,
+        background: torch.Tensor | None = None,
+    ) -> dict:
         """Render rays. ``background``: (3,) or (rays, 3) colour behind the scene (default: the
         model's); ``image_ids`` select per-image appearance embeddings when those are on."""
         dir_norm = torch.linalg.norm(dirs, dim=-1)
@@ -71,8 +77,13 @@ class NerfModel(nn.Module):
             opacity = accumulate(samples, weights, torch.ones_like(weights))
             color = accumulate(samples, weights, rgb) + (1 - opacity)[:, None] * background
             if name == "final":
-                outputs.update(rgb=color, opacity=opacity, samples=samples, weights=weights,
-                               depth_sum=accumulate(samples, weights, samples.t_mids))
+                outputs.update(
+                    rgb=color,
+                    opacity=opacity,
+                    samples=samples,
+                    weights=weights,
+                    depth_sum=accumulate(samples, weights, samples.t_mids),
+                )
             else:
                 outputs[f"{name}_rgb"] = color
         return outputs
@@ -101,14 +112,12 @@ class FastNerf(NerfModel):
 
     def update_occupancy(self) -> None:
         cfg = self.config.fast
-        self.occupancy.update(self.density, float(self.step_size) / self.diagonal,
-                              cfg.occupancy_alpha_threshold)
+        self.occupancy.update(self.density, float(self.step_size) / self.diagonal, cfg.occupancy_alpha_threshold)
 
     def render_passes(self, origins, dirs, ray_scale, appearance) -> dict:
         lo, hi = self.occupancy.occupied_bounds()
         near, far = intersect_box(origins, dirs, lo, hi, MIN_NEAR)
-        samples = march_occupied(origins, dirs, near, far, self.occupancy, float(self.step_size),
-                                 jitter=self.training)
+        samples = march_occupied(origins, dirs, near, far, self.occupancy, float(self.step_size), jitter=self.training)
         sigma, rgb = _evaluate(self.field, self, samples, origins, dirs, appearance)
         return {"final": (samples, sigma, rgb)}
 

@@ -5,6 +5,7 @@ A ray is ``origin + t * direction`` with ``direction = R_world_cam @ [x_n, y_n, 
 the z-depth in the camera that cast the ray, which is the dataset's depth convention, so sample
 positions, expected depth and the per-sample depths handed to the next stage need no conversion.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,8 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import NerfDescriptorError
-from ..geometry import CameraIntrinsics
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import CameraIntrinsics
 
 
 class SceneBoundsError(NerfDescriptorError):
@@ -27,11 +28,13 @@ def normalized_pixel_coords(intrinsics: CameraIntrinsics) -> np.ndarray:
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     pixels = np.stack([u.ravel(), v.ravel()], axis=-1)
     if intrinsics.has_distortion:
-        undistorted = cv2.undistortPoints(pixels.reshape(-1, 1, 2), intrinsics.K,
-                                          np.asarray(intrinsics.distortion, dtype=np.float64))
+        undistorted = cv2.undistortPoints(
+            pixels.reshape(-1, 1, 2), intrinsics.K, np.asarray(intrinsics.distortion, dtype=np.float64)
+        )
         return undistorted.reshape(-1, 2)
-    return np.stack([(pixels[:, 0] - intrinsics.cx) / intrinsics.fx,
-                     (pixels[:, 1] - intrinsics.cy) / intrinsics.fy], axis=-1)
+    return np.stack(
+        [(pixels[:, 0] - intrinsics.cx) / intrinsics.fx, (pixels[:, 1] - intrinsics.cy) / intrinsics.fy], axis=-1
+    )
 
 
 def camera_directions(intrinsics: CameraIntrinsics) -> np.ndarray:
@@ -47,8 +50,9 @@ def camera_rays(c2w: np.ndarray, intrinsics: CameraIntrinsics) -> tuple[np.ndarr
     return origins, dirs
 
 
-def intersect_box(origins: torch.Tensor, dirs: torch.Tensor, box_min: torch.Tensor,
-                  box_max: torch.Tensor, min_near: float) -> tuple[torch.Tensor, torch.Tensor]:
+def intersect_box(
+    origins: torch.Tensor, dirs: torch.Tensor, box_min: torch.Tensor, box_max: torch.Tensor, min_near: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Slab test: (near, far) in ray parameter t; rays that miss get near >= far."""
     safe = torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
     t0 = (box_min - origins) / safe
@@ -77,7 +81,7 @@ class SceneBox:
         return [*map(float, self.box_min), *map(float, self.box_max)]
 
     @classmethod
-    def from_list(cls, values) -> "SceneBox":
+    def from_list(cls, values) -> SceneBox:
         values = np.asarray(values, dtype=np.float64)
         return cls(values[:3].copy(), values[3:].copy())
 
@@ -87,8 +91,10 @@ def check_camera_poses(c2ws: np.ndarray) -> None:
     c2ws = np.asarray(c2ws, dtype=np.float64)
     if not np.all(np.isfinite(c2ws)):
         bad = sorted({int(i) for i in np.nonzero(~np.isfinite(c2ws).all(axis=(1, 2)))[0]})
-        raise SceneBoundsError(f"camera poses of frames at positions {bad[:10]} contain NaN or "
-                               "infinite values; recapture or drop those frames")
+        raise SceneBoundsError(
+            f"camera poses of frames at positions {bad[:10]} contain NaN or "
+            "infinite values; recapture or drop those frames"
+        )
     centers = c2ws[:, :3, 3]
     spread = np.linalg.norm(centers - centers.mean(0), axis=1).max()
     axes = c2ws[:, :3, 2]
@@ -96,10 +102,13 @@ def check_camera_poses(c2ws: np.ndarray) -> None:
     if spread < 1e-3 and axis_spread < 1e-3:
         raise SceneBoundsError(
             "all camera poses are identical: a NeRF needs views from different positions "
-            "(is the pose source publishing a fixed pose?)")
+            "(is the pose source publishing a fixed pose?)"
+        )
     if spread < 1e-3:
-        raise SceneBoundsError("all cameras are at the same position (only rotating): there is no "
-                               "parallax to reconstruct depth from; move the camera around the object")
+        raise SceneBoundsError(
+            "all cameras are at the same position (only rotating): there is no "
+            "parallax to reconstruct depth from; move the camera around the object"
+        )
 
 
 def looked_at_point(c2ws: np.ndarray) -> np.ndarray:
@@ -114,13 +123,14 @@ def looked_at_point(c2ws: np.ndarray) -> np.ndarray:
         b += P @ T[:3, 3]
     eigenvalues = np.linalg.eigvalsh(A)
     if eigenvalues[0] < 1e-3 * len(c2ws):
-        raise SceneBoundsError("the camera axes are (nearly) parallel, so they do not converge on "
-                               "a region to reconstruct; set scene_box in the config")
+        raise SceneBoundsError(
+            "the camera axes are (nearly) parallel, so they do not converge on "
+            "a region to reconstruct; set scene_box in the config"
+        )
     point = np.linalg.solve(A, b)
     in_front = np.einsum("ij,ij->i", point - c2ws[:, :3, 3], c2ws[:, :3, 2]) > 0
     if in_front.mean() < 0.5:
-        raise SceneBoundsError("the cameras' axes converge behind most cameras; set scene_box in "
-                               "the config")
+        raise SceneBoundsError("the cameras' axes converge behind most cameras; set scene_box in the config")
     return point
 
 
@@ -136,8 +146,10 @@ def box_seen_by_all(c2ws: np.ndarray, intrinsics: list[CameraIntrinsics]) -> Sce
     radii = []
     for T, intr in zip(c2ws, intrinsics):
         distance = np.linalg.norm(center - T[:3, 3])
-        half_fov = min(np.arctan2(min(intr.cx + 0.5, intr.width - 0.5 - intr.cx), intr.fx),
-                       np.arctan2(min(intr.cy + 0.5, intr.height - 0.5 - intr.cy), intr.fy))
+        half_fov = min(
+            np.arctan2(min(intr.cx + 0.5, intr.width - 0.5 - intr.cx), intr.fx),
+            np.arctan2(min(intr.cy + 0.5, intr.height - 0.5 - intr.cy), intr.fy),
+        )
         radii.append(distance * np.sin(half_fov))
     radius = float(np.min(radii))
     return SceneBox(center - radius, center + radius)

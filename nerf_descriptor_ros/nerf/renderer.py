@@ -1,4 +1,5 @@
 """Volume rendering of packed samples, and rendering whole cameras in bounded memory."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..geometry import CameraIntrinsics
-from .rays import camera_rays
-from .samplers import RaySamples
+from nerf_descriptor_ros.geometry import CameraIntrinsics
+from nerf_descriptor_ros.nerf.rays import camera_rays
+from nerf_descriptor_ros.nerf.samplers import RaySamples
 
 
 def ray_starts(ray_indices: torch.Tensor, num_rays: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,8 +39,7 @@ def accumulate(samples: RaySamples, weights: torch.Tensor, values: torch.Tensor)
     """Per-ray sum of ``weights * values``; ``values`` is (M,) or (M, C)."""
     shape = (samples.num_rays,) + tuple(values.shape[1:])
     w = weights if values.dim() == 1 else weights[:, None]
-    return torch.zeros(shape, dtype=values.dtype, device=values.device).index_add_(
-        0, samples.ray_indices, w * values)
+    return torch.zeros(shape, dtype=values.dtype, device=values.device).index_add_(0, samples.ray_indices, w * values)
 
 
 @dataclass
@@ -72,8 +72,14 @@ def expected_depth(depth_sum: torch.Tensor, opacity: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def render_rays_chunked(model, origins: torch.Tensor, dirs: torch.Tensor, chunk: int,
-                        return_weights: bool = False, background: torch.Tensor | None = None) -> dict:
+def render_rays_chunked(
+    model,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    chunk: int,
+    return_weights: bool = False,
+    background: torch.Tensor | None = None,
+) -> dict:
     """Render rays in chunks; on out-of-memory halve the chunk and retry that chunk.
 
     Returns per-ray ``rgb``, ``depth``, ``opacity`` (torch, on the model's device) and, when
@@ -84,7 +90,7 @@ def render_rays_chunked(model, origins: torch.Tensor, dirs: torch.Tensor, chunk:
     chunk = max(1, int(chunk))
     while start < len(origins):
         try:
-            out = model(origins[start:start + chunk], dirs[start:start + chunk], background=background)
+            out = model(origins[start : start + chunk], dirs[start : start + chunk], background=background)
         except (RuntimeError, torch.OutOfMemoryError) as exc:
             if not is_out_of_memory(exc) or chunk == 1:
                 raise
@@ -111,14 +117,23 @@ def render_rays_chunked(model, origins: torch.Tensor, dirs: torch.Tensor, chunk:
     if return_weights:
         width = max((w.shape[1] for w in outputs["weights"]), default=0)
         for key in ("weights", "sample_depths"):
-            result[key] = torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1]))
-                                     for w in outputs[key]]) if outputs[key] else torch.zeros(0, 0)
+            result[key] = (
+                torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1])) for w in outputs[key]])
+                if outputs[key]
+                else torch.zeros(0, 0)
+            )
     return result
 
 
-def render_camera(model, c2w: np.ndarray, intrinsics: CameraIntrinsics, device: str | None = None,
-                  chunk: int = 8192, return_weights: bool = True,
-                  background: tuple | None = None) -> RenderOutput:
+def render_camera(
+    model,
+    c2w: np.ndarray,
+    intrinsics: CameraIntrinsics,
+    device: str | None = None,
+    chunk: int = 8192,
+    return_weights: bool = True,
+    background: tuple | None = None,
+) -> RenderOutput:
     """Render any pinhole camera (``c2w``: camera-to-world, OpenCV axes, world = dataset frame).
 
     ``background`` is the colour (r, g, b in [0, 1]) composited behind the object; by default
@@ -133,9 +148,11 @@ def render_camera(model, c2w: np.ndarray, intrinsics: CameraIntrinsics, device: 
     bg = torch.tensor(background, dtype=torch.float32, device=device) if background is not None else None
     out = render_rays_chunked(model, origins_t, dirs_t, chunk, return_weights, bg)
     h, w = intrinsics.height, intrinsics.width
-    result = RenderOutput(rgb=out["rgb"].reshape(h, w, 3).clamp(0, 1).cpu().numpy(),
-                          depth=out["depth"].reshape(h, w).cpu().numpy(),
-                          opacity=out["opacity"].reshape(h, w).cpu().numpy())
+    result = RenderOutput(
+        rgb=out["rgb"].reshape(h, w, 3).clamp(0, 1).cpu().numpy(),
+        depth=out["depth"].reshape(h, w).cpu().numpy(),
+        opacity=out["opacity"].reshape(h, w).cpu().numpy(),
+    )
     if return_weights:
         result.weights = out["weights"].reshape(h, w, -1).numpy()
         result.sample_depths = out["sample_depths"].reshape(h, w, -1).numpy()

@@ -6,6 +6,7 @@ keeps only those in occupied cells of an :class:`OccupancyGrid` (empty-space ski
 classic model uses stratified coarse samples plus importance samples drawn from the coarse
 weights (hierarchical sampling), as in the original NeRF.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,14 +15,14 @@ import cv2
 import numpy as np
 import torch
 
-from .rays import SceneBox
+from nerf_descriptor_ros.nerf.rays import SceneBox
 
 
 @dataclass
 class RaySamples:
-    ray_indices: torch.Tensor   # (M,) long, non-decreasing
-    t_starts: torch.Tensor      # (M,) interval start in ray parameter (camera z-depth)
-    t_ends: torch.Tensor        # (M,)
+    ray_indices: torch.Tensor  # (M,) long, non-decreasing
+    t_starts: torch.Tensor  # (M,) interval start in ray parameter (camera z-depth)
+    t_ends: torch.Tensor  # (M,)
     num_rays: int
 
     @property
@@ -78,8 +79,14 @@ class OccupancyGrid(torch.nn.Module):
         return lo, hi
 
     @torch.no_grad()
-    def carve_from_masks(self, c2ws: list[np.ndarray], intrinsics: list, masks: list[np.ndarray],
-                         min_views: int = 3, agreement: float = 0.9) -> None:
+    def carve_from_masks(
+        self,
+        c2ws: list[np.ndarray],
+        intrinsics: list,
+        masks: list[np.ndarray],
+        min_views: int = 3,
+        agreement: float = 0.9,
+    ) -> None:
         """Keep only cells inside the visual hull of the object masks.
 
         A cell survives when, among the views it projects into, at least ``agreement`` of them
@@ -130,15 +137,26 @@ def _project(points_cam: torch.Tensor, intr) -> torch.Tensor:
     z = points_cam[:, 2:].clamp(min=1e-6)
     if intr.has_distortion:
         normalized = (points_cam[:, :2] / z).double().numpy()
-        uv, _ = cv2.projectPoints(np.concatenate([normalized, np.ones((len(normalized), 1))], 1),
-                                  np.zeros(3), np.zeros(3), intr.K,
-                                  np.asarray(intr.distortion, dtype=np.float64))
+        uv, _ = cv2.projectPoints(
+            np.concatenate([normalized, np.ones((len(normalized), 1))], 1),
+            np.zeros(3),
+            np.zeros(3),
+            intr.K,
+            np.asarray(intr.distortion, dtype=np.float64),
+        )
         return torch.from_numpy(uv.reshape(-1, 2)).float()
     return points_cam[:, :2] / z * torch.tensor([intr.fx, intr.fy]) + torch.tensor([intr.cx, intr.cy])
 
 
-def march_occupied(origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor, far: torch.Tensor,
-                   grid: OccupancyGrid, step_size: float, jitter: bool) -> RaySamples:
+def march_occupied(
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    grid: OccupancyGrid,
+    step_size: float,
+    jitter: bool,
+) -> RaySamples:
     """Steps of about ``step_size`` metres along each ray, only inside occupied cells.
 
     Two levels, so that the cost follows the occupied space rather than the ray length: rays
@@ -150,7 +168,7 @@ def march_occupied(origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor
     norm = torch.linalg.norm(dirs, dim=-1)
     segment_world = max(float(grid.cell_size.min()) / 2, step_size)
     per_segment = max(1, round(segment_world / step_size))
-    seg_dt = segment_world / norm                                # metres -> ray parameter
+    seg_dt = segment_world / norm  # metres -> ray parameter
     counts = torch.where(far > near, torch.ceil((far - near) / seg_dt), torch.zeros_like(near)).long()
     max_segments = int(counts.max().item()) if num_rays else 0
     if max_segments == 0:
@@ -178,16 +196,16 @@ def stratified(near: torch.Tensor, far: torch.Tensor, count: int, jitter: bool) 
     num_rays = len(near)
     edges = torch.linspace(0, 1, count + 1, device=device)
     lower, upper = edges[:-1], edges[1:]
-    u = torch.rand(num_rays, count, device=device) if jitter else torch.full((num_rays, count), 0.5,
-                                                                             device=device)
+    u = torch.rand(num_rays, count, device=device) if jitter else torch.full((num_rays, count), 0.5, device=device)
     frac = lower + (upper - lower) * u
     span = (far - near).clamp(min=0)
     t = near[:, None] + span[:, None] * frac
     return _from_dense(t, near, far)
 
 
-def importance(coarse: RaySamples, weights: torch.Tensor, near: torch.Tensor, far: torch.Tensor,
-               count: int, jitter: bool) -> RaySamples:
+def importance(
+    coarse: RaySamples, weights: torch.Tensor, near: torch.Tensor, far: torch.Tensor, count: int, jitter: bool
+) -> RaySamples:
     """Coarse samples plus ``count`` more drawn from the piecewise-constant PDF of ``weights``.
 
     Assumes ``coarse`` has the same number of samples on every ray (stratified).
@@ -199,8 +217,11 @@ def importance(coarse: RaySamples, weights: torch.Tensor, near: torch.Tensor, fa
     w = weights.detach().reshape(num_rays, per_ray) + 1e-5
     pdf = w / w.sum(-1, keepdim=True)
     cdf = torch.cat([torch.zeros(num_rays, 1, device=w.device), torch.cumsum(pdf, -1)], -1)
-    u = torch.rand(num_rays, count, device=w.device) if jitter else \
-        torch.linspace(0, 1, count + 2, device=w.device)[1:-1].expand(num_rays, count).contiguous()
+    u = (
+        torch.rand(num_rays, count, device=w.device)
+        if jitter
+        else torch.linspace(0, 1, count + 2, device=w.device)[1:-1].expand(num_rays, count).contiguous()
+    )
     u = u.contiguous()
     bin_idx = torch.searchsorted(cdf, u, right=True).clamp(1, per_ray) - 1
     cdf_lo = cdf.gather(1, bin_idx)

@@ -3,6 +3,7 @@
 ``train_nerf`` is the one entry point (CLI, trainer node, benchmark). It resumes from the
 checkpoint in ``out_dir`` after a kill, saves on cancel, and ends with a full held-out evaluation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,20 +15,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..dataset import Dataset, atomic_write_json
-from ..progress import ProgressCallback, ProgressReport, StageCancelled, check_cancelled
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, check_same_dataset, read_checkpoint, save_checkpoint
-from .config import NerfConfig, NerfConfigError
-from .data import FrameImages, RayBatcher, check_dataset, load_frame
-from .evaluation import HeldOutPixels, evaluate_frames, psnr
-from .model import FastNerf, NerfModel, build_model
-from .rays import SceneBox, SceneBoundsError, box_seen_by_all
-from .renderer import is_out_of_memory
-from .samplers import OccupancyGrid
+from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
+from nerf_descriptor_ros.nerf.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    check_same_dataset,
+    read_checkpoint,
+    save_checkpoint,
+)
+from nerf_descriptor_ros.nerf.config import NerfConfig, NerfConfigError
+from nerf_descriptor_ros.nerf.data import FrameImages, RayBatcher, check_dataset, load_frame
+from nerf_descriptor_ros.nerf.evaluation import HeldOutPixels, evaluate_frames, psnr
+from nerf_descriptor_ros.nerf.model import FastNerf, NerfModel, build_model
+from nerf_descriptor_ros.nerf.rays import SceneBoundsError, SceneBox, box_seen_by_all
+from nerf_descriptor_ros.nerf.renderer import is_out_of_memory
+from nerf_descriptor_ros.nerf.samplers import OccupancyGrid
+from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, StageCancelled, check_cancelled
 
 # Config keys that may change between a run and its resumption (they do not shape the model).
-RESUMABLE_KEYS = {"iterations", "time_budget_s", "checkpoint_interval_s", "history_interval_s",
-                  "history_pixels", "eval_chunk_rays", "eval_max_frames", "render_count"}
+RESUMABLE_KEYS = {
+    "iterations",
+    "time_budget_s",
+    "checkpoint_interval_s",
+    "history_interval_s",
+    "history_pixels",
+    "eval_chunk_rays",
+    "eval_max_frames",
+    "render_count",
+}
 MIN_RAYS, MAX_RAYS = 256, 65536
 REPORT_INTERVAL_S = 0.5
 
@@ -44,8 +59,9 @@ def resolve_background(mode: str, has_masks: bool) -> str:
     if mode == "auto":
         return "mask" if has_masks else "learned"
     if mode == "mask" and not has_masks:
-        raise NerfConfigError("background 'mask' needs a dataset with masks; this one has none "
-                              "(use background: auto or learned)")
+        raise NerfConfigError(
+            "background 'mask' needs a dataset with masks; this one has none (use background: auto or learned)"
+        )
     return mode
 
 
@@ -67,12 +83,13 @@ def fit_scene_box(config: NerfConfig, frames: list[FrameImages], use_mask: bool)
         grid.carve_from_masks(c2ws, intrinsics, [f.mask for f in frames])
         cells = grid.occupied.nonzero()
         if len(cells) == 0:
-            raise SceneBoundsError("the object masks share no region in front of the cameras: check "
-                                   "that masks mark the object (255) and poses are camera-to-world")
+            raise SceneBoundsError(
+                "the object masks share no region in front of the cameras: check "
+                "that masks mark the object (255) and poses are camera-to-world"
+            )
         if cells.min() > 0 and cells.max() < grid.resolution - 1:
             break
-        box = SceneBox(box.center - (box.center - box.box_min) * 1.5,
-                       box.center + (box.box_max - box.center) * 1.5)
+        box = SceneBox(box.center - (box.center - box.box_min) * 1.5, box.center + (box.box_max - box.center) * 1.5)
     lo, hi = grid.occupied_bounds()
     margin = 2 * grid.cell_size
     lo, hi = torch.maximum(lo - margin, grid.box_min), torch.minimum(hi + margin, grid.box_max)
@@ -81,8 +98,7 @@ def fit_scene_box(config: NerfConfig, frames: list[FrameImages], use_mask: bool)
 
 def pixel_footprint(frames: list[FrameImages], box: SceneBox) -> float:
     """Median width (metres) of one pixel at the scene centre over the views."""
-    return float(np.median([np.linalg.norm(f.c2w[:3, 3] - box.center) / f.intrinsics.fx
-                            for f in frames]))
+    return float(np.median([np.linalg.norm(f.c2w[:3, 3] - box.center) / f.intrinsics.fx for f in frames]))
 
 
 def _optimizer(model: NerfModel, config: NerfConfig) -> torch.optim.Optimizer:
@@ -90,8 +106,7 @@ def _optimizer(model: NerfModel, config: NerfConfig) -> torch.optim.Optimizer:
         cfg = config.fast
         grid_params = model.field.grid_parameters()
         other = [p for p in model.parameters() if all(p is not g for g in grid_params)]
-        groups = [{"params": grid_params, "lr": cfg.grid_learning_rate},
-                  {"params": other, "lr": cfg.mlp_learning_rate}]
+        groups = [{"params": grid_params, "lr": cfg.grid_learning_rate}, {"params": other, "lr": cfg.mlp_learning_rate}]
         return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
     return torch.optim.Adam(model.parameters(), lr=config.classic.learning_rate, betas=(0.9, 0.999))
 
@@ -127,9 +142,15 @@ class _Clock:
             self.paused += time.monotonic() - t
 
 
-def train_nerf(dataset: Dataset, config: NerfConfig, out_dir: str | Path, device: str = "auto",
-               report: ProgressCallback | None = None, cancel: threading.Event | None = None,
-               resume: bool = True) -> tuple[Path, dict]:
+def train_nerf(
+    dataset: Dataset,
+    config: NerfConfig,
+    out_dir: str | Path,
+    device: str = "auto",
+    report: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    resume: bool = True,
+) -> tuple[Path, dict]:
     """Train (or resume) a NeRF on ``dataset``; returns (checkpoint path, held-out metrics).
 
     Metrics: ``psnr`` over all held-out pixels (masked datasets: object over a white background),
@@ -150,8 +171,15 @@ def train_nerf(dataset: Dataset, config: NerfConfig, out_dir: str | Path, device
 class _TrainingRun:
     """The state of one call of :func:`train_nerf`, from a fresh start or a checkpoint."""
 
-    def __init__(self, dataset: Dataset, config: NerfConfig, out_dir: Path, device: torch.device,
-                 report: ProgressCallback | None, resume: bool):
+    def __init__(
+        self,
+        dataset: Dataset,
+        config: NerfConfig,
+        out_dir: Path,
+        device: torch.device,
+        report: ProgressCallback | None,
+        resume: bool,
+    ):
         self.clock = _Clock()
         self.dataset, self.config, self.out_dir, self.device = dataset, config, out_dir, device
         self.report_fn = report
@@ -167,18 +195,18 @@ class _TrainingRun:
         self.use_mask = self.background == "mask"
         self._report("loading frames")
         self.train_frames = [load_frame(dataset, i) for i in train_ids]
-        held_ids = held_ids[:config.eval_max_frames] if config.eval_max_frames > 0 else held_ids
+        held_ids = held_ids[: config.eval_max_frames] if config.eval_max_frames > 0 else held_ids
         self.held_frames = [load_frame(dataset, i, with_depth=dataset.has_depth) for i in held_ids]
 
-        self.box = SceneBox.from_list(state["scene_box"]) if state else \
-            fit_scene_box(config, self.train_frames, self.use_mask)
+        self.box = (
+            SceneBox.from_list(state["scene_box"]) if state else fit_scene_box(config, self.train_frames, self.use_mask)
+        )
         self.model = build_model(config, self.box, len(self.train_frames), self.background).to(device)
         self.optimizer = _optimizer(self.model, config)
         self.initial_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.batcher = RayBatcher(self.train_frames, device, config.seed)
         self.rays_per_batch = float(config.classic.rays_per_batch if config.model == "classic" else 4096)
-        self.target_samples = config.fast.target_samples_per_batch or \
-            (262144 if device.type == "cuda" else 32768)
+        self.target_samples = config.fast.target_samples_per_batch or (262144 if device.type == "cuda" else 32768)
         self.ray_cap = MAX_RAYS  # lowered for good after an out-of-memory
         if state:
             self.model.load_state_dict(state["model"])
@@ -191,38 +219,52 @@ class _TrainingRun:
         elif isinstance(self.model, FastNerf):
             self.model.set_step_size(config.fast.step_pixels * pixel_footprint(self.train_frames, self.box))
             if self.use_mask:
-                self.model.occupancy.carve_from_masks([f.c2w for f in self.train_frames],
-                                                      [f.intrinsics for f in self.train_frames],
-                                                      [f.mask for f in self.train_frames])
-        self.held_pixels = HeldOutPixels(self.held_frames, config.history_pixels, self.use_mask,
-                                         device, config.seed)
+                self.model.occupancy.carve_from_masks(
+                    [f.c2w for f in self.train_frames],
+                    [f.intrinsics for f in self.train_frames],
+                    [f.mask for f in self.train_frames],
+                )
+        self.held_pixels = HeldOutPixels(self.held_frames, config.history_pixels, self.use_mask, device, config.seed)
         out_dir.mkdir(parents=True, exist_ok=True)
 
     def _previous_state(self, resume: bool) -> dict | None:
         if not self.checkpoint_path.exists():
             return None
         if not resume:
-            raise CheckpointError(f"{self.checkpoint_path} already exists: resume it or choose "
-                                  "another output folder")
+            raise CheckpointError(f"{self.checkpoint_path} already exists: resume it or choose another output folder")
         state = read_checkpoint(self.checkpoint_path)
         check_same_dataset(state, self.dataset_hash, self.checkpoint_path, self.dataset.root)
         differences = _config_differences(state["config"], self.config.to_dict())
         if differences:
-            raise CheckpointError(f"{self.checkpoint_path} was trained with a different config "
-                                  f"({', '.join(differences)}); use another output folder")
+            raise CheckpointError(
+                f"{self.checkpoint_path} was trained with a different config "
+                f"({', '.join(differences)}); use another output folder"
+            )
         return state
 
     def save(self, metrics: dict | None = None) -> None:
         with self.clock.pause():
-            save_checkpoint(self.checkpoint_path, {
-                "config": self.config.to_dict(), "dataset_hash": self.dataset_hash,
-                "dataset_root": str(self.dataset.root), "scene_box": self.box.to_list(),
-                "background": self.background, "num_images": len(self.train_frames),
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "iteration": self.iteration, "train_seconds": self.clock.elapsed(),
-                "rays_per_batch": self.rays_per_batch, "history": self.history,
-                "batcher_rng": self.batcher.generator_state(), "torch_rng": torch.get_rng_state(),
-                "complete": metrics is not None, "metrics": metrics or {}})
+            save_checkpoint(
+                self.checkpoint_path,
+                {
+                    "config": self.config.to_dict(),
+                    "dataset_hash": self.dataset_hash,
+                    "dataset_root": str(self.dataset.root),
+                    "scene_box": self.box.to_list(),
+                    "background": self.background,
+                    "num_images": len(self.train_frames),
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "iteration": self.iteration,
+                    "train_seconds": self.clock.elapsed(),
+                    "rays_per_batch": self.rays_per_batch,
+                    "history": self.history,
+                    "batcher_rng": self.batcher.generator_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "complete": metrics is not None,
+                    "metrics": metrics or {},
+                },
+            )
 
     def _finished(self) -> bool:
         budget = self.config.time_budget_s
@@ -244,8 +286,7 @@ class _TrainingRun:
             if not self._step():
                 continue
             now = time.monotonic()
-            if config.history_interval_s > 0 and \
-                    self.clock.elapsed() - last_history >= config.history_interval_s:
+            if config.history_interval_s > 0 and self.clock.elapsed() - last_history >= config.history_interval_s:
                 self._record_history()
                 last_history = self.clock.elapsed()
             if now - last_report >= REPORT_INTERVAL_S:
@@ -262,12 +303,12 @@ class _TrainingRun:
     def _step(self) -> bool:
         """One optimisation step; False when it ran out of memory (and the batch was halved)."""
         model = self.model
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else \
-            contextlib.nullcontext()
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
         try:
             with amp:
-                loss, mse, samples = _batch_loss(model, self.batcher, int(self.rays_per_batch),
-                                           self.background, self.config)
+                loss, mse, samples = _batch_loss(
+                    model, self.batcher, int(self.rays_per_batch), self.background, self.config
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -305,12 +346,24 @@ class _TrainingRun:
         if config.history_interval_s > 0 and (not self.history or self.history[-1][1] != self.iteration):
             self._record_history()
         self.model.eval()
-        metrics = evaluate_frames(self.model, self.held_frames, self.use_mask, config.eval_chunk_rays,
-                                  self.out_dir / "renders", config.render_count)
-        metrics.update(model=config.model, iterations=self.iteration, train_seconds=train_seconds,
-                       device=str(self.device), background=self.background,
-                       scene_box=self.box.to_list(), train_frames=len(self.train_frames),
-                       history=self.history)
+        metrics = evaluate_frames(
+            self.model,
+            self.held_frames,
+            self.use_mask,
+            config.eval_chunk_rays,
+            self.out_dir / "renders",
+            config.render_count,
+        )
+        metrics.update(
+            model=config.model,
+            iterations=self.iteration,
+            train_seconds=train_seconds,
+            device=str(self.device),
+            background=self.background,
+            scene_box=self.box.to_list(),
+            train_frames=len(self.train_frames),
+            history=self.history,
+        )
         self.save(metrics)
         atomic_write_json(self.out_dir / "metrics.json", metrics)
         self.batch_psnr = metrics["psnr"]
@@ -319,9 +372,17 @@ class _TrainingRun:
 
     def _report(self, message: str, eta: float = float("nan")) -> None:
         if self.report_fn is not None:
-            self.report_fn(ProgressReport(
-                stage="nerf", iteration=self.iteration, total_iterations=self.config.iterations,
-                loss=self.loss, psnr=self.batch_psnr, eta_seconds=eta, message=message))
+            self.report_fn(
+                ProgressReport(
+                    stage="nerf",
+                    iteration=self.iteration,
+                    total_iterations=self.config.iterations,
+                    loss=self.loss,
+                    psnr=self.batch_psnr,
+                    eta_seconds=eta,
+                    message=message,
+                )
+            )
 
 
 def _batch_loss(model: NerfModel, batcher: RayBatcher, rays: int, background: str, config: NerfConfig):

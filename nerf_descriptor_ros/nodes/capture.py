@@ -15,6 +15,7 @@ Threads: services, sensor callbacks, poses and automatic keyframes each have the
 group on a multi-threaded executor, so ``~/capture_frame`` can wait for the next image while the
 image and pose callbacks keep running.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,21 +30,25 @@ import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import (QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
+from nerf_descriptor_ros.data.dataset import MANIFEST_NAME, DatasetWriter, object_dataset_path
+from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.msg import CaptureStatus
+from nerf_descriptor_ros.ros.conversions import (
+    camera_info_to_intrinsics,
+    image_to_array,
+    image_to_depth_m,
+    image_to_rgb8,
+    ns_to_stamp,
+    stamp_to_ns,
+)
+from nerf_descriptor_ros.ros.keyframes import KeyframeSelector
+from nerf_descriptor_ros.ros.node_runner import run_node
+from nerf_descriptor_ros.ros.pose_sources import POSE_SOURCES, make_pose_source
 from nerf_descriptor_ros.srv import CaptureFrame, GetCaptureStatus, StartCapture
-
-from ..dataset import MANIFEST_NAME, DatasetWriter, object_dataset_path
-from ..errors import NerfDescriptorError
-from ..keyframes import KeyframeSelector
-from ..pose_source import POSE_SOURCES, make_pose_source
-from ..ros_conversions import (camera_info_to_intrinsics, image_to_array, image_to_depth_m,
-                               image_to_rgb8, ns_to_stamp, stamp_to_ns)
-from .run import run_node
 
 IMAGE_TOPIC = "camera/color/image_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
@@ -65,8 +70,8 @@ class _Session:
     object_name: str
     path: Path
     writer: DatasetWriter
-    camera_frame: str               # "" until the first frame names it (camera_frame param empty)
-    newest_used_ns: int             # no image at or before this stamp is kept again
+    camera_frame: str  # "" until the first frame names it (camera_frame param empty)
+    newest_used_ns: int  # no image at or before this stamp is kept again
     keyframes: KeyframeSelector | None
     frames_rejected: int = 0
     errors: list[str] = field(default_factory=list)
@@ -88,8 +93,9 @@ class CaptureNode(Node):
         self.capture_timeout_s = p["capture_timeout_s"]
         self.keyframe_thresholds = (p["keyframe_min_translation_m"], p["keyframe_min_rotation_deg"])
         if self.pose_source_name not in POSE_SOURCES:
-            raise CaptureError(f"parameter pose_source is {self.pose_source_name!r}; "
-                               f"use one of {', '.join(POSE_SOURCES)}")
+            raise CaptureError(
+                f"parameter pose_source is {self.pose_source_name!r}; use one of {', '.join(POSE_SOURCES)}"
+            )
         if not self.base_frame:
             raise CaptureError("parameter base_frame must not be empty")
         if self.pose_timeout_s < 0 or self.capture_timeout_s <= 0:
@@ -97,7 +103,7 @@ class CaptureNode(Node):
         KeyframeSelector(*self.keyframe_thresholds)  # refuses bad thresholds at start-up
 
         self._state = threading.Condition()  # guards everything below; notified on new data
-        self._write_lock = threading.Lock()   # one frame written at a time
+        self._write_lock = threading.Lock()  # one frame written at a time
         self._images: OrderedDict[int, Image] = OrderedDict()
         self._depths: OrderedDict[int, Image] = OrderedDict()
         self._masks: OrderedDict[int, Image] = OrderedDict()
@@ -108,79 +114,102 @@ class CaptureNode(Node):
         sensors = MutuallyExclusiveCallbackGroup()
         services = ReentrantCallbackGroup()
         self.pose_source = make_pose_source(
-            self, self.pose_source_name, base_frame=self.base_frame, pose_topic=p["pose_topic"],
+            self,
+            self.pose_source_name,
+            base_frame=self.base_frame,
+            pose_topic=p["pose_topic"],
             max_interpolation_gap_s=p["max_interpolation_gap_s"],
-            newest_tolerance_s=p["max_pose_lag_s"], callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_subscription(Image, IMAGE_TOPIC, self._on_image, qos_profile_sensor_data,
-                                 callback_group=sensors)
-        self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info,
-                                 qos_profile_sensor_data, callback_group=sensors)
+            newest_tolerance_s=p["max_pose_lag_s"],
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+        self.create_subscription(Image, IMAGE_TOPIC, self._on_image, qos_profile_sensor_data, callback_group=sensors)
+        self.create_subscription(
+            CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
+        )
         if self.use_depth:
-            self.create_subscription(Image, DEPTH_TOPIC, self._on_depth, qos_profile_sensor_data,
-                                     callback_group=sensors)
+            self.create_subscription(
+                Image, DEPTH_TOPIC, self._on_depth, qos_profile_sensor_data, callback_group=sensors
+            )
         if self.mask_topic:
-            self.create_subscription(Image, self.mask_topic, self._on_mask, qos_profile_sensor_data,
-                                     callback_group=sensors)
-        latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
-                             durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+            self.create_subscription(
+                Image, self.mask_topic, self._on_mask, qos_profile_sensor_data, callback_group=sensors
+            )
+        latched = QoSProfile(
+            depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
+        )
         self._status_pub = self.create_publisher(CaptureStatus, "~/status", latched)
         self.create_service(StartCapture, "~/start", self._on_start, callback_group=services)
-        self.create_service(CaptureFrame, "~/capture_frame", self._on_capture_frame,
-                            callback_group=services)
+        self.create_service(CaptureFrame, "~/capture_frame", self._on_capture_frame, callback_group=services)
         self.create_service(Trigger, "~/stop", self._on_stop, callback_group=services)
-        self.create_service(GetCaptureStatus, "~/get_status", self._on_get_status,
-                            callback_group=services)
-        self.create_timer(KEYFRAME_CHECK_PERIOD_S, self._on_keyframe_timer,
-                          callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(GetCaptureStatus, "~/get_status", self._on_get_status, callback_group=services)
+        self.create_timer(
+            KEYFRAME_CHECK_PERIOD_S, self._on_keyframe_timer, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         with self._state:
             self._publish_status()
         self.get_logger().info(
             f"ready: images on {self.resolve_topic_name(IMAGE_TOPIC)}"
             f"{', depth' if self.use_depth else ''}{', masks' if self.mask_topic else ''}; "
-            f"poses from {self.pose_source.description}; datasets under {self.data_root.resolve()}")
+            f"poses from {self.pose_source.description}; datasets under {self.data_root.resolve()}"
+        )
 
     def _declare_parameters(self) -> dict:
         def declare(name, default, description):
-            return self.declare_parameter(
-                name, default, ParameterDescriptor(description=description)).value
+            return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
 
         return {
-            "data_root": declare("data_root", "data",
-                                 "datasets are written to <data_root>/<object_name>/"),
-            "use_depth": declare("use_depth", False,
-                                 f"record depth from {DEPTH_TOPIC} (32FC1 m or 16UC1 mm, same stamp "
-                                 "as the colour image)"),
-            "mask_topic": declare("mask_topic", "",
-                                  "mono8 object masks (255 = object) with the colour image's stamp; "
-                                  "empty = no masks"),
-            "pose_source": declare("pose_source", "topic",
-                                   "where camera poses come from: 'topic' (pose_topic) or 'tf'"),
-            "pose_topic": declare("pose_topic", "camera/pose",
-                                  "geometry_msgs/PoseStamped of the camera optical frame in "
-                                  "base_frame (pose_source: topic)"),
-            "base_frame": declare("base_frame", "panda_link0",
-                                  "frame the camera poses are expressed in (the robot base)"),
-            "camera_frame": declare("camera_frame", "",
-                                    "camera optical frame for TF lookups; empty = the image's "
-                                    "header.frame_id"),
-            "pose_timeout_s": declare("pose_timeout_s", 0.5,
-                                      "how long to wait for the camera pose at an image's stamp "
-                                      "(on top of ~/capture_frame's wait for the image)"),
-            "max_interpolation_gap_s": declare("max_interpolation_gap_s", 0.2,
-                                               "largest gap between the two poses an image stamp "
-                                               "may be interpolated between (pose_source: topic)"),
-            "max_pose_lag_s": declare("max_pose_lag_s", 0.0,
-                                      "an image at most this much newer than the newest pose "
-                                      "takes that pose (pose_source: topic)"),
-            "keyframe_min_translation_m": declare("keyframe_min_translation_m", 0.05,
-                                                  "automatic keyframes: keep a frame once the "
-                                                  "camera moved this far (0 = ignore)"),
-            "keyframe_min_rotation_deg": declare("keyframe_min_rotation_deg", 10.0,
-                                                 "automatic keyframes: keep a frame once the "
-                                                 "camera turned this much (0 = ignore)"),
-            "capture_timeout_s": declare("capture_timeout_s", 2.0,
-                                         "~/capture_frame waits this long when the request's "
-                                         "timeout_s is 0"),
+            "data_root": declare("data_root", "data", "datasets are written to <data_root>/<object_name>/"),
+            "use_depth": declare(
+                "use_depth",
+                False,
+                f"record depth from {DEPTH_TOPIC} (32FC1 m or 16UC1 mm, same stamp as the colour image)",
+            ),
+            "mask_topic": declare(
+                "mask_topic", "", "mono8 object masks (255 = object) with the colour image's stamp; empty = no masks"
+            ),
+            "pose_source": declare(
+                "pose_source", "topic", "where camera poses come from: 'topic' (pose_topic) or 'tf'"
+            ),
+            "pose_topic": declare(
+                "pose_topic",
+                "camera/pose",
+                "geometry_msgs/PoseStamped of the camera optical frame in base_frame (pose_source: topic)",
+            ),
+            "base_frame": declare(
+                "base_frame", "panda_link0", "frame the camera poses are expressed in (the robot base)"
+            ),
+            "camera_frame": declare(
+                "camera_frame", "", "camera optical frame for TF lookups; empty = the image's header.frame_id"
+            ),
+            "pose_timeout_s": declare(
+                "pose_timeout_s",
+                0.5,
+                "how long to wait for the camera pose at an image's stamp "
+                "(on top of ~/capture_frame's wait for the image)",
+            ),
+            "max_interpolation_gap_s": declare(
+                "max_interpolation_gap_s",
+                0.2,
+                "largest gap between the two poses an image stamp may be interpolated between (pose_source: topic)",
+            ),
+            "max_pose_lag_s": declare(
+                "max_pose_lag_s",
+                0.0,
+                "an image at most this much newer than the newest pose takes that pose (pose_source: topic)",
+            ),
+            "keyframe_min_translation_m": declare(
+                "keyframe_min_translation_m",
+                0.05,
+                "automatic keyframes: keep a frame once the camera moved this far (0 = ignore)",
+            ),
+            "keyframe_min_rotation_deg": declare(
+                "keyframe_min_rotation_deg",
+                10.0,
+                "automatic keyframes: keep a frame once the camera turned this much (0 = ignore)",
+            ),
+            "capture_timeout_s": declare(
+                "capture_timeout_s", 2.0, "~/capture_frame waits this long when the request's timeout_s is 0"
+            ),
         }
 
     # ---- sensor callbacks ------------------------------------------------------------------
@@ -219,8 +248,7 @@ class CaptureNode(Node):
             s.frames_rejected = self._session.frames_rejected
         self._status_pub.publish(s)
 
-    def _record_error(self, message: str, session: _Session | None = None,
-                      throttle_log: bool = False) -> None:
+    def _record_error(self, message: str, session: _Session | None = None, throttle_log: bool = False) -> None:
         """Put a refusal in status.last_error (and count a rejected frame when a session is given)."""
         with self._state:
             if session is not None and session is self._session:
@@ -249,36 +277,47 @@ class CaptureNode(Node):
         response.success = True
         response.dataset_path = str(session.path)
         response.frames_in_dataset = session.writer.frame_count
-        response.message = (f"capturing {session.object_name!r} into {session.path} "
-                            f"({session.writer.frame_count} frames already there)")
+        response.message = (
+            f"capturing {session.object_name!r} into {session.path} ({session.writer.frame_count} frames already there)"
+        )
         self.get_logger().info(response.message)
         return response
 
     def _open_session(self, request) -> _Session:
         with self._state:
             if self._session is not None:
-                raise CaptureError(f"already capturing {self._session.object_name!r}; "
-                                   "call ~/stop first")
+                raise CaptureError(f"already capturing {self._session.object_name!r}; call ~/stop first")
             path = object_dataset_path(self.data_root, request.object_name)
             resuming = (path / MANIFEST_NAME).exists()
             if resuming and not request.resume:
-                raise CaptureError(f"{path} already holds a dataset; set resume to add frames "
-                                   "to it, or choose another object name")
+                raise CaptureError(
+                    f"{path} already holds a dataset; set resume to add frames to it, or choose another object name"
+                )
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            metadata = {"object_name": request.object_name, "base_frame": self.base_frame,
-                        "pose_source": self.pose_source_name, "last_start_time": now}
+            metadata = {
+                "object_name": request.object_name,
+                "base_frame": self.base_frame,
+                "pose_source": self.pose_source_name,
+                "last_start_time": now,
+            }
             if not resuming:
                 metadata.update(start_time=now, camera_frame=self.camera_frame)
             writer = DatasetWriter(path, metadata, resume=request.resume)
             recorded = writer.metadata
             if resuming and recorded.get("base_frame", self.base_frame) != self.base_frame:
-                raise CaptureError(f"{path} was captured in base frame {recorded['base_frame']!r}, "
-                                   f"this node uses {self.base_frame!r}: poses would not agree")
+                raise CaptureError(
+                    f"{path} was captured in base frame {recorded['base_frame']!r}, "
+                    f"this node uses {self.base_frame!r}: poses would not agree"
+                )
             keyframes = KeyframeSelector(*self.keyframe_thresholds) if request.auto_keyframes else None
             self._session = _Session(
-                object_name=request.object_name, path=path, writer=writer,
+                object_name=request.object_name,
+                path=path,
+                writer=writer,
                 camera_frame=self.camera_frame or recorded.get("camera_frame", ""),
-                newest_used_ns=self.get_clock().now().nanoseconds, keyframes=keyframes)
+                newest_used_ns=self.get_clock().now().nanoseconds,
+                keyframes=keyframes,
+            )
             self._status = CaptureStatus()
             self._publish_status()
             return self._session
@@ -296,8 +335,10 @@ class CaptureNode(Node):
             self._status.frames_captured = session.writer.frame_count
             self._publish_status()
         response.success = True
-        response.message = (f"stopped {session.object_name!r}: {session.writer.frame_count} frames "
-                            f"in {session.path} ({session.frames_rejected} rejected this session)")
+        response.message = (
+            f"stopped {session.object_name!r}: {session.writer.frame_count} frames "
+            f"in {session.path} ({session.frames_rejected} rejected this session)"
+        )
         self.get_logger().info(response.message)
         return response
 
@@ -305,9 +346,11 @@ class CaptureNode(Node):
 
     def _complete_stamps_after(self, after_ns: int) -> list[int]:
         """Stamps newer than ``after_ns`` whose image has every companion stream (self._state held)."""
-        return sorted(s for s in self._images if s > after_ns
-                      and (not self.use_depth or s in self._depths)
-                      and (not self.mask_topic or s in self._masks))
+        return sorted(
+            s
+            for s in self._images
+            if s > after_ns and (not self.use_depth or s in self._depths) and (not self.mask_topic or s in self._masks)
+        )
 
     def _on_capture_frame(self, request, response):
         requested_ns = self.get_clock().now().nanoseconds
@@ -338,8 +381,7 @@ class CaptureNode(Node):
                     continue
                 return self._write_frame(session, stamp, self.pose_timeout_s)
 
-    def _wait_for_complete_image(self, session: _Session, requested_ns: int, deadline: float,
-                                 timeout_s: float) -> int:
+    def _wait_for_complete_image(self, session: _Session, requested_ns: int, deadline: float, timeout_s: float) -> int:
         """Block (self._state held) until a complete unused image exists; its stamp, or CaptureError."""
         while True:
             if self._session is not session:
@@ -357,24 +399,28 @@ class CaptureNode(Node):
     def _no_image_reason(self, requested_ns: int, timeout_s: float) -> str:
         newer = [s for s in self._images if s >= requested_ns]
         if not self._images:
-            return (f"no image received on {self.resolve_topic_name(IMAGE_TOPIC)} "
-                    f"(waited {timeout_s:.1f} s)")
+            return f"no image received on {self.resolve_topic_name(IMAGE_TOPIC)} (waited {timeout_s:.1f} s)"
         if not newer:
             lag = (requested_ns - max(self._images)) / 1e9
-            return (f"no image stamped at or after the request within {timeout_s:.1f} s (the "
-                    f"newest image is stamped {lag:.2f} s before it: camera stalled, or its "
-                    "clock differs from this node's)")
+            return (
+                f"no image stamped at or after the request within {timeout_s:.1f} s (the "
+                f"newest image is stamped {lag:.2f} s before it: camera stalled, or its "
+                "clock differs from this node's)"
+            )
         missing = []
         if self.use_depth and not any(s in self._depths for s in newer):
             missing.append(f"a depth image on {self.resolve_topic_name(DEPTH_TOPIC)}")
         if self.mask_topic and not any(s in self._masks for s in newer):
             missing.append(f"a mask on {self.resolve_topic_name(self.mask_topic)}")
-        return (f"{len(newer)} image(s) arrived after the request but none had "
-                f"{' and '.join(missing) or 'all companion images'} with the same stamp "
-                f"(waited {timeout_s:.1f} s)")
+        return (
+            f"{len(newer)} image(s) arrived after the request but none had "
+            f"{' and '.join(missing) or 'all companion images'} with the same stamp "
+            f"(waited {timeout_s:.1f} s)"
+        )
 
-    def _write_frame(self, session: _Session, stamp_ns: int, pose_timeout_s: float,
-                     keyframe_only: bool = False) -> tuple[int, int] | None:
+    def _write_frame(
+        self, session: _Session, stamp_ns: int, pose_timeout_s: float, keyframe_only: bool = False
+    ) -> tuple[int, int] | None:
         """Convert, pose and write the image at ``stamp_ns`` (self._write_lock held).
 
         Returns (index, stamp), or None when ``keyframe_only`` and the camera has not moved
@@ -390,19 +436,22 @@ class CaptureNode(Node):
             session.newest_used_ns = max(session.newest_used_ns, stamp_ns)
         try:
             if image is None:
-                raise CaptureError("the image left the cache before it could be written "
-                                   "(the node is falling behind the camera)")
+                raise CaptureError(
+                    "the image left the cache before it could be written (the node is falling behind the camera)"
+                )
             if info is None:
-                raise CaptureError(f"no CameraInfo received yet on "
-                                   f"{self.resolve_topic_name(CAMERA_INFO_TOPIC)}")
+                raise CaptureError(f"no CameraInfo received yet on {self.resolve_topic_name(CAMERA_INFO_TOPIC)}")
             intrinsics = camera_info_to_intrinsics(info)
             if (image.width, image.height) != (intrinsics.width, intrinsics.height):
-                raise CaptureError(f"image is {image.width}x{image.height} but the CameraInfo "
-                                   f"says {intrinsics.width}x{intrinsics.height}")
+                raise CaptureError(
+                    f"image is {image.width}x{image.height} but the CameraInfo "
+                    f"says {intrinsics.width}x{intrinsics.height}"
+                )
             camera_frame = self._camera_frame_of(image)
             if session.camera_frame and camera_frame != session.camera_frame:
-                raise CaptureError(f"image frame_id {camera_frame!r} is not this capture's camera "
-                                   f"frame {session.camera_frame!r}")
+                raise CaptureError(
+                    f"image frame_id {camera_frame!r} is not this capture's camera frame {session.camera_frame!r}"
+                )
             pose = self.pose_source.pose_at(stamp_ns, camera_frame, pose_timeout_s)
             if keyframe_only and not session.keyframes.is_keyframe(pose):
                 return None
@@ -412,11 +461,11 @@ class CaptureNode(Node):
             if not session.camera_frame:
                 session.camera_frame = camera_frame
                 session.writer.update_metadata(camera_frame=camera_frame)
-            index = session.writer.add_frame(rgb, pose, intrinsics, stamp_ns=stamp_ns,
-                                             depth_m=depth, mask=mask)
+            index = session.writer.add_frame(rgb, pose, intrinsics, stamp_ns=stamp_ns, depth_m=depth, mask=mask)
         except (NerfDescriptorError, ValueError, OSError) as exc:
-            self._record_error(f"frame stamped {stamp_ns / 1e9:.3f} s refused: {exc}", session,
-                               throttle_log=keyframe_only)
+            self._record_error(
+                f"frame stamped {stamp_ns / 1e9:.3f} s refused: {exc}", session, throttle_log=keyframe_only
+            )
             raise
         if session.keyframes is not None:
             session.keyframes.mark_kept(pose)
@@ -441,15 +490,13 @@ class CaptureNode(Node):
             session = self._session
             if session is None or session.keyframes is None:
                 return
-            candidates = [(stamp, self._images[stamp])
-                          for stamp in self._complete_stamps_after(session.newest_used_ns)]
+            candidates = [(stamp, self._images[stamp]) for stamp in self._complete_stamps_after(session.newest_used_ns)]
         for stamp, image in candidates:
             # Give the pose of a fresh image its time to arrive, without holding the write lock;
             # a pose that never comes is refused (with the reason) by _write_frame below.
             age_s = (self.get_clock().now().nanoseconds - stamp) / 1e9
             try:
-                self.pose_source.pose_at(stamp, self._camera_frame_of(image),
-                                         max(0.0, self.pose_timeout_s - age_s))
+                self.pose_source.pose_at(stamp, self._camera_frame_of(image), max(0.0, self.pose_timeout_s - age_s))
             except (NerfDescriptorError, ValueError):
                 pass
             with self._write_lock:

@@ -20,6 +20,7 @@ Only the newest image is kept: callbacks overwrite one slot and a worker thread 
 camera faster than the network makes the node skip frames, never queue them (latency stays one
 network pass, memory stays flat).
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,22 +42,38 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
+from nerf_descriptor_ros.data.dataset import Dataset
+from nerf_descriptor_ros.descriptors.inference import COMPILE_MODES, DescriptorEngine
+from nerf_descriptor_ros.descriptors.model import MANIFEST_NAME, load_model
+from nerf_descriptor_ros.descriptors.projection import DescriptorProjection, fit_projection
+from nerf_descriptor_ros.descriptors.training import resolve_device
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.keypoints.definition import (
+    KEYPOINTS_NAME,
+    KeypointSet,
+    KeypointSpec,
+    calibrate_keypoints,
+    define_keypoint,
+    define_keypoints,
+    load_keypoint_specs,
+)
+from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints
+from nerf_descriptor_ros.keypoints.matching import (
+    REFINEMENTS,
+    KeypointMatchingConfig,
+    match_keypoints,
+    model_max_distance,
+)
 from nerf_descriptor_ros.msg import KeypointMatch, KeypointMatches
+from nerf_descriptor_ros.ros.conversions import (
+    array_to_image,
+    camera_info_to_intrinsics,
+    image_to_depth_m,
+    image_to_rgb8,
+    stamp_to_ns,
+)
+from nerf_descriptor_ros.ros.node_runner import run_node
 from nerf_descriptor_ros.srv import SetGraspPoint
-
-from ..dataset import Dataset
-from ..descriptors.inference import COMPILE_MODES, DescriptorEngine
-from ..descriptors.model import MANIFEST_NAME, load_model
-from ..descriptors.projection import DescriptorProjection, fit_projection
-from ..descriptors.training import resolve_device
-from ..errors import NerfDescriptorError
-from ..grasp_points import auto_grasp_keypoints
-from ..keypoints import (KEYPOINTS_NAME, KeypointSet, KeypointSpec, calibrate_keypoints,
-                         define_keypoint, define_keypoints, load_keypoint_specs)
-from ..matching import REFINEMENTS, KeypointMatchingConfig, match_keypoints, model_max_distance
-from ..ros_conversions import (array_to_image, camera_info_to_intrinsics, image_to_depth_m,
-                               image_to_rgb8, stamp_to_ns)
-from .run import run_node
 
 IMAGE_TOPIC = "camera/color/image_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
@@ -77,13 +94,14 @@ class DescriptorNode(Node):
         super().__init__("descriptor", **kwargs)
         p = self._declare_parameters()
         if not p["model_dir"]:
-            raise DescriptorNodeError("parameter model_dir is empty: give the folder of an exported "
-                                      "model (train one with `nerf-descriptor train-descriptors`)")
+            raise DescriptorNodeError(
+                "parameter model_dir is empty: give the folder of an exported "
+                "model (train one with `nerf-descriptor train-descriptors`)"
+            )
         if p["compile"] not in COMPILE_MODES:
             raise DescriptorNodeError(f"parameter compile is {p['compile']!r}; use one of {COMPILE_MODES}")
         if p["refinement"] not in REFINEMENTS:
-            raise DescriptorNodeError(f"parameter refinement is {p['refinement']!r}; "
-                                      f"use one of {REFINEMENTS}")
+            raise DescriptorNodeError(f"parameter refinement is {p['refinement']!r}; use one of {REFINEMENTS}")
         if not 0.0 < p["dense_scale"] <= 1.0:
             raise DescriptorNodeError(f"dense_scale must be in (0, 1], got {p['dense_scale']}")
         if p["cpu_threads"] > 0:
@@ -97,10 +115,13 @@ class DescriptorNode(Node):
         self.dataset_path = p["dataset"] or info.get("dataset") or ""
         self.nerf_path = p["nerf_checkpoint"] or info.get("nerf_checkpoint") or ""
         self.matching = KeypointMatchingConfig(
-            p["refinement"], p["soft_argmax_window_px"], p["temperature"],
+            p["refinement"],
+            p["soft_argmax_window_px"],
+            p["temperature"],
             p["max_descriptor_distance"] or model_max_distance(model.manifest),
             calibrated=p["max_descriptor_distance"] == 0.0,
-            confidence_radius_px=p["confidence_radius_px"])
+            confidence_radius_px=p["confidence_radius_px"],
+        )
         self.publish_dense = p["publish_dense"]
         self.dense_scale = p["dense_scale"]
         self.publish_visualization = p["publish_visualization"]
@@ -112,93 +133,118 @@ class DescriptorNode(Node):
         self.keypoints = self._load_keypoints(p["keypoints_file"], p["auto_keypoints"])
         self.projection = self._load_projection() if self.publish_visualization else None
 
-        self._state = threading.Condition()   # guards the slots below
+        self._state = threading.Condition()  # guards the slots below
         self._newest_image: Image | None = None
         self._depths: OrderedDict[int, Image] = OrderedDict()
         self._camera_info: CameraInfo | None = None
         self._running = True
 
         sensors = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, IMAGE_TOPIC, self._on_image, qos_profile_sensor_data,
-                                 callback_group=sensors)
+        self.create_subscription(Image, IMAGE_TOPIC, self._on_image, qos_profile_sensor_data, callback_group=sensors)
         if self.use_depth:
-            self.create_subscription(Image, DEPTH_TOPIC, self._on_depth, qos_profile_sensor_data,
-                                     callback_group=sensors)
-            self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info,
-                                     qos_profile_sensor_data, callback_group=sensors)
-        self._dense_pub = (self.create_publisher(Image, "descriptors/image", qos_profile_sensor_data)
-                           if self.publish_dense else None)
-        self._visualization_pub = (self.create_publisher(Image, "descriptors/visualization",
-                                                         qos_profile_sensor_data)
-                                   if self.publish_visualization else None)
+            self.create_subscription(
+                Image, DEPTH_TOPIC, self._on_depth, qos_profile_sensor_data, callback_group=sensors
+            )
+            self.create_subscription(
+                CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
+            )
+        self._dense_pub = (
+            self.create_publisher(Image, "descriptors/image", qos_profile_sensor_data) if self.publish_dense else None
+        )
+        self._visualization_pub = (
+            self.create_publisher(Image, "descriptors/visualization", qos_profile_sensor_data)
+            if self.publish_visualization
+            else None
+        )
         self._matches_pub = self.create_publisher(KeypointMatches, "keypoints/matches", 10)
         self._markers_pub = self.create_publisher(MarkerArray, "keypoints/markers", 10)
         self._errors_pub = self.create_publisher(String, "~/errors", 10)
-        self.create_service(SetGraspPoint, "~/set_grasp_point", self._on_set_grasp_point,
-                            callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(
+            SetGraspPoint,
+            "~/set_grasp_point",
+            self._on_set_grasp_point,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
         self._worker = threading.Thread(target=self._work, name="descriptor_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
             f"ready: {self.engine.description}; keypoints {self.keypoints.names or 'none yet'}; "
             f"images on {self.resolve_topic_name(IMAGE_TOPIC)}"
             f"{', depth and camera info' if self.use_depth else ''}; not found beyond descriptor "
-            f"distance {self.matching.max_distance:.3f}")
+            f"distance {self.matching.max_distance:.3f}"
+        )
 
     def _declare_parameters(self) -> dict:
         def declare(name, default, description):
-            return self.declare_parameter(
-                name, default, ParameterDescriptor(description=description)).value
+            return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
 
         return {
-            "model_dir": declare("model_dir", "", "folder of the exported descriptor model "
-                                 "(manifest.json); keypoints.json is stored beside it"),
-            "keypoints_file": declare("keypoints_file", "",
-                                      "keypoints to locate: '' = keypoints.json beside the model "
-                                      "(where ~/set_grasp_point stores them), or a YAML file of "
-                                      "name/image_index/u/v (config/keypoints_example.yaml), "
-                                      "defined at start-up"),
-            "auto_keypoints": declare("auto_keypoints", 0,
-                                      "when no keypoint is defined, choose this many automatically "
-                                      "(the first, 'grasp', at the object's top centre) and store "
-                                      "them; 0 = wait for ~/set_grasp_point"),
-            "dataset": declare("dataset", "", "the model's training dataset, to define keypoints on; "
-                               "'' = the one named in the model's manifest"),
-            "nerf_checkpoint": declare("nerf_checkpoint", "",
-                                       "NeRF giving keypoints their 3D point when the dataset has "
-                                       "no depth; '' = the one named in the model's manifest"),
+            "model_dir": declare(
+                "model_dir",
+                "",
+                "folder of the exported descriptor model (manifest.json); keypoints.json is stored beside it",
+            ),
+            "keypoints_file": declare(
+                "keypoints_file",
+                "",
+                "keypoints to locate: '' = keypoints.json beside the model "
+                "(where ~/set_grasp_point stores them), or a YAML file of "
+                "name/image_index/u/v (config/keypoints_example.yaml), "
+                "defined at start-up",
+            ),
+            "auto_keypoints": declare(
+                "auto_keypoints",
+                0,
+                "when no keypoint is defined, choose this many automatically "
+                "(the first, 'grasp', at the object's top centre) and store "
+                "them; 0 = wait for ~/set_grasp_point",
+            ),
+            "dataset": declare(
+                "dataset",
+                "",
+                "the model's training dataset, to define keypoints on; '' = the one named in the model's manifest",
+            ),
+            "nerf_checkpoint": declare(
+                "nerf_checkpoint",
+                "",
+                "NeRF giving keypoints their 3D point when the dataset has "
+                "no depth; '' = the one named in the model's manifest",
+            ),
             "device": declare("device", "auto", "auto (CUDA when available), cpu, cuda or cuda:N"),
             "half_precision": declare("half_precision", True, "fp16 network on CUDA (ignored on CPU)"),
-            "channels_last": declare("channels_last", True,
-                                     "channels-last memory format on CUDA (ignored on CPU)"),
-            "compile": declare("compile", "none",
-                               "none, torchscript (torch.jit.trace) or torch_compile"),
+            "channels_last": declare("channels_last", True, "channels-last memory format on CUDA (ignored on CPU)"),
+            "compile": declare("compile", "none", "none, torchscript (torch.jit.trace) or torch_compile"),
             "cpu_threads": declare("cpu_threads", 0, "torch CPU threads; 0 = torch's default"),
-            "publish_dense": declare("publish_dense", True,
-                                     "publish descriptors/image (32FC<D>)"),
-            "dense_scale": declare("dense_scale", 0.5,
-                                   "descriptors/image size as a fraction of the camera image's "
-                                   "(1 = full resolution)"),
-            "publish_visualization": declare("publish_visualization", True,
-                                             "publish descriptors/visualization (rgb8)"),
-            "use_depth": declare("use_depth", True,
-                                 f"subscribe {DEPTH_TOPIC} and {CAMERA_INFO_TOPIC} to give "
-                                 "keypoints a 3D point"),
-            "depth_wait_s": declare("depth_wait_s", 0.05,
-                                    "how long to wait for the depth image with the colour image's "
-                                    "stamp before matching without 3D points"),
-            "refinement": declare("refinement", "soft_argmax",
-                                  "keypoint match refinement: none (arg-min) or soft_argmax"),
-            "soft_argmax_window_px": declare("soft_argmax_window_px", 3,
-                                             "soft-argmax window half-size in descriptor pixels"),
-            "temperature": declare("temperature", 1.0,
-                                   "match heatmap exp(-|q - d|^2 / temperature)"),
-            "max_descriptor_distance": declare("max_descriptor_distance", 0.0,
-                                               "a keypoint whose best match is farther is not "
-                                               "found; 0 = each keypoint's own distance, measured "
-                                               "on the training views (else the model's margin)"),
-            "confidence_radius_px": declare("confidence_radius_px", 2.0,
-                                            "confidence = heatmap mass within this many descriptor "
-                                            "pixels of the match"),
+            "publish_dense": declare("publish_dense", True, "publish descriptors/image (32FC<D>)"),
+            "dense_scale": declare(
+                "dense_scale", 0.5, "descriptors/image size as a fraction of the camera image's (1 = full resolution)"
+            ),
+            "publish_visualization": declare("publish_visualization", True, "publish descriptors/visualization (rgb8)"),
+            "use_depth": declare(
+                "use_depth", True, f"subscribe {DEPTH_TOPIC} and {CAMERA_INFO_TOPIC} to give keypoints a 3D point"
+            ),
+            "depth_wait_s": declare(
+                "depth_wait_s",
+                0.05,
+                "how long to wait for the depth image with the colour image's stamp before matching without 3D points",
+            ),
+            "refinement": declare(
+                "refinement", "soft_argmax", "keypoint match refinement: none (arg-min) or soft_argmax"
+            ),
+            "soft_argmax_window_px": declare(
+                "soft_argmax_window_px", 3, "soft-argmax window half-size in descriptor pixels"
+            ),
+            "temperature": declare("temperature", 1.0, "match heatmap exp(-|q - d|^2 / temperature)"),
+            "max_descriptor_distance": declare(
+                "max_descriptor_distance",
+                0.0,
+                "a keypoint whose best match is farther is not "
+                "found; 0 = each keypoint's own distance, measured "
+                "on the training views (else the model's margin)",
+            ),
+            "confidence_radius_px": declare(
+                "confidence_radius_px", 2.0, "confidence = heatmap mass within this many descriptor pixels of the match"
+            ),
             "marker_scale_m": declare("marker_scale_m", 0.01, "keypoint marker diameter in metres"),
         }
 
@@ -207,8 +253,9 @@ class DescriptorNode(Node):
     def _load_dataset(self) -> Dataset:
         if self._dataset is None:
             if not self.dataset_path:
-                raise DescriptorNodeError("no dataset to define keypoints on: set the dataset "
-                                          "parameter (the model's manifest names none)")
+                raise DescriptorNodeError(
+                    "no dataset to define keypoints on: set the dataset parameter (the model's manifest names none)"
+                )
             self._dataset = Dataset.load(self.dataset_path)
         return self._dataset
 
@@ -216,7 +263,8 @@ class DescriptorNode(Node):
         """The NeRF for keypoint depth, only where the dataset has no depth of its own."""
         dataset = self._load_dataset()
         if self._nerf is None and not dataset.has_depth and self.nerf_path and Path(self.nerf_path).is_file():
-            from ..nerf import load_nerf
+            from nerf_descriptor_ros.nerf import load_nerf
+
             self._nerf = load_nerf(self.nerf_path, dataset=dataset)
         return self._nerf
 
@@ -225,17 +273,20 @@ class DescriptorNode(Node):
         if keypoints_file.endswith((".yaml", ".yml")):
             specs = load_keypoint_specs(keypoints_file)
             dataset = self._load_dataset()
-            return define_keypoints(self.engine.describe, dataset, specs,
-                                    KeypointSet.for_model(model, dataset), self._load_nerf())
+            return define_keypoints(
+                self.engine.describe, dataset, specs, KeypointSet.for_model(model, dataset), self._load_nerf()
+            )
         keypoints = KeypointSet.load(model, keypoints_file or self.model_dir / KEYPOINTS_NAME)
         if len(keypoints) == 0 and auto_count > 0:
             dataset = self._load_dataset()
-            keypoints, choice = auto_grasp_keypoints(dataset, model, self._load_nerf(), auto_count,
-                                                     describe=self.engine.describe,
-                                                     matching=self.matching)
+            keypoints, choice = auto_grasp_keypoints(
+                dataset, model, self._load_nerf(), auto_count, describe=self.engine.describe, matching=self.matching
+            )
             path = keypoints.save(self.model_dir)
-            self.get_logger().info(f"keypoints {keypoints.names} chosen automatically, stored in "
-                                   f"{path}; the grasp point is {choice.summary()}")
+            self.get_logger().info(
+                f"keypoints {keypoints.names} chosen automatically, stored in "
+                f"{path}; the grasp point is {choice.summary()}"
+            )
         return keypoints
 
     def _load_projection(self) -> DescriptorProjection | None:
@@ -254,8 +305,9 @@ class DescriptorNode(Node):
         count = min(PROJECTION_FIT_IMAGES, len(train))
         picks = [train[i] for i in np.linspace(0, len(train) - 1, count).astype(int)]
         images = (dataset.frames[i].load_image() for i in picks)
-        projection = fit_projection((self.engine.describe(rgb) for rgb in images), sha,
-                                    f"{len(picks)} training images of {dataset.root}")
+        projection = fit_projection(
+            (self.engine.describe(rgb) for rgb in images), sha, f"{len(picks)} training images of {dataset.root}"
+        )
         try:
             projection.save(self.model_dir)
         except OSError as exc:
@@ -266,7 +318,7 @@ class DescriptorNode(Node):
 
     def _on_image(self, msg: Image) -> None:
         with self._state:
-            self._newest_image = msg      # an unprocessed older image is dropped here
+            self._newest_image = msg  # an unprocessed older image is dropped here
             self._state.notify_all()
 
     def _on_depth(self, msg: Image) -> None:
@@ -297,8 +349,7 @@ class DescriptorNode(Node):
             try:
                 self._process(image)
             except Exception as exc:  # never let one image end the worker
-                self._report_error(f"image stamped {stamp_to_ns(image.header.stamp) / 1e9:.3f} s "
-                                   f"not processed: {exc}")
+                self._report_error(f"image stamped {stamp_to_ns(image.header.stamp) / 1e9:.3f} s not processed: {exc}")
 
     def _depth_for(self, image: Image):
         """(depth in metres or None, intrinsics or None) for the image; problems are reported."""
@@ -319,9 +370,11 @@ class DescriptorNode(Node):
         try:
             intrinsics = camera_info_to_intrinsics(info)
             if (intrinsics.width, intrinsics.height) != (image.width, image.height):
-                raise DescriptorNodeError(f"the CameraInfo is for {intrinsics.width}x"
-                                          f"{intrinsics.height} images, the colour image is "
-                                          f"{image.width}x{image.height}")
+                raise DescriptorNodeError(
+                    f"the CameraInfo is for {intrinsics.width}x"
+                    f"{intrinsics.height} images, the colour image is "
+                    f"{image.width}x{image.height}"
+                )
             return image_to_depth_m(depth_msg), intrinsics
         except (ValueError, NerfDescriptorError) as exc:
             self._report_error(f"matching without 3D points: {exc}")
@@ -336,20 +389,24 @@ class DescriptorNode(Node):
             return
         depth, intrinsics = self._depth_for(image)
         keypoints = self.keypoints
-        locations = match_keypoints(descriptors, keypoints, (image.width, image.height), depth,
-                                    intrinsics, self.matching) if len(keypoints) else []
+        locations = (
+            match_keypoints(descriptors, keypoints, (image.width, image.height), depth, intrinsics, self.matching)
+            if len(keypoints)
+            else []
+        )
         self._matches_pub.publish(self._matches_msg(image.header, locations))
         self._markers_pub.publish(self._markers_msg(image.header, keypoints.names, locations))
         if self._dense_pub is not None:
-            size = (max(1, round(image.height * self.dense_scale)),
-                    max(1, round(image.width * self.dense_scale)))
+            size = (max(1, round(image.height * self.dense_scale)), max(1, round(image.width * self.dense_scale)))
             dense = F.interpolate(descriptors[None], size=size, mode="bilinear", align_corners=False)[0]
-            self._dense_pub.publish(array_to_image(dense.permute(1, 2, 0).cpu().numpy(),
-                                                   f"32FC{descriptors.shape[0]}", image.header))
+            self._dense_pub.publish(
+                array_to_image(dense.permute(1, 2, 0).cpu().numpy(), f"32FC{descriptors.shape[0]}", image.header)
+            )
         if self._visualization_pub is not None:
             if self.projection is None:
-                self.projection = fit_projection([descriptors], self.engine.model.manifest["weights_sha256"],
-                                                 "the first camera image")
+                self.projection = fit_projection(
+                    [descriptors], self.engine.model.manifest["weights_sha256"], "the first camera image"
+                )
             colours = self.projection.to_rgb(descriptors)
             self._visualization_pub.publish(array_to_image(colours, "rgb8", image.header))
 
@@ -357,12 +414,17 @@ class DescriptorNode(Node):
     def _matches_msg(header, locations) -> KeypointMatches:
         msg = KeypointMatches(header=header)
         for loc in locations:
-            match = KeypointMatch(name=loc.name, found=loc.found, u=loc.u, v=loc.v,
-                                  descriptor_distance=loc.distance, confidence=loc.confidence,
-                                  has_point=loc.point_cam is not None)
+            match = KeypointMatch(
+                name=loc.name,
+                found=loc.found,
+                u=loc.u,
+                v=loc.v,
+                descriptor_distance=loc.distance,
+                confidence=loc.confidence,
+                has_point=loc.point_cam is not None,
+            )
             if loc.point_cam is not None:
-                match.point = Point(x=float(loc.point_cam[0]), y=float(loc.point_cam[1]),
-                                    z=float(loc.point_cam[2]))
+                match.point = Point(x=float(loc.point_cam[0]), y=float(loc.point_cam[1]), z=float(loc.point_cam[2]))
             msg.keypoints.append(match)
         return msg
 
@@ -377,9 +439,10 @@ class DescriptorNode(Node):
                     m.action = Marker.DELETE
                 else:
                     m.action = Marker.ADD
-                    lift = 1.5 * self.marker_scale_m if j else 0.0   # the label above the sphere
-                    m.pose.position = Point(x=float(loc.point_cam[0]), y=float(loc.point_cam[1]),
-                                            z=float(loc.point_cam[2]) - lift)
+                    lift = 1.5 * self.marker_scale_m if j else 0.0  # the label above the sphere
+                    m.pose.position = Point(
+                        x=float(loc.point_cam[0]), y=float(loc.point_cam[1]), z=float(loc.point_cam[2]) - lift
+                    )
                     m.pose.orientation.w = 1.0
                     m.scale.x = m.scale.y = m.scale.z = self.marker_scale_m
                     m.color.r, m.color.g, m.color.b = (1.0, 1.0, 1.0) if j else (1.0, 0.2, 0.2)
@@ -407,15 +470,18 @@ class DescriptorNode(Node):
             response.success, response.message = False, f"grasp point not set: {exc}"
             self.get_logger().warning(response.message)
             return response
-        self.keypoints = keypoints   # the worker picks the new set up with the next image
+        self.keypoints = keypoints  # the worker picks the new set up with the next image
         response.success = True
         response.has_point = keypoint.point_base is not None
         if response.has_point:
-            response.point = Point(x=float(keypoint.point_base[0]), y=float(keypoint.point_base[1]),
-                                   z=float(keypoint.point_base[2]))
-        response.message = (f"keypoint {spec.name!r} set at ({spec.u:.1f}, {spec.v:.1f}) of frame "
-                            f"{spec.image_index} (3D point from {keypoint.point_source}); "
-                            f"{len(keypoints)} keypoint(s) stored in {path}")
+            response.point = Point(
+                x=float(keypoint.point_base[0]), y=float(keypoint.point_base[1]), z=float(keypoint.point_base[2])
+            )
+        response.message = (
+            f"keypoint {spec.name!r} set at ({spec.u:.1f}, {spec.v:.1f}) of frame "
+            f"{spec.image_index} (3D point from {keypoint.point_source}); "
+            f"{len(keypoints)} keypoint(s) stored in {path}"
+        )
         self.get_logger().info(response.message)
         return response
 

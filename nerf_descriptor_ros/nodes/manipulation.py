@@ -13,6 +13,7 @@ the ``pick_service`` (PickAndLift, the simulator's ``/sim_robot/pick_and_lift``)
 its result; with ``execute: true`` the node does this once by itself, at the first target. While
 a pick runs, matches are ignored (the camera moves with the arm).
 """
+
 from __future__ import annotations
 
 import threading
@@ -28,15 +29,18 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.grasping.planner import GraspConfig, plan_grasp
 from nerf_descriptor_ros.msg import KeypointMatches
+from nerf_descriptor_ros.ros.conversions import (
+    camera_info_to_intrinsics,
+    image_to_depth_m,
+    matrix_to_pose_msg,
+    stamp_to_ns,
+)
+from nerf_descriptor_ros.ros.node_runner import run_node
+from nerf_descriptor_ros.ros.pose_sources import POSE_SOURCES, make_pose_source
 from nerf_descriptor_ros.srv import PickAndLift
-
-from ..errors import NerfDescriptorError
-from ..grasping import GraspConfig, plan_grasp
-from ..pose_source import POSE_SOURCES, make_pose_source
-from ..ros_conversions import (camera_info_to_intrinsics, image_to_depth_m, matrix_to_pose_msg,
-                               stamp_to_ns)
-from .run import run_node
 
 MATCHES_TOPIC = "keypoints/matches"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
@@ -57,15 +61,21 @@ class ManipulationNode(Node):
         super().__init__("manipulation", **kwargs)
         p = self._declare_parameters()
         if p["pose_source"] not in POSE_SOURCES:
-            raise ManipulationError(f"parameter pose_source is {p['pose_source']!r}; use one of "
-                                    f"{', '.join(POSE_SOURCES)}")
+            raise ManipulationError(
+                f"parameter pose_source is {p['pose_source']!r}; use one of {', '.join(POSE_SOURCES)}"
+            )
         if not p["base_frame"] or not p["grasp_keypoint"]:
             raise ManipulationError("parameters base_frame and grasp_keypoint must not be empty")
         if p["approach"] == "keypoints" and not p["approach_keypoint"]:
-            raise ManipulationError("approach 'keypoints' needs approach_keypoint: the keypoint the "
-                                    "gripper comes from")
-        self.grasp_config = GraspConfig(p["approach"], p["max_tilt_deg"], p["normal_radius_m"],
-                                        p["grasp_depth_m"], p["closing_radius_m"], p["closing_slab_m"])
+            raise ManipulationError("approach 'keypoints' needs approach_keypoint: the keypoint the gripper comes from")
+        self.grasp_config = GraspConfig(
+            p["approach"],
+            p["max_tilt_deg"],
+            p["normal_radius_m"],
+            p["grasp_depth_m"],
+            p["closing_radius_m"],
+            p["closing_slab_m"],
+        )
         self.grasp_keypoint = p["grasp_keypoint"]
         self.approach_keypoint = p["approach_keypoint"]
         self.min_confidence = p["min_confidence"]
@@ -83,23 +93,31 @@ class ManipulationNode(Node):
         self._depths: OrderedDict[int, Image] = OrderedDict()
         self._camera_info: CameraInfo | None = None
         self._target: PoseStamped | None = None
-        self._target_received = 0.0       # monotonic time of the newest target
+        self._target_received = 0.0  # monotonic time of the newest target
         self._why_no_target = f"no keypoint matches received on {self.resolve_topic_name(MATCHES_TOPIC)}"
         self._picking = False
         self._executed = False
 
         self.pose_source = make_pose_source(
-            self, p["pose_source"], base_frame=self.base_frame, pose_topic=p["pose_topic"],
-            max_interpolation_gap_s=p["max_interpolation_gap_s"], newest_tolerance_s=p["max_pose_lag_s"],
-            callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_subscription(KeypointMatches, MATCHES_TOPIC, self._on_matches, 10,
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+            self,
+            p["pose_source"],
+            base_frame=self.base_frame,
+            pose_topic=p["pose_topic"],
+            max_interpolation_gap_s=p["max_interpolation_gap_s"],
+            newest_tolerance_s=p["max_pose_lag_s"],
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+        self.create_subscription(
+            KeypointMatches, MATCHES_TOPIC, self._on_matches, 10, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         if self.use_depth:
             sensors = MutuallyExclusiveCallbackGroup()
-            self.create_subscription(Image, DEPTH_TOPIC, self._on_depth, qos_profile_sensor_data,
-                                     callback_group=sensors)
-            self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info,
-                                     qos_profile_sensor_data, callback_group=sensors)
+            self.create_subscription(
+                Image, DEPTH_TOPIC, self._on_depth, qos_profile_sensor_data, callback_group=sensors
+            )
+            self.create_subscription(
+                CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
+            )
         self._target_pub = self.create_publisher(PoseStamped, "grasp/target", 10)
         calls = ReentrantCallbackGroup()
         self._pick_client = self.create_client(PickAndLift, p["pick_service"], callback_group=calls)
@@ -108,63 +126,82 @@ class ManipulationNode(Node):
             f"ready: grasping keypoint {self.grasp_keypoint!r} ({self.grasp_config.approach} approach) "
             f"from {self.resolve_topic_name(MATCHES_TOPIC)}; camera poses from "
             f"{self.pose_source.description}; picks through {self._pick_client.srv_name}"
-            f"{'; executing the first target' if self.execute else ''}")
+            f"{'; executing the first target' if self.execute else ''}"
+        )
 
     def _declare_parameters(self) -> dict:
         def declare(name, default, description):
-            return self.declare_parameter(
-                name, default, ParameterDescriptor(description=description)).value
+            return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
 
         defaults = GraspConfig()
         return {
             "grasp_keypoint": declare("grasp_keypoint", "grasp", "name of the keypoint to grasp at"),
-            "approach": declare("approach", defaults.approach,
-                                "approach direction: normal (local surface normal from depth), "
-                                "keypoints (from approach_keypoint to the grasp keypoint) or top_down"),
-            "approach_keypoint": declare("approach_keypoint", "",
-                                         "approach 'keypoints': the keypoint the gripper comes from"),
-            "max_tilt_deg": declare("max_tilt_deg", defaults.max_tilt_deg,
-                                    "the approach is tilted at most this much from straight down"),
-            "normal_radius_m": declare("normal_radius_m", defaults.normal_radius_m,
-                                       "surface normal from depth points within this distance"),
-            "grasp_depth_m": declare("grasp_depth_m", defaults.grasp_depth_m,
-                                     "the TCP goes this far past the surface point along the approach"),
-            "closing_radius_m": declare("closing_radius_m", defaults.closing_radius_m,
-                                        "fingers close across the narrowest width of the object "
-                                        "points within this distance of the TCP axis ..."),
-            "closing_slab_m": declare("closing_slab_m", defaults.closing_slab_m,
-                                      "... and above the TCP minus this"),
-            "min_confidence": declare("min_confidence", 0.0,
-                                      "matches with a lower confidence make no target"),
-            "use_depth": declare("use_depth", True,
-                                 f"subscribe {DEPTH_TOPIC} and {CAMERA_INFO_TOPIC} for the surface "
-                                 "normal and the object's width (else top-down, fingers along the "
-                                 "image's x axis)"),
-            "pose_source": declare("pose_source", "topic",
-                                   "where camera poses come from: 'topic' (pose_topic) or 'tf'"),
-            "pose_topic": declare("pose_topic", "camera/pose",
-                                  "geometry_msgs/PoseStamped of the camera optical frame in "
-                                  "base_frame (pose_source: topic)"),
+            "approach": declare(
+                "approach",
+                defaults.approach,
+                "approach direction: normal (local surface normal from depth), "
+                "keypoints (from approach_keypoint to the grasp keypoint) or top_down",
+            ),
+            "approach_keypoint": declare(
+                "approach_keypoint", "", "approach 'keypoints': the keypoint the gripper comes from"
+            ),
+            "max_tilt_deg": declare(
+                "max_tilt_deg", defaults.max_tilt_deg, "the approach is tilted at most this much from straight down"
+            ),
+            "normal_radius_m": declare(
+                "normal_radius_m", defaults.normal_radius_m, "surface normal from depth points within this distance"
+            ),
+            "grasp_depth_m": declare(
+                "grasp_depth_m",
+                defaults.grasp_depth_m,
+                "the TCP goes this far past the surface point along the approach",
+            ),
+            "closing_radius_m": declare(
+                "closing_radius_m",
+                defaults.closing_radius_m,
+                "fingers close across the narrowest width of the object "
+                "points within this distance of the TCP axis ...",
+            ),
+            "closing_slab_m": declare("closing_slab_m", defaults.closing_slab_m, "... and above the TCP minus this"),
+            "min_confidence": declare("min_confidence", 0.0, "matches with a lower confidence make no target"),
+            "use_depth": declare(
+                "use_depth",
+                True,
+                f"subscribe {DEPTH_TOPIC} and {CAMERA_INFO_TOPIC} for the surface "
+                "normal and the object's width (else top-down, fingers along the "
+                "image's x axis)",
+            ),
+            "pose_source": declare(
+                "pose_source", "topic", "where camera poses come from: 'topic' (pose_topic) or 'tf'"
+            ),
+            "pose_topic": declare(
+                "pose_topic",
+                "camera/pose",
+                "geometry_msgs/PoseStamped of the camera optical frame in base_frame (pose_source: topic)",
+            ),
             "base_frame": declare("base_frame", "panda_link0", "frame of the grasp targets"),
-            "camera_frame": declare("camera_frame", "",
-                                    "camera optical frame for TF lookups; empty = the matches' "
-                                    "header.frame_id"),
-            "pose_timeout_s": declare("pose_timeout_s", 0.5,
-                                      "how long to wait for the camera pose at a match's stamp"),
-            "max_interpolation_gap_s": declare("max_interpolation_gap_s", 0.2,
-                                               "largest gap between two poses a stamp may be "
-                                               "interpolated between (pose_source: topic)"),
-            "max_pose_lag_s": declare("max_pose_lag_s", 0.0,
-                                      "a stamp at most this much newer than the newest pose takes "
-                                      "that pose (pose_source: topic)"),
-            "max_target_age_s": declare("max_target_age_s", 2.0,
-                                        "~/grasp refuses a target older than this"),
-            "pick_service": declare("pick_service", "/sim_robot/pick_and_lift",
-                                    "the PickAndLift service that executes grasps"),
-            "pre_grasp_distance_m": declare("pre_grasp_distance_m", 0.0,
-                                            "approach length sent with a pick; 0 = the service's default"),
-            "lift_height_m": declare("lift_height_m", 0.0,
-                                     "lift height sent with a pick; 0 = the service's default"),
+            "camera_frame": declare(
+                "camera_frame", "", "camera optical frame for TF lookups; empty = the matches' header.frame_id"
+            ),
+            "pose_timeout_s": declare("pose_timeout_s", 0.5, "how long to wait for the camera pose at a match's stamp"),
+            "max_interpolation_gap_s": declare(
+                "max_interpolation_gap_s",
+                0.2,
+                "largest gap between two poses a stamp may be interpolated between (pose_source: topic)",
+            ),
+            "max_pose_lag_s": declare(
+                "max_pose_lag_s",
+                0.0,
+                "a stamp at most this much newer than the newest pose takes that pose (pose_source: topic)",
+            ),
+            "max_target_age_s": declare("max_target_age_s", 2.0, "~/grasp refuses a target older than this"),
+            "pick_service": declare(
+                "pick_service", "/sim_robot/pick_and_lift", "the PickAndLift service that executes grasps"
+            ),
+            "pre_grasp_distance_m": declare(
+                "pre_grasp_distance_m", 0.0, "approach length sent with a pick; 0 = the service's default"
+            ),
+            "lift_height_m": declare("lift_height_m", 0.0, "lift height sent with a pick; 0 = the service's default"),
             "pick_timeout_s": declare("pick_timeout_s", 120.0, "how long a pick may take"),
             "execute": declare("execute", False, "pick at the first grasp target, once, by itself"),
         }
@@ -193,32 +230,50 @@ class ManipulationNode(Node):
         by_name = {m.name: m for m in msg.keypoints}
         grasp = by_name.get(self.grasp_keypoint)
         if grasp is None:
-            self._no_target(f"the matches have no keypoint {self.grasp_keypoint!r} (they have "
-                            f"{sorted(by_name) or 'none'}): define it with the descriptor node's "
-                            "~/set_grasp_point")
+            self._no_target(
+                f"the matches have no keypoint {self.grasp_keypoint!r} (they have "
+                f"{sorted(by_name) or 'none'}): define it with the descriptor node's "
+                "~/set_grasp_point"
+            )
             return
         if not grasp.found:
-            self._no_target(f"keypoint {self.grasp_keypoint!r} not found in the newest image "
-                            f"(descriptor distance {grasp.descriptor_distance:.3f})")
+            self._no_target(
+                f"keypoint {self.grasp_keypoint!r} not found in the newest image "
+                f"(descriptor distance {grasp.descriptor_distance:.3f})"
+            )
             return
         if not grasp.has_point:
-            self._no_target(f"keypoint {self.grasp_keypoint!r} has no 3D point: the descriptor "
-                            "node gets no depth or camera info")
+            self._no_target(
+                f"keypoint {self.grasp_keypoint!r} has no 3D point: the descriptor node gets no depth or camera info"
+            )
             return
         if grasp.confidence < self.min_confidence:
-            self._no_target(f"keypoint {self.grasp_keypoint!r} found with confidence "
-                            f"{grasp.confidence:.2f} < min_confidence {self.min_confidence:.2f}")
+            self._no_target(
+                f"keypoint {self.grasp_keypoint!r} found with confidence "
+                f"{grasp.confidence:.2f} < min_confidence {self.min_confidence:.2f}"
+            )
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
         try:
-            T_base_cam = self.pose_source.pose_at(stamp_ns, self.camera_frame or msg.header.frame_id,
-                                                  self.pose_timeout_s)
+            T_base_cam = self.pose_source.pose_at(
+                stamp_ns, self.camera_frame or msg.header.frame_id, self.pose_timeout_s
+            )
             depth, intrinsics = self._depth_at(stamp_ns)
             second = by_name.get(self.approach_keypoint)
-            second_point = (np.array([second.point.x, second.point.y, second.point.z])
-                            if second is not None and second.found and second.has_point else None)
-            plan = plan_grasp(np.array([grasp.point.x, grasp.point.y, grasp.point.z]), T_base_cam,
-                              self.grasp_config, (grasp.u, grasp.v), depth, intrinsics, second_point)
+            second_point = (
+                np.array([second.point.x, second.point.y, second.point.z])
+                if second is not None and second.found and second.has_point
+                else None
+            )
+            plan = plan_grasp(
+                np.array([grasp.point.x, grasp.point.y, grasp.point.z]),
+                T_base_cam,
+                self.grasp_config,
+                (grasp.u, grasp.v),
+                depth,
+                intrinsics,
+                second_point,
+            )
         except (NerfDescriptorError, ValueError) as exc:
             self._no_target(f"no grasp target from the matches stamped {stamp_ns / 1e9:.3f} s: {exc}")
             return
@@ -261,15 +316,19 @@ class ManipulationNode(Node):
                 return False, "a pick is already running"
             target, age = self._target, time.monotonic() - self._target_received
             if target is None or age > self.max_target_age_s:
-                why = self._why_no_target if target is None else \
-                    f"the newest target is {age:.1f} s old (max_target_age_s {self.max_target_age_s:.1f})"
+                why = (
+                    self._why_no_target
+                    if target is None
+                    else f"the newest target is {age:.1f} s old (max_target_age_s {self.max_target_age_s:.1f})"
+                )
                 return False, f"no grasp target: {why}"
             self._picking = True
         try:
             if not self._pick_client.wait_for_service(timeout_sec=2.0):
                 return False, f"the pick service {self._pick_client.srv_name} is not available"
-            request = PickAndLift.Request(grasp_pose=target, pre_grasp_distance_m=self.pre_grasp_distance_m,
-                                          lift_height_m=self.lift_height_m)
+            request = PickAndLift.Request(
+                grasp_pose=target, pre_grasp_distance_m=self.pre_grasp_distance_m, lift_height_m=self.lift_height_m
+            )
             done = threading.Event()
             future = self._pick_client.call_async(request)
             future.add_done_callback(lambda _: done.set())
@@ -283,7 +342,7 @@ class ManipulationNode(Node):
         finally:
             with self._state:
                 self._picking = False
-                self._target = None      # the object has moved: wait for a fresh target
+                self._target = None  # the object has moved: wait for a fresh target
 
 
 def main(args=None) -> int:

@@ -16,6 +16,7 @@ group; services and the action share a reentrant one, so frames keep coming whil
 Arm moves and picks advance the world in fixed time steps and release the lock between steps, so
 the frames published during a move or a pick show the arm moving, each with its exact pose.
 """
+
 from __future__ import annotations
 
 import threading
@@ -33,15 +34,18 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Header
 
 from nerf_descriptor_ros.action import ViewSweep
+from nerf_descriptor_ros.data.dataset import DatasetError
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import InvalidPoseError, pose_distance, validate_rigid_transform
+from nerf_descriptor_ros.ros.conversions import (
+    array_to_image,
+    intrinsics_to_camera_info,
+    matrix_to_pose_msg,
+    pose_msg_to_matrix,
+)
+from nerf_descriptor_ros.ros.node_runner import run_node
+from nerf_descriptor_ros.sim import SimConfig, SimWorld, framing_distance, hemisphere_views
 from nerf_descriptor_ros.srv import MoveCamera, PickAndLift, SaveGroundTruth, SetObjectPose
-
-from ..dataset import DatasetError
-from ..errors import NerfDescriptorError
-from ..geometry import InvalidPoseError, pose_distance, validate_rigid_transform
-from ..ros_conversions import (array_to_image, intrinsics_to_camera_info, matrix_to_pose_msg,
-                               pose_msg_to_matrix)
-from ..sim import SimConfig, SimWorld, framing_distance, hemisphere_views
-from .run import run_node
 
 IMAGE_TOPIC = "camera/color/image_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
@@ -72,11 +76,19 @@ class SimRobotNode(Node):
         self.data_root = Path(p["data_root"]).expanduser()
         self.publish_depth = p["publish_depth"]
         self.publish_mask = p["publish_mask"]
-        self.sweep_defaults = {key: p[key] for key in (
-            "sweep_num_views", "sweep_radius_m", "sweep_fill_fraction", "sweep_radius_range_m",
-            "sweep_min_elevation_deg", "sweep_max_elevation_deg", "dwell_s")}
-        self.sweep_defaults["sweep_radius_range_m"] = _pair(p["sweep_radius_range_m"],
-                                                            "sweep_radius_range_m")
+        self.sweep_defaults = {
+            key: p[key]
+            for key in (
+                "sweep_num_views",
+                "sweep_radius_m",
+                "sweep_fill_fraction",
+                "sweep_radius_range_m",
+                "sweep_min_elevation_deg",
+                "sweep_max_elevation_deg",
+                "dwell_s",
+            )
+        }
+        self.sweep_defaults["sweep_radius_range_m"] = _pair(p["sweep_radius_range_m"], "sweep_radius_range_m")
         self.pick_defaults = {key: p[key] for key in ("pick_pre_grasp_distance_m", "pick_lift_height_m")}
         if not self.base_frame or not self.camera_frame:
             raise SimRobotError("parameters base_frame and camera_frame must not be empty")
@@ -84,23 +96,27 @@ class SimRobotNode(Node):
             raise SimRobotError(f"publish_rate_hz must be positive, got {p['publish_rate_hz']}")
         try:
             config = SimConfig(
-                object_source=p["object"], object_scale=p["object_scale"],
-                object_rpy_deg=(_triple(p["object_rpy_deg"], "object_rpy_deg")
-                                if p["object_rpy_deg"] else None),
+                object_source=p["object"],
+                object_scale=p["object_scale"],
+                object_rpy_deg=(_triple(p["object_rpy_deg"], "object_rpy_deg") if p["object_rpy_deg"] else None),
                 object_random_roll_pitch=p["object_random_roll_pitch"],
                 object_nominal_xy=_pair(p["object_nominal_xy"], "object_nominal_xy"),
                 object_random_x_range=_pair(p["object_random_x_range"], "object_random_x_range"),
                 object_random_y_range=_pair(p["object_random_y_range"], "object_random_y_range"),
-                width=p["width"], height=p["height"], vertical_fov_deg=p["vertical_fov_deg"],
-                clip_near_m=p["clip_near_m"], clip_far_m=p["clip_far_m"],
+                width=p["width"],
+                height=p["height"],
+                vertical_fov_deg=p["vertical_fov_deg"],
+                clip_near_m=p["clip_near_m"],
+                clip_far_m=p["clip_far_m"],
                 camera_mount_xyz=_triple(p["camera_mount_xyz"], "camera_mount_xyz"),
                 camera_mount_rpy_deg=_triple(p["camera_mount_rpy_deg"], "camera_mount_rpy_deg"),
                 joint_speed_rad_s=p["joint_speed_rad_s"],
                 ik_position_tolerance_m=p["ik_position_tolerance_m"],
                 ik_rotation_tolerance_deg=p["ik_rotation_tolerance_deg"],
-                object_friction=p["object_friction"], grasp_speed_m_s=p["grasp_speed_m_s"])
-            for name in ("joint_speed_rad_s", "grasp_speed_m_s", "pick_pre_grasp_distance_m",
-                         "pick_lift_height_m"):
+                object_friction=p["object_friction"],
+                grasp_speed_m_s=p["grasp_speed_m_s"],
+            )
+            for name in ("joint_speed_rad_s", "grasp_speed_m_s", "pick_pre_grasp_distance_m", "pick_lift_height_m"):
                 if not p[name] > 0:
                     raise SimRobotError(f"{name} must be positive, got {p[name]}")
             if not p["object_friction"] >= 0:
@@ -115,135 +131,182 @@ class SimRobotNode(Node):
             f"object {model.source} (scale {model.scale}) at "
             f"{np.round(self.world.object_pose[:3, 3], 3).tolist()} in {self.base_frame}"
             + (f", seed {self.world.object_seed}" if self.world.object_seed is not None else "")
-            + f"; camera {config.width}x{config.height} at {p['publish_rate_hz']} Hz")
+            + f"; camera {config.width}x{config.height} at {p['publish_rate_hz']} Hz"
+        )
 
         self._world_lock = threading.Lock()  # every pybullet call
-        self._arm_lock = threading.Lock()    # one move or sweep at a time
+        self._arm_lock = threading.Lock()  # one move or sweep at a time
         self._stopping = threading.Event()
 
         render_group = MutuallyExclusiveCallbackGroup()
         request_group = ReentrantCallbackGroup()
         self._image_pub = self.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
         self._info_pub = self.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, qos_profile_sensor_data)
-        self._depth_pub = (self.create_publisher(Image, DEPTH_TOPIC, qos_profile_sensor_data)
-                           if self.publish_depth else None)
-        self._mask_pub = (self.create_publisher(Image, MASK_TOPIC, qos_profile_sensor_data)
-                          if self.publish_mask else None)
+        self._depth_pub = (
+            self.create_publisher(Image, DEPTH_TOPIC, qos_profile_sensor_data) if self.publish_depth else None
+        )
+        self._mask_pub = (
+            self.create_publisher(Image, MASK_TOPIC, qos_profile_sensor_data) if self.publish_mask else None
+        )
         self._pose_pub = self.create_publisher(PoseStamped, POSE_TOPIC, qos_profile_sensor_data)
         self._joint_pub = self.create_publisher(JointState, JOINT_STATES_TOPIC, 10)
         self._tf_broadcaster = self._make_tf_broadcaster()
         self.create_timer(1.0 / p["publish_rate_hz"], self._publish_frame, callback_group=render_group)
-        self.create_service(MoveCamera, "~/move_camera", self._on_move_camera,
-                            callback_group=request_group)
-        self.create_service(SetObjectPose, "~/set_object_pose", self._on_set_object_pose,
-                            callback_group=request_group)
-        self.create_service(SaveGroundTruth, "~/save_ground_truth", self._on_save_ground_truth,
-                            callback_group=request_group)
-        self.create_service(PickAndLift, "~/pick_and_lift", self._on_pick_and_lift,
-                            callback_group=request_group)
+        self.create_service(MoveCamera, "~/move_camera", self._on_move_camera, callback_group=request_group)
+        self.create_service(SetObjectPose, "~/set_object_pose", self._on_set_object_pose, callback_group=request_group)
+        self.create_service(
+            SaveGroundTruth, "~/save_ground_truth", self._on_save_ground_truth, callback_group=request_group
+        )
+        self.create_service(PickAndLift, "~/pick_and_lift", self._on_pick_and_lift, callback_group=request_group)
         self._sweep_server = ActionServer(
-            self, ViewSweep, "~/view_sweep", execute_callback=self._execute_sweep,
+            self,
+            ViewSweep,
+            "~/view_sweep",
+            execute_callback=self._execute_sweep,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
-            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT, callback_group=request_group)
+            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
+            callback_group=request_group,
+        )
 
     def _declare_parameters(self) -> dict:
         def declare(name, default, description, dynamic_typing=False):
-            return self.declare_parameter(name, default, ParameterDescriptor(
-                description=description, dynamic_typing=dynamic_typing)).value
+            return self.declare_parameter(
+                name, default, ParameterDescriptor(description=description, dynamic_typing=dynamic_typing)
+            ).value
 
         defaults = SimConfig()
         return {
-            "object": declare("object", defaults.object_source,
-                              "object model: a URDF or .obj/.stl mesh, absolute or relative to "
-                              "pybullet_data (e.g. duck_vhacd.urdf, objects/mug.urdf, "
-                              "random_urdfs/017/017.urdf)"),
-            "object_scale": declare("object_scale", defaults.object_scale,
-                                    "uniform scale applied to the object model"),
-            "object_rpy_deg": declare("object_rpy_deg", [],
-                                      "roll, pitch, yaw (deg) turning the model's axes upright on "
-                                      "the table (before the random yaw); empty = automatic: the "
-                                      "known y-up pybullet_data models (duck, teddy, bunny) are "
-                                      "stood up, every other model is used as modelled (z up, the "
-                                      "URDF convention)", dynamic_typing=True),
-            "object_seed": declare("object_seed", -1,
-                                   "random object placement (position in the region, yaw); "
-                                   "-1 = nominal pose"),
-            "object_random_roll_pitch": declare("object_random_roll_pitch",
-                                                defaults.object_random_roll_pitch,
-                                                "random placements rest the object on a random "
-                                                "stable face instead of upright"),
-            "object_friction": declare("object_friction", defaults.object_friction,
-                                       "the object's friction coefficient during picks (pybullet "
-                                       "multiplies it with the finger pads' 1.0)"),
-            "object_nominal_xy": declare("object_nominal_xy", list(defaults.object_nominal_xy),
-                                         "where the object's bounding box is centred (x, y in "
-                                         "base_frame) when not random"),
-            "object_random_x_range": declare("object_random_x_range",
-                                             list(defaults.object_random_x_range),
-                                             "random placement: range of the bounding box centre's x "
-                                             "(m, base_frame)"),
-            "object_random_y_range": declare("object_random_y_range",
-                                             list(defaults.object_random_y_range),
-                                             "random placement: range of the bounding box centre's y "
-                                             "(m, base_frame)"),
+            "object": declare(
+                "object",
+                defaults.object_source,
+                "object model: a URDF or .obj/.stl mesh, absolute or relative to "
+                "pybullet_data (e.g. duck_vhacd.urdf, objects/mug.urdf, "
+                "random_urdfs/017/017.urdf)",
+            ),
+            "object_scale": declare("object_scale", defaults.object_scale, "uniform scale applied to the object model"),
+            "object_rpy_deg": declare(
+                "object_rpy_deg",
+                [],
+                "roll, pitch, yaw (deg) turning the model's axes upright on "
+                "the table (before the random yaw); empty = automatic: the "
+                "known y-up pybullet_data models (duck, teddy, bunny) are "
+                "stood up, every other model is used as modelled (z up, the "
+                "URDF convention)",
+                dynamic_typing=True,
+            ),
+            "object_seed": declare(
+                "object_seed", -1, "random object placement (position in the region, yaw); -1 = nominal pose"
+            ),
+            "object_random_roll_pitch": declare(
+                "object_random_roll_pitch",
+                defaults.object_random_roll_pitch,
+                "random placements rest the object on a random stable face instead of upright",
+            ),
+            "object_friction": declare(
+                "object_friction",
+                defaults.object_friction,
+                "the object's friction coefficient during picks (pybullet multiplies it with the finger pads' 1.0)",
+            ),
+            "object_nominal_xy": declare(
+                "object_nominal_xy",
+                list(defaults.object_nominal_xy),
+                "where the object's bounding box is centred (x, y in base_frame) when not random",
+            ),
+            "object_random_x_range": declare(
+                "object_random_x_range",
+                list(defaults.object_random_x_range),
+                "random placement: range of the bounding box centre's x (m, base_frame)",
+            ),
+            "object_random_y_range": declare(
+                "object_random_y_range",
+                list(defaults.object_random_y_range),
+                "random placement: range of the bounding box centre's y (m, base_frame)",
+            ),
             "width": declare("width", defaults.width, "image width in pixels"),
             "height": declare("height", defaults.height, "image height in pixels"),
-            "vertical_fov_deg": declare("vertical_fov_deg", defaults.vertical_fov_deg,
-                                        "vertical field of view; square pixels, centred principal point"),
-            "clip_near_m": declare("clip_near_m", defaults.clip_near_m,
-                                   "nearest rendered distance (m)"),
-            "clip_far_m": declare("clip_far_m", defaults.clip_far_m,
-                                  "farthest rendered distance (m); beyond it depth is NaN"),
-            "publish_rate_hz": declare("publish_rate_hz", 10.0,
-                                       "rate of rendered frames (image, info, depth, mask, pose, "
-                                       "joint states)"),
-            "publish_depth": declare("publish_depth", True,
-                                     f"publish {DEPTH_TOPIC} (32FC1, metres along the optical axis)"),
-            "publish_mask": declare("publish_mask", True,
-                                    f"publish {MASK_TOPIC} (mono8, 255 = object; simulator ground truth)"),
-            "base_frame": declare("base_frame", "panda_link0",
-                                  "robot base frame: frame_id of camera/pose and of accepted targets"),
-            "camera_frame": declare("camera_frame", "camera_color_optical_frame",
-                                    "frame_id of the images (OpenCV optical frame)"),
-            "data_root": declare("data_root", "data",
-                                 "~/save_ground_truth writes <data_root>/<object_name>/ground_truth.json"),
-            "joint_speed_rad_s": declare("joint_speed_rad_s", defaults.joint_speed_rad_s,
-                                         "peak joint speed of arm moves (rad/s)"),
-            "ik_position_tolerance_m": declare("ik_position_tolerance_m",
-                                               defaults.ik_position_tolerance_m,
-                                               "a camera target missed by more is unreachable"),
-            "ik_rotation_tolerance_deg": declare("ik_rotation_tolerance_deg",
-                                                 defaults.ik_rotation_tolerance_deg,
-                                                 "a camera target turned off by more is unreachable"),
-            "camera_mount_xyz": declare("camera_mount_xyz", list(defaults.camera_mount_xyz),
-                                        "camera optical frame position in panda_hand (m)"),
-            "camera_mount_rpy_deg": declare("camera_mount_rpy_deg", list(defaults.camera_mount_rpy_deg),
-                                            "camera optical frame orientation in panda_hand "
-                                            "(roll, pitch, yaw in deg; zero = looking along the "
-                                            "hand's z axis)"),
+            "vertical_fov_deg": declare(
+                "vertical_fov_deg",
+                defaults.vertical_fov_deg,
+                "vertical field of view; square pixels, centred principal point",
+            ),
+            "clip_near_m": declare("clip_near_m", defaults.clip_near_m, "nearest rendered distance (m)"),
+            "clip_far_m": declare(
+                "clip_far_m", defaults.clip_far_m, "farthest rendered distance (m); beyond it depth is NaN"
+            ),
+            "publish_rate_hz": declare(
+                "publish_rate_hz", 10.0, "rate of rendered frames (image, info, depth, mask, pose, joint states)"
+            ),
+            "publish_depth": declare(
+                "publish_depth", True, f"publish {DEPTH_TOPIC} (32FC1, metres along the optical axis)"
+            ),
+            "publish_mask": declare(
+                "publish_mask", True, f"publish {MASK_TOPIC} (mono8, 255 = object; simulator ground truth)"
+            ),
+            "base_frame": declare(
+                "base_frame", "panda_link0", "robot base frame: frame_id of camera/pose and of accepted targets"
+            ),
+            "camera_frame": declare(
+                "camera_frame", "camera_color_optical_frame", "frame_id of the images (OpenCV optical frame)"
+            ),
+            "data_root": declare(
+                "data_root", "data", "~/save_ground_truth writes <data_root>/<object_name>/ground_truth.json"
+            ),
+            "joint_speed_rad_s": declare(
+                "joint_speed_rad_s", defaults.joint_speed_rad_s, "peak joint speed of arm moves (rad/s)"
+            ),
+            "ik_position_tolerance_m": declare(
+                "ik_position_tolerance_m",
+                defaults.ik_position_tolerance_m,
+                "a camera target missed by more is unreachable",
+            ),
+            "ik_rotation_tolerance_deg": declare(
+                "ik_rotation_tolerance_deg",
+                defaults.ik_rotation_tolerance_deg,
+                "a camera target turned off by more is unreachable",
+            ),
+            "camera_mount_xyz": declare(
+                "camera_mount_xyz", list(defaults.camera_mount_xyz), "camera optical frame position in panda_hand (m)"
+            ),
+            "camera_mount_rpy_deg": declare(
+                "camera_mount_rpy_deg",
+                list(defaults.camera_mount_rpy_deg),
+                "camera optical frame orientation in panda_hand "
+                "(roll, pitch, yaw in deg; zero = looking along the "
+                "hand's z axis)",
+            ),
             "sweep_num_views": declare("sweep_num_views", 48, "views in a sweep when the goal says 0"),
-            "sweep_radius_m": declare("sweep_radius_m", 0.0,
-                                      "camera distance from the object centre when the goal says 0; "
-                                      "0 = frame the object (sweep_fill_fraction)"),
-            "sweep_fill_fraction": declare("sweep_fill_fraction", 0.5,
-                                           "automatic radius: the object's bounding sphere spans this "
-                                           "fraction of the narrower field of view"),
-            "sweep_radius_range_m": declare("sweep_radius_range_m", [0.15, 0.4],
-                                            "the automatic radius is clamped to this range (m), "
-                                            "where the arm can still circle the object"),
-            "sweep_min_elevation_deg": declare("sweep_min_elevation_deg", 25.0,
-                                               "lowest view elevation when the goal gives none"),
-            "sweep_max_elevation_deg": declare("sweep_max_elevation_deg", 70.0,
-                                               "highest view elevation when the goal gives none"),
-            "dwell_s": declare("dwell_s", 0.5,
-                               "time the camera holds still at each reached view when the goal says 0"),
-            "grasp_speed_m_s": declare("grasp_speed_m_s", defaults.grasp_speed_m_s,
-                                       "peak gripper speed on a pick's straight approach, lift and "
-                                       "retreat (m/s)"),
-            "pick_pre_grasp_distance_m": declare("pick_pre_grasp_distance_m", 0.1,
-                                                 "pick approach length when the request says 0 (m)"),
-            "pick_lift_height_m": declare("pick_lift_height_m", 0.1,
-                                          "pick lift height when the request says 0 (m)"),
+            "sweep_radius_m": declare(
+                "sweep_radius_m",
+                0.0,
+                "camera distance from the object centre when the goal says 0; "
+                "0 = frame the object (sweep_fill_fraction)",
+            ),
+            "sweep_fill_fraction": declare(
+                "sweep_fill_fraction",
+                0.5,
+                "automatic radius: the object's bounding sphere spans this fraction of the narrower field of view",
+            ),
+            "sweep_radius_range_m": declare(
+                "sweep_radius_range_m",
+                [0.15, 0.4],
+                "the automatic radius is clamped to this range (m), where the arm can still circle the object",
+            ),
+            "sweep_min_elevation_deg": declare(
+                "sweep_min_elevation_deg", 25.0, "lowest view elevation when the goal gives none"
+            ),
+            "sweep_max_elevation_deg": declare(
+                "sweep_max_elevation_deg", 70.0, "highest view elevation when the goal gives none"
+            ),
+            "dwell_s": declare("dwell_s", 0.5, "time the camera holds still at each reached view when the goal says 0"),
+            "grasp_speed_m_s": declare(
+                "grasp_speed_m_s",
+                defaults.grasp_speed_m_s,
+                "peak gripper speed on a pick's straight approach, lift and retreat (m/s)",
+            ),
+            "pick_pre_grasp_distance_m": declare(
+                "pick_pre_grasp_distance_m", 0.1, "pick approach length when the request says 0 (m)"
+            ),
+            "pick_lift_height_m": declare("pick_lift_height_m", 0.1, "pick lift height when the request says 0 (m)"),
         }
 
     def _make_tf_broadcaster(self):
@@ -251,8 +314,9 @@ class SimRobotNode(Node):
         try:
             from tf2_ros import TransformBroadcaster
         except ImportError:
-            self.get_logger().info(f"tf2_ros is not importable: the camera pose is published on "
-                                   f"{POSE_TOPIC} only, not on TF")
+            self.get_logger().info(
+                f"tf2_ros is not importable: the camera pose is published on {POSE_TOPIC} only, not on TF"
+            )
             return None
         return TransformBroadcaster(self)
 
@@ -275,13 +339,15 @@ class SimRobotNode(Node):
             mask = np.where(frame.mask, 255, 0).astype(np.uint8)
             self._mask_pub.publish(array_to_image(mask, "mono8", camera_header))
         self._image_pub.publish(array_to_image(frame.rgb, "rgb8", camera_header))
-        self._joint_pub.publish(JointState(header=Header(stamp=stamp), name=self.world.joint_names,
-                                           position=frame.joint_positions.tolist()))
+        self._joint_pub.publish(
+            JointState(header=Header(stamp=stamp), name=self.world.joint_names, position=frame.joint_positions.tolist())
+        )
 
     def _camera_transform(self, T_base_cam: np.ndarray, stamp) -> TransformStamped:
         pose = matrix_to_pose_msg(T_base_cam)
-        transform = TransformStamped(header=Header(stamp=stamp, frame_id=self.base_frame),
-                                     child_frame_id=self.camera_frame)
+        transform = TransformStamped(
+            header=Header(stamp=stamp, frame_id=self.base_frame), child_frame_id=self.camera_frame
+        )
         transform.transform.translation.x = pose.position.x
         transform.transform.translation.y = pose.position.y
         transform.transform.translation.z = pose.position.z
@@ -290,8 +356,7 @@ class SimRobotNode(Node):
 
     def _pose_stamped(self, T: np.ndarray, stamp=None) -> PoseStamped:
         stamp = stamp if stamp is not None else self.get_clock().now().to_msg()
-        return PoseStamped(header=Header(stamp=stamp, frame_id=self.base_frame),
-                           pose=matrix_to_pose_msg(T))
+        return PoseStamped(header=Header(stamp=stamp, frame_id=self.base_frame), pose=matrix_to_pose_msg(T))
 
     # ---- arm motion --------------------------------------------------------------------------
 
@@ -299,8 +364,7 @@ class SimRobotNode(Node):
         """Move to ``joint_goal`` in real time, one control step per period; raises _Cancelled."""
         with self._world_lock:
             self.world.start_motion(joint_goal)
-        self._run_in_real_time(lambda: self.world.step_motion(CONTROL_PERIOD_S),
-                               self.world.stop_motion, cancelled)
+        self._run_in_real_time(lambda: self.world.step_motion(CONTROL_PERIOD_S), self.world.stop_motion, cancelled)
 
     def _run_in_real_time(self, step, stop, cancelled=lambda: False):
         """Call ``step`` (under the world lock) once per control period until it returns something
@@ -329,9 +393,11 @@ class SimRobotNode(Node):
         """The matrix of a requested pose; SimRobotError or InvalidPoseError say why it cannot be used."""
         frame_id = pose.header.frame_id
         if frame_id not in ("", self.base_frame):
-            raise SimRobotError(f"{what} frame_id {frame_id!r} is not the base frame "
-                                   f"{self.base_frame!r}: give the pose in {self.base_frame} "
-                                   "(or leave frame_id empty)")
+            raise SimRobotError(
+                f"{what} frame_id {frame_id!r} is not the base frame "
+                f"{self.base_frame!r}: give the pose in {self.base_frame} "
+                "(or leave frame_id empty)"
+            )
         return validate_rigid_transform(pose_msg_to_matrix(pose.pose), what)
 
     def _on_move_camera(self, request: MoveCamera.Request, response: MoveCamera.Response):
@@ -382,11 +448,15 @@ class SimRobotNode(Node):
             object_radius = self.world.object_radius()
         radius = goal.radius or d["sweep_radius_m"]
         if radius == 0.0:
-            radius = float(np.clip(framing_distance(object_radius, self.world.intrinsics,
-                                                    d["sweep_fill_fraction"]),
-                                   *d["sweep_radius_range_m"]))
-        self.get_logger().info(f"view sweep: {num_views} views at {radius:.3f} m, elevation "
-                               f"{elevations[0]:g} to {elevations[1]:g} deg")
+            radius = float(
+                np.clip(
+                    framing_distance(object_radius, self.world.intrinsics, d["sweep_fill_fraction"]),
+                    *d["sweep_radius_range_m"],
+                )
+            )
+        self.get_logger().info(
+            f"view sweep: {num_views} views at {radius:.3f} m, elevation {elevations[0]:g} to {elevations[1]:g} deg"
+        )
         return hemisphere_views(center, num_views, radius, *elevations)
 
     def _execute_sweep(self, goal_handle):
@@ -408,19 +478,20 @@ class SimRobotNode(Node):
             cancelled = lambda: goal_handle.is_cancel_requested  # noqa: E731
             try:
                 for index, target in enumerate(views):
-                    self._sweep_one_view(goal_handle, index, len(views), target, dwell_s, cancelled,
-                                         result)
+                    self._sweep_one_view(goal_handle, index, len(views), target, dwell_s, cancelled, result)
             except _Cancelled:
-                result.message = (f"cancelled after {result.views_reached} reached and "
-                                  f"{result.views_unreachable} unreachable views")
+                result.message = (
+                    f"cancelled after {result.views_reached} reached and {result.views_unreachable} unreachable views"
+                )
                 if goal_handle.is_cancel_requested:
                     goal_handle.canceled()
                 elif self.context.ok():  # else the node is going down and the goal with it
                     goal_handle.abort()
                 return result
             result.success = result.views_reached > 0
-            result.message = (f"{result.views_reached} of {len(views)} views reached, "
-                              f"{result.views_unreachable} unreachable")
+            result.message = (
+                f"{result.views_reached} of {len(views)} views reached, {result.views_unreachable} unreachable"
+            )
             if not result.success:
                 result.message += " (try a smaller radius or other elevations)"
             self.get_logger().info(f"view sweep done: {result.message}")
@@ -432,8 +503,9 @@ class SimRobotNode(Node):
         finally:
             self._arm_lock.release()
 
-    def _sweep_one_view(self, goal_handle, index: int, num_views: int, target: np.ndarray,
-                        dwell_s: float, cancelled, result) -> None:
+    def _sweep_one_view(
+        self, goal_handle, index: int, num_views: int, target: np.ndarray, dwell_s: float, cancelled, result
+    ) -> None:
         if cancelled():
             raise _Cancelled()
         with self._world_lock:
@@ -470,8 +542,9 @@ class SimRobotNode(Node):
                 result = self.world.start_pick(grasp, pre_grasp, lift)
             if result is None:
                 try:
-                    result = self._run_in_real_time(lambda: self.world.step_pick(CONTROL_PERIOD_S),
-                                                    self.world.stop_pick)
+                    result = self._run_in_real_time(
+                        lambda: self.world.step_pick(CONTROL_PERIOD_S), self.world.stop_pick
+                    )
                 except _Cancelled:
                     response.message = "the node is shutting down; the pick was stopped"
                     return response
@@ -495,8 +568,11 @@ class SimRobotNode(Node):
                     else:
                         self.world.set_object_pose(pose_msg_to_matrix(request.pose))
                 response.success = True
-                response.message = (f"object placed from seed {request.seed}" if request.randomize
-                                    else "object placed at the given pose")
+                response.message = (
+                    f"object placed from seed {request.seed}"
+                    if request.randomize
+                    else "object placed at the given pose"
+                )
             except InvalidPoseError as exc:
                 response.message = str(exc)
             finally:

@@ -13,13 +13,14 @@ context. The work runs on a worker thread of its own, so the executor keeps serv
 services, cancel requests and status while a stage trains. A second request while a job runs is
 refused with the reason (the action's result says it; the service answers ``accepted = false``).
 """
+
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 from rcl_interfaces.msg import ParameterDescriptor
@@ -30,13 +31,12 @@ from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from std_srvs.srv import Trigger
 
 from nerf_descriptor_ros.action import TrainObject
+from nerf_descriptor_ros.data.dataset import Dataset, object_dataset_path
+from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.msg import TrainingStatus
+from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, StageCancelled
+from nerf_descriptor_ros.ros.node_runner import run_node
 from nerf_descriptor_ros.srv import EstimatePoses, StartTraining
-
-from ..dataset import Dataset, object_dataset_path
-from ..errors import NerfDescriptorError
-from ..progress import ProgressCallback, ProgressReport, StageCancelled
-from .run import run_node
 
 
 class TrainingRequestError(NerfDescriptorError):
@@ -48,45 +48,46 @@ class JobContext:
     """What the stages of one job share: inputs, settings, and what earlier stages produced."""
 
     dataset: Dataset
-    overrides: dict            # this stage's config overrides (a mapping; {} = none)
+    overrides: dict  # this stage's config overrides (a mapping; {} = none)
     device: str
-    nerf_config_path: str      # "" = the built-in NeRF defaults
+    nerf_config_path: str  # "" = the built-in NeRF defaults
     descriptor_config_path: str = ""  # "" = the built-in descriptor settings
     results: dict = field(default_factory=dict)  # "nerf_checkpoint", "model_path", ...
     metrics: dict = field(default_factory=dict)  # per stage
 
 
 def _nerf_config(ctx: JobContext):
-    from ..nerf import load_config
-    from ..nerf.config import config_from_dict
+    from nerf_descriptor_ros.nerf import load_config
+    from nerf_descriptor_ros.nerf.config import config_from_dict
 
     return config_from_dict(ctx.overrides, load_config(ctx.nerf_config_path or None))
 
 
 def check_nerf_stage(ctx: JobContext) -> None:
-    from ..nerf.data import check_dataset
+    from nerf_descriptor_ros.nerf.data import check_dataset
 
     check_dataset(ctx.dataset, _nerf_config(ctx).min_train_frames)
 
 
 def run_nerf_stage(ctx: JobContext, report: ProgressCallback, cancel: threading.Event) -> None:
-    from ..nerf import train_nerf
+    from nerf_descriptor_ros.nerf import train_nerf
 
-    checkpoint, metrics = train_nerf(ctx.dataset, _nerf_config(ctx), ctx.dataset.root / "nerf",
-                                     ctx.device, report, cancel, resume=True)
+    checkpoint, metrics = train_nerf(
+        ctx.dataset, _nerf_config(ctx), ctx.dataset.root / "nerf", ctx.device, report, cancel, resume=True
+    )
     ctx.results["nerf_checkpoint"] = str(checkpoint)
     ctx.metrics["nerf"] = {k: v for k, v in metrics.items() if k != "history"}
 
 
 def _descriptor_settings(ctx: JobContext):
-    from ..descriptors.settings import DescriptorSettings
+    from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
 
     return DescriptorSettings.load(ctx.descriptor_config_path or None, ctx.overrides)
 
 
 def check_descriptors_stage(ctx: JobContext) -> None:
-    from ..correspondences import working_intrinsics
-    from ..descriptors.network import check_input_size
+    from nerf_descriptor_ros.descriptors.correspondences import working_intrinsics
+    from nerf_descriptor_ros.descriptors.network import check_input_size
 
     settings = _descriptor_settings(ctx)
     working = working_intrinsics(ctx.dataset.frames[0], settings.correspondences.width)
@@ -95,7 +96,7 @@ def check_descriptors_stage(ctx: JobContext) -> None:
 
 def run_descriptors_stage(ctx: JobContext, report: ProgressCallback, cancel: threading.Event) -> None:
     """NeRF correspondences, then a Dense Object Net trained on them and exported."""
-    from ..descriptors.pipeline import train_descriptor_model
+    from nerf_descriptor_ros.descriptors.pipeline import train_descriptor_model
 
     settings = _descriptor_settings(ctx)
     checkpoint = Path(ctx.results.get("nerf_checkpoint") or ctx.dataset.root / "nerf" / "nerf.pt")
@@ -103,12 +104,19 @@ def run_descriptors_stage(ctx: JobContext, report: ProgressCallback, cancel: thr
         raise TrainingRequestError(f"no NeRF checkpoint at {checkpoint}: run the nerf stage first")
     out = ctx.dataset.root / "descriptors" / f"nerf_{settings.training.mode}"
     model_dir, stats = train_descriptor_model(
-        ctx.dataset, out, settings, "nerf", checkpoint,
-        cache_dir=ctx.dataset.root / "descriptors" / "correspondences", device=ctx.device,
-        report=report, cancel=cancel, resume=True)
+        ctx.dataset,
+        out,
+        settings,
+        "nerf",
+        checkpoint,
+        cache_dir=ctx.dataset.root / "descriptors" / "correspondences",
+        device=ctx.device,
+        report=report,
+        cancel=cancel,
+        resume=True,
+    )
     ctx.results["model_path"] = str(model_dir)
-    ctx.metrics["descriptors"] = {k: stats[k] for k in ("iterations", "mean_loss_last_100", "pairs",
-                                                        "seconds")}
+    ctx.metrics["descriptors"] = {k: stats[k] for k in ("iterations", "mean_loss_last_100", "pairs", "seconds")}
 
 
 @dataclass
@@ -143,9 +151,11 @@ def parse_overrides(text: str, stages: list[Stage]) -> dict:
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
-        raise TrainingRequestError("config_overrides_yaml must map stage names to mappings of "
-                                   "config keys, e.g. \"{nerf: {iterations: 2000}, descriptors: "
-                                   "{training: {iterations: 500}}}\"")
+        raise TrainingRequestError(
+            "config_overrides_yaml must map stage names to mappings of "
+            'config keys, e.g. "{nerf: {iterations: 2000}, descriptors: '
+            '{training: {iterations: 500}}}"'
+        )
     unknown = [k for k in overrides if k not in [s.name for s in STAGES]]
     if unknown:
         raise TrainingRequestError(f"config_overrides_yaml names unknown stage(s) {unknown}")
@@ -155,8 +165,14 @@ def parse_overrides(text: str, stages: list[Stage]) -> dict:
 class TrainingJob:
     """One run of the stages on a worker thread; progress and outcome read from other threads."""
 
-    def __init__(self, object_name: str, ctx: JobContext, stages: list[Stage], overrides: dict,
-                 on_progress: Callable[["TrainingJob"], None]):
+    def __init__(
+        self,
+        object_name: str,
+        ctx: JobContext,
+        stages: list[Stage],
+        overrides: dict,
+        on_progress: Callable[[TrainingJob], None],
+    ):
         self.object_name = object_name
         self.ctx = ctx
         self.stages = stages
@@ -165,8 +181,7 @@ class TrainingJob:
         self.cancel = threading.Event()
         self.done = threading.Event()
         self.lock = threading.Lock()
-        self.latest = ProgressReport(stage=stages[0].name, iteration=0, total_iterations=0,
-                                     message="starting")
+        self.latest = ProgressReport(stage=stages[0].name, iteration=0, total_iterations=0, message="starting")
         self.state = "running"
         self.message = ""
         self._thread = threading.Thread(target=self._run, name=f"train-{object_name}", daemon=True)
@@ -183,8 +198,7 @@ class TrainingJob:
         try:
             for stage in self.stages:
                 self.ctx.overrides = self.overrides.get(stage.name, {})
-                self._report(ProgressReport(stage=stage.name, iteration=0, total_iterations=0,
-                                            message="starting"))
+                self._report(ProgressReport(stage=stage.name, iteration=0, total_iterations=0, message="starting"))
                 stage.run(self.ctx, self._report, self.cancel)
             self._finish("succeeded", f"done: {', '.join(s.name for s in self.stages)}")
         except StageCancelled:
@@ -209,42 +223,58 @@ class TrainerNode(Node):
             return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
 
         self.data_root = Path(declare("data_root", "data", "datasets are <data_root>/<object_name>"))
-        self.device = declare("device", "auto", "auto (CUDA with mixed precision when available, "
-                              "else CPU), cpu, cuda, cuda:N")
-        self.nerf_config = declare("nerf_config", "", "NeRF config YAML (e.g. config/nerf_fast.yaml); "
-                                   "empty = the built-in fast-model defaults")
-        threads = declare("cpu_threads", 0, "PyTorch CPU threads; 0 = all cores (best on an idle "
-                          "CPU), 1 is many times faster when other processes keep the cores busy")
+        self.device = declare(
+            "device", "auto", "auto (CUDA with mixed precision when available, else CPU), cpu, cuda, cuda:N"
+        )
+        self.nerf_config = declare(
+            "nerf_config", "", "NeRF config YAML (e.g. config/nerf_fast.yaml); empty = the built-in fast-model defaults"
+        )
+        threads = declare(
+            "cpu_threads",
+            0,
+            "PyTorch CPU threads; 0 = all cores (best on an idle "
+            "CPU), 1 is many times faster when other processes keep the cores busy",
+        )
         if threads > 0:
             import torch
+
             torch.set_num_threads(threads)
-        self.descriptor_config = declare("descriptor_config", "", "descriptor settings YAML (e.g. "
-                                         "config/descriptors.yaml); empty = the built-in defaults")
+        self.descriptor_config = declare(
+            "descriptor_config",
+            "",
+            "descriptor settings YAML (e.g. config/descriptors.yaml); empty = the built-in defaults",
+        )
         for name, path in (("nerf_config", self.nerf_config), ("descriptor_config", self.descriptor_config)):
             if path and not Path(path).is_file():
                 raise TrainingRequestError(f"parameter {name}: {path} does not exist")
 
         self._job: TrainingJob | None = None
-        self._pose_job: str | None = None   # the object whose poses are being estimated
+        self._pose_job: str | None = None  # the object whose poses are being estimated
         self._job_lock = threading.Lock()
         group = ReentrantCallbackGroup()
-        latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
-                             durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(
+            depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
+        )
         self._status_pub = self.create_publisher(TrainingStatus, "~/status", latched)
-        self._action = ActionServer(self, TrainObject, "~/train_object", self._execute,
-                                    goal_callback=lambda _: GoalResponse.ACCEPT,
-                                    cancel_callback=lambda _: CancelResponse.ACCEPT,
-                                    callback_group=group)
+        self._action = ActionServer(
+            self,
+            TrainObject,
+            "~/train_object",
+            self._execute,
+            goal_callback=lambda _: GoalResponse.ACCEPT,
+            cancel_callback=lambda _: CancelResponse.ACCEPT,
+            callback_group=group,
+        )
         self.create_service(StartTraining, "~/start_training", self._on_start, callback_group=group)
         self.create_service(Trigger, "~/cancel_training", self._on_cancel, callback_group=group)
         self.create_service(EstimatePoses, "~/estimate_poses", self._on_estimate_poses, callback_group=group)
         self._publish_status(None)
-        self.get_logger().info(f"ready: stages {[s.name for s in STAGES]}, datasets under "
-                               f"{self.data_root.resolve()}, device {self.device}")
+        self.get_logger().info(
+            f"ready: stages {[s.name for s in STAGES]}, datasets under {self.data_root.resolve()}, device {self.device}"
+        )
 
     # ------------------------------------------------------------------ jobs
-    def _start_job(self, object_name: str, dataset_path: str, stages: list[str],
-                   overrides_yaml: str) -> TrainingJob:
+    def _start_job(self, object_name: str, dataset_path: str, stages: list[str], overrides_yaml: str) -> TrainingJob:
         """Validate the request and start its job, or raise TrainingRequestError saying why not."""
         plan = plan_stages(list(stages))
         overrides = parse_overrides(overrides_yaml, plan)
@@ -263,8 +293,7 @@ class TrainerNode(Node):
                 stage.check(ctx)
             job = TrainingJob(object_name or dataset.root.name, ctx, plan, overrides, self._publish_status)
             self._job = job
-        self.get_logger().info(f"training {job.object_name} ({dataset.root}): stages "
-                               f"{[s.name for s in plan]}")
+        self.get_logger().info(f"training {job.object_name} ({dataset.root}): stages {[s.name for s in plan]}")
         job.start()
         return job
 
@@ -275,20 +304,21 @@ class TrainerNode(Node):
             r = running.latest
             raise TrainingRequestError(
                 f"busy: training {running.object_name!r} (stage {r.stage}, iteration "
-                f"{r.iteration}/{r.total_iterations}); wait for it to finish or cancel it")
+                f"{r.iteration}/{r.total_iterations}); wait for it to finish or cancel it"
+            )
         if self._pose_job is not None:
-            raise TrainingRequestError(f"busy: estimating the poses of {self._pose_job!r}; "
-                                       "wait for it to finish")
+            raise TrainingRequestError(f"busy: estimating the poses of {self._pose_job!r}; wait for it to finish")
 
     def _on_estimate_poses(self, request, response):
         """SfM on a captured dataset, written as a new dataset; the captured one is only read."""
-        from ..poses.estimate import estimate_poses
+        from nerf_descriptor_ros.poses.estimate import estimate_poses
 
         response.median_center_residual_m = response.median_rotation_residual_deg = float("nan")
         try:
             source = object_dataset_path(self.data_root, request.object_name)
-            out = (object_dataset_path(self.data_root, request.output_object_name)
-                   if request.output_object_name else None)
+            out = (
+                object_dataset_path(self.data_root, request.output_object_name) if request.output_object_name else None
+            )
             if out is not None and out.exists():
                 raise TrainingRequestError(f"{out} already exists: choose a new output_object_name")
             Dataset.load(source)
@@ -297,8 +327,9 @@ class TrainerNode(Node):
                 self._pose_job = request.object_name
             try:
                 self.get_logger().info(f"estimating the poses of {request.object_name}")
-                estimate = estimate_poses(source, out, align=request.align, refine=request.refine,
-                                          report=self._log_pose_progress)
+                estimate = estimate_poses(
+                    source, out, align=request.align, refine=request.refine, report=self._log_pose_progress
+                )
             finally:
                 with self._job_lock:
                     self._pose_job = None
@@ -319,15 +350,15 @@ class TrainerNode(Node):
         return response
 
     def _log_pose_progress(self, report: ProgressReport) -> None:
-        self.get_logger().info(f"estimate_poses: {report.stage} {report.iteration}/"
-                               f"{report.total_iterations} {report.message}",
-                               throttle_duration_sec=5.0)
+        self.get_logger().info(
+            f"estimate_poses: {report.stage} {report.iteration}/{report.total_iterations} {report.message}",
+            throttle_duration_sec=5.0,
+        )
 
     def _execute(self, goal_handle):
         goal = goal_handle.request
         try:
-            job = self._start_job(goal.object_name, goal.dataset_path, goal.stages,
-                                  goal.config_overrides_yaml)
+            job = self._start_job(goal.object_name, goal.dataset_path, goal.stages, goal.config_overrides_yaml)
         except NerfDescriptorError as exc:
             self.get_logger().warning(f"train_object refused: {exc}")
             goal_handle.abort()
@@ -340,16 +371,24 @@ class TrainerNode(Node):
                 report = job.latest
             if report is not last_sent:
                 last_sent = report
-                goal_handle.publish_feedback(TrainObject.Feedback(
-                    stage=report.stage, iteration=report.iteration,
-                    total_iterations=report.total_iterations, loss=float(report.loss),
-                    psnr=float(report.psnr), eta_seconds=float(report.eta_seconds),
-                    message=report.message))
+                goal_handle.publish_feedback(
+                    TrainObject.Feedback(
+                        stage=report.stage,
+                        iteration=report.iteration,
+                        total_iterations=report.total_iterations,
+                        loss=float(report.loss),
+                        psnr=float(report.psnr),
+                        eta_seconds=float(report.eta_seconds),
+                        message=report.message,
+                    )
+                )
         result = TrainObject.Result(
-            success=job.state == "succeeded", message=job.message,
+            success=job.state == "succeeded",
+            message=job.message,
             nerf_checkpoint=job.ctx.results.get("nerf_checkpoint", ""),
             model_path=job.ctx.results.get("model_path", ""),
-            metrics_json=json.dumps(job.ctx.metrics))
+            metrics_json=json.dumps(job.ctx.metrics),
+        )
         if job.state == "cancelled" and goal_handle.is_cancel_requested:
             goal_handle.canceled()
         elif job.state == "succeeded":
@@ -360,8 +399,9 @@ class TrainerNode(Node):
 
     def _on_start(self, request, response):
         try:
-            job = self._start_job(request.object_name, request.dataset_path, request.stages,
-                                  request.config_overrides_yaml)
+            job = self._start_job(
+                request.object_name, request.dataset_path, request.stages, request.config_overrides_yaml
+            )
         except NerfDescriptorError as exc:
             response.accepted, response.message = False, str(exc)
             return response

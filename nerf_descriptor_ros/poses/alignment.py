@@ -5,14 +5,15 @@ to the camera centres of the arm poses (Umeyama's least squares, robust to wrong
 puts the reconstruction in the robot's frame at metric scale; what is left per frame is the
 residual: arm/hand-eye error plus SfM error.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import NerfDescriptorError
-from ..geometry import pose_to_matrix, rotation_angle_deg
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import pose_to_matrix, rotation_angle_deg
 
 
 class AlignmentError(NerfDescriptorError):
@@ -51,19 +52,22 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> Similarity:
     xs, xd = src - mu_s, dst - mu_d
     spread = np.linalg.svd(xs, compute_uv=False)
     if spread[1] <= 1e-6 * spread[0]:
-        raise AlignmentError("the camera centres are (nearly) on one line, which leaves the "
-                             "rotation about it undetermined: move the camera along a curve")
+        raise AlignmentError(
+            "the camera centres are (nearly) on one line, which leaves the "
+            "rotation about it undetermined: move the camera along a curve"
+        )
     U, D, Vt = np.linalg.svd(xd.T @ xs / len(src))
     S = np.eye(3)
     if np.linalg.det(U) * np.linalg.det(Vt) < 0:
         S[2, 2] = -1.0
     R = U @ S @ Vt
-    scale = float(np.trace(np.diag(D) @ S) / (xs ** 2).sum(1).mean())
+    scale = float(np.trace(np.diag(D) @ S) / (xs**2).sum(1).mean())
     return Similarity(scale, R, mu_d - scale * R @ mu_s)
 
 
-def robust_umeyama(src: np.ndarray, dst: np.ndarray, samples: int = 300,
-                   seed: int = 0) -> tuple[Similarity, np.ndarray]:
+def robust_umeyama(
+    src: np.ndarray, dst: np.ndarray, samples: int = 300, seed: int = 0
+) -> tuple[Similarity, np.ndarray]:
     """:func:`umeyama` robust to up to half the points being wrong; returns the inlier mask.
 
     Least median of squares over minimal samples (3 points) needs no threshold in metres: the
@@ -119,10 +123,12 @@ class AlignmentReport:
         return [k for k, ok in zip(self.keys, self.inliers) if not ok]
 
     def summary(self, what: str = "arm") -> str:
-        text = (f"aligned to the {what} poses with scale {self.similarity.scale:.6g}: camera centres "
-                f"differ by median {1000 * self.median_centre_error_m:.2f} mm (max "
-                f"{1000 * self.centre_error_m.max():.2f} mm), rotations by median "
-                f"{self.median_rotation_error_deg:.3f} deg (max {self.rotation_error_deg.max():.3f} deg)")
+        text = (
+            f"aligned to the {what} poses with scale {self.similarity.scale:.6g}: camera centres "
+            f"differ by median {1000 * self.median_centre_error_m:.2f} mm (max "
+            f"{1000 * self.centre_error_m.max():.2f} mm), rotations by median "
+            f"{self.median_rotation_error_deg:.3f} deg (max {self.rotation_error_deg.max():.3f} deg)"
+        )
         if self.outliers:
             text += f"; outliers left out of the fit: frames {self.outliers}"
         return text
@@ -138,13 +144,11 @@ def align_poses(estimated: dict, reference: dict) -> AlignmentReport:
     sim, inliers = robust_umeyama(src, dst)
     aligned = [sim.apply_pose(estimated[k]) for k in keys]
     centre = np.array([np.linalg.norm(a[:3, 3] - reference[k][:3, 3]) for a, k in zip(aligned, keys)])
-    rotation = np.array([rotation_angle_deg(a[:3, :3], reference[k][:3, :3])
-                         for a, k in zip(aligned, keys)])
+    rotation = np.array([rotation_angle_deg(a[:3, :3], reference[k][:3, :3]) for a, k in zip(aligned, keys)])
     return AlignmentReport(sim, keys, centre, rotation, inliers)
 
 
-def perturb_pose(c2w: np.ndarray, rng: np.random.Generator, translation_m: float,
-                 rotation_deg: float) -> np.ndarray:
+def perturb_pose(c2w: np.ndarray, rng: np.random.Generator, translation_m: float, rotation_deg: float) -> np.ndarray:
     """``c2w`` moved by exactly ``translation_m`` and turned by exactly ``rotation_deg`` (about its
     centre), each in a random direction: the arm-error model the alignment is checked against."""
     axis = rng.normal(size=3)

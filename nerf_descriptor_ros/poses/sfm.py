@@ -7,6 +7,7 @@ power-of-two distances (capture order is spatial order for an arm sweep or a han
 needs no vocabulary tree. Known intrinsics (CameraInfo) stay fixed unless refinement is asked for;
 refinement adjusts focal length and distortion, never the principal point (poorly constrained).
 """
+
 from __future__ import annotations
 
 import threading
@@ -17,10 +18,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import NerfDescriptorError
-from ..geometry import CameraIntrinsics
-from ..progress import ProgressCallback, ProgressReport, StageCancelled, check_cancelled
-from .formats import colmap_c2w, colmap_camera_to_intrinsics, intrinsics_to_colmap, near_far_from_points
+from nerf_descriptor_ros.data.formats import (
+    colmap_c2w,
+    colmap_camera_to_intrinsics,
+    intrinsics_to_colmap,
+    near_far_from_points,
+)
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import CameraIntrinsics
+from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, StageCancelled, check_cancelled
 
 MIN_IMAGES = 3
 # An image with fewer SIFT features than this cannot be registered reliably.
@@ -36,8 +42,8 @@ class SfmError(NerfDescriptorError):
 class SfmResult:
     """The largest reconstruction; keys are positions in the input image list."""
 
-    c2w: dict[int, np.ndarray]              # camera-to-world, OpenCV axes, model frame and scale
-    intrinsics: CameraIntrinsics             # after bundle adjustment
+    c2w: dict[int, np.ndarray]  # camera-to-world, OpenCV axes, model frame and scale
+    intrinsics: CameraIntrinsics  # after bundle adjustment
     num_images: int
     num_points: int
     mean_reprojection_error_px: float
@@ -54,20 +60,31 @@ class SfmResult:
         return [i for i in range(self.num_images) if i not in self.c2w]
 
     def summary(self) -> str:
-        text = (f"registered {len(self.c2w)}/{self.num_images} frames "
-                f"({100 * self.registered_fraction:.0f}%), {self.num_points} points, mean "
-                f"reprojection error {self.mean_reprojection_error_px:.3f} px, "
-                f"{self.verified_pairs} verified image pairs")
+        text = (
+            f"registered {len(self.c2w)}/{self.num_images} frames "
+            f"({100 * self.registered_fraction:.0f}%), {self.num_points} points, mean "
+            f"reprojection error {self.mean_reprojection_error_px:.3f} px, "
+            f"{self.verified_pairs} verified image pairs"
+        )
         if self.unregistered:
             text += f"; not registered: frames {self.unregistered}"
         return text
 
 
-def run_sfm(image_root: Path, image_names: list[str], work_dir: Path,
-            intrinsics: CameraIntrinsics | None = None, refine_intrinsics: bool = False,
-            max_exhaustive: int = 100, sequential_overlap: int = 10, seed: int = 0,
-            num_threads: int = -1, verbose: bool = False, report: ProgressCallback | None = None,
-            cancel: threading.Event | None = None) -> SfmResult:
+def run_sfm(
+    image_root: Path,
+    image_names: list[str],
+    work_dir: Path,
+    intrinsics: CameraIntrinsics | None = None,
+    refine_intrinsics: bool = False,
+    max_exhaustive: int = 100,
+    sequential_overlap: int = 10,
+    seed: int = 0,
+    num_threads: int = -1,
+    verbose: bool = False,
+    report: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> SfmResult:
     """Reconstruct the cameras of ``image_root/<name>`` for every name; work files go to ``work_dir``.
 
     ``intrinsics`` (one camera for all images) are held fixed unless ``refine_intrinsics``;
@@ -87,14 +104,24 @@ def run_sfm(image_root: Path, image_names: list[str], work_dir: Path,
     pycolmap.set_random_seed(seed)
     try:
         with _cancellation(cancel) as token:
-            features = _extract(pycolmap, database, image_root, image_names, intrinsics, num_threads,
-                                token, report, cancel)
+            features = _extract(
+                pycolmap, database, image_root, image_names, intrinsics, num_threads, token, report, cancel
+            )
             pairs = _pairs(len(image_names), max_exhaustive, sequential_overlap)
-            verified = _match(pycolmap, database, work_dir, image_names, pairs, num_threads, token,
-                              report, cancel)
-            models = _map(pycolmap, database, image_root, work_dir, len(image_names),
-                          intrinsics is not None and not refine_intrinsics, seed, num_threads, token,
-                          report, cancel)
+            verified = _match(pycolmap, database, work_dir, image_names, pairs, num_threads, token, report, cancel)
+            models = _map(
+                pycolmap,
+                database,
+                image_root,
+                work_dir,
+                len(image_names),
+                intrinsics is not None and not refine_intrinsics,
+                seed,
+                num_threads,
+                token,
+                report,
+                cancel,
+            )
     except InterruptedError as exc:  # pycolmap's answer to a cancelled token
         raise StageCancelled("cancelled on request") from exc
     finally:
@@ -105,7 +132,8 @@ def run_sfm(image_root: Path, image_names: list[str], work_dir: Path,
             f"({verified} verified pairs, median {int(np.median(features))} SIFT features per "
             "image). Either the views are too few or too far apart (capture more views, "
             "neighbours at most ~15-20 degrees apart) or they are too textureless (keep the "
-            "background in the images, do not mask it out; put the object on a textured surface)")
+            "background in the images, do not mask it out; put the object on a textured surface)"
+        )
     model = max(models.values(), key=lambda m: m.num_reg_images())
     index = {name: i for i, name in enumerate(image_names)}
     ids = sorted(model.reg_image_ids(), key=lambda image_id: index[model.image(image_id).name])
@@ -114,11 +142,15 @@ def run_sfm(image_root: Path, image_names: list[str], work_dir: Path,
     c2w = {index[model.image(i).name]: colmap_c2w(model.image(i)) for i in ids}
     near_far = near_far_from_points(model, ids)
     return SfmResult(
-        c2w=c2w, intrinsics=colmap_camera_to_intrinsics(camera), num_images=len(image_names),
+        c2w=c2w,
+        intrinsics=colmap_camera_to_intrinsics(camera),
+        num_images=len(image_names),
         num_points=model.num_points3D(),
         mean_reprojection_error_px=float(model.compute_mean_reprojection_error()),
         near_far=dict(zip(c2w, near_far)) if near_far else {},
-        features_per_image=features, verified_pairs=verified)
+        features_per_image=features,
+        verified_pairs=verified,
+    )
 
 
 def _check_images(image_root: Path, names: list[str], intrinsics: CameraIntrinsics | None) -> None:
@@ -126,8 +158,10 @@ def _check_images(image_root: Path, names: list[str], intrinsics: CameraIntrinsi
         raise SfmError(f"SfM needs at least {MIN_IMAGES} images, got {len(names)}")
     missing = [n for n in names if not (image_root / n).is_file()]
     if missing:
-        raise SfmError(f"{len(missing)} image(s) missing under {image_root}: "
-                       f"{', '.join(missing[:5])}; restore them or remove their frames")
+        raise SfmError(
+            f"{len(missing)} image(s) missing under {image_root}: "
+            f"{', '.join(missing[:5])}; restore them or remove their frames"
+        )
     sizes: dict[tuple[int, int], list[str]] = {}
     for name in names:
         img = cv2.imread(str(image_root / name), cv2.IMREAD_UNCHANGED)
@@ -136,12 +170,13 @@ def _check_images(image_root: Path, names: list[str], intrinsics: CameraIntrinsi
         sizes.setdefault((img.shape[1], img.shape[0]), []).append(name)
     if len(sizes) > 1:
         found = ", ".join(f"{w}x{h} ({len(v)} images, e.g. {v[0]})" for (w, h), v in sizes.items())
-        raise SfmError(f"images have different sizes: {found}. SfM here estimates one camera: "
-                       "resize them to one size (and scale the intrinsics) or split the dataset")
+        raise SfmError(
+            f"images have different sizes: {found}. SfM here estimates one camera: "
+            "resize them to one size (and scale the intrinsics) or split the dataset"
+        )
     size = next(iter(sizes))
     if intrinsics is not None and size != (intrinsics.width, intrinsics.height):
-        raise SfmError(f"images are {size[0]}x{size[1]} but the camera is "
-                       f"{intrinsics.width}x{intrinsics.height}")
+        raise SfmError(f"images are {size[0]}x{size[1]} but the camera is {intrinsics.width}x{intrinsics.height}")
 
 
 @contextmanager
@@ -169,8 +204,7 @@ def _cancellation(cancel: threading.Event | None):
             watcher.join()
 
 
-def _extract(pycolmap, database, image_root, names, intrinsics, num_threads, token, report,
-             cancel) -> list[int]:
+def _extract(pycolmap, database, image_root, names, intrinsics, num_threads, token, report, cancel) -> list[int]:
     reader = pycolmap.ImageReaderOptions()
     if intrinsics is not None:
         reader.camera_model, params = intrinsics_to_colmap(intrinsics)
@@ -178,15 +212,20 @@ def _extract(pycolmap, database, image_root, names, intrinsics, num_threads, tok
     options = pycolmap.FeatureExtractionOptions()
     options.num_threads = num_threads
     for start in range(0, len(names), CHUNK):
-        pycolmap.extract_features(database, image_root, image_names=names[start:start + CHUNK],
-                                  camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                                  extraction_options=options, device=pycolmap.Device.cpu,
-                                  cancellation_token=token)
+        pycolmap.extract_features(
+            database,
+            image_root,
+            image_names=names[start : start + CHUNK],
+            camera_mode=pycolmap.CameraMode.SINGLE,
+            reader_options=reader,
+            extraction_options=options,
+            device=pycolmap.Device.cpu,
+            cancellation_token=token,
+        )
         check_cancelled(cancel)
         reader.existing_camera_id = 1  # one camera for every chunk
         if report:
-            report(ProgressReport("sfm", min(start + CHUNK, len(names)), len(names),
-                                  message="features"))
+            report(ProgressReport("sfm", min(start + CHUNK, len(names)), len(names), message="features"))
     with pycolmap.Database.open(database) as db:
         by_name = {img.name: db.num_keypoints_for_image(img.image_id) for img in db.read_all_images()}
     features = [by_name.get(n, 0) for n in names]
@@ -196,14 +235,15 @@ def _extract(pycolmap, database, image_root, names, intrinsics, num_threads, tok
             f"{len(weak)} of {len(names)} images have fewer than {MIN_FEATURES_PER_IMAGE} SIFT "
             f"features (median {int(np.median(features))}): the views are too textureless for "
             "SfM. Keep the background in the images (do not mask it out), put the object on a "
-            "textured surface, light it evenly, or use the arm's poses instead")
+            "textured surface, light it evenly, or use the arm's poses instead"
+        )
     return features
 
 
 def _pairs(n: int, max_exhaustive: int, overlap: int) -> list[tuple[int, int]]:
     if n <= max_exhaustive:
         return [(i, j) for i in range(n) for j in range(i + 1, n)]
-    steps = sorted(set(range(1, overlap + 1)) | {2 ** k for k in range(int(np.log2(n)) + 1)})
+    steps = sorted(set(range(1, overlap + 1)) | {2**k for k in range(int(np.log2(n)) + 1)})
     return [(i, i + s) for i in range(n) for s in steps if i + s < n]
 
 
@@ -215,19 +255,24 @@ def _match(pycolmap, database, work_dir, names, pairs, num_threads, token, repor
     pairing.match_list_path = str(pair_file)
     step = CHUNK * CHUNK
     for start in range(0, len(pairs), step):
-        pair_file.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in pairs[start:start + step]))
-        pycolmap.match_image_pairs(database, matching_options=options, pairing_options=pairing,
-                                   device=pycolmap.Device.cpu, cancellation_token=token)
+        pair_file.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in pairs[start : start + step]))
+        pycolmap.match_image_pairs(
+            database,
+            matching_options=options,
+            pairing_options=pairing,
+            device=pycolmap.Device.cpu,
+            cancellation_token=token,
+        )
         check_cancelled(cancel)
         if report:
-            report(ProgressReport("sfm", min(start + step, len(pairs)), len(pairs),
-                                  message="matching"))
+            report(ProgressReport("sfm", min(start + step, len(pairs)), len(pairs), message="matching"))
     with pycolmap.Database.open(database) as db:
         return int(db.num_verified_image_pairs())
 
 
-def _map(pycolmap, database, image_root, work_dir, num_images, fixed_intrinsics, seed, num_threads,
-         token, report, cancel) -> dict:
+def _map(
+    pycolmap, database, image_root, work_dir, num_images, fixed_intrinsics, seed, num_threads, token, report, cancel
+) -> dict:
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = num_threads
     options.random_seed = seed
@@ -241,10 +286,15 @@ def _map(pycolmap, database, image_root, work_dir, num_images, fixed_intrinsics,
     def next_image():
         registered[0] += 1
         if report:
-            report(ProgressReport("sfm", min(registered[0], num_images), num_images,
-                                  message="mapping"))
+            report(ProgressReport("sfm", min(registered[0], num_images), num_images, message="mapping"))
 
-    models = pycolmap.incremental_mapping(database, image_root, work_dir / "sparse", options=options,
-                                          next_image_callback=next_image, cancellation_token=token)
+    models = pycolmap.incremental_mapping(
+        database,
+        image_root,
+        work_dir / "sparse",
+        options=options,
+        next_image_callback=next_image,
+        cancellation_token=token,
+    )
     check_cancelled(cancel)
     return models

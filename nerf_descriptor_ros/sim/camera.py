@@ -7,11 +7,12 @@ projection below maps ``u = fx X/Z + cx`` to ``x_w = u`` and ``v = fy Y/Z + cy``
 ``y_w = height - 1 - v``. test/test_sim_world.py checks the result against analytic depth and
 :func:`geometry.project_points` to well under a pixel.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import CameraIntrinsics, invert, opencv_to_opengl
+from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, opencv_to_opengl
 
 
 def projection_matrix(intrinsics: CameraIntrinsics, near: float, far: float) -> np.ndarray:

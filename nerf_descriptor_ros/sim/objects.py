@@ -1,4 +1,5 @@
 """The object on the table: resolve its model, load it into pybullet, and measure its geometry."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pybullet_data
 
-from ..errors import NerfDescriptorError
-from ..geometry import matrix_to_pose, pose_to_matrix, transform_points
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import matrix_to_pose, pose_to_matrix, transform_points
 
 MESH_SUFFIXES = (".obj", ".stl")
 URDF_SUFFIX = ".urdf"
@@ -24,11 +25,17 @@ class ObjectModelError(NerfDescriptorError, ValueError):
 # +90 deg about x stands them upright, e.g. the duck's height grows from 0.058 to 0.077 m and the
 # teddy's from 0.063 to 0.093 m; the Stanford bunny sits on its paws. Every other model is taken as
 # modelled, z up (the URDF convention).
-_Y_UP_PYBULLET_MODELS = frozenset({
-    "duck.obj", "duck_vhacd.obj", "duck_vhacd.urdf",
-    "teddy2_VHACD_CHs.obj", "teddy_vhacd.urdf", "teddy_large.urdf",
-    "bunny.obj",
-})
+_Y_UP_PYBULLET_MODELS = frozenset(
+    {
+        "duck.obj",
+        "duck_vhacd.obj",
+        "duck_vhacd.urdf",
+        "teddy2_VHACD_CHs.obj",
+        "teddy_vhacd.urdf",
+        "teddy_large.urdf",
+        "bunny.obj",
+    }
+)
 _Y_UP_TO_Z_UP_RPY_DEG = (90.0, 0.0, 0.0)
 
 
@@ -51,8 +58,7 @@ class ObjectModel:
         """Roll, pitch, yaw (deg) that stand the model upright: known y-up pybullet_data models are
         turned, everything else is used as modelled."""
         data = Path(pybullet_data.getDataPath()).resolve()
-        if self.path.is_relative_to(data) and \
-                self.path.relative_to(data).as_posix() in _Y_UP_PYBULLET_MODELS:
+        if self.path.is_relative_to(data) and self.path.relative_to(data).as_posix() in _Y_UP_PYBULLET_MODELS:
             return _Y_UP_TO_Z_UP_RPY_DEG
         return (0.0, 0.0, 0.0)
 
@@ -74,8 +80,9 @@ def resolve_object_model(source: str, scale: float = 1.0) -> ObjectModel:
     if not path.is_absolute():
         path = Path(pybullet_data.getDataPath()) / path
     if not path.is_file():
-        raise ObjectModelError(f"object {source!r} not found (looked for {path}; relative paths "
-                               "are taken under pybullet_data)")
+        raise ObjectModelError(
+            f"object {source!r} not found (looked for {path}; relative paths are taken under pybullet_data)"
+        )
     return ObjectModel(source=source, path=path.resolve(), kind=kind, scale=float(scale))
 
 
@@ -89,14 +96,14 @@ def load_object(bullet, model: ObjectModel) -> int:
     scale = [model.scale] * 3
     try:
         visual = bullet.createVisualShape(bullet.GEOM_MESH, fileName=str(model.path), meshScale=scale)
-        collision = bullet.createCollisionShape(bullet.GEOM_MESH, fileName=str(model.path),
-                                                meshScale=scale)
+        collision = bullet.createCollisionShape(bullet.GEOM_MESH, fileName=str(model.path), meshScale=scale)
     except Exception as exc:
         raise ObjectModelError(f"pybullet cannot load the mesh {model.path}: {exc}") from exc
     if visual < 0 or collision < 0:
         raise ObjectModelError(f"pybullet cannot load the mesh {model.path}")
-    return bullet.createMultiBody(baseMass=_MESH_MASS_KG, baseCollisionShapeIndex=collision,
-                                  baseVisualShapeIndex=visual)
+    return bullet.createMultiBody(
+        baseMass=_MESH_MASS_KG, baseCollisionShapeIndex=collision, baseVisualShapeIndex=visual
+    )
 
 
 def _com_to_link(bullet, body: int, link: int) -> np.ndarray:
@@ -143,8 +150,7 @@ def collision_vertices(bullet, body: int) -> np.ndarray:
             state = bullet.getLinkState(body, link, computeForwardKinematics=True)
             T_world_com = pose_to_matrix(state[0], state[1])
         # Shape data and mesh vertices are both given in the link's inertial (centre of mass) frame.
-        points = [_primitive_vertices(bullet, shape) for shape in shapes
-                  if shape[2] != bullet.GEOM_MESH]
+        points = [_primitive_vertices(bullet, shape) for shape in shapes if shape[2] != bullet.GEOM_MESH]
         meshes = [shape for shape in shapes if shape[2] == bullet.GEOM_MESH]
         if meshes:
             points.append(_link_mesh_vertices(bullet, body, link, meshes))
@@ -153,8 +159,9 @@ def collision_vertices(bullet, body: int) -> np.ndarray:
         raise ObjectModelError("the object has no collision geometry to place it with")
     vertices = np.concatenate(chunks)
     if not np.all(np.isfinite(vertices)) or np.ptp(vertices, axis=0).max() < _MIN_EXTENT_M:
-        raise ObjectModelError("the object's collision geometry is broken (no extent, or "
-                               "coordinates that are not numbers)")
+        raise ObjectModelError(
+            "the object's collision geometry is broken (no extent, or coordinates that are not numbers)"
+        )
     return vertices
 
 
@@ -179,8 +186,9 @@ def _primitive_vertices(bullet, shape) -> np.ndarray:
         ball = _sphere_points(dimensions[1])
         local = np.concatenate([ball + [0, 0, dimensions[0] / 2], ball - [0, 0, dimensions[0] / 2]])
     else:
-        raise ObjectModelError(f"collision shape type {geometry} (plane or height field) is not an "
-                               "object that can rest on the table")
+        raise ObjectModelError(
+            f"collision shape type {geometry} (plane or height field) is not an object that can rest on the table"
+        )
     return transform_points(pose_to_matrix(shape[5], shape[6]), local)
 
 
@@ -239,9 +247,10 @@ def read_mesh_vertices(path: Path) -> np.ndarray:
 def _stl_vertices(data: bytes) -> np.ndarray:
     triangles = int.from_bytes(data[80:84], "little") if len(data) >= 84 else -1
     if len(data) == 84 + 50 * triangles:  # binary: header, count, 50-byte facets
-        facets = np.frombuffer(data, dtype=np.dtype([("normal", "<f4", 3), ("corners", "<f4", (3, 3)),
-                                                      ("attribute", "<u2")]), offset=84)
+        facets = np.frombuffer(
+            data, dtype=np.dtype([("normal", "<f4", 3), ("corners", "<f4", (3, 3)), ("attribute", "<u2")]), offset=84
+        )
         return facets["corners"].reshape(-1, 3).astype(np.float64)
     words = data.decode(errors="replace").split()
     starts = [i + 1 for i, word in enumerate(words) if word == "vertex"]
-    return np.asarray([words[i:i + 3] for i in starts], dtype=np.float64).reshape(-1, 3)
+    return np.asarray([words[i : i + 3] for i in starts], dtype=np.float64).reshape(-1, 3)

@@ -4,27 +4,34 @@ What the capture node records from the sim_robot node's view sweep, made directl
 :class:`SimWorld` and :class:`DatasetWriter`, for benchmarks that need a dataset with exact depth,
 masks and camera poses (and ``ground_truth.json``, the scene as the simulator knows it).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from ..dataset import Dataset, DatasetWriter, atomic_write_json
-from ..errors import NerfDescriptorError
-from .views import framing_distance, hemisphere_views
-from .world import SimConfig, SimWorld
+from nerf_descriptor_ros.data.dataset import Dataset, DatasetWriter, atomic_write_json
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.sim.views import framing_distance, hemisphere_views
+from nerf_descriptor_ros.sim.world import SimConfig, SimWorld
 
 # Each retry asks for this much more than the shortfall, so that one more pass usually suffices.
 _DENSIFY_MARGIN = 1.05
 _MAX_PASSES = 4
 
 
-def capture_sweep_dataset(sim_config: SimConfig, out_dir: str | Path, num_views: int,
-                          placement_seed: Optional[int] = None, radius_m: Optional[float] = None,
-                          fill_fraction: float = 0.85, min_elevation_deg: float = 25.0,
-                          max_elevation_deg: float = 70.0, metadata: Optional[dict] = None) -> Dataset:
+def capture_sweep_dataset(
+    sim_config: SimConfig,
+    out_dir: str | Path,
+    num_views: int,
+    placement_seed: int | None = None,
+    radius_m: float | None = None,
+    fill_fraction: float = 0.85,
+    min_elevation_deg: float = 25.0,
+    max_elevation_deg: float = 70.0,
+    metadata: dict | None = None,
+) -> Dataset:
     """Render exactly ``num_views`` viewpoints the arm can reach on a hemisphere cap; write a dataset.
 
     The object stands at its nominal pose, or at the random placement ``placement_seed``. The
@@ -41,26 +48,32 @@ def capture_sweep_dataset(sim_config: SimConfig, out_dir: str | Path, num_views:
         radius = radius_m or framing_distance(world.object_radius(), world.intrinsics, fill_fraction)
         requested, reachable = num_views, []
         for _ in range(_MAX_PASSES):
-            reachable = [solution.joint_positions for solution in
-                         (world.solve_camera_ik(target) for target in hemisphere_views(
-                             world.object_center(), requested, radius, min_elevation_deg,
-                             max_elevation_deg))
-                         if solution.success]
-            if len(reachable) >= num_views or not reachable:   # none: a denser cap will not help
+            reachable = [
+                solution.joint_positions
+                for solution in (
+                    world.solve_camera_ik(target)
+                    for target in hemisphere_views(
+                        world.object_center(), requested, radius, min_elevation_deg, max_elevation_deg
+                    )
+                )
+                if solution.success
+            ]
+            if len(reachable) >= num_views or not reachable:  # none: a denser cap will not help
                 break
             requested = int(np.ceil(requested * num_views / max(len(reachable), 1) * _DENSIFY_MARGIN))
         if len(reachable) < num_views:
             raise NerfDescriptorError(
                 f"the arm reaches only {len(reachable)} of {num_views} viewpoints {radius:.3f} m "
                 f"around {sim_config.object_source}: ask for fewer views, another radius or "
-                "elevation range")
-        writer = DatasetWriter(out_dir, metadata={"object_name": Path(out_dir).name,
-                                                  "object_source": sim_config.object_source,
-                                                  **(metadata or {})})
+                "elevation range"
+            )
+        writer = DatasetWriter(
+            out_dir,
+            metadata={"object_name": Path(out_dir).name, "object_source": sim_config.object_source, **(metadata or {})},
+        )
         for index in np.round(np.linspace(0, len(reachable) - 1, num_views)).astype(int):
             world.set_joint_positions(reachable[index])
             frame = world.render()
-            writer.add_frame(frame.rgb, frame.T_base_cam, world.intrinsics, depth_m=frame.depth,
-                             mask=frame.mask)
+            writer.add_frame(frame.rgb, frame.T_base_cam, world.intrinsics, depth_m=frame.depth, mask=frame.mask)
         atomic_write_json(Path(out_dir) / "ground_truth.json", world.ground_truth())
     return Dataset.load(out_dir)

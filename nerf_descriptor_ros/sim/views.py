@@ -1,23 +1,29 @@
 """Viewpoints on a hemisphere cap around an object, ordered so that the arm travels little."""
+
 from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import CameraIntrinsics, look_at
+from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at
 
 
 def framing_distance(object_radius: float, intrinsics: CameraIntrinsics, fill_fraction: float) -> float:
     """Distance at which a sphere of ``object_radius`` spans ``fill_fraction`` of the narrower view."""
     if not 0.0 < fill_fraction <= 1.0:
         raise ValueError(f"fill fraction must be in (0, 1], got {fill_fraction}")
-    half_fov = min(np.arctan2(intrinsics.width / 2, intrinsics.fx),
-                   np.arctan2(intrinsics.height / 2, intrinsics.fy))
+    half_fov = min(np.arctan2(intrinsics.width / 2, intrinsics.fx), np.arctan2(intrinsics.height / 2, intrinsics.fy))
     return float(object_radius / np.sin(fill_fraction * half_fov))
 
 
-def hemisphere_views(center, num_views: int, radius: float, min_elevation_deg: float,
-                     max_elevation_deg: float, start_azimuth_deg: float = 180.0,
-                     azimuth_span_deg: float = 360.0) -> list[np.ndarray]:
+def hemisphere_views(
+    center,
+    num_views: int,
+    radius: float,
+    min_elevation_deg: float,
+    max_elevation_deg: float,
+    start_azimuth_deg: float = 180.0,
+    azimuth_span_deg: float = 360.0,
+) -> list[np.ndarray]:
     """Camera-to-world poses (OpenCV axes) looking at ``center`` from ``radius`` away.
 
     Views lie on rings of constant elevation, from the highest ring down, with the number of views
@@ -32,8 +38,10 @@ def hemisphere_views(center, num_views: int, radius: float, min_elevation_deg: f
     if not np.isfinite(radius) or radius <= 0:
         raise ValueError(f"radius must be positive, got {radius}")
     if not -90.0 < min_elevation_deg <= max_elevation_deg < 90.0:
-        raise ValueError("elevations must satisfy -90 < min <= max < 90 degrees, got "
-                         f"min={min_elevation_deg} max={max_elevation_deg}")
+        raise ValueError(
+            "elevations must satisfy -90 < min <= max < 90 degrees, got "
+            f"min={min_elevation_deg} max={max_elevation_deg}"
+        )
     if not 0.0 < azimuth_span_deg <= 360.0:
         raise ValueError(f"azimuth span must be in (0, 360] degrees, got {azimuth_span_deg}")
     center = np.asarray(center, dtype=np.float64)
@@ -58,9 +66,9 @@ def hemisphere_views(center, num_views: int, radius: float, min_elevation_deg: f
         direction = 1.0 if ring % 2 == 0 else -1.0
         for offset in offsets:
             azimuth = np.radians(start_azimuth_deg) + direction * offset
-            eye = center + radius * np.array([np.cos(elevation) * np.cos(azimuth),
-                                              np.cos(elevation) * np.sin(azimuth),
-                                              np.sin(elevation)])
+            eye = center + radius * np.array(
+                [np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)]
+            )
             poses.append(look_at(eye, center))
     return poses
 

@@ -7,6 +7,7 @@ the object stays exactly where it was placed while the camera looks at it. Only 
 following its path exactly; afterwards the object is put back where it was. pybullet is not
 thread-safe: callers that share a world between threads hold one lock around every call.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -23,12 +24,27 @@ from pybullet_utils.bullet_client import BulletClient
 from scipy.spatial import ConvexHull
 from scipy.spatial.transform import Rotation
 
-from ..dataset import atomic_write_json, object_dataset_path
-from ..geometry import (CameraIntrinsics, interpolate_pose, invert, matrix_to_pose, pose_distance,
-                        pose_to_matrix, transform_points, validate_rigid_transform)
-from .camera import depth_buffer_to_metres, projection_matrix, to_gl_list, view_matrix
-from .objects import (ObjectModel, body_center_of_mass, body_frame_pose, collision_vertices,
-                      load_object, resolve_object_model, set_body_frame_pose)
+from nerf_descriptor_ros.data.dataset import atomic_write_json, object_dataset_path
+from nerf_descriptor_ros.geometry import (
+    CameraIntrinsics,
+    interpolate_pose,
+    invert,
+    matrix_to_pose,
+    pose_distance,
+    pose_to_matrix,
+    transform_points,
+    validate_rigid_transform,
+)
+from nerf_descriptor_ros.sim.camera import depth_buffer_to_metres, projection_matrix, to_gl_list, view_matrix
+from nerf_descriptor_ros.sim.objects import (
+    ObjectModel,
+    body_center_of_mass,
+    body_frame_pose,
+    collision_vertices,
+    load_object,
+    resolve_object_model,
+    set_body_frame_pose,
+)
 
 PANDA_URDF = "franka_panda/panda.urdf"
 ARM_JOINTS = [f"panda_joint{i}" for i in range(1, 8)]
@@ -101,10 +117,10 @@ class SimConfig:
 class RenderedFrame:
     """One camera image with the pose it was rendered from (base frame, OpenCV axes)."""
 
-    rgb: np.ndarray          # HxWx3 uint8
-    depth: np.ndarray        # HxW float32 metres along the optical axis, NaN where nothing was hit
-    mask: np.ndarray         # HxW bool, True on the object
-    T_base_cam: np.ndarray   # 4x4 camera-to-base
+    rgb: np.ndarray  # HxWx3 uint8
+    depth: np.ndarray  # HxW float32 metres along the optical axis, NaN where nothing was hit
+    mask: np.ndarray  # HxW bool, True on the object
+    T_base_cam: np.ndarray  # 4x4 camera-to-base
     joint_positions: np.ndarray
 
 
@@ -116,7 +132,7 @@ class IkResult:
     success: bool
     message: str
     joint_positions: np.ndarray  # arm joints; the best attempt when unsuccessful
-    achieved: np.ndarray         # the frame's pose those joints give (FK), base frame
+    achieved: np.ndarray  # the frame's pose those joints give (FK), base frame
     position_error_m: float
     rotation_error_deg: float
 
@@ -132,18 +148,18 @@ class PickResult:
 
 @dataclass
 class _PickPlan:
-    T_pre_grasp: np.ndarray   # TCP pose
+    T_pre_grasp: np.ndarray  # TCP pose
     T_grasp: np.ndarray
-    pre_grasp: np.ndarray     # arm joints at the pre-grasp pose
-    approach: list            # arm joints along the straight approach, pre-grasp to grasp
+    pre_grasp: np.ndarray  # arm joints at the pre-grasp pose
+    approach: list  # arm joints along the straight approach, pre-grasp to grasp
     lift_height_m: float
 
 
 @dataclass
 class _PickRun:
-    steps: Generator          # advances one physics step per item; returns the PickResult
-    clock_s: float = 0.0      # time asked for so far
-    elapsed_s: float = 0.0    # time simulated so far
+    steps: Generator  # advances one physics step per item; returns the PickResult
+    clock_s: float = 0.0  # time asked for so far
+    elapsed_s: float = 0.0  # time simulated so far
 
 
 @dataclass
@@ -177,8 +193,9 @@ class SimWorld:
         self.config = config or SimConfig()
         self.intrinsics = self.config.intrinsics
         self.T_hand_cam = self.config.T_hand_cam
-        self._projection = to_gl_list(projection_matrix(
-            self.intrinsics, self.config.clip_near_m, self.config.clip_far_m))
+        self._projection = to_gl_list(
+            projection_matrix(self.intrinsics, self.config.clip_near_m, self.config.clip_far_m)
+        )
         self._ik = _IkSettings()
         self._motion: _Motion | None = None
         self._pick: _PickRun | None = None
@@ -208,24 +225,43 @@ class SimWorld:
         b = self.bullet
         half = [cfg.table_size_xy[0] / 2, cfg.table_size_xy[1] / 2, cfg.table_thickness_m / 2]
         center = [cfg.table_center_xy[0], cfg.table_center_xy[1], -cfg.table_thickness_m / 2]
-        slab_visual = b.createVisualShape(b.GEOM_BOX, halfExtents=[half[0], half[1], half[2] - 5e-4],
-                                          visualFramePosition=[0, 0, -5e-4], rgbaColor=[0.45, 0.35, 0.25, 1])
+        slab_visual = b.createVisualShape(
+            b.GEOM_BOX,
+            halfExtents=[half[0], half[1], half[2] - 5e-4],
+            visualFramePosition=[0, 0, -5e-4],
+            rgbaColor=[0.45, 0.35, 0.25, 1],
+        )
         self.table_id = b.createMultiBody(
-            baseMass=0.0, baseCollisionShapeIndex=b.createCollisionShape(b.GEOM_BOX, halfExtents=half),
-            baseVisualShapeIndex=slab_visual, basePosition=center)
-        top = b.createMultiBody(baseMass=0.0, baseVisualShapeIndex=self._quad_visual(half[0], half[1]),
-                                basePosition=[center[0], center[1], 0.0])
+            baseMass=0.0,
+            baseCollisionShapeIndex=b.createCollisionShape(b.GEOM_BOX, halfExtents=half),
+            baseVisualShapeIndex=slab_visual,
+            basePosition=center,
+        )
+        top = b.createMultiBody(
+            baseMass=0.0,
+            baseVisualShapeIndex=self._quad_visual(half[0], half[1]),
+            basePosition=[center[0], center[1], 0.0],
+        )
         self._apply_texture(top, (0.75, 0.6, 0.45), cfg.texture_seed)
         leg_half = [0.03, 0.03, (cfg.table_height_m - cfg.table_thickness_m) / 2]
         leg_visual = b.createVisualShape(b.GEOM_BOX, halfExtents=leg_half, rgbaColor=[0.35, 0.3, 0.25, 1])
         for sx in (-1, 1):
             for sy in (-1, 1):
-                b.createMultiBody(baseMass=0.0, baseVisualShapeIndex=leg_visual, basePosition=[
-                    center[0] + sx * (half[0] - 0.06), center[1] + sy * (half[1] - 0.06),
-                    -cfg.table_thickness_m - leg_half[2]])
+                b.createMultiBody(
+                    baseMass=0.0,
+                    baseVisualShapeIndex=leg_visual,
+                    basePosition=[
+                        center[0] + sx * (half[0] - 0.06),
+                        center[1] + sy * (half[1] - 0.06),
+                        -cfg.table_thickness_m - leg_half[2],
+                    ],
+                )
         self.floor_id = b.createMultiBody(
-            baseMass=0.0, baseCollisionShapeIndex=b.createCollisionShape(b.GEOM_PLANE),
-            baseVisualShapeIndex=self._quad_visual(4.0, 4.0), basePosition=[0, 0, -cfg.table_height_m])
+            baseMass=0.0,
+            baseCollisionShapeIndex=b.createCollisionShape(b.GEOM_PLANE),
+            baseVisualShapeIndex=self._quad_visual(4.0, 4.0),
+            basePosition=[0, 0, -cfg.table_height_m],
+        )
         self._apply_texture(self.floor_id, (0.55, 0.6, 0.65), cfg.texture_seed + 1)
 
     def _quad_visual(self, half_x: float, half_y: float) -> int:
@@ -236,8 +272,12 @@ class SimWorld:
         """
         corners = [[-half_x, -half_y, 0], [half_x, -half_y, 0], [half_x, half_y, 0], [-half_x, half_y, 0]]
         return self.bullet.createVisualShape(
-            self.bullet.GEOM_MESH, vertices=corners, indices=[0, 1, 2, 0, 2, 3],
-            uvs=[[0, 0], [1, 0], [1, 1], [0, 1]], normals=[[0, 0, 1]] * 4)
+            self.bullet.GEOM_MESH,
+            vertices=corners,
+            indices=[0, 1, 2, 0, 2, 3],
+            uvs=[[0, 0], [1, 0], [1, 1], [0, 1]],
+            normals=[[0, 0, 1]] * 4,
+        )
 
     def _apply_texture(self, body: int, tint, seed: int) -> None:
         texture = self.bullet.loadTexture(str(self._write_texture(f"texture_{body}.png", tint, seed)))
@@ -251,10 +291,10 @@ class SimWorld:
         for cells, weight in ((8, 0.3), (32, 0.3), (128, 0.25), (512, 0.15)):
             noise = rng.random((cells, cells)).astype(np.float32)
             shade += weight * cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)
-        hue = cv2.resize(rng.random((6, 6, 3)).astype(np.float32), (size, size),
-                         interpolation=cv2.INTER_CUBIC)
-        rgb = np.clip((0.8 + 1.2 * (shade[..., None] - 0.5)) * np.asarray(tint, np.float32)
-                      + 0.25 * (hue - 0.5), 0.0, 1.0)
+        hue = cv2.resize(rng.random((6, 6, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+        rgb = np.clip(
+            (0.8 + 1.2 * (shade[..., None] - 0.5)) * np.asarray(tint, np.float32) + 0.25 * (hue - 0.5), 0.0, 1.0
+        )
         path = Path(self._texture_dir.name) / name
         cv2.imwrite(str(path), cv2.cvtColor((rgb * 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
         return path
@@ -393,8 +433,7 @@ class SimWorld:
         self._set_arm(arm_positions)
 
     def _set_arm(self, arm_positions) -> None:
-        self.bullet.resetJointStatesMultiDof(self.robot_id, self._arm_indices,
-                                             [[float(q)] for q in arm_positions])
+        self.bullet.resetJointStatesMultiDof(self.robot_id, self._arm_indices, [[float(q)] for q in arm_positions])
 
     def hand_pose(self) -> np.ndarray:
         state = self.bullet.getLinkState(self.robot_id, self._hand_link, computeForwardKinematics=True)
@@ -410,13 +449,16 @@ class SimWorld:
         cfg = self.config
         T_base_cam = self.camera_pose()
         _, _, rgba, depth_buffer, segmentation = self.bullet.getCameraImage(
-            self.intrinsics.width, self.intrinsics.height,
-            viewMatrix=to_gl_list(view_matrix(T_base_cam)), projectionMatrix=self._projection,
-            renderer=pybullet.ER_TINY_RENDERER, lightDirection=list(_LIGHT_DIRECTION))
+            self.intrinsics.width,
+            self.intrinsics.height,
+            viewMatrix=to_gl_list(view_matrix(T_base_cam)),
+            projectionMatrix=self._projection,
+            renderer=pybullet.ER_TINY_RENDERER,
+            lightDirection=list(_LIGHT_DIRECTION),
+        )
         shape = (self.intrinsics.height, self.intrinsics.width)
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(*shape, 4)[:, :, :3].copy()
-        depth = depth_buffer_to_metres(np.asarray(depth_buffer).reshape(shape),
-                                       cfg.clip_near_m, cfg.clip_far_m)
+        depth = depth_buffer_to_metres(np.asarray(depth_buffer).reshape(shape), cfg.clip_near_m, cfg.clip_far_m)
         mask = np.asarray(segmentation).reshape(shape) == self.object_id
         return RenderedFrame(rgb, depth, mask, T_base_cam, self.joint_positions)
 
@@ -429,8 +471,7 @@ class SimWorld:
         refines each start; forward kinematics verifies the answer against the tolerances and the
         arm must not go into the table or the object. The arm is left where it was.
         """
-        return self._solve_ik(validate_rigid_transform(T_base_cam_target, "camera target pose"),
-                              self.T_hand_cam)
+        return self._solve_ik(validate_rigid_transform(T_base_cam_target, "camera target pose"), self.T_hand_cam)
 
     def _solve_ik(self, T_target: np.ndarray, T_hand_frame: np.ndarray) -> IkResult:
         """Arm joints that put the hand's frame ``T_hand_frame`` at ``T_target`` (see
@@ -449,7 +490,8 @@ class SimWorld:
         starts (deterministic, and they escape local minima). The arm is left where it was."""
         saved = self.arm_positions
         restarts = np.random.default_rng(0).uniform(
-            self.joint_lower, self.joint_upper, size=(self._ik.random_restarts, len(ARM_JOINTS)))
+            self.joint_lower, self.joint_upper, size=(self._ik.random_restarts, len(ARM_JOINTS))
+        )
         try:
             for start in (saved, np.array(READY_ARM_POSITIONS), *restarts):
                 self._set_arm(start)
@@ -464,12 +506,17 @@ class SimWorld:
         n_fingers = len(self._finger_indices)
         ranges = self.joint_upper - self.joint_lower
         q = self.bullet.calculateInverseKinematics(
-            self.robot_id, self._hand_link, position.tolist(), orientation.tolist(),
+            self.robot_id,
+            self._hand_link,
+            position.tolist(),
+            orientation.tolist(),
             lowerLimits=self.joint_lower.tolist() + [0.0] * n_fingers,
             upperLimits=self.joint_upper.tolist() + [FINGER_OPEN_M] * n_fingers,
             jointRanges=ranges.tolist() + [FINGER_OPEN_M] * n_fingers,
             restPoses=list(READY_ARM_POSITIONS) + [FINGER_OPEN_M] * n_fingers,
-            maxNumIterations=self._ik.pybullet_iterations, residualThreshold=1e-6)
+            maxNumIterations=self._ik.pybullet_iterations,
+            residualThreshold=1e-6,
+        )
         return np.clip(np.array(q[: len(ARM_JOINTS)]), self.joint_lower, self.joint_upper)
 
     def _refine_ik(self, q: np.ndarray, T_target: np.ndarray, T_hand_frame: np.ndarray) -> np.ndarray:
@@ -481,14 +528,17 @@ class SimWorld:
         for _ in range(settings.refine_iterations):
             self._set_arm(q)
             T = self.hand_pose() @ T_hand_frame
-            error = np.concatenate([T_target[:3, 3] - T[:3, 3],
-                                    Rotation.from_matrix(T_target[:3, :3] @ T[:3, :3].T).as_rotvec()])
-            if (np.linalg.norm(error[:3]) < settings.converged_position_m
-                    and np.linalg.norm(error[3:]) < settings.converged_rotation_rad):
+            error = np.concatenate(
+                [T_target[:3, 3] - T[:3, 3], Rotation.from_matrix(T_target[:3, :3] @ T[:3, :3].T).as_rotvec()]
+            )
+            if (
+                np.linalg.norm(error[:3]) < settings.converged_position_m
+                and np.linalg.norm(error[3:]) < settings.converged_rotation_rad
+            ):
                 break
             linear, angular = self.bullet.calculateJacobian(
-                self.robot_id, self._hand_link, frame_in_hand, q.tolist() + fingers,
-                zeros, zeros)
+                self.robot_id, self._hand_link, frame_in_hand, q.tolist() + fingers, zeros, zeros
+            )
             J = np.vstack([np.asarray(linear), np.asarray(angular)])[:, : len(ARM_JOINTS)]
             step = J.T @ np.linalg.solve(J @ J.T + settings.damping * np.eye(6), error)
             step *= min(1.0, settings.step_limit_rad / max(np.abs(step).max(), 1e-12))
@@ -498,16 +548,19 @@ class SimWorld:
             q = q_next
         return q
 
-    def _check_solution(self, q: np.ndarray, T_target: np.ndarray, q_from: np.ndarray,
-                        T_hand_frame: np.ndarray) -> IkResult:
+    def _check_solution(
+        self, q: np.ndarray, T_target: np.ndarray, q_from: np.ndarray, T_hand_frame: np.ndarray
+    ) -> IkResult:
         cfg = self.config
         self._set_arm(q)
         T = self.hand_pose() @ T_hand_frame
         position_error, rotation_error = pose_distance(T, T_target)
         if position_error > cfg.ik_position_tolerance_m or rotation_error > cfg.ik_rotation_tolerance_deg:
-            message = (f"unreachable: the closest arm pose misses by {position_error * 1000:.1f} mm and "
-                       f"{rotation_error:.1f} deg (tolerance {cfg.ik_position_tolerance_m * 1000:.1f} mm, "
-                       f"{cfg.ik_rotation_tolerance_deg:.1f} deg)")
+            message = (
+                f"unreachable: the closest arm pose misses by {position_error * 1000:.1f} mm and "
+                f"{rotation_error:.1f} deg (tolerance {cfg.ik_position_tolerance_m * 1000:.1f} mm, "
+                f"{cfg.ik_rotation_tolerance_deg:.1f} deg)"
+            )
             return IkResult(False, message, q, T, position_error, rotation_error)
         collision = self._path_collision(q_from, q)
         if collision:
@@ -574,8 +627,7 @@ class SimWorld:
         """``T_base_tcp``: the gripper's tool centre point (see :data:`TCP_IN_HAND_M`)."""
         return self.hand_pose() @ self.T_hand_tcp
 
-    def pick_and_lift(self, T_base_tcp: np.ndarray, pre_grasp_distance_m: float,
-                      lift_height_m: float) -> PickResult:
+    def pick_and_lift(self, T_base_tcp: np.ndarray, pre_grasp_distance_m: float, lift_height_m: float) -> PickResult:
         """:meth:`start_pick` and run it to the end at once (simulated time, not real time)."""
         refusal = self.start_pick(T_base_tcp, pre_grasp_distance_m, lift_height_m)
         if refusal is not None:
@@ -589,8 +641,9 @@ class SimWorld:
     def picking(self) -> bool:
         return self._pick is not None
 
-    def start_pick(self, T_base_tcp: np.ndarray, pre_grasp_distance_m: float,
-                   lift_height_m: float) -> PickResult | None:
+    def start_pick(
+        self, T_base_tcp: np.ndarray, pre_grasp_distance_m: float, lift_height_m: float
+    ) -> PickResult | None:
         """Plan a grasp of the object with the TCP at ``T_base_tcp``; None when it started (run it
         with :meth:`step_pick`), else the refusal ("unreachable: ..." or "refused: ...").
 
@@ -606,11 +659,9 @@ class SimWorld:
             T_grasp = validate_rigid_transform(T_base_tcp, "grasp pose")
         except ValueError as exc:
             return PickResult(False, f"refused: {exc}")
-        for name, value in (("pre-grasp distance", pre_grasp_distance_m),
-                            ("lift height", lift_height_m)):
+        for name, value in (("pre-grasp distance", pre_grasp_distance_m), ("lift height", lift_height_m)):
             if not (np.isfinite(value) and value > 0):
-                return PickResult(False, f"refused: the {name} must be a positive number of "
-                                         f"metres, got {value}")
+                return PickResult(False, f"refused: the {name} must be a positive number of metres, got {value}")
         if self.bullet.getDynamicsInfo(self.object_id, -1)[0] <= 0:
             return PickResult(False, "refused: the object is static (mass 0) and cannot be lifted")
         plan, why_not = self._plan_pick(T_grasp, float(pre_grasp_distance_m), float(lift_height_m))
@@ -644,8 +695,9 @@ class SimWorld:
             self._pick.steps.close()
             self._pick = None
 
-    def _plan_pick(self, T_grasp: np.ndarray, pre_grasp_distance: float,
-                   lift_height: float) -> tuple[_PickPlan | None, str]:
+    def _plan_pick(
+        self, T_grasp: np.ndarray, pre_grasp_distance: float, lift_height: float
+    ) -> tuple[_PickPlan | None, str]:
         """Joints for the whole pick from the first pre-grasp arm pose whose straight approach and
         lift work, or why there is none."""
         T_pre = T_grasp.copy()
@@ -672,15 +724,20 @@ class SimWorld:
             return None, first_reason
         return None, f"the pre-grasp pose: {closest.message.removeprefix('unreachable: ')}"
 
-    def _straight_path(self, q_start: np.ndarray, T_from: np.ndarray, T_to: np.ndarray,
-                       with_object: bool | None = False, keep_partial: bool = False) -> tuple[list, str]:
+    def _straight_path(
+        self,
+        q_start: np.ndarray,
+        T_from: np.ndarray,
+        T_to: np.ndarray,
+        with_object: bool | None = False,
+        keep_partial: bool = False,
+    ) -> tuple[list, str]:
         """Arm joints every ``straight_path_step_m`` along the TCP's straight line from ``T_from``
         to ``T_to`` (each solved from the one before), or why the line cannot be followed (with
         ``keep_partial``, the joints up to there too). The table is always avoided, the object
         too when ``with_object``; None checks nothing (a lift starts in contact)."""
         settings, cfg = self._ik, self.config
-        steps = max(1, int(np.ceil(np.linalg.norm(T_to[:3, 3] - T_from[:3, 3])
-                                   / settings.straight_path_step_m)))
+        steps = max(1, int(np.ceil(np.linalg.norm(T_to[:3, 3] - T_from[:3, 3]) / settings.straight_path_step_m)))
         path = [np.asarray(q_start, dtype=np.float64)]
         for i in range(1, steps + 1):
             T = interpolate_pose(T_from, T_to, i / steps)
@@ -689,8 +746,9 @@ class SimWorld:
             position_error, rotation_error = pose_distance(self.tcp_pose(), T)
             where = f"{i / steps:.0%} of the way"
             if position_error > cfg.ik_position_tolerance_m or rotation_error > cfg.ik_rotation_tolerance_deg:
-                why_not = (f"leaves the arm's reach {where} (off by {position_error * 1000:.1f} mm, "
-                           f"{rotation_error:.1f} deg)")
+                why_not = (
+                    f"leaves the arm's reach {where} (off by {position_error * 1000:.1f} mm, {rotation_error:.1f} deg)"
+                )
             elif np.abs(q - path[-1]).max() > settings.straight_path_jump_rad:
                 why_not = f"needs the arm to flip its joints {where}"
             else:
@@ -730,8 +788,7 @@ class SimWorld:
             yield from self._follow(self._straight_path_from_here(lift=plan.lift_height_m))
             yield from self._grip(0.0, min_s=0.25)  # hold still: a slipping object shows now
             lift = self._object_com_height() - start_height
-            held = all(b.getContactPoints(self.robot_id, self.object_id, finger)
-                       for finger in self._finger_indices)
+            held = all(b.getContactPoints(self.robot_id, self.object_id, finger) for finger in self._finger_indices)
             yield from self._follow(self._straight_path_from_here(lift=-max(lift, 0.0)))  # put down
             yield from self._grip(FINGER_OPEN_M)
             yield from self._follow(self._straight_path_from_here(T_to=plan.T_pre_grasp))
@@ -745,17 +802,21 @@ class SimWorld:
         if lift >= wanted and held:
             return PickResult(True, f"lifted the object {round(lift * 1000):d} mm", lift)
         why = "slipped out of the fingers" if lift >= wanted else "did not rise with the gripper"
-        return PickResult(False, f"the object {why} (rose {round(lift * 1000):d} mm, "
-                                 f"at least {wanted * 1000:.0f} mm needed)", lift)
+        return PickResult(
+            False, f"the object {why} (rose {round(lift * 1000):d} mm, at least {wanted * 1000:.0f} mm needed)", lift
+        )
 
     def _object_com_height(self) -> float:
         return float(self.bullet.getBasePositionAndOrientation(self.object_id)[0][2])
 
     def _set_fingers(self, opening_m: float) -> None:
         """Put both fingers at ``opening_m`` at once, at rest."""
-        self.bullet.resetJointStatesMultiDof(self.robot_id, self._finger_indices,
-                                             [[opening_m]] * len(self._finger_indices),
-                                             [[0.0]] * len(self._finger_indices))
+        self.bullet.resetJointStatesMultiDof(
+            self.robot_id,
+            self._finger_indices,
+            [[opening_m]] * len(self._finger_indices),
+            [[0.0]] * len(self._finger_indices),
+        )
 
     def _straight_path_from_here(self, lift: float = 0.0, T_to: np.ndarray | None = None) -> list:
         """Arm joints along the TCP's straight line from where it is to ``T_to`` or ``lift`` metres
@@ -801,22 +862,33 @@ class SimWorld:
     def _push_back_n(self, direction: np.ndarray) -> float:
         """The force (N) with which the object pushes the arm back against its motion ``direction``
         (contact normals only: a grip squeezes across it)."""
-        return -sum(contact[9] * float(np.dot(contact[7], direction))  # normal on the object, force
-                    for contact in self.bullet.getContactPoints(self.robot_id, self.object_id))
+        return -sum(
+            contact[9] * float(np.dot(contact[7], direction))  # normal on the object, force
+            for contact in self.bullet.getContactPoints(self.robot_id, self.object_id)
+        )
 
     def _drive_arm(self, q: np.ndarray, velocity: np.ndarray) -> None:
-        self.bullet.resetJointStatesMultiDof(self.robot_id, self._arm_indices,
-                                             [[float(v)] for v in q], [[float(v)] for v in velocity])
+        self.bullet.resetJointStatesMultiDof(
+            self.robot_id, self._arm_indices, [[float(v)] for v in q], [[float(v)] for v in velocity]
+        )
         # Motors keep those velocities through the step against gravity and contacts.
         self.bullet.setJointMotorControlArray(
-            self.robot_id, self._arm_indices, pybullet.VELOCITY_CONTROL,
-            targetVelocities=velocity.tolist(), forces=[_ARM_HOLD_FORCE] * len(self._arm_indices))
+            self.robot_id,
+            self._arm_indices,
+            pybullet.VELOCITY_CONTROL,
+            targetVelocities=velocity.tolist(),
+            forces=[_ARM_HOLD_FORCE] * len(self._arm_indices),
+        )
 
     def _drive_fingers(self, opening_m: float) -> None:
         """Position targets for both fingers, pushed with at most the URDF's effort limit."""
         self.bullet.setJointMotorControlArray(
-            self.robot_id, self._finger_indices, pybullet.POSITION_CONTROL,
-            targetPositions=[opening_m] * len(self._finger_indices), forces=self._finger_force_n)
+            self.robot_id,
+            self._finger_indices,
+            pybullet.POSITION_CONTROL,
+            targetPositions=[opening_m] * len(self._finger_indices),
+            forces=self._finger_force_n,
+        )
 
     def _grip(self, opening_m: float, min_s: float = 0.05, max_s: float = 1.0) -> Generator[None, None, None]:
         """Physics steps with the fingers driven to ``opening_m`` under their force limit until
@@ -844,22 +916,40 @@ class SimWorld:
         cfg = self.config
         return {
             "object": {
-                "source": model.source, "model_path": str(model.path), "model_kind": model.kind,
-                "name": model.name, "scale": model.scale, "seed": self.object_seed,
+                "source": model.source,
+                "model_path": str(model.path),
+                "model_kind": model.kind,
+                "name": model.name,
+                "scale": model.scale,
+                "seed": self.object_seed,
                 "T_base_object": T_object.tolist(),
-                "position": position.tolist(), "orientation_xyzw": orientation.tolist(),
-                "bounds_base_min": low.tolist(), "bounds_base_max": high.tolist(),
+                "position": position.tolist(),
+                "orientation_xyzw": orientation.tolist(),
+                "bounds_base_min": low.tolist(),
+                "bounds_base_max": high.tolist(),
                 "bounds_object_min": local.min(axis=0).tolist(),
                 "bounds_object_max": local.max(axis=0).tolist(),
             },
-            "table": {"top_z": 0.0, "height_above_floor": cfg.table_height_m,
-                      "size_xy": list(cfg.table_size_xy), "center_xy": list(cfg.table_center_xy)},
-            "camera": {"parent_link": CAMERA_PARENT_LINK, "T_hand_camera": self.T_hand_cam.tolist(),
-                       "width": self.intrinsics.width, "height": self.intrinsics.height,
-                       "K": self.intrinsics.K.tolist(), "clip_near_m": cfg.clip_near_m,
-                       "clip_far_m": cfg.clip_far_m},
-            "robot": {"urdf": PANDA_URDF, "joint_names": self.joint_names,
-                      "joint_positions": self.joint_positions.tolist()},
+            "table": {
+                "top_z": 0.0,
+                "height_above_floor": cfg.table_height_m,
+                "size_xy": list(cfg.table_size_xy),
+                "center_xy": list(cfg.table_center_xy),
+            },
+            "camera": {
+                "parent_link": CAMERA_PARENT_LINK,
+                "T_hand_camera": self.T_hand_cam.tolist(),
+                "width": self.intrinsics.width,
+                "height": self.intrinsics.height,
+                "K": self.intrinsics.K.tolist(),
+                "clip_near_m": cfg.clip_near_m,
+                "clip_far_m": cfg.clip_far_m,
+            },
+            "robot": {
+                "urdf": PANDA_URDF,
+                "joint_names": self.joint_names,
+                "joint_positions": self.joint_positions.tolist(),
+            },
         }
 
     def save_ground_truth(self, data_root, object_name: str) -> Path:

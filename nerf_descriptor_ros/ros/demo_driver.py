@@ -1,18 +1,19 @@
 """The demo's own ROS node: service calls, action goals and topic caches over DDS, each wait
 checking that the node processes it talks to are still alive (a crash is reported with the
 node's log, not as a timeout)."""
+
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import rclpy
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 
-from ..node_processes import NodeProcesses
-from ..ros_conversions import stamp_to_ns
+from nerf_descriptor_ros.ros.conversions import stamp_to_ns
+from nerf_descriptor_ros.ros.processes import NodeProcesses
 
 
 class StampedCache:

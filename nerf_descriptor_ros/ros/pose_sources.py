@@ -9,6 +9,7 @@ The ROS sources are thin: :class:`TopicPoseSource` feeds a PoseBuffer from a Pos
 (the simulator and tests), :class:`TfPoseSource` asks tf2 (a real robot). ``tf2_ros`` is imported
 only inside :class:`TfPoseSource`, so everything else works where it is not installed.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -17,8 +18,8 @@ import time
 
 import numpy as np
 
-from .errors import NerfDescriptorError
-from .geometry import InvalidPoseError, interpolate_pose, pose_to_matrix, validate_rigid_transform
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import InvalidPoseError, interpolate_pose, pose_to_matrix, validate_rigid_transform
 
 POSE_SOURCES = ("topic", "tf")
 _NS = 1_000_000_000
@@ -52,8 +53,7 @@ class PoseBuffer:
     anything else is refused with the reason.
     """
 
-    def __init__(self, max_interpolation_gap_s: float = 0.2, newest_tolerance_s: float = 0.0,
-                 duration_s: float = 10.0):
+    def __init__(self, max_interpolation_gap_s: float = 0.2, newest_tolerance_s: float = 0.0, duration_s: float = 10.0):
         if max_interpolation_gap_s < 0 or newest_tolerance_s < 0 or duration_s <= 0:
             raise ValueError("pose buffer gap and tolerance must be >= 0 and its duration > 0")
         self.max_gap_ns = int(max_interpolation_gap_s * _NS)
@@ -123,8 +123,7 @@ class PoseBuffer:
 
     def _lookup(self, stamp_ns: int) -> np.ndarray:
         if stamp_ns in self._refused:
-            raise InvalidPoseError(f"the camera pose at the image stamp was refused: "
-                                   f"{self._refused[stamp_ns]}")
+            raise InvalidPoseError(f"the camera pose at the image stamp was refused: {self._refused[stamp_ns]}")
         if not self._stamps:
             raise PoseNotYetAvailable("no valid camera pose received yet")
         i = bisect.bisect_left(self._stamps, stamp_ns)
@@ -133,27 +132,32 @@ class PoseBuffer:
         if i == 0:
             raise PoseLookupError(
                 f"the image is {_seconds(self._stamps[0] - stamp_ns)} older than the oldest "
-                f"buffered camera pose (the buffer keeps {_seconds(self.duration_ns)})")
+                f"buffered camera pose (the buffer keeps {_seconds(self.duration_ns)})"
+            )
         if i == len(self._stamps):
             lag = stamp_ns - self._stamps[-1]
             if lag <= self.newest_tolerance_ns:
                 return self._poses[-1].copy()
             refused_after = [s for s in self._refused if s > self._stamps[-1]]
-            why = (f"the poses since then were refused: {self._refused[max(refused_after)]}"
-                   if refused_after else "pose source late or stopped")
+            why = (
+                f"the poses since then were refused: {self._refused[max(refused_after)]}"
+                if refused_after
+                else "pose source late or stopped"
+            )
             raise PoseNotYetAvailable(
                 f"the newest valid camera pose is {_seconds(lag)} older than the image "
-                f"(tolerance {_seconds(self.newest_tolerance_ns)}): {why}")
+                f"(tolerance {_seconds(self.newest_tolerance_ns)}): {why}"
+            )
         before, after = self._stamps[i - 1], self._stamps[i]
         refused_between = [s for s in self._refused if before < s < after]
         if refused_between:
             s = min(refused_between, key=lambda s: abs(s - stamp_ns))
-            raise InvalidPoseError(f"a camera pose next to the image stamp was refused: "
-                                   f"{self._refused[s]}")
+            raise InvalidPoseError(f"a camera pose next to the image stamp was refused: {self._refused[s]}")
         if after - before > self.max_gap_ns:
             raise PoseLookupError(
                 f"the camera poses around the image stamp are {_seconds(after - before)} apart, "
-                f"more than max_interpolation_gap_s ({_seconds(self.max_gap_ns)})")
+                f"more than max_interpolation_gap_s ({_seconds(self.max_gap_ns)})"
+            )
         alpha = (stamp_ns - before) / (after - before)
         return interpolate_pose(self._poses[i - 1], self._poses[i], alpha)
 
@@ -167,12 +171,10 @@ def checked_pose_matrix(position, q_xyzw) -> np.ndarray:
     q = np.asarray(q_xyzw, dtype=np.float64)
     p = np.asarray(position, dtype=np.float64)
     if not (np.all(np.isfinite(q)) and np.all(np.isfinite(p))):
-        raise InvalidPoseError(f"pose contains NaN or infinite values (position {p.tolist()}, "
-                               f"quaternion {q.tolist()})")
+        raise InvalidPoseError(f"pose contains NaN or infinite values (position {p.tolist()}, quaternion {q.tolist()})")
     norm_sq = float(q @ q)
     if abs(norm_sq - 1.0) > _QUATERNION_NORM_SQ_TOL:
-        raise InvalidPoseError(f"quaternion {q.tolist()} has norm {np.sqrt(norm_sq):.4f}, not 1: "
-                               "not a rotation")
+        raise InvalidPoseError(f"quaternion {q.tolist()} has norm {np.sqrt(norm_sq):.4f}, not 1: not a rotation")
     return pose_to_matrix(p, q)
 
 
@@ -188,18 +190,17 @@ class TopicPoseSource:
         self._logger = node.get_logger()
         self.description = f"topic {node.resolve_topic_name(topic)}"
         # Best effort with a deep queue: poses are small and come in bursts next to images.
-        qos = QoSProfile(depth=100, history=QoSHistoryPolicy.KEEP_LAST,
-                         reliability=QoSReliabilityPolicy.BEST_EFFORT)
-        self._sub = node.create_subscription(PoseStamped, topic, self._on_pose, qos,
-                                             callback_group=callback_group)
+        qos = QoSProfile(depth=100, history=QoSHistoryPolicy.KEEP_LAST, reliability=QoSReliabilityPolicy.BEST_EFFORT)
+        self._sub = node.create_subscription(PoseStamped, topic, self._on_pose, qos, callback_group=callback_group)
 
     def _on_pose(self, msg) -> None:
-        from .ros_conversions import stamp_to_ns
+        from nerf_descriptor_ros.ros.conversions import stamp_to_ns
 
         stamp_ns = stamp_to_ns(msg.header.stamp)
         if msg.header.frame_id != self.base_frame:
-            self.buffer.refuse(stamp_ns, f"pose is in frame {msg.header.frame_id!r}, "
-                                         f"not the base frame {self.base_frame!r}")
+            self.buffer.refuse(
+                stamp_ns, f"pose is in frame {msg.header.frame_id!r}, not the base frame {self.base_frame!r}"
+            )
             return
         p, q = msg.pose.position, msg.pose.orientation
         try:
@@ -224,7 +225,8 @@ class TfPoseSource:
         except ImportError as exc:
             raise PoseSourceUnavailable(
                 "pose_source 'tf' needs the tf2_ros Python package, which is not installed here "
-                "(install ros-$ROS_DISTRO-tf2-ros, or set pose_source: topic)") from exc
+                "(install ros-$ROS_DISTRO-tf2-ros, or set pose_source: topic)"
+            ) from exc
         from rclpy.duration import Duration
 
         self._tf2_ros = tf2_ros
@@ -238,25 +240,32 @@ class TfPoseSource:
         from rclpy.duration import Duration
         from rclpy.time import Time
 
-        from .ros_conversions import transform_msg_to_matrix
+        from nerf_descriptor_ros.ros.conversions import transform_msg_to_matrix
 
         if not camera_frame:
-            raise PoseLookupError("no camera frame: set camera_frame or publish images "
-                                  "with header.frame_id")
+            raise PoseLookupError("no camera frame: set camera_frame or publish images with header.frame_id")
         try:
-            tf = self._buffer.lookup_transform(self.base_frame, camera_frame,
-                                               Time(nanoseconds=stamp_ns),
-                                               timeout=Duration(seconds=max(0.0, timeout_s)))
+            tf = self._buffer.lookup_transform(
+                self.base_frame, camera_frame, Time(nanoseconds=stamp_ns), timeout=Duration(seconds=max(0.0, timeout_s))
+            )
         except self._tf2_ros.TransformException as exc:
-            raise PoseLookupError(f"no TF from {self.base_frame!r} to {camera_frame!r} at the "
-                                  f"image stamp: {exc}") from exc
+            raise PoseLookupError(
+                f"no TF from {self.base_frame!r} to {camera_frame!r} at the image stamp: {exc}"
+            ) from exc
         T = transform_msg_to_matrix(tf.transform)
         return validate_rigid_transform(T, f"TF {self.base_frame} -> {camera_frame}")
 
 
-def make_pose_source(node, kind: str, *, base_frame: str, pose_topic: str,
-                     max_interpolation_gap_s: float, newest_tolerance_s: float,
-                     callback_group=None):
+def make_pose_source(
+    node,
+    kind: str,
+    *,
+    base_frame: str,
+    pose_topic: str,
+    max_interpolation_gap_s: float,
+    newest_tolerance_s: float,
+    callback_group=None,
+):
     """The pose source named by the ``pose_source`` parameter (``topic`` or ``tf``)."""
     if kind == "topic":
         buffer = PoseBuffer(max_interpolation_gap_s, newest_tolerance_s)

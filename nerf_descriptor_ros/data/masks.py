@@ -5,6 +5,7 @@ COLMAP's ``<image name>.png``; non-zero (> 127) pixels are the object. Masks and
 other: the visual hull carved from the other views' masks contains the object, so projected into a
 view it must cover that view's mask. A view whose mask sticks out of it has a wrong pose or mask.
 """
+
 from __future__ import annotations
 
 import threading
@@ -14,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..dataset import MANIFEST_NAME, Dataset, DatasetError, atomic_write_bytes, atomic_write_json
-from ..geometry import invert, project_points, transform_points
-from ..progress import ProgressCallback, ProgressReport, check_cancelled
+from nerf_descriptor_ros.data.dataset import MANIFEST_NAME, Dataset, DatasetError, atomic_write_bytes, atomic_write_json
+from nerf_descriptor_ros.geometry import invert, project_points, transform_points
+from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
 
@@ -35,8 +36,10 @@ def read_mask_file(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if raw is None:
         raise DatasetError(f"cannot read mask {path}: not an image")
     if raw.shape != tuple(shape):
-        raise DatasetError(f"mask {path} is {raw.shape[1]}x{raw.shape[0]} but its image is "
-                           f"{shape[1]}x{shape[0]}: masks must have their image's size")
+        raise DatasetError(
+            f"mask {path} is {raw.shape[1]}x{raw.shape[0]} but its image is "
+            f"{shape[1]}x{shape[0]}: masks must have their image's size"
+        )
     return raw > 127
 
 
@@ -48,14 +51,17 @@ def masks_for_images(mask_dir: Path, image_names: list[str]) -> list[Path] | Non
     missing = [name for name, path in zip(image_names, found) if path is None]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise DatasetError(f"{mask_dir} has masks for {len(found) - len(missing)} of "
-                           f"{len(found)} images (none for {shown}); add the missing masks "
-                           "(same name as the image) or remove the folder")
+        raise DatasetError(
+            f"{mask_dir} has masks for {len(found) - len(missing)} of "
+            f"{len(found)} images (none for {shown}); add the missing masks "
+            "(same name as the image) or remove the folder"
+        )
     return found
 
 
-def attach_masks(dataset_path, mask_dir, report: ProgressCallback | None = None,
-                 cancel: threading.Event | None = None) -> Dataset:
+def attach_masks(
+    dataset_path, mask_dir, report: ProgressCallback | None = None, cancel: threading.Event | None = None
+) -> Dataset:
     """Copy masks from ``mask_dir`` into a dataset that has none and name them in its manifest.
 
     The mask files are written first and the manifest last (atomically), so an interrupted run
@@ -63,8 +69,10 @@ def attach_masks(dataset_path, mask_dir, report: ProgressCallback | None = None,
     """
     dataset = Dataset.load(dataset_path)
     if any(f.mask_path is not None for f in dataset.frames):
-        raise DatasetError(f"{dataset.root} already has masks; import into a copy "
-                           "(`nerf-descriptor export nerfstudio`) to replace them")
+        raise DatasetError(
+            f"{dataset.root} already has masks; import into a copy "
+            "(`nerf-descriptor export nerfstudio`) to replace them"
+        )
     mask_dir = Path(mask_dir).expanduser().resolve()
     if not mask_dir.is_dir():
         raise DatasetError(f"mask folder {mask_dir} does not exist")
@@ -89,26 +97,34 @@ def attach_masks(dataset_path, mask_dir, report: ProgressCallback | None = None,
 class MaskConsistency:
     """Per frame, how much of its mask the other frames' masks and poses explain."""
 
-    coverage: dict[int, float]       # frame position -> fraction of its mask inside the others' hull
-    empty: list[int]                 # frames whose mask has no object pixel
-    inconsistent: list[int]          # frames below ``min_coverage``: wrong pose or wrong mask
+    coverage: dict[int, float]  # frame position -> fraction of its mask inside the others' hull
+    empty: list[int]  # frames whose mask has no object pixel
+    inconsistent: list[int]  # frames below ``min_coverage``: wrong pose or wrong mask
     min_coverage: float
 
     def summary(self) -> str:
         values = list(self.coverage.values()) or [float("nan")]
-        text = (f"mask/pose consistency: the other frames explain a median {100 * np.median(values):.0f}% "
-                f"(min {100 * min(values):.0f}%) of each frame's mask")
+        text = (
+            f"mask/pose consistency: the other frames explain a median {100 * np.median(values):.0f}% "
+            f"(min {100 * min(values):.0f}%) of each frame's mask"
+        )
         if self.empty:
             text += f"; empty masks in frames {self.empty}"
         if self.inconsistent:
-            text += (f"; frames {self.inconsistent} disagree with the others (below "
-                     f"{100 * self.min_coverage:.0f}%): check their poses and masks")
+            text += (
+                f"; frames {self.inconsistent} disagree with the others (below "
+                f"{100 * self.min_coverage:.0f}%): check their poses and masks"
+            )
         return text
 
 
-def check_mask_consistency(dataset: Dataset, min_coverage: float = 0.9, resolution: int = 64,
-                           outlier_views: float = 0.25,
-                           cancel: threading.Event | None = None) -> MaskConsistency:
+def check_mask_consistency(
+    dataset: Dataset,
+    min_coverage: float = 0.9,
+    resolution: int = 64,
+    outlier_views: float = 0.25,
+    cancel: threading.Event | None = None,
+) -> MaskConsistency:
     """Score each frame's mask against the visual hull carved by all the other frames.
 
     The hull of the others contains the object, so a right pose and mask is covered by its
@@ -122,8 +138,7 @@ def check_mask_consistency(dataset: Dataset, min_coverage: float = 0.9, resoluti
     empty = [i for i, m in enumerate(masks) if not m.any()]
     views = [i for i in range(len(masks)) if i not in empty]
     if len(views) < 3:
-        raise DatasetError(f"only {len(views)} frames have a non-empty mask; need 3 to check "
-                           "masks against poses")
+        raise DatasetError(f"only {len(views)} frames have a non-empty mask; need 3 to check masks against poses")
     lo, hi = _camera_region(dataset)
     for size in (resolution // 2, resolution // 2, resolution):  # coarse to fine, shrinking the box
         check_cancelled(cancel)
@@ -138,8 +153,10 @@ def check_mask_consistency(dataset: Dataset, min_coverage: float = 0.9, resoluti
             per_view[i] = (np.packbits(in_frame), np.packbits(in_frame & ~in_mask))
         hull = _hull(seen, outside, len(views), outlier_views)
         if not hull.any():
-            raise DatasetError("the masks agree on no common object region: the masks or poses "
-                               "are wrong (or the masks are inverted: object must be white)")
+            raise DatasetError(
+                "the masks agree on no common object region: the masks or poses "
+                "are wrong (or the masks are inverted: object must be white)"
+            )
         lo, hi = grid[hull].min(0) - 2 * voxel, grid[hull].max(0) + 2 * voxel
     coverage = {}
     for i in views:

@@ -1,4 +1,5 @@
 """What every node executable does: start one node, spin it until SIGINT/SIGTERM, shut down cleanly."""
+
 from __future__ import annotations
 
 import signal
@@ -11,7 +12,7 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
-from ..errors import NerfDescriptorError
+from nerf_descriptor_ros.errors import NerfDescriptorError
 
 
 def run_node(node_class, args=None, executor_threads: int = 4, shutdown_grace_s: float = 5.0) -> int:

@@ -22,6 +22,7 @@ Conventions (each pinned by a round trip in test/test_pose_formats.py):
 Every import and export writes a new folder (staged under a hidden name, renamed when complete); the
 source is only read.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,20 +31,33 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 
-from ..dataset import (HALF_PIXEL, MANIFEST_NAME, Dataset, DatasetError, DatasetWriter,
-                       atomic_write_bytes, atomic_write_json, intrinsics_to_json)
-from ..geometry import (CameraIntrinsics, invert, opencv_to_opengl, opengl_to_opencv,
-                        validate_rigid_transform)
-from ..progress import ProgressCallback, ProgressReport, check_cancelled
-from .masks import IMAGE_SUFFIXES, masks_for_images, read_mask_file
+from nerf_descriptor_ros.data.dataset import (
+    HALF_PIXEL,
+    MANIFEST_NAME,
+    Dataset,
+    DatasetError,
+    DatasetWriter,
+    atomic_write_bytes,
+    atomic_write_json,
+    intrinsics_to_json,
+)
+from nerf_descriptor_ros.data.masks import IMAGE_SUFFIXES, masks_for_images, read_mask_file
+from nerf_descriptor_ros.geometry import (
+    CameraIntrinsics,
+    invert,
+    opencv_to_opengl,
+    opengl_to_opencv,
+    validate_rigid_transform,
+)
+from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
 LLFF_FILE = "poses_bounds.npy"
 # R_drb = R_cv @ _DRB_FROM_CV and back again (the matrix is its own inverse).
@@ -57,14 +71,15 @@ class SourceFrame:
     """One frame of a foreign dataset, before it is written into ours."""
 
     image_path: Path
-    c2w: np.ndarray                  # OpenCV axes
-    intrinsics: CameraIntrinsics     # pixel centres at integers
+    c2w: np.ndarray  # OpenCV axes
+    intrinsics: CameraIntrinsics  # pixel centres at integers
     mask_path: Path | None = None
     depth_path: Path | None = None
-    depth_scale: float = 0.001       # depth PNG value * depth_scale = metres
+    depth_scale: float = 0.001  # depth PNG value * depth_scale = metres
 
 
 # --- writing ------------------------------------------------------------------------------------
+
 
 @contextmanager
 def staged_folder(dest) -> Iterator[Path]:
@@ -109,9 +124,15 @@ def read_rgb(path: Path, background: str = "white") -> tuple[np.ndarray, np.ndar
     return cv2.cvtColor(raw, cv2.COLOR_BGR2RGB), None
 
 
-def write_dataset(dest, frames: list[SourceFrame], metadata: dict, background: str = "white",
-                  extra_files: tuple[Path, ...] = (), report: ProgressCallback | None = None,
-                  cancel: threading.Event | None = None) -> Dataset:
+def write_dataset(
+    dest,
+    frames: list[SourceFrame],
+    metadata: dict,
+    background: str = "white",
+    extra_files: tuple[Path, ...] = (),
+    report: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Dataset:
     """Write ``frames`` (and copies of ``extra_files``) as a new dataset at ``dest``, then load it.
 
     ``dest`` must not exist; it appears only once complete.
@@ -121,8 +142,9 @@ def write_dataset(dest, frames: list[SourceFrame], metadata: dict, background: s
     missing = [str(f.image_path) for f in frames if not f.image_path.is_file()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DatasetError(f"{len(missing)} image(s) are missing: {shown}; restore them or remove "
-                           "their frames from the source")
+        raise DatasetError(
+            f"{len(missing)} image(s) are missing: {shown}; restore them or remove their frames from the source"
+        )
     dest = Path(dest).expanduser().resolve()
     with staged_folder(dest) as staging:
         writer = DatasetWriter(staging, metadata={"object_name": dest.name, **metadata})
@@ -135,22 +157,24 @@ def write_dataset(dest, frames: list[SourceFrame], metadata: dict, background: s
                 raise DatasetError(
                     f"{frame.image_path} is {w}x{h} but its camera is "
                     f"{frame.intrinsics.width}x{frame.intrinsics.height}: fix the source's image "
-                    "size or intrinsics")
+                    "size or intrinsics"
+                )
             if frame.mask_path is not None:
                 mask = read_mask_file(frame.mask_path, (h, w))
             else:
                 if masks_from_alpha is None:
                     masks_from_alpha = alpha_mask is not None
                 if masks_from_alpha != (alpha_mask is not None):
-                    raise DatasetError(f"{frame.image_path}: some images have transparency and some "
-                                       "do not; give all images an alpha channel or none")
+                    raise DatasetError(
+                        f"{frame.image_path}: some images have transparency and some "
+                        "do not; give all images an alpha channel or none"
+                    )
                 mask = alpha_mask
             depth = None
             if frame.depth_path is not None:
                 raw = cv2.imread(str(frame.depth_path), cv2.IMREAD_ANYDEPTH)
                 if raw is None or raw.shape != (h, w):
-                    raise DatasetError(f"depth {frame.depth_path} is missing, unreadable or not "
-                                       f"{w}x{h}")
+                    raise DatasetError(f"depth {frame.depth_path} is missing, unreadable or not {w}x{h}")
                 depth = np.where(raw > 0, raw.astype(np.float64) * frame.depth_scale, np.nan)
             writer.add_frame(rgb, frame.c2w, frame.intrinsics, depth_m=depth, mask=mask)
             if report:
@@ -188,12 +212,12 @@ def _mkparent(path: Path) -> Path:
 
 # --- LLFF ---------------------------------------------------------------------------------------
 
+
 def llff_rows_to_poses(rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """N x 17 ``poses_bounds`` -> (camera-to-world list in OpenCV axes, N x 3 hwf, N x 2 near/far)."""
     rows = np.asarray(rows, dtype=np.float64)
     if rows.ndim != 2 or rows.shape[1] != 17:
-        raise DatasetError(f"{LLFF_FILE} must be N x 17 (3x5 pose + near, far per image), "
-                           f"got shape {rows.shape}")
+        raise DatasetError(f"{LLFF_FILE} must be N x 17 (3x5 pose + near, far per image), got shape {rows.shape}")
     mats = rows[:, :15].reshape(-1, 3, 5)
     poses = []
     for i, m in enumerate(mats):
@@ -214,8 +238,9 @@ def poses_to_llff_rows(poses: list[np.ndarray], hwf: np.ndarray, near_far: np.nd
     return np.concatenate([mats.reshape(-1, 15), np.asarray(near_far, dtype=np.float64)], axis=1)
 
 
-def import_llff(src, dest, images: str = "images", report: ProgressCallback | None = None,
-                cancel: threading.Event | None = None) -> Dataset:
+def import_llff(
+    src, dest, images: str = "images", report: ProgressCallback | None = None, cancel: threading.Event | None = None
+) -> Dataset:
     """An LLFF folder (``poses_bounds.npy`` + ``images/``, optional ``masks/``) -> a new dataset.
 
     ``images`` may name a downsampled folder (``images_4``): the focal length is scaled to its size.
@@ -231,27 +256,39 @@ def import_llff(src, dest, images: str = "images", report: ProgressCallback | No
     poses, hwf, near_far = llff_rows_to_poses(rows)
     files = _image_files(src / images)
     if len(files) != len(poses):
-        raise DatasetError(f"{LLFF_FILE} has {len(poses)} poses but {src / images} has "
-                           f"{len(files)} images; they must pair up in sorted name order")
+        raise DatasetError(
+            f"{LLFF_FILE} has {len(poses)} poses but {src / images} has "
+            f"{len(files)} images; they must pair up in sorted name order"
+        )
     w, h = _image_size(files[0])
     frames = []
     for i, (path, c2w, (H, W, focal)) in enumerate(zip(files, poses, hwf)):
         scale = w / W
         if not np.isclose(h / H, scale, rtol=1e-3):
-            raise DatasetError(f"{path.name} is {w}x{h} but row {i} says {W:g}x{H:g}, not the "
-                               "same size or a uniform downsampling of it")
+            raise DatasetError(
+                f"{path.name} is {w}x{h} but row {i} says {W:g}x{H:g}, not the "
+                "same size or a uniform downsampling of it"
+            )
         f = focal * scale
-        frames.append(SourceFrame(path, c2w, CameraIntrinsics(f, f, (w - 1) / 2.0, (h - 1) / 2.0,
-                                                              w, h)))
+        frames.append(SourceFrame(path, c2w, CameraIntrinsics(f, f, (w - 1) / 2.0, (h - 1) / 2.0, w, h)))
     _attach_source_masks(frames, src / "masks")
-    return write_dataset(dest, frames, {"source": {"format": "llff", "path": str(src)},
-                                        NEAR_FAR_KEY: near_far.tolist()},
-                         report=report, cancel=cancel)
+    return write_dataset(
+        dest,
+        frames,
+        {"source": {"format": "llff", "path": str(src)}, NEAR_FAR_KEY: near_far.tolist()},
+        report=report,
+        cancel=cancel,
+    )
 
 
-def export_llff(dataset_path, dest, bounds: tuple[float, float] | None = None,
-                max_pixel_shift: float = 0.5, report: ProgressCallback | None = None,
-                cancel: threading.Event | None = None) -> Path:
+def export_llff(
+    dataset_path,
+    dest,
+    bounds: tuple[float, float] | None = None,
+    max_pixel_shift: float = 0.5,
+    report: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Path:
     """Write ``poses_bounds.npy``, ``images/`` (and ``masks/``) that LLFF-style pipelines read.
 
     LLFF has one focal length and a centred principal point; the export refuses cameras that
@@ -262,15 +299,18 @@ def export_llff(dataset_path, dest, bounds: tuple[float, float] | None = None,
     dataset = Dataset.load(dataset_path)
     intr = _single_camera(dataset, "LLFF")
     if intr.has_distortion:
-        raise DatasetError("LLFF has no lens distortion but this camera has some; undistort the "
-                           "images first or export to COLMAP/nerfstudio, which keep it")
+        raise DatasetError(
+            "LLFF has no lens distortion but this camera has some; undistort the "
+            "images first or export to COLMAP/nerfstudio, which keep it"
+        )
     focal = 0.5 * (intr.fx + intr.fy)
     shift = _llff_pixel_shift(intr, focal)
     if shift > max_pixel_shift:
         raise DatasetError(
             f"LLFF's camera (one focal length, centred principal point) moves pixels of this camera "
             f"by up to {shift:.2f} px (limit {max_pixel_shift} px): export to COLMAP/nerfstudio, "
-            "which keep the intrinsics, or raise the limit (--max-pixel-shift) to accept it")
+            "which keep the intrinsics, or raise the limit (--max-pixel-shift) to accept it"
+        )
     near_far = _bounds_for_export(dataset, bounds, cancel)
     hwf = np.tile([intr.height, intr.width, focal], (len(dataset), 1))
     rows = poses_to_llff_rows([f.c2w for f in dataset.frames], hwf, near_far)
@@ -290,8 +330,9 @@ def export_llff(dataset_path, dest, bounds: tuple[float, float] | None = None,
 
 def _llff_pixel_shift(intr: CameraIntrinsics, focal: float) -> float:
     """Largest pixel displacement (at the image corners) between ``intr`` and LLFF's camera."""
-    corners = np.array([[0, 0], [intr.width - 1, 0], [0, intr.height - 1],
-                        [intr.width - 1, intr.height - 1]], dtype=np.float64)
+    corners = np.array(
+        [[0, 0], [intr.width - 1, 0], [0, intr.height - 1], [intr.width - 1, intr.height - 1]], dtype=np.float64
+    )
     cx, cy = (intr.width - 1) / 2.0, (intr.height - 1) / 2.0
     u = focal * (corners[:, 0] - intr.cx) / intr.fx + cx
     v = focal * (corners[:, 1] - intr.cy) / intr.fy + cy
@@ -309,14 +350,18 @@ def _bounds_for_export(dataset: Dataset, bounds, cancel) -> np.ndarray:
             depth = frame.load_depth()
             valid = depth[np.isfinite(depth)]
             if valid.size == 0:
-                raise DatasetError(f"frame {frame.index} has no valid depth to take LLFF's near/far "
-                                   "bounds from; pass --bounds NEAR FAR")
+                raise DatasetError(
+                    f"frame {frame.index} has no valid depth to take LLFF's near/far "
+                    "bounds from; pass --bounds NEAR FAR"
+                )
             out.append(np.percentile(valid.astype(np.float64), [0.1, 99.9]))
         return np.array(out)
     if bounds is None:
-        raise DatasetError("LLFF needs near/far bounds per image and this dataset has no depth or "
-                           "stored bounds: pass --bounds NEAR FAR (in the poses' units, metres for "
-                           "arm poses)")
+        raise DatasetError(
+            "LLFF needs near/far bounds per image and this dataset has no depth or "
+            "stored bounds: pass --bounds NEAR FAR (in the poses' units, metres for "
+            "arm poses)"
+        )
     near, far = bounds
     if not 0 < near < far:
         raise DatasetError(f"bounds must satisfy 0 < near < far, got {near}, {far}")
@@ -327,9 +372,11 @@ def _single_camera(dataset: Dataset, fmt: str) -> CameraIntrinsics:
     first = dataset.frames[0].intrinsics
     for frame in dataset.frames[1:]:
         if frame.intrinsics != first:
-            raise DatasetError(f"{fmt} holds one camera for all images but frame {frame.index} has "
-                               f"other intrinsics than frame {dataset.frames[0].index}; export to "
-                               "COLMAP or nerfstudio, which keep per-image cameras")
+            raise DatasetError(
+                f"{fmt} holds one camera for all images but frame {frame.index} has "
+                f"other intrinsics than frame {dataset.frames[0].index}; export to "
+                "COLMAP or nerfstudio, which keep per-image cameras"
+            )
     return first
 
 
@@ -351,8 +398,9 @@ def _attach_source_masks(frames: list[SourceFrame], mask_dir: Path) -> None:
 _BLENDER_SPLITS = ("train", "val", "test")
 
 
-def import_transforms(src, dest, background: str = "white", report: ProgressCallback | None = None,
-                      cancel: threading.Event | None = None) -> Dataset:
+def import_transforms(
+    src, dest, background: str = "white", report: ProgressCallback | None = None, cancel: threading.Event | None = None
+) -> Dataset:
     """A nerfstudio, instant-ngp or Blender-synthetic folder (or its json file) -> a new dataset."""
     src = Path(src).expanduser().resolve()
     if background not in BACKGROUNDS:
@@ -362,8 +410,9 @@ def import_transforms(src, dest, background: str = "white", report: ProgressCall
     elif (src / MANIFEST_NAME).is_file():
         manifests = [("", src / MANIFEST_NAME)]
     else:
-        manifests = [(s, src / f"transforms_{s}.json") for s in _BLENDER_SPLITS
-                     if (src / f"transforms_{s}.json").is_file()]
+        manifests = [
+            (s, src / f"transforms_{s}.json") for s in _BLENDER_SPLITS if (src / f"transforms_{s}.json").is_file()
+        ]
     if not manifests:
         raise DatasetError(f"{src} has no {MANIFEST_NAME} or transforms_train/val/test.json")
     frames, splits = [], []
@@ -373,8 +422,10 @@ def import_transforms(src, dest, background: str = "white", report: ProgressCall
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{path} is not valid JSON ({exc})") from exc
         if "nerf_descriptor_ros" in manifest:
-            raise DatasetError(f"{path.parent} is already a nerf_descriptor_ros dataset: use it "
-                               "as it is, or `nerf-descriptor export nerfstudio` for a copy")
+            raise DatasetError(
+                f"{path.parent} is already a nerf_descriptor_ros dataset: use it "
+                "as it is, or `nerf-descriptor export nerfstudio` for a copy"
+            )
         if not isinstance(manifest.get("frames"), list) or not manifest["frames"]:
             raise DatasetError(f"{path} has no 'frames' list")
         for position, entry in enumerate(manifest["frames"]):
@@ -398,8 +449,7 @@ def _transforms_frame(root: Path, manifest: dict, entry: dict) -> SourceFrame:
         image_path = image_path.with_suffix(".png")
     model = merged.get("camera_model", "OPENCV")
     if model not in ("OPENCV", "PINHOLE"):
-        raise ValueError(f"camera_model {model!r} is not supported (OPENCV or PINHOLE): "
-                         "undistort the images first")
+        raise ValueError(f"camera_model {model!r} is not supported (OPENCV or PINHOLE): undistort the images first")
     if any(float(merged.get(k, 0.0)) for k in ("k4", "k5", "k6")):
         raise ValueError("fisheye/rational distortion (k4..k6) is not supported: undistort first")
     if "w" in merged and "h" in merged:
@@ -437,8 +487,9 @@ def _resolve_in(root: Path, rel: str, key: str) -> Path:
     return path
 
 
-def export_nerfstudio(dataset_path, dest, report: ProgressCallback | None = None,
-                      cancel: threading.Event | None = None) -> Path:
+def export_nerfstudio(
+    dataset_path, dest, report: ProgressCallback | None = None, cancel: threading.Event | None = None
+) -> Path:
     """A plain nerfstudio copy: image corner at 0 for ``cx, cy``, files copied byte for byte."""
     dataset = Dataset.load(dataset_path)
     first = intrinsics_to_json(dataset.frames[0].intrinsics)
@@ -447,11 +498,15 @@ def export_nerfstudio(dataset_path, dest, report: ProgressCallback | None = None
     with staged_folder(dest) as staging:
         for i, frame in enumerate(dataset.frames):
             check_cancelled(cancel)
-            entry = {"file_path": f"images/{frame.image_path.name}",
-                     "transform_matrix": opencv_to_opengl(frame.c2w).tolist()}
+            entry = {
+                "file_path": f"images/{frame.image_path.name}",
+                "transform_matrix": opencv_to_opengl(frame.c2w).tolist(),
+            }
             shutil.copyfile(frame.image_path, _mkparent(staging / entry["file_path"]))
-            for key, path, folder in (("depth_file_path", frame.depth_path, "depth"),
-                                      ("mask_path", frame.mask_path, "masks")):
+            for key, path, folder in (
+                ("depth_file_path", frame.depth_path, "depth"),
+                ("mask_path", frame.mask_path, "masks"),
+            ):
                 if path is not None:
                     entry[key] = f"{folder}/{path.name}"
                     shutil.copyfile(path, _mkparent(staging / entry[key]))
@@ -465,6 +520,7 @@ def export_nerfstudio(dataset_path, dest, report: ProgressCallback | None = None
 
 
 # --- COLMAP -------------------------------------------------------------------------------------
+
 
 def intrinsics_to_colmap(intr: CameraIntrinsics) -> tuple[str, list[float]]:
     """(COLMAP model name, params) for our intrinsics."""
@@ -498,10 +554,13 @@ def colmap_camera_to_intrinsics(camera) -> CameraIntrinsics:
     elif model == "FULL_OPENCV" and not any(p[9:12]):
         fx, fy, cx, cy, dist = p[0], p[1], p[2], p[3], p[4:9]
     else:
-        raise DatasetError(f"COLMAP camera model {model} is not supported here: undistort the "
-                           "model first (`colmap image_undistorter` or pycolmap.undistort_images)")
-    return CameraIntrinsics(fx, fy, cx - HALF_PIXEL, cy - HALF_PIXEL, int(camera.width),
-                            int(camera.height), dist if any(dist) else [])
+        raise DatasetError(
+            f"COLMAP camera model {model} is not supported here: undistort the "
+            "model first (`colmap image_undistorter` or pycolmap.undistort_images)"
+        )
+    return CameraIntrinsics(
+        fx, fy, cx - HALF_PIXEL, cy - HALF_PIXEL, int(camera.width), int(camera.height), dist if any(dist) else []
+    )
 
 
 def colmap_c2w(image) -> np.ndarray:
@@ -528,22 +587,27 @@ def near_far_from_points(reconstruction, image_ids: list[int]) -> list[list[floa
 
 def _find_colmap_model(src: Path) -> tuple[Path, Path]:
     """(model folder, default image folder) for a model folder or a COLMAP project folder."""
+
     def is_model(p):
         return (p / "cameras.bin").is_file() or (p / "cameras.txt").is_file()
 
     if is_model(src):
-        images = next((c for c in (src.parent.parent / "images", src.parent / "images")
-                       if c.is_dir()), src.parent / "images")
+        images = next(
+            (c for c in (src.parent.parent / "images", src.parent / "images") if c.is_dir()), src.parent / "images"
+        )
         return src, images
     for model in (src / "sparse" / "0", src / "sparse"):
         if is_model(model):
             return model, src / "images"
-    raise DatasetError(f"{src} is not a COLMAP sparse model (cameras/images/points3D .bin or "
-                       ".txt) nor a project folder with sparse/0 or sparse/")
+    raise DatasetError(
+        f"{src} is not a COLMAP sparse model (cameras/images/points3D .bin or "
+        ".txt) nor a project folder with sparse/0 or sparse/"
+    )
 
 
-def import_colmap(src, dest, images=None, report: ProgressCallback | None = None,
-                  cancel: threading.Event | None = None) -> Dataset:
+def import_colmap(
+    src, dest, images=None, report: ProgressCallback | None = None, cancel: threading.Event | None = None
+) -> Dataset:
     """A COLMAP sparse model and its images (optional ``masks/`` beside them) -> a new dataset.
 
     Only registered images are imported, in image-name order; their near/far bounds come from
@@ -558,8 +622,7 @@ def import_colmap(src, dest, images=None, report: ProgressCallback | None = None
         reconstruction = pycolmap.Reconstruction(str(model_dir))
     except Exception as exc:  # pycolmap raises plain RuntimeError/ValueError for bad files
         raise DatasetError(f"cannot read the COLMAP model in {model_dir}: {exc}") from exc
-    registered = sorted((img.name, image_id) for image_id, img in reconstruction.images.items()
-                        if img.has_pose)
+    registered = sorted((img.name, image_id) for image_id, img in reconstruction.images.items() if img.has_pose)
     if not registered:
         raise DatasetError(f"the COLMAP model in {model_dir} has no registered images")
     frames = []
@@ -575,8 +638,9 @@ def import_colmap(src, dest, images=None, report: ProgressCallback | None = None
     return write_dataset(dest, frames, metadata, report=report, cancel=cancel)
 
 
-def export_colmap(dataset_path, dest, report: ProgressCallback | None = None,
-                  cancel: threading.Event | None = None) -> Path:
+def export_colmap(
+    dataset_path, dest, report: ProgressCallback | None = None, cancel: threading.Event | None = None
+) -> Path:
     """``images/``, ``masks/<name>.png`` and a binary model with cameras and poses (no 3D points)
     in ``sparse/0``: what COLMAP's point triangulator takes to build a model from known poses."""
     import pycolmap
@@ -592,12 +656,17 @@ def export_colmap(dataset_path, dest, report: ProgressCallback | None = None,
         key = (model, tuple(params), frame.intrinsics.width, frame.intrinsics.height)
         if key not in camera_ids:
             camera_ids[key] = len(camera_ids) + 1
-            reconstruction.add_camera_with_trivial_rig(pycolmap.Camera(
-                camera_id=camera_ids[key], model=model, width=frame.intrinsics.width,
-                height=frame.intrinsics.height, params=params))
+            reconstruction.add_camera_with_trivial_rig(
+                pycolmap.Camera(
+                    camera_id=camera_ids[key],
+                    model=model,
+                    width=frame.intrinsics.width,
+                    height=frame.intrinsics.height,
+                    params=params,
+                )
+            )
         image = pycolmap.Image(name=name, camera_id=camera_ids[key], image_id=image_id)
-        reconstruction.add_image_with_trivial_frame(
-            image, pycolmap.Rigid3d(invert(frame.c2w)[:3, :]))
+        reconstruction.add_image_with_trivial_frame(image, pycolmap.Rigid3d(invert(frame.c2w)[:3, :]))
     with staged_folder(dest) as staging:
         for i, (frame, name) in enumerate(zip(dataset.frames, names)):
             check_cancelled(cancel)
@@ -611,6 +680,12 @@ def export_colmap(dataset_path, dest, report: ProgressCallback | None = None,
 
 
 IMPORTERS: dict[str, Callable[..., Dataset]] = {
-    "llff": import_llff, "nerfstudio": import_transforms, "colmap": import_colmap}
+    "llff": import_llff,
+    "nerfstudio": import_transforms,
+    "colmap": import_colmap,
+}
 EXPORTERS: dict[str, Callable[..., Path]] = {
-    "llff": export_llff, "nerfstudio": export_nerfstudio, "colmap": export_colmap}
+    "llff": export_llff,
+    "nerfstudio": export_nerfstudio,
+    "colmap": export_colmap,
+}

@@ -18,18 +18,18 @@ their input is missing. The fingers close across the narrowest horizontal extent
 part they will hold (the depth points above the fingertips within ``closing_radius_m``); without
 depth, or when that part is round, along the image's horizontal axis.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
-from .errors import NerfDescriptorError
-from .geometry import CameraIntrinsics, transform_points
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import CameraIntrinsics, transform_points
 
 APPROACHES = ("normal", "keypoints", "top_down")
-UP = np.array([0.0, 0.0, 1.0])          # the base frame's up (z), as for the arm on its table
+UP = np.array([0.0, 0.0, 1.0])  # the base frame's up (z), as for the arm on its table
 MIN_PLANE_POINTS = 6
 # The object part the fingers hold must be this much longer than wide for its width to count.
 MIN_ELONGATION = 1.15
@@ -41,12 +41,12 @@ class GraspError(NerfDescriptorError):
 
 @dataclass
 class GraspConfig:
-    approach: str = "normal"            # normal | keypoints | top_down
-    max_tilt_deg: float = 30.0          # the approach is at most this far from straight down
-    normal_radius_m: float = 0.01       # plane fit over depth points within this of the keypoint
-    grasp_depth_m: float = 0.02         # TCP this far past the surface point along the approach
-    closing_radius_m: float = 0.05      # the part held: depth points within this of the TCP axis ...
-    closing_slab_m: float = 0.01        # ... and above the TCP minus this
+    approach: str = "normal"  # normal | keypoints | top_down
+    max_tilt_deg: float = 30.0  # the approach is at most this far from straight down
+    normal_radius_m: float = 0.01  # plane fit over depth points within this of the keypoint
+    grasp_depth_m: float = 0.02  # TCP this far past the surface point along the approach
+    closing_radius_m: float = 0.05  # the part held: depth points within this of the TCP axis ...
+    closing_slab_m: float = 0.01  # ... and above the TCP minus this
 
     def __post_init__(self):
         if self.approach not in APPROACHES:
@@ -60,12 +60,13 @@ class GraspConfig:
 @dataclass
 class Grasp:
     T_base_tcp: np.ndarray
-    approach_source: str                # "normal", "keypoints" or "top_down"
-    closing_source: str                 # "object_width" or "image_axis"
+    approach_source: str  # "normal", "keypoints" or "top_down"
+    closing_source: str  # "object_width" or "image_axis"
 
 
-def depth_points_near(depth: np.ndarray, intrinsics: CameraIntrinsics, u: float, v: float,
-                      centre_cam: np.ndarray, radius_m: float) -> np.ndarray:
+def depth_points_near(
+    depth: np.ndarray, intrinsics: CameraIntrinsics, u: float, v: float, centre_cam: np.ndarray, radius_m: float
+) -> np.ndarray:
     """(N, 3) camera-frame points of ``depth`` (z metres, NaN unknown; registered to the colour
     camera, any resolution) within ``radius_m`` of ``centre_cam``, looked for around pixel (u, v)."""
     height, width = depth.shape
@@ -87,7 +88,7 @@ def depth_points_near(depth: np.ndarray, intrinsics: CameraIntrinsics, u: float,
     return points[np.linalg.norm(points - centre_cam, axis=1) <= radius_m]
 
 
-def fit_normal(points: np.ndarray, towards: np.ndarray) -> Optional[np.ndarray]:
+def fit_normal(points: np.ndarray, towards: np.ndarray) -> np.ndarray | None:
     """Unit normal of the plane through ``points`` (least squares), on the side of ``towards``;
     None with too few points or points along a line."""
     if len(points) < MIN_PLANE_POINTS:
@@ -109,27 +110,28 @@ def limit_tilt(approach: np.ndarray, max_tilt_deg: float) -> np.ndarray:
     if angle <= limit:
         return approach
     side = approach - np.dot(approach, down) * down
-    if np.linalg.norm(side) < 1e-9:            # straight up: any side will do
+    if np.linalg.norm(side) < 1e-9:  # straight up: any side will do
         side = np.array([1.0, 0.0, 0.0])
     side /= np.linalg.norm(side)
     return np.cos(limit) * down + np.sin(limit) * side
 
 
-def narrow_axis(points_base: np.ndarray, tcp: np.ndarray, approach: np.ndarray,
-                radius_m: float, slab_m: float) -> Optional[np.ndarray]:
+def narrow_axis(
+    points_base: np.ndarray, tcp: np.ndarray, approach: np.ndarray, radius_m: float, slab_m: float
+) -> np.ndarray | None:
     """Direction (unit, perpendicular to ``approach``) of the narrowest extent of the points that
     lie within ``radius_m`` of the TCP's axis and no deeper than ``slab_m`` past the TCP; None
     when fewer than a handful or when they are about as wide in every direction."""
     offsets = points_base - tcp
     along = offsets @ approach
-    basis = tcp_pose(np.zeros(3), approach, np.array([1.0, 0.0, 0.0]))[:3, :2]   # spans the plane
-    across = offsets @ basis                                                    # (N, 2)
+    basis = tcp_pose(np.zeros(3), approach, np.array([1.0, 0.0, 0.0]))[:3, :2]  # spans the plane
+    across = offsets @ basis  # (N, 2)
     keep = (along <= slab_m) & (np.linalg.norm(across, axis=1) <= radius_m)
     if keep.sum() < MIN_PLANE_POINTS:
         return None
     flat = across[keep] - across[keep].mean(0)
-    eigenvalues, eigenvectors = np.linalg.eigh(flat.T @ flat)               # ascending
-    if eigenvalues[1] < MIN_ELONGATION ** 2 * eigenvalues[0]:
+    eigenvalues, eigenvectors = np.linalg.eigh(flat.T @ flat)  # ascending
+    if eigenvalues[1] < MIN_ELONGATION**2 * eigenvalues[0]:
         return None
     return basis @ eigenvectors[:, 0]
 
@@ -138,7 +140,7 @@ def tcp_pose(position: np.ndarray, approach: np.ndarray, closing_hint: np.ndarra
     """T_base_tcp with +z = ``approach`` and +y = ``closing_hint`` made perpendicular to it."""
     z = approach / np.linalg.norm(approach)
     y = closing_hint - np.dot(closing_hint, z) * z
-    if np.linalg.norm(y) < 1e-6:               # hint along the approach: any perpendicular
+    if np.linalg.norm(y) < 1e-6:  # hint along the approach: any perpendicular
         y = np.cross(z, [1.0, 0.0, 0.0] if abs(z[0]) < 0.9 else [0.0, 1.0, 0.0])
     y /= np.linalg.norm(y)
     if np.dot(y, closing_hint) < 0:
@@ -148,10 +150,15 @@ def tcp_pose(position: np.ndarray, approach: np.ndarray, closing_hint: np.ndarra
     return T
 
 
-def plan_grasp(point_cam: np.ndarray, T_base_cam: np.ndarray, config: GraspConfig = GraspConfig(),
-               uv: Optional[tuple[float, float]] = None, depth: Optional[np.ndarray] = None,
-               intrinsics: Optional[CameraIntrinsics] = None,
-               second_point_cam: Optional[np.ndarray] = None) -> Grasp:
+def plan_grasp(
+    point_cam: np.ndarray,
+    T_base_cam: np.ndarray,
+    config: GraspConfig = GraspConfig(),
+    uv: tuple[float, float] | None = None,
+    depth: np.ndarray | None = None,
+    intrinsics: CameraIntrinsics | None = None,
+    second_point_cam: np.ndarray | None = None,
+) -> Grasp:
     """The grasp at a keypoint located at ``point_cam`` (camera optical frame) by a camera at
     ``T_base_cam``; ``uv`` (its pixel), ``depth`` and ``intrinsics`` give the surface normal and
     the object's width; ``second_point_cam`` the two-keypoint approach."""
@@ -162,12 +169,13 @@ def plan_grasp(point_cam: np.ndarray, T_base_cam: np.ndarray, config: GraspConfi
     point = transform_points(T_base_cam, point_cam[None])[0]
     nearby = None
     if depth is not None and intrinsics is not None and uv is not None:
-        nearby = depth_points_near(depth, intrinsics, uv[0], uv[1], point_cam,
-                                   max(config.normal_radius_m, config.closing_radius_m))
+        nearby = depth_points_near(
+            depth, intrinsics, uv[0], uv[1], point_cam, max(config.normal_radius_m, config.closing_radius_m)
+        )
     approach, source = -UP, "top_down"
     if config.approach == "normal" and nearby is not None:
         close = nearby[np.linalg.norm(nearby - point_cam, axis=1) <= config.normal_radius_m]
-        normal = fit_normal(close, np.zeros(3))     # towards the camera, which sees this side
+        normal = fit_normal(close, np.zeros(3))  # towards the camera, which sees this side
         if normal is not None:
             approach, source = -(R @ normal), "normal"
     elif config.approach == "keypoints" and second_point_cam is not None:
@@ -178,8 +186,9 @@ def plan_grasp(point_cam: np.ndarray, T_base_cam: np.ndarray, config: GraspConfi
     tcp = point + config.grasp_depth_m * approach
     closing, closing_source = None, "object_width"
     if nearby is not None and len(nearby):
-        closing = narrow_axis(transform_points(T_base_cam, nearby), tcp, approach,
-                              config.closing_radius_m, config.closing_slab_m)
+        closing = narrow_axis(
+            transform_points(T_base_cam, nearby), tcp, approach, config.closing_radius_m, config.closing_slab_m
+        )
     if closing is None:
         closing, closing_source = R[:, 0], "image_axis"
     return Grasp(tcp_pose(tcp, approach, closing), source, closing_source)

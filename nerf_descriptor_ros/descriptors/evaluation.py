@@ -3,27 +3,33 @@
 Ground-truth correspondences come from the dataset's metric depth, object masks and camera poses
 between pairs of held-out frames (never used to train the NeRF or the descriptors): object pixels
 visible in both views (the visibility and forward-backward checks of
-:mod:`~nerf_descriptor_ros.correspondences`). For each, the best match is the arg-min descriptor
+:mod:`~nerf_descriptor_ros.descriptors.correspondences`). For each, the best match is the arg-min descriptor
 distance over the whole target image, whose descriptor image is bilinearly resampled to the
 evaluation resolution, 504x378 as in the paper; pixel errors are measured there. Reported: AEPE
 (mean error), PCK@3 and PCK@5 (fraction within 3 or 5 px), the PCK@k curve for k = 1..100 with its
 normalised area (as Dense Object Nets re-implementations plot it) and the median error.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .correspondences import (CorrespondenceError, DatasetDepthProvider, MatchingConfig,
-                              find_correspondences, view_overlap)
-from .dataset import Dataset, Frame
-from .descriptors.loss import sample_descriptors
+from nerf_descriptor_ros.data.dataset import Dataset, Frame
+from nerf_descriptor_ros.descriptors.correspondences import (
+    CorrespondenceError,
+    DatasetDepthProvider,
+    MatchingConfig,
+    find_correspondences,
+    view_overlap,
+)
+from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 
 EVAL_RESOLUTION = (504, 378)
 PCK_CURVE_MAX_PX = 100
@@ -46,14 +52,24 @@ def summarize_errors(errors_px: np.ndarray) -> dict:
         raise ValueError("no match errors to summarise")
     thresholds = np.arange(1, PCK_CURVE_MAX_PX + 1)
     curve = (errors[None, :] <= thresholds[:, None]).mean(axis=1)
-    return {"aepe_px": float(errors.mean()), "pck3": float((errors <= 3).mean()),
-            "pck5": float((errors <= 5).mean()), "auc_1_100": float(curve.mean()),
-            "median_px": float(np.median(errors)), "count": int(errors.size),
-            "pck_curve": [round(float(c), 5) for c in curve]}
+    return {
+        "aepe_px": float(errors.mean()),
+        "pck3": float((errors <= 3).mean()),
+        "pck5": float((errors <= 5).mean()),
+        "auc_1_100": float(curve.mean()),
+        "median_px": float(np.median(errors)),
+        "count": int(errors.size),
+        "pck_curve": [round(float(c), 5) for c in curve],
+    }
 
 
-def best_matches(desc_a: torch.Tensor, desc_b: torch.Tensor, uv_a: np.ndarray,
-                 match_size: tuple[int, int] = EVAL_RESOLUTION, chunk: int = 128) -> np.ndarray:
+def best_matches(
+    desc_a: torch.Tensor,
+    desc_b: torch.Tensor,
+    uv_a: np.ndarray,
+    match_size: tuple[int, int] = EVAL_RESOLUTION,
+    chunk: int = 128,
+) -> np.ndarray:
     """For query pixels ``uv_a`` (working-resolution coordinates of ``desc_a``), the arg-min of the
     descriptor distance over all of image B resampled to ``match_size`` (w, h); returns pixels
     (N, 2) in ``match_size`` coordinates."""
@@ -62,13 +78,14 @@ def best_matches(desc_a: torch.Tensor, desc_b: torch.Tensor, uv_a: np.ndarray,
         raise ValueError(f"descriptor sizes differ: {desc_a.shape[0]} vs {d}")
     with torch.no_grad():
         queries = sample_descriptors(desc_a.float(), torch.as_tensor(uv_a, dtype=torch.float32))
-        target = F.interpolate(desc_b.float()[None], size=(match_size[1], match_size[0]),
-                               mode="bilinear", align_corners=False)[0].reshape(d, -1)
+        target = F.interpolate(
+            desc_b.float()[None], size=(match_size[1], match_size[0]), mode="bilinear", align_corners=False
+        )[0].reshape(d, -1)
         target_sq = target.square().sum(0)
         best = []
         for start in range(0, queries.shape[0], chunk):
-            q = queries[start:start + chunk]
-            distance = target_sq[None, :] - 2.0 * q @ target   # |q|^2 is constant per row
+            q = queries[start : start + chunk]
+            distance = target_sq[None, :] - 2.0 * q @ target  # |q|^2 is constant per row
             best.append(distance.argmin(dim=1))
         flat = torch.cat(best).numpy() if best else np.zeros(0, dtype=np.int64)
     return np.stack([flat % match_size[0], flat // match_size[0]], -1).astype(np.float64)
@@ -85,10 +102,15 @@ class EvalPair:
     uv_b: np.ndarray
 
 
-def ground_truth_pairs(dataset: Dataset, positions: Optional[list[int]] = None,
-                       per_pair: int = 100, min_overlap: float = 0.2, seed: int = 0,
-                       minimum: int = MIN_CORRESPONDENCES,
-                       matching: MatchingConfig = MatchingConfig()) -> list[EvalPair]:
+def ground_truth_pairs(
+    dataset: Dataset,
+    positions: list[int] | None = None,
+    per_pair: int = 100,
+    min_overlap: float = 0.2,
+    seed: int = 0,
+    minimum: int = MIN_CORRESPONDENCES,
+    matching: MatchingConfig = MatchingConfig(),
+) -> list[EvalPair]:
     """Up to ``per_pair`` correspondences for each ordered pair of held-out frames that overlap.
 
     Raises :class:`CorrespondenceError` when fewer than ``minimum`` exist in total.
@@ -113,20 +135,22 @@ def ground_truth_pairs(dataset: Dataset, positions: Optional[list[int]] = None,
         raise CorrespondenceError(
             f"only {total} ground-truth correspondences between the {len(positions)} held-out "
             f"views of {dataset.root} (at least {minimum} needed): the held-out views do not "
-            "overlap enough; capture more frames or views closer together")
+            "overlap enough; capture more frames or views closer together"
+        )
     return pairs
 
 
 @dataclass
 class PairResult:
     pair: EvalPair
-    predicted: np.ndarray   # best matches, eval-resolution pixels
-    truth: np.ndarray       # ground-truth matches, eval-resolution pixels
-    errors: np.ndarray      # eval-resolution pixels
+    predicted: np.ndarray  # best matches, eval-resolution pixels
+    truth: np.ndarray  # ground-truth matches, eval-resolution pixels
+    errors: np.ndarray  # eval-resolution pixels
 
 
-def evaluate_descriptors(dataset: Dataset, describe: DescribeFn, pairs: list[EvalPair],
-                         eval_size: tuple[int, int] = EVAL_RESOLUTION) -> tuple[dict, list[PairResult]]:
+def evaluate_descriptors(
+    dataset: Dataset, describe: DescribeFn, pairs: list[EvalPair], eval_size: tuple[int, int] = EVAL_RESOLUTION
+) -> tuple[dict, list[PairResult]]:
     """Match every ground-truth query with ``describe``'s descriptors; return metrics and details."""
     cache: dict[int, torch.Tensor] = {}
 
@@ -153,8 +177,15 @@ def _size(dataset: Dataset, position: int) -> tuple[int, int]:
     return intr.width, intr.height
 
 
-def correspondence_accuracy(views: dict, truth: dict, pairs: list, mode: str, samples: int = 200,
-                            seed: int = 0, matching: MatchingConfig = MatchingConfig()) -> dict:
+def correspondence_accuracy(
+    views: dict,
+    truth: dict,
+    pairs: list,
+    mode: str,
+    samples: int = 200,
+    seed: int = 0,
+    matching: MatchingConfig = MatchingConfig(),
+) -> dict:
     """How right generated training correspondences are: for up to ``samples`` of the cached
     ``pairs``, each match from ``views`` (e.g. NeRF renders) against where the exact depth of
     ``truth`` (the dataset's, same cameras) puts the same A pixel in B, in working pixels."""
@@ -170,23 +201,27 @@ def correspondence_accuracy(views: dict, truth: dict, pairs: list, mode: str, sa
         expected, _ = truth[b].project(truth[a].lift(uv_a[known], depth[known]))
         errors.append(np.linalg.norm(uv_b[known] - expected, axis=1))
     errors = np.concatenate(errors) if errors else np.zeros(0)
-    return {"pairs": len(chosen), "matches_per_pair": float(np.mean(counts)) if counts else 0.0,
-            "within_1px": float((errors <= 1.0).mean()) if errors.size else float("nan"),
-            "median_error_px": float(np.median(errors)) if errors.size else float("nan")}
+    return {
+        "pairs": len(chosen),
+        "matches_per_pair": float(np.mean(counts)) if counts else 0.0,
+        "within_1px": float((errors <= 1.0).mean()) if errors.size else float("nan"),
+        "median_error_px": float(np.median(errors)) if errors.size else float("nan"),
+    }
 
 
 # --- the classical baseline ----------------------------------------------------------------
+
 
 def dense_sift(width: int, keypoint_size_fraction: float = 0.05) -> DescribeFn:
     """Dense SIFT (OpenCV) at every pixel of the image resized to ``width``: an untrained baseline.
 
     The keypoint diameter is a fixed fraction of the image width; descriptors are L2-normalised.
     """
+
     def describe(frame: Frame) -> torch.Tensor:
         rgb = frame.load_image()
         height = int(round(rgb.shape[0] * width / rgb.shape[1]))
-        gray = cv2.cvtColor(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA),
-                            cv2.COLOR_RGB2GRAY)
+        gray = cv2.cvtColor(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
         size = max(2.0, keypoint_size_fraction * width)
         keypoints = [cv2.KeyPoint(float(u), float(v), size) for v in range(height) for u in range(width)]
         _, desc = cv2.SIFT_create().compute(gray, keypoints)
@@ -194,13 +229,13 @@ def dense_sift(width: int, keypoint_size_fraction: float = 0.05) -> DescribeFn:
             raise RuntimeError("OpenCV dropped keypoints while computing dense SIFT")
         desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-6)
         return torch.from_numpy(desc.T.reshape(-1, height, width).astype(np.float32))
+
     return describe
 
 
 # --- pictures for a person -----------------------------------------------------------------
 
-CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-                 (140, 86, 75)]
+CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
 def plot_pck_curves(curves: dict[str, list[float]], path: Path, size=(640, 420)) -> None:
@@ -221,14 +256,29 @@ def plot_pck_curves(curves: dict[str, list[float]], path: Path, size=(640, 420))
         colour = CURVE_COLOURS[i % len(CURVE_COLOURS)][::-1]
         points = np.array([[px(k + 1), py(p)] for k, p in enumerate(curve)], np.int32)
         cv2.polylines(img, [points], False, colour, 2, cv2.LINE_AA)
-        cv2.putText(img, f"{name} (AUC {np.mean(curve):.3f})", (w - 300, h - bottom - 15 - 18 * i),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            f"{name} (AUC {np.mean(curve):.3f})",
+            (w - 300, h - bottom - 15 - 18 * i),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            colour,
+            1,
+            cv2.LINE_AA,
+        )
     cv2.putText(img, "PCK@k", (left + 5, top + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
     _write_png(path, img)
 
 
-def plot_matches(dataset: Dataset, results: list[PairResult], path: Path, pairs: int = 3,
-                 points: int = 12, seed: int = 0, eval_size: tuple[int, int] = EVAL_RESOLUTION) -> None:
+def plot_matches(
+    dataset: Dataset,
+    results: list[PairResult],
+    path: Path,
+    pairs: int = 3,
+    points: int = 12,
+    seed: int = 0,
+    eval_size: tuple[int, int] = EVAL_RESOLUTION,
+) -> None:
     """Side-by-side held-out views: queries in A, ground truth (green) and best match (red) in B."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -248,15 +298,22 @@ def plot_matches(dataset: Dataset, results: list[PairResult], path: Path, pairs:
             cv2.line(canvas, truth, guess, (0, 0, 230), 1, cv2.LINE_AA)
             cv2.drawMarker(canvas, guess, (0, 0, 230), cv2.MARKER_TILTED_CROSS, 9, 2)
             cv2.circle(canvas, guess, 2, colour, -1)
-        cv2.putText(canvas, f"frames {result.pair.a} -> {result.pair.b}: median error "
-                    f"{np.median(result.errors):.1f} px", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55,
-                    (255, 255, 255), 2)
+        cv2.putText(
+            canvas,
+            f"frames {result.pair.a} -> {result.pair.b}: median error {np.median(result.errors):.1f} px",
+            (8, 20),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.55,
+            (255, 255, 255),
+            2,
+        )
         rows.append(canvas)
     _write_png(path, np.concatenate(rows, axis=0))
 
 
 def _write_png(path: Path, bgr: np.ndarray) -> None:
-    from .dataset import atomic_write_bytes
+    from nerf_descriptor_ros.data.dataset import atomic_write_bytes
+
     ok, buffer = cv2.imencode(".png", bgr)
     if not ok:
         raise RuntimeError(f"could not encode {path}")

@@ -4,6 +4,7 @@ Used by `nerf-descriptor demo` and the tests in place of `ros2 launch` (not inst
 registry). Each node runs in its own process group with ``--ros-args --params-file``, exactly as a
 user would start it by hand, and its output goes to a log file.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,11 +19,13 @@ PACKAGE = "nerf_descriptor_ros"
 
 def package_share() -> Path:
     from ament_index_python.packages import get_package_share_directory
+
     return Path(get_package_share_directory(PACKAGE))
 
 
 def node_executable(name: str) -> Path:
     from ament_index_python.packages import get_package_prefix
+
     exe = Path(get_package_prefix(PACKAGE)) / "lib" / PACKAGE / name
     if not exe.is_file():
         raise FileNotFoundError(f"node executable {exe} is not installed; run `make setup`")
@@ -48,8 +51,13 @@ class NodeProcesses:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._procs: list[tuple[Path, subprocess.Popen]] = []
 
-    def start(self, executable: str, params_file: str | os.PathLike | None = None,
-              params: dict | None = None, env: dict | None = None) -> subprocess.Popen:
+    def start(
+        self,
+        executable: str,
+        params_file: str | os.PathLike | None = None,
+        params: dict | None = None,
+        env: dict | None = None,
+    ) -> subprocess.Popen:
         cmd = [sys.executable, str(node_executable(executable)), "--ros-args"]
         if params_file:
             cmd += ["--params-file", str(params_file)]
@@ -57,8 +65,13 @@ class NodeProcesses:
             cmd += ["-p", f"{key}:={param_literal(value)}"]
         log_path = self.log_dir / f"{executable}-{len(self._procs)}.log"
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            )
         self._procs.append((log_path, proc))
         return proc
 

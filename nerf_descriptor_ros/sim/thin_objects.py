@@ -6,6 +6,7 @@ These generators build such objects from tubes swept along curves, with proporti
 seed so that evaluation does not hinge on one shape. Units are metres; the object rests on the
 plane z = 0 with its footprint centred on the origin.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import atomic_write_bytes, validate_object_name
+from nerf_descriptor_ros.data.dataset import atomic_write_bytes, validate_object_name
 
 KINDS = ("fork", "whisk", "basket")
 
@@ -21,7 +22,7 @@ KINDS = ("fork", "whisk", "basket")
 @dataclass
 class WireMesh:
     vertices: np.ndarray  # (V, 3) float
-    faces: np.ndarray     # (F, 3) int, counter-clockwise seen from outside
+    faces: np.ndarray  # (F, 3) int, counter-clockwise seen from outside
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.vertices.min(0), self.vertices.max(0)
@@ -89,11 +90,9 @@ def fork(rng: np.random.Generator, wire_radius: float = 0.0015) -> WireMesh:
     parts = [tube(_line([handle_end, 0, 2 * wire_radius], [neck, 0, 2 * wire_radius]), 2 * wire_radius)]
     bar_z = 2 * wire_radius + lift
     parts.append(tube(_line([neck, 0, 2 * wire_radius], [neck + 0.02, 0, bar_z], 6), 1.5 * wire_radius))
-    parts.append(tube(_line([neck + 0.02, -head_width / 2, bar_z], [neck + 0.02, head_width / 2, bar_z]),
-                      wire_radius))
+    parts.append(tube(_line([neck + 0.02, -head_width / 2, bar_z], [neck + 0.02, head_width / 2, bar_z]), wire_radius))
     for y in np.linspace(-head_width / 2, head_width / 2, tines):
-        parts.append(tube(_line([neck + 0.02, y, bar_z], [neck + 0.02 + tine_length, y, bar_z + lift]),
-                          wire_radius))
+        parts.append(tube(_line([neck + 0.02, y, bar_z], [neck + 0.02 + tine_length, y, bar_z + lift]), wire_radius))
     return merge(parts)
 
 
@@ -126,20 +125,36 @@ def basket(rng: np.random.Generator, wire_radius: float = 0.0012) -> WireMesh:
     parts = []
     for k in range(meridians):
         phi = 2 * np.pi * k / meridians
-        arc = np.stack([radius * np.sin(polar) * np.cos(phi), radius * np.sin(polar) * np.sin(phi),
-                        center_z - radius * np.cos(polar)], -1)
+        arc = np.stack(
+            [
+                radius * np.sin(polar) * np.cos(phi),
+                radius * np.sin(polar) * np.sin(phi),
+                center_z - radius * np.cos(polar),
+            ],
+            -1,
+        )
         parts.append(tube(arc[1:], wire_radius))
     for theta in np.linspace(np.pi / 2, 0.0, parallels + 1, endpoint=False)[1:]:
         phi = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-        ring = np.stack([radius * np.sin(theta) * np.cos(phi), radius * np.sin(theta) * np.sin(phi),
-                         np.full_like(phi, center_z - radius * np.cos(theta))], -1)
+        ring = np.stack(
+            [
+                radius * np.sin(theta) * np.cos(phi),
+                radius * np.sin(theta) * np.sin(phi),
+                np.full_like(phi, center_z - radius * np.cos(theta)),
+            ],
+            -1,
+        )
         parts.append(tube(ring, wire_radius, closed=True))
     phi = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-    parts.append(tube(np.stack([radius * np.cos(phi), radius * np.sin(phi), np.full_like(phi, center_z)], -1),
-                      2 * wire_radius, closed=True))
+    parts.append(
+        tube(
+            np.stack([radius * np.cos(phi), radius * np.sin(phi), np.full_like(phi, center_z)], -1),
+            2 * wire_radius,
+            closed=True,
+        )
+    )
     handle_length = rng.uniform(0.08, 0.12)
-    parts.append(tube(_line([radius, 0, center_z], [radius + handle_length, 0, center_z + 0.01]),
-                      2.5 * wire_radius))
+    parts.append(tube(_line([radius, 0, center_z], [radius + handle_length, 0, center_z + 0.01]), 2.5 * wire_radius))
     return merge(parts)
 
 
@@ -179,8 +194,7 @@ def urdf_text(name: str, mesh_file: str, rgba=(0.75, 0.75, 0.78, 1.0), mass: flo
 """
 
 
-def write_thin_object(out_dir: str | Path, kind: str, seed: int = 0,
-                      rgba=(0.75, 0.75, 0.78, 1.0)) -> Path:
+def write_thin_object(out_dir: str | Path, kind: str, seed: int = 0, rgba=(0.75, 0.75, 0.78, 1.0)) -> Path:
     """Write ``<kind>_<seed>.obj`` and ``.urdf`` into ``out_dir``; return the URDF's path."""
     name = validate_object_name(f"{kind}_{seed}")
     out_dir = Path(out_dir)

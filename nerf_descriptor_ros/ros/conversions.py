@@ -4,6 +4,7 @@ This replaces cv_bridge (not installable from the registry, and the registry's b
 NumPy 2) and tf_transformations. It needs the message packages but not rclpy, so it is testable
 without a running ROS graph.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,13 +12,19 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, Quaternion
 from sensor_msgs.msg import CameraInfo, Image
 
-from .geometry import CameraIntrinsics, matrix_to_pose, pose_to_matrix
+from nerf_descriptor_ros.geometry import CameraIntrinsics, matrix_to_pose, pose_to_matrix
 
 # encoding -> (dtype, channels)
 _ENCODINGS = {
-    "rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4),
-    "mono8": (np.uint8, 1), "8UC1": (np.uint8, 1), "mono16": (np.uint16, 1),
-    "16UC1": (np.uint16, 1), "32FC1": (np.float32, 1),
+    "rgb8": (np.uint8, 3),
+    "bgr8": (np.uint8, 3),
+    "rgba8": (np.uint8, 4),
+    "bgra8": (np.uint8, 4),
+    "mono8": (np.uint8, 1),
+    "8UC1": (np.uint8, 1),
+    "mono16": (np.uint16, 1),
+    "16UC1": (np.uint16, 1),
+    "32FC1": (np.float32, 1),
 }
 
 
@@ -41,8 +48,8 @@ def image_to_array(msg: Image) -> np.ndarray:
     row_bytes = msg.width * channels * dtype.itemsize
     if msg.step < row_bytes or len(msg.data) < msg.step * msg.height:
         raise ImageConversionError(
-            f"image data too short for {msg.width}x{msg.height} {msg.encoding} "
-            f"(step {msg.step}, {len(msg.data)} bytes)")
+            f"image data too short for {msg.width}x{msg.height} {msg.encoding} (step {msg.step}, {len(msg.data)} bytes)"
+        )
     buf = np.frombuffer(msg.data, dtype=np.uint8, count=msg.step * msg.height)
     rows = buf.reshape(msg.height, msg.step)[:, :row_bytes]
     arr = rows.view(dtype).reshape(msg.height, msg.width, channels)
@@ -53,8 +60,7 @@ def image_to_array(msg: Image) -> np.ndarray:
 def image_to_rgb8(msg: Image) -> np.ndarray:
     """HxWx3 uint8 RGB from any colour or mono 8-bit encoding; other encodings are refused."""
     if msg.encoding not in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8"):
-        raise ImageConversionError(
-            f"expected a colour image (rgb8, bgr8, rgba8, bgra8 or mono8), got {msg.encoding!r}")
+        raise ImageConversionError(f"expected a colour image (rgb8, bgr8, rgba8, bgra8 or mono8), got {msg.encoding!r}")
     arr = image_to_array(msg)
     if msg.encoding == "mono8":
         return np.repeat(arr[:, :, None], 3, axis=2)
@@ -100,8 +106,15 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
     """Intrinsics from CameraInfo's K and D (plumb_bob / rational_polynomial order)."""
     if msg.width == 0 or msg.height == 0 or msg.k[0] <= 0 or msg.k[4] <= 0:
         raise ValueError(f"camera info is not calibrated (size {msg.width}x{msg.height}, K={list(msg.k)})")
-    return CameraIntrinsics(float(msg.k[0]), float(msg.k[4]), float(msg.k[2]), float(msg.k[5]),
-                            int(msg.width), int(msg.height), [float(d) for d in msg.d])
+    return CameraIntrinsics(
+        float(msg.k[0]),
+        float(msg.k[4]),
+        float(msg.k[2]),
+        float(msg.k[5]),
+        int(msg.width),
+        int(msg.height),
+        [float(d) for d in msg.d],
+    )
 
 
 def intrinsics_to_camera_info(intr: CameraIntrinsics, header=None) -> CameraInfo:
@@ -125,8 +138,10 @@ def pose_msg_to_matrix(pose: Pose) -> np.ndarray:
 
 def matrix_to_pose_msg(T: np.ndarray) -> Pose:
     position, q = matrix_to_pose(T)
-    return Pose(position=Point(x=float(position[0]), y=float(position[1]), z=float(position[2])),
-                orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
+    return Pose(
+        position=Point(x=float(position[0]), y=float(position[1]), z=float(position[2])),
+        orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])),
+    )
 
 
 def transform_msg_to_matrix(transform) -> np.ndarray:

@@ -20,27 +20,39 @@ smooth top can localise badly. Measured with ``benchmarks/keypoint_matching.py -
 89, 97, 91 and 93 % of images, the top centre in 57, 64, 62 and 66 % (median 4.7-5.7 against
 8.0-8.2 px).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import cv2
 import numpy as np
 import torch
 
-from .correspondences import (DatasetDepthProvider, NerfDepthProvider, ViewGeometry, resize_nearest,
-                              working_intrinsics)
-from .dataset import Dataset, Frame
-from .descriptors.loss import sample_descriptors
-from .descriptors.model import DescriptorModel
-from .evaluation import rescale_pixels
-from .keypoints import (AUTO_GRASP_NAME, DescribeFn, KeypointError, KeypointSet, KeypointSpec,
-                        define_keypoints, moved_point_pixel)
-from .matching import KeypointMatchingConfig, match_descriptors
+from nerf_descriptor_ros.data.dataset import Dataset, Frame
+from nerf_descriptor_ros.descriptors.correspondences import (
+    DatasetDepthProvider,
+    NerfDepthProvider,
+    ViewGeometry,
+    resize_nearest,
+    working_intrinsics,
+)
+from nerf_descriptor_ros.descriptors.evaluation import rescale_pixels
+from nerf_descriptor_ros.descriptors.loss import sample_descriptors
+from nerf_descriptor_ros.descriptors.model import DescriptorModel
+from nerf_descriptor_ros.keypoints.definition import (
+    AUTO_GRASP_NAME,
+    DescribeFn,
+    KeypointError,
+    KeypointSet,
+    KeypointSpec,
+    define_keypoints,
+    moved_point_pixel,
+)
+from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig, match_descriptors
 
-MIN_VIEWS = 3            # a candidate's error counts once this many training views see it
-QUERY_CHUNK = 16         # candidates matched at once: bounds the (K, h*w) matching buffers
+MIN_VIEWS = 3  # a candidate's error counts once this many training views see it
+QUERY_CHUNK = 16  # candidates matched at once: bounds the (K, h*w) matching buffers
 NERF_VISIBILITY_WIDTH = 160  # NeRF depth for occlusion tests is rendered this wide, then upsampled
 
 
@@ -49,19 +61,22 @@ class GraspChoice:
     """How the automatic grasp point was chosen, for the log and the tests."""
 
     spec: KeypointSpec
-    top_centre: KeypointSpec             # the candidate nearest the footprint's middle
-    view: ViewGeometry                   # the top-down view they are on
-    candidates: int                      # graspable pixels compared
-    views: int                           # training views they were matched in
-    mean_error_px: Optional[float]       # the chosen one's, None when too few views saw any
-    top_centre_error_px: Optional[float]  # the top centre's, for comparison
+    top_centre: KeypointSpec  # the candidate nearest the footprint's middle
+    view: ViewGeometry  # the top-down view they are on
+    candidates: int  # graspable pixels compared
+    views: int  # training views they were matched in
+    mean_error_px: float | None  # the chosen one's, None when too few views saw any
+    top_centre_error_px: float | None  # the top centre's, for comparison
 
     def summary(self) -> str:
-        def px(error: Optional[float]) -> str:
+        def px(error: float | None) -> str:
             return "unmeasured" if error is None else f"{error:.1f} px"
-        return (f"the best found of {self.candidates} graspable pixels on {self.views} training "
-                f"views: mean error {px(self.mean_error_px)} (the top centre's "
-                f"{px(self.top_centre_error_px)})")
+
+        return (
+            f"the best found of {self.candidates} graspable pixels on {self.views} training "
+            f"views: mean error {px(self.mean_error_px)} (the top centre's "
+            f"{px(self.top_centre_error_px)})"
+        )
 
 
 def object_view(dataset: Dataset, frame: Frame, nerf=None) -> ViewGeometry:
@@ -70,9 +85,11 @@ def object_view(dataset: Dataset, frame: Frame, nerf=None) -> ViewGeometry:
     if dataset.has_depth and dataset.has_masks:
         return DatasetDepthProvider(dataset).render(frame, frame.intrinsics)
     if nerf is None:
-        raise KeypointError(f"dataset {dataset.root} lacks {'masks' if dataset.has_depth else 'depth'} "
-                            "and no NeRF was given to render them: the automatic grasp point "
-                            "needs both")
+        raise KeypointError(
+            f"dataset {dataset.root} lacks {'masks' if dataset.has_depth else 'depth'} "
+            "and no NeRF was given to render them: the automatic grasp point "
+            "needs both"
+        )
     return NerfDepthProvider(nerf, quantiles=1).render(frame, frame.intrinsics)
 
 
@@ -102,15 +119,18 @@ def _lift_pixels(view: ViewGeometry, uv: np.ndarray) -> np.ndarray:
     return view.lift(uv.astype(np.float64), view.depth[uv[:, 1], uv[:, 0]].astype(np.float64))
 
 
-def graspable_pixels(view: ViewGeometry, edge_margin_px: int, top_band_m: float,
-                     centre_radius_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def graspable_pixels(
+    view: ViewGeometry, edge_margin_px: int, top_band_m: float, centre_radius_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate grasp pixels of a top-down view (see the module docstring): (N, 2) integer
     (u, v), their 3D points (N, 3) and horizontal distances (N,) to the footprint's middle."""
     interior = _interior_pixels(view, edge_margin_px)
     if len(interior) == 0:
-        raise KeypointError(f"the most top-down view shows no object pixel {edge_margin_px} px "
-                            "inside its mask: the object is too small in the image, or the mask "
-                            "is empty")
+        raise KeypointError(
+            f"the most top-down view shows no object pixel {edge_margin_px} px "
+            "inside its mask: the object is too small in the image, or the mask "
+            "is empty"
+        )
     points = _lift_pixels(view, interior)
     # The middle of the footprint (robust percentiles): unlike a mean of the visible points, not
     # pulled towards the sides that face the camera.
@@ -123,17 +143,26 @@ def graspable_pixels(view: ViewGeometry, edge_margin_px: int, top_band_m: float,
     return interior[keep], points[keep], off_centre[keep]
 
 
-def localisation_errors(describe: DescribeFn, dataset: Dataset, source: Frame, uv: np.ndarray,
-                        points: np.ndarray, nerf=None, matching=KeypointMatchingConfig(),
-                        max_frames: int = 64) -> np.ndarray:
+def localisation_errors(
+    describe: DescribeFn,
+    dataset: Dataset,
+    source: Frame,
+    uv: np.ndarray,
+    points: np.ndarray,
+    nerf=None,
+    matching=KeypointMatchingConfig(),
+    max_frames: int = 64,
+) -> np.ndarray:
     """(V, N) pixel errors of the pixels ``uv`` of ``source`` (3D points ``points``) matched in up
     to ``max_frames`` other training views; NaN where a view does not see the point."""
     w, h = source.intrinsics.width, source.intrinsics.height
     source_descriptors = describe(source.load_image()).float()
     size = (source_descriptors.shape[-1], source_descriptors.shape[-2])
     with torch.no_grad():
-        queries = sample_descriptors(source_descriptors, torch.as_tensor(
-            rescale_pixels(uv, (w, h), size), dtype=torch.float32, device=source_descriptors.device))
+        queries = sample_descriptors(
+            source_descriptors,
+            torch.as_tensor(rescale_pixels(uv, (w, h), size), dtype=torch.float32, device=source_descriptors.device),
+        )
     train, _ = dataset.split()
     others = [p for p in train if dataset.frames[p].index != source.index]
     spread = np.linspace(0, len(others) - 1, min(max_frames, len(others))) if others else []
@@ -142,34 +171,41 @@ def localisation_errors(describe: DescribeFn, dataset: Dataset, source: Frame, u
     for row, position in enumerate(positions):
         frame = dataset.frames[position]
         depth = visibility_depth(dataset, frame, nerf)
-        truth = [moved_point_pixel(p, np.eye(4), np.eye(4), frame.c2w, frame.intrinsics, depth)
-                 for p in points]
+        truth = [moved_point_pixel(p, np.eye(4), np.eye(4), frame.c2w, frame.intrinsics, depth) for p in points]
         seen = [i for i, t in enumerate(truth) if t is not None]
         if not seen:
             continue
         descriptors = describe(frame.load_image())
         frame_size = (frame.intrinsics.width, frame.intrinsics.height)
         for chunk in range(0, len(seen), QUERY_CHUNK):
-            ids = seen[chunk:chunk + QUERY_CHUNK]
+            ids = seen[chunk : chunk + QUERY_CHUNK]
             found, _, _ = match_descriptors(descriptors, queries[ids], matching)
             found = rescale_pixels(found, (descriptors.shape[-1], descriptors.shape[-2]), frame_size)
             errors[row, ids] = np.linalg.norm(found - np.array([truth[i] for i in ids]), axis=1)
     return errors
 
 
-def auto_grasp_spec(dataset: Dataset, describe: DescribeFn, nerf=None, name: str = AUTO_GRASP_NAME,
-                    edge_margin_px: int = 3, top_band_m: float = 0.01,
-                    centre_radius_fraction: float = 0.3, matching=KeypointMatchingConfig(),
-                    max_frames: int = 64, max_candidates: int = 256) -> GraspChoice:
+def auto_grasp_spec(
+    dataset: Dataset,
+    describe: DescribeFn,
+    nerf=None,
+    name: str = AUTO_GRASP_NAME,
+    edge_margin_px: int = 3,
+    top_band_m: float = 0.01,
+    centre_radius_fraction: float = 0.3,
+    matching=KeypointMatchingConfig(),
+    max_frames: int = 64,
+    max_candidates: int = 256,
+) -> GraspChoice:
     """The grasp pixel chosen without a person (see the module docstring)."""
     train, _ = dataset.split()
     if not train:
         raise KeypointError(f"dataset {dataset.root} has no training frames")
-    downward = [-dataset.frames[p].c2w[2, 2] for p in train]   # optical axis . (0, 0, -1)
+    downward = [-dataset.frames[p].c2w[2, 2] for p in train]  # optical axis . (0, 0, -1)
     frame = dataset.frames[train[int(np.argmax(downward))]]
     view = object_view(dataset, frame, nerf)
     uv, points, off_centre = graspable_pixels(view, edge_margin_px, top_band_m, centre_radius_fraction)
-    if len(uv) > max_candidates:       # an even spread over the candidates, in raster order
+    if len(uv) > max_candidates:  # an even spread over the candidates, in raster order
         keep = np.linspace(0, len(uv) - 1, max_candidates).astype(int)
         uv, points, off_centre = uv[keep], points[keep], off_centre[keep]
     errors = localisation_errors(describe, dataset, frame, uv, points, nerf, matching, max_frames)
@@ -179,17 +215,25 @@ def auto_grasp_spec(dataset: Dataset, describe: DescribeFn, nerf=None, name: str
     if often.any():
         mean[often] = np.nanmean(errors[:, often], axis=0)
     centre = int(np.argmin(off_centre))
-    best = int(np.lexsort((off_centre, mean))[0])   # lowest mean error, then nearest the middle
-    specs = [KeypointSpec(label, frame.index, float(uv[i, 0]), float(uv[i, 1]))
-             for i, label in ((best, name), (centre, "top_centre"))]
+    best = int(np.lexsort((off_centre, mean))[0])  # lowest mean error, then nearest the middle
+    specs = [
+        KeypointSpec(label, frame.index, float(uv[i, 0]), float(uv[i, 1]))
+        for i, label in ((best, name), (centre, "top_centre"))
+    ]
     best_error, centre_error = (float(mean[i]) if np.isfinite(mean[i]) else None for i in (best, centre))
     return GraspChoice(specs[0], specs[1], view, len(uv), len(errors), best_error, centre_error)
 
 
-def auto_grasp_keypoints(dataset: Dataset, model: DescriptorModel, nerf=None, count: int = 1,
-                         keypoints: Optional[KeypointSet] = None, edge_margin_px: int = 3,
-                         describe: Optional[DescribeFn] = None,
-                         matching=KeypointMatchingConfig()) -> tuple[KeypointSet, GraspChoice]:
+def auto_grasp_keypoints(
+    dataset: Dataset,
+    model: DescriptorModel,
+    nerf=None,
+    count: int = 1,
+    keypoints: KeypointSet | None = None,
+    edge_margin_px: int = 3,
+    describe: DescribeFn | None = None,
+    matching=KeypointMatchingConfig(),
+) -> tuple[KeypointSet, GraspChoice]:
     """The automatic grasp point (named ``grasp``, see :func:`auto_grasp_spec`) and ``count - 1``
     more keypoints spread over the same view's object (farthest-point sampling on interior object
     pixels, named ``point_1``...), defined with ``model`` (through ``describe`` when given, e.g. a

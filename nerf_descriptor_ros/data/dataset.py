@@ -18,6 +18,7 @@ Every write is atomic (write to a temporary file, fsync, rename) and a frame's f
 written before the manifest names it, so a capture killed at any moment leaves a dataset that
 loads with every frame the manifest acknowledged.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,9 +32,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import NerfDescriptorError
-from .geometry import (CameraIntrinsics, InvalidPoseError, opencv_to_opengl, opengl_to_opencv,
-                       validate_rigid_transform)
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import (
+    CameraIntrinsics,
+    InvalidPoseError,
+    opencv_to_opengl,
+    opengl_to_opencv,
+    validate_rigid_transform,
+)
 
 MANIFEST_NAME = "transforms.json"
 FORMAT_VERSION = 1
@@ -52,7 +58,8 @@ def validate_object_name(name: str) -> str:
     if not isinstance(name, str) or not _OBJECT_NAME.match(name):
         raise DatasetError(
             f"invalid object name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (no '/', '..', spaces or other characters)")
+            "starting with a letter or digit (no '/', '..', spaces or other characters)"
+        )
     return name
 
 
@@ -109,12 +116,24 @@ def intrinsics_to_json(intr: CameraIntrinsics) -> dict:
     """
     d = list(intr.distortion) + [0.0] * max(0, 5 - len(intr.distortion))
     if any(d[5:]):
-        raise DatasetError("nerfstudio's OPENCV model has k1, k2, p1, p2, k3 only; this camera has "
-                           "more distortion terms: undistort the images first")
-    return {"camera_model": "OPENCV", "fl_x": intr.fx, "fl_y": intr.fy,
-            "cx": intr.cx + HALF_PIXEL, "cy": intr.cy + HALF_PIXEL,
-            "w": int(intr.width), "h": int(intr.height),
-            "k1": d[0], "k2": d[1], "p1": d[2], "p2": d[3], "k3": d[4]}
+        raise DatasetError(
+            "nerfstudio's OPENCV model has k1, k2, p1, p2, k3 only; this camera has "
+            "more distortion terms: undistort the images first"
+        )
+    return {
+        "camera_model": "OPENCV",
+        "fl_x": intr.fx,
+        "fl_y": intr.fy,
+        "cx": intr.cx + HALF_PIXEL,
+        "cy": intr.cy + HALF_PIXEL,
+        "w": int(intr.width),
+        "h": int(intr.height),
+        "k1": d[0],
+        "k2": d[1],
+        "p1": d[2],
+        "p2": d[3],
+        "k3": d[4],
+    }
 
 
 def intrinsics_from_json(entry: dict, fallback: dict | None = None) -> CameraIntrinsics:
@@ -125,16 +144,20 @@ def intrinsics_from_json(entry: dict, fallback: dict | None = None) -> CameraInt
     if missing:
         raise DatasetError(f"intrinsics missing keys {missing}")
     if merged.get("camera_model", "OPENCV") not in ("OPENCV", "PINHOLE"):
-        raise DatasetError(f"camera_model {merged['camera_model']!r} is not supported "
-                           "(OPENCV or PINHOLE)")
+        raise DatasetError(f"camera_model {merged['camera_model']!r} is not supported (OPENCV or PINHOLE)")
     dist = [float(merged.get(k, 0.0)) for k in ("k1", "k2", "p1", "p2", "k3")]
-    return CameraIntrinsics(float(merged["fl_x"]), float(merged["fl_y"]),
-                            float(merged["cx"]) - HALF_PIXEL, float(merged["cy"]) - HALF_PIXEL,
-                            int(merged["w"]), int(merged["h"]), dist if any(dist) else [])
+    return CameraIntrinsics(
+        float(merged["fl_x"]),
+        float(merged["fl_y"]),
+        float(merged["cx"]) - HALF_PIXEL,
+        float(merged["cy"]) - HALF_PIXEL,
+        int(merged["w"]),
+        int(merged["h"]),
+        dist if any(dist) else [],
+    )
 
 
-_INTRINSIC_KEYS = ("camera_model", "fl_x", "fl_y", "cx", "cy", "w", "h",
-                   "k1", "k2", "k3", "k4", "p1", "p2")
+_INTRINSIC_KEYS = ("camera_model", "fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "k3", "k4", "p1", "p2")
 
 
 @dataclass
@@ -223,15 +246,17 @@ class Dataset:
         return h.hexdigest()
 
     @classmethod
-    def load(cls, path: str | os.PathLike, check_files: bool = True) -> "Dataset":
+    def load(cls, path: str | os.PathLike, check_files: bool = True) -> Dataset:
         root = Path(path).expanduser().resolve()
         manifest_path = root / MANIFEST_NAME
         if not root.is_dir():
             raise DatasetError(f"dataset folder {root} does not exist")
         if not manifest_path.is_file():
-            raise DatasetError(f"{root} has no {MANIFEST_NAME}: not a dataset "
-                               "(capture one with the capture node, or import one with "
-                               "`nerf-descriptor import`)")
+            raise DatasetError(
+                f"{root} has no {MANIFEST_NAME}: not a dataset "
+                "(capture one with the capture node, or import one with "
+                "`nerf-descriptor import`)"
+            )
         try:
             manifest = json.loads(manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -266,10 +291,15 @@ def _parse_frame(root: Path, position: int, entry: dict, top: dict, check_files:
     if "file_path" not in entry or "transform_matrix" not in entry:
         raise DatasetError("needs 'file_path' and 'transform_matrix'")
     c2w_gl = validate_rigid_transform(entry["transform_matrix"], "transform_matrix")
-    return Frame(index=int(entry.get("index", position)), image_path=resolve("file_path"),
-                 c2w=opengl_to_opencv(c2w_gl), intrinsics=intrinsics_from_json(entry, top),
-                 stamp_ns=entry.get("stamp_ns"), depth_path=resolve("depth_file_path"),
-                 mask_path=resolve("mask_path"))
+    return Frame(
+        index=int(entry.get("index", position)),
+        image_path=resolve("file_path"),
+        c2w=opengl_to_opencv(c2w_gl),
+        intrinsics=intrinsics_from_json(entry, top),
+        stamp_ns=entry.get("stamp_ns"),
+        depth_path=resolve("depth_file_path"),
+        mask_path=resolve("mask_path"),
+    )
 
 
 class DatasetWriter:
@@ -280,8 +310,7 @@ class DatasetWriter:
         manifest_path = self.root / MANIFEST_NAME
         if manifest_path.exists():
             if not resume:
-                raise DatasetError(f"{self.root} already holds a dataset; resume it or choose "
-                                   "another object name")
+                raise DatasetError(f"{self.root} already holds a dataset; resume it or choose another object name")
             existing = Dataset.load(self.root)  # refuses a corrupt manifest instead of overwriting it
             self.manifest = existing.manifest
         else:
@@ -305,9 +334,15 @@ class DatasetWriter:
         """Set metadata keys; they reach the disk with the next frame written."""
         self.manifest["nerf_descriptor_ros"].update(values)
 
-    def add_frame(self, rgb: np.ndarray, c2w: np.ndarray, intrinsics: CameraIntrinsics,
-                  stamp_ns: int | None = None, depth_m: np.ndarray | None = None,
-                  mask: np.ndarray | None = None) -> int:
+    def add_frame(
+        self,
+        rgb: np.ndarray,
+        c2w: np.ndarray,
+        intrinsics: CameraIntrinsics,
+        stamp_ns: int | None = None,
+        depth_m: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+    ) -> int:
         """Write one frame (OpenCV-axes camera-to-world ``c2w``); return its index."""
         c2w = validate_rigid_transform(c2w, "camera pose")
         rgb = np.asarray(rgb)
@@ -315,8 +350,7 @@ class DatasetWriter:
             raise DatasetError(f"image must be HxWx3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
         h, w = rgb.shape[:2]
         if (w, h) != (intrinsics.width, intrinsics.height):
-            raise DatasetError(f"image is {w}x{h} but the camera info says "
-                               f"{intrinsics.width}x{intrinsics.height}")
+            raise DatasetError(f"image is {w}x{h} but the camera info says {intrinsics.width}x{intrinsics.height}")
         for name, extra in (("depth", depth_m), ("mask", mask)):
             if extra is not None and np.asarray(extra).shape[:2] != (h, w):
                 raise DatasetError(f"{name} is {np.asarray(extra).shape[:2]}, image is {(h, w)}")
@@ -328,8 +362,7 @@ class DatasetWriter:
 
         index = len(frames)
         name = f"frame_{index:05d}.png"
-        entry = {"file_path": f"images/{name}", "transform_matrix": opencv_to_opengl(c2w).tolist(),
-                 "index": index}
+        entry = {"file_path": f"images/{name}", "transform_matrix": opencv_to_opengl(c2w).tolist(), "index": index}
         if stamp_ns is not None:
             entry["stamp_ns"] = int(stamp_ns)
         atomic_write_bytes(self.root / "images" / name, _encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
@@ -345,8 +378,7 @@ class DatasetWriter:
         if frames:  # nerfstudio's per-frame intrinsics, only where they differ from the first
             entry.update({k: v for k, v in intr_json.items() if self.manifest.get(k) != v})
         manifest = dict(self.manifest, frames=frames + [entry])
-        manifest["nerf_descriptor_ros"] = dict(self.manifest["nerf_descriptor_ros"],
-                                               frame_count=len(frames) + 1)
+        manifest["nerf_descriptor_ros"] = dict(self.manifest["nerf_descriptor_ros"], frame_count=len(frames) + 1)
         if not frames:
             manifest.update(intr_json)
         atomic_write_json(self.root / MANIFEST_NAME, manifest)

@@ -23,20 +23,20 @@ kept only 73 %); a keypoint hidden by the object itself is still "found" (distan
 The confidence predicts correctness: the 75 % most confident matches are within 10 px 93 % of
 the time, against 79 % for all; consumers filter on it (the manipulation node's min_confidence).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import cv2
 import numpy as np
 import torch
 
-from .descriptors.model import DescriptorModel
-from .errors import NerfDescriptorError
-from .evaluation import rescale_pixels
-from .geometry import CameraIntrinsics
-from .keypoints import DescribeFn, KeypointSet, depth_at
+from nerf_descriptor_ros.descriptors.evaluation import rescale_pixels
+from nerf_descriptor_ros.descriptors.model import DescriptorModel
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import CameraIntrinsics
+from nerf_descriptor_ros.keypoints.definition import DescribeFn, KeypointSet, depth_at
 
 REFINEMENTS = ("none", "soft_argmax")
 
@@ -47,20 +47,18 @@ class MatchingError(NerfDescriptorError):
 
 @dataclass
 class KeypointMatchingConfig:
-    refinement: str = "soft_argmax"     # none | soft_argmax
-    window_px: int = 3                  # soft-argmax window: (2 w + 1)^2 descriptor pixels
-    temperature: float = 1.0            # heatmap exp(-|q - d|^2 / T)
-    max_distance: float = 0.5           # best descriptor distance above this: not found ...
-    calibrated: bool = True             # ... unless the keypoint has its own (calibrate_keypoints)
-    confidence_radius_px: float = 2.0   # heatmap mass counted within this many descriptor pixels
+    refinement: str = "soft_argmax"  # none | soft_argmax
+    window_px: int = 3  # soft-argmax window: (2 w + 1)^2 descriptor pixels
+    temperature: float = 1.0  # heatmap exp(-|q - d|^2 / T)
+    max_distance: float = 0.5  # best descriptor distance above this: not found ...
+    calibrated: bool = True  # ... unless the keypoint has its own (calibrate_keypoints)
+    confidence_radius_px: float = 2.0  # heatmap mass counted within this many descriptor pixels
 
     def __post_init__(self):
         if self.refinement not in REFINEMENTS:
             raise MatchingError(f"refinement {self.refinement!r} unknown; choose one of {REFINEMENTS}")
-        if self.window_px < 0 or self.temperature <= 0 or self.max_distance <= 0 \
-                or self.confidence_radius_px < 0:
-            raise MatchingError("window_px and confidence_radius_px must be >= 0, temperature and "
-                                "max_distance > 0")
+        if self.window_px < 0 or self.temperature <= 0 or self.max_distance <= 0 or self.confidence_radius_px < 0:
+            raise MatchingError("window_px and confidence_radius_px must be >= 0, temperature and max_distance > 0")
 
 
 @dataclass
@@ -71,13 +69,14 @@ class KeypointLocation:
     found: bool
     u: float
     v: float
-    distance: float                     # best descriptor distance (L2)
-    confidence: float                   # in [0, 1]
-    point_cam: Optional[np.ndarray]     # (3,) metres, None without depth (or not found)
+    distance: float  # best descriptor distance (L2)
+    confidence: float  # in [0, 1]
+    point_cam: np.ndarray | None  # (3,) metres, None without depth (or not found)
 
 
-def match_descriptors(descriptors: torch.Tensor, queries: torch.Tensor,
-                      config: KeypointMatchingConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def match_descriptors(
+    descriptors: torch.Tensor, queries: torch.Tensor, config: KeypointMatchingConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best match of each query (K, D) in a descriptor image (D, h, w).
 
     Returns pixels (K, 2) in descriptor-image coordinates (sub-pixel with ``soft_argmax``), best
@@ -85,15 +84,14 @@ def match_descriptors(descriptors: torch.Tensor, queries: torch.Tensor,
     """
     d, h, w = descriptors.shape
     if queries.shape[-1] != d:
-        raise MatchingError(f"keypoint descriptors have {queries.shape[-1]} dimensions, the "
-                            f"descriptor image has {d}")
+        raise MatchingError(f"keypoint descriptors have {queries.shape[-1]} dimensions, the descriptor image has {d}")
     if queries.shape[0] == 0:
         return np.zeros((0, 2)), np.zeros(0), np.zeros(0)
     with torch.no_grad():
         flat = descriptors.float().reshape(d, -1)
         q = queries.to(flat.device, torch.float32)
-        distance_sq = (flat.square().sum(0)[None] - 2.0 * q @ flat + q.square().sum(1)[:, None])
-        distance_sq = distance_sq.clamp_(min=0.0)                        # (K, h*w)
+        distance_sq = flat.square().sum(0)[None] - 2.0 * q @ flat + q.square().sum(1)[:, None]
+        distance_sq = distance_sq.clamp_(min=0.0)  # (K, h*w)
         best_sq, best = distance_sq.min(dim=1)
         logits = -distance_sq / config.temperature
         log_total = torch.logsumexp(logits, dim=1, keepdim=True)
@@ -102,7 +100,7 @@ def match_descriptors(descriptors: torch.Tensor, queries: torch.Tensor,
         du = cols[None] - (best % w)[:, None]
         dv = rows[None] - (best // w)[:, None]
         radius_sq = du.square() + dv.square()
-        near = radius_sq <= config.confidence_radius_px ** 2
+        near = radius_sq <= config.confidence_radius_px**2
         confidence = torch.where(near, (logits - log_total).exp(), 0.0).sum(1)
         uv = torch.stack([best % w, best // w], -1).double()
         if config.refinement == "soft_argmax":
@@ -126,16 +124,22 @@ def backproject_pixel(u: float, v: float, z: float, intrinsics: CameraIntrinsics
     """Camera-frame point (OpenCV optical axes) of pixel (u, v) at z-depth ``z``; distortion,
     when the intrinsics have any, is undone first."""
     if intrinsics.has_distortion:
-        normalised = cv2.undistortPoints(np.array([[[u, v]]], dtype=np.float64), intrinsics.K,
-                                         np.asarray(intrinsics.distortion, dtype=np.float64))[0, 0]
+        normalised = cv2.undistortPoints(
+            np.array([[[u, v]]], dtype=np.float64), intrinsics.K, np.asarray(intrinsics.distortion, dtype=np.float64)
+        )[0, 0]
     else:
         normalised = [(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy]
     return np.array([normalised[0] * z, normalised[1] * z, z])
 
 
-def match_keypoints(descriptors: torch.Tensor, keypoints: KeypointSet, image_size: tuple[int, int],
-                    depth: Optional[np.ndarray] = None, intrinsics: Optional[CameraIntrinsics] = None,
-                    config: KeypointMatchingConfig = KeypointMatchingConfig()) -> list[KeypointLocation]:
+def match_keypoints(
+    descriptors: torch.Tensor,
+    keypoints: KeypointSet,
+    image_size: tuple[int, int],
+    depth: np.ndarray | None = None,
+    intrinsics: CameraIntrinsics | None = None,
+    config: KeypointMatchingConfig = KeypointMatchingConfig(),
+) -> list[KeypointLocation]:
     """Locate every keypoint in an image of ``image_size`` (w, h) from its descriptor image.
 
     ``depth`` (metres, NaN unknown; registered to the colour image, any resolution) and the colour
@@ -149,8 +153,9 @@ def match_keypoints(descriptors: torch.Tensor, keypoints: KeypointSet, image_siz
     for i, keypoint in enumerate(keypoints):
         name = keypoint.name
         u, v = (float(x) for x in uv_image[i])
-        limit = keypoint.max_distance if config.calibrated and keypoint.max_distance is not None \
-            else config.max_distance
+        limit = (
+            keypoint.max_distance if config.calibrated and keypoint.max_distance is not None else config.max_distance
+        )
         found = bool(distance[i] <= limit)
         point = None
         if found and depth is not None and intrinsics is not None:
@@ -158,17 +163,19 @@ def match_keypoints(descriptors: torch.Tensor, keypoints: KeypointSet, image_siz
             z = depth_at(depth, *depth_uv)
             if np.isfinite(z):
                 point = backproject_pixel(u, v, z, intrinsics)
-        locations.append(KeypointLocation(name, found, u, v, float(distance[i]),
-                                          float(confidence[i]), point))
+        locations.append(KeypointLocation(name, found, u, v, float(distance[i]), float(confidence[i]), point))
     return locations
 
 
-def locate_keypoints(model: Union[DescriptorModel, DescribeFn], keypoints: KeypointSet,
-                     rgb: np.ndarray, depth: Optional[np.ndarray] = None,
-                     intrinsics: Optional[CameraIntrinsics] = None,
-                     config: KeypointMatchingConfig = KeypointMatchingConfig()) -> list[KeypointLocation]:
+def locate_keypoints(
+    model: DescriptorModel | DescribeFn,
+    keypoints: KeypointSet,
+    rgb: np.ndarray,
+    depth: np.ndarray | None = None,
+    intrinsics: CameraIntrinsics | None = None,
+    config: KeypointMatchingConfig = KeypointMatchingConfig(),
+) -> list[KeypointLocation]:
     """Describe ``rgb`` (HxWx3 uint8) with ``model`` (a DescriptorModel or its ``describe``) and
     locate every keypoint in it (see :func:`match_keypoints`)."""
     describe = model.describe if isinstance(model, DescriptorModel) else model
-    return match_keypoints(describe(rgb), keypoints, (rgb.shape[1], rgb.shape[0]), depth,
-                           intrinsics, config)
+    return match_keypoints(describe(rgb), keypoints, (rgb.shape[1], rgb.shape[0]), depth, intrinsics, config)

@@ -21,22 +21,24 @@ The expensive part, rendering, is done once by :func:`generate_correspondences` 
 one ``.npz`` per view plus ``correspondences.json`` (pairs that overlap, settings, dataset hash);
 training then draws fresh correspondences from the cache at every step, which takes milliseconds.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from .dataset import Dataset, Frame, atomic_write_bytes, atomic_write_json
-from .errors import NerfDescriptorError
-from .geometry import CameraIntrinsics, invert
-from .progress import ProgressCallback, ProgressReport, check_cancelled
+from nerf_descriptor_ros.data.dataset import Dataset, Frame, atomic_write_bytes, atomic_write_json
+from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import CameraIntrinsics, invert
+from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
 MODES = ("depth_map", "density_field")
 CACHE_INDEX = "correspondences.json"
@@ -61,20 +63,21 @@ class ViewGeometry:
     intrinsics: CameraIntrinsics
     depth: np.ndarray
     mask: np.ndarray
-    depth_quantiles: Optional[np.ndarray] = None
+    depth_quantiles: np.ndarray | None = None
 
     def __post_init__(self):
         shape = (self.intrinsics.height, self.intrinsics.width)
         if self.depth.shape != shape or self.mask.shape != shape:
-            raise CorrespondenceError(f"depth {self.depth.shape} / mask {self.mask.shape} do not "
-                                      f"match the camera's {shape}")
+            raise CorrespondenceError(
+                f"depth {self.depth.shape} / mask {self.mask.shape} do not match the camera's {shape}"
+            )
         if self.depth_quantiles is not None and self.depth_quantiles.shape[:2] != shape:
-            raise CorrespondenceError(f"depth quantiles {self.depth_quantiles.shape} do not match "
-                                      f"the camera's {shape}")
+            raise CorrespondenceError(f"depth quantiles {self.depth_quantiles.shape} do not match the camera's {shape}")
         if self.intrinsics.has_distortion:
             raise CorrespondenceError(
                 "correspondences need an undistorted (pinhole) camera; undistort the images and "
-                "set the distortion coefficients to zero in transforms.json")
+                "set the distortion coefficients to zero in transforms.json"
+            )
 
     def lift(self, uv: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Pixels (N, 2) with z-depths (N,) -> world points (N, 3)."""
@@ -88,14 +91,17 @@ class ViewGeometry:
         cam = points @ w2c[:3, :3].T + w2c[:3, 3]
         intr = self.intrinsics
         with np.errstate(divide="ignore", invalid="ignore"):
-            uv = np.stack([cam[:, 0] / cam[:, 2] * intr.fx + intr.cx,
-                           cam[:, 1] / cam[:, 2] * intr.fy + intr.cy], -1)
+            uv = np.stack([cam[:, 0] / cam[:, 2] * intr.fx + intr.cx, cam[:, 1] / cam[:, 2] * intr.fy + intr.cy], -1)
         return uv, cam[:, 2]
 
     def save(self, path: Path) -> None:
-        arrays = {"c2w": self.c2w, "K": self.intrinsics.K,
-                  "size": np.array([self.intrinsics.width, self.intrinsics.height]),
-                  "depth": self.depth.astype(np.float32), "mask": self.mask.astype(bool)}
+        arrays = {
+            "c2w": self.c2w,
+            "K": self.intrinsics.K,
+            "size": np.array([self.intrinsics.width, self.intrinsics.height]),
+            "depth": self.depth.astype(np.float32),
+            "mask": self.mask.astype(bool),
+        }
         if self.depth_quantiles is not None:
             arrays["depth_quantiles"] = self.depth_quantiles.astype(np.float16)
         buffer = io.BytesIO()
@@ -103,18 +109,23 @@ class ViewGeometry:
         atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
-    def load(cls, path: Path) -> "ViewGeometry":
+    def load(cls, path: Path) -> ViewGeometry:
         try:
             with np.load(path, allow_pickle=False) as data:
                 K = data["K"]
                 width, height = (int(x) for x in data["size"])
                 quantiles = data["depth_quantiles"].astype(np.float32) if "depth_quantiles" in data else None
-                return cls(c2w=data["c2w"], depth=data["depth"], mask=data["mask"],
-                           intrinsics=CameraIntrinsics(K[0, 0], K[1, 1], K[0, 2], K[1, 2], width, height),
-                           depth_quantiles=quantiles)
+                return cls(
+                    c2w=data["c2w"],
+                    depth=data["depth"],
+                    mask=data["mask"],
+                    intrinsics=CameraIntrinsics(K[0, 0], K[1, 1], K[0, 2], K[1, 2], width, height),
+                    depth_quantiles=quantiles,
+                )
         except (OSError, KeyError, ValueError) as exc:
-            raise CorrespondenceError(f"cached view {path} is unreadable ({exc}); delete the "
-                                      "cache folder to render it again") from exc
+            raise CorrespondenceError(
+                f"cached view {path} is unreadable ({exc}); delete the cache folder to render it again"
+            ) from exc
 
 
 @dataclass
@@ -132,8 +143,9 @@ class MatchingConfig:
     forward_backward_px: float = 1.0
 
 
-def depth_quantiles_from_weights(weights: np.ndarray, sample_depths: np.ndarray,
-                                 count: int, min_total: float = 1e-3) -> np.ndarray:
+def depth_quantiles_from_weights(
+    weights: np.ndarray, sample_depths: np.ndarray, count: int, min_total: float = 1e-3
+) -> np.ndarray:
     """(..., S) ray-termination weights and sample z-depths -> (..., count) depth quantiles.
 
     Each sample is a point mass at its depth (samples are dense, about a millimetre apart, in
@@ -154,8 +166,9 @@ def depth_quantiles_from_weights(weights: np.ndarray, sample_depths: np.ndarray,
     return out
 
 
-def _pixel_depths(view: ViewGeometry, rows: np.ndarray, cols: np.ndarray, mode: str,
-                  rng: np.random.Generator) -> np.ndarray:
+def _pixel_depths(
+    view: ViewGeometry, rows: np.ndarray, cols: np.ndarray, mode: str, rng: np.random.Generator
+) -> np.ndarray:
     """One depth per pixel: the expected depth, or a draw from the termination distribution."""
     if mode == "depth_map" or view.depth_quantiles is None:
         return view.depth[rows, cols].astype(np.float64)
@@ -170,9 +183,14 @@ def object_pixels(view: ViewGeometry) -> np.ndarray:
     return np.stack([cols, rows], -1)
 
 
-def find_correspondences(view_a: ViewGeometry, view_b: ViewGeometry, mode: str,
-                         rng: np.random.Generator, pixels_a: Optional[np.ndarray] = None,
-                         config: MatchingConfig = MatchingConfig()) -> tuple[np.ndarray, np.ndarray]:
+def find_correspondences(
+    view_a: ViewGeometry,
+    view_b: ViewGeometry,
+    mode: str,
+    rng: np.random.Generator,
+    pixels_a: np.ndarray | None = None,
+    config: MatchingConfig = MatchingConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
     """Matches from integer pixels of A (default: all its object pixels) into B.
 
     Returns ``(uv_a, uv_b)``, float (N, 2) each; ``uv_b`` is sub-pixel. A match survives when
@@ -191,8 +209,7 @@ def find_correspondences(view_a: ViewGeometry, view_b: ViewGeometry, mode: str,
     uv_b, z_b = view_b.project(view_a.lift(uv_a, z_a[keep]))
 
     width, height = view_b.intrinsics.width, view_b.intrinsics.height
-    inside = (z_b > 0) & (uv_b[:, 0] >= 0) & (uv_b[:, 0] <= width - 1) & \
-             (uv_b[:, 1] >= 0) & (uv_b[:, 1] <= height - 1)
+    inside = (z_b > 0) & (uv_b[:, 0] >= 0) & (uv_b[:, 0] <= width - 1) & (uv_b[:, 1] >= 0) & (uv_b[:, 1] <= height - 1)
     uv_a, uv_b, z_b = uv_a[inside], uv_b[inside], z_b[inside]
     col_b, row_b = np.rint(uv_b[:, 0]).astype(int), np.rint(uv_b[:, 1]).astype(int)
     on_object = view_b.mask[row_b, col_b]
@@ -201,7 +218,7 @@ def find_correspondences(view_a: ViewGeometry, view_b: ViewGeometry, mode: str,
     footprint = z_b / min(view_b.intrinsics.fx, view_b.intrinsics.fy)
     tolerance = np.maximum(config.depth_tolerance_px * footprint, config.min_depth_tolerance_m)
     if mode == "density_field" and view_b.depth_quantiles is not None:
-        quantiles = view_b.depth_quantiles[row_b, col_b]               # (N, Q)
+        quantiles = view_b.depth_quantiles[row_b, col_b]  # (N, Q)
         with np.errstate(invalid="ignore"):
             in_front = np.mean(quantiles < (z_b - tolerance)[:, None], axis=1)
             nearest = np.abs(quantiles - z_b[:, None])
@@ -221,8 +238,13 @@ def find_correspondences(view_a: ViewGeometry, view_b: ViewGeometry, mode: str,
     return uv_a[consistent], uv_b[consistent]
 
 
-def view_overlap(view_a: ViewGeometry, view_b: ViewGeometry, rng: np.random.Generator,
-                 samples: int = 400, config: MatchingConfig = MatchingConfig()) -> float:
+def view_overlap(
+    view_a: ViewGeometry,
+    view_b: ViewGeometry,
+    rng: np.random.Generator,
+    samples: int = 400,
+    config: MatchingConfig = MatchingConfig(),
+) -> float:
     """Fraction of A's object pixels (a random subset) that have a depth-map match in B."""
     pixels = object_pixels(view_a)
     if len(pixels) == 0:
@@ -233,9 +255,13 @@ def view_overlap(view_a: ViewGeometry, view_b: ViewGeometry, rng: np.random.Gene
     return len(uv_a) / len(pixels)
 
 
-def select_pairs(views: dict[int, ViewGeometry], min_overlap: float, rng: np.random.Generator,
-                 config: MatchingConfig = MatchingConfig(),
-                 cancel=None) -> list[tuple[int, int, float]]:
+def select_pairs(
+    views: dict[int, ViewGeometry],
+    min_overlap: float,
+    rng: np.random.Generator,
+    config: MatchingConfig = MatchingConfig(),
+    cancel=None,
+) -> list[tuple[int, int, float]]:
     """Ordered pairs (a, b, overlap) of distinct views whose overlap is at least ``min_overlap``."""
     pairs = []
     for a in views:
@@ -249,6 +275,7 @@ def select_pairs(views: dict[int, ViewGeometry], min_overlap: float, rng: np.ran
 
 
 # --- depth providers -----------------------------------------------------------------------
+
 
 class DepthProvider(Protocol):
     """Fills a :class:`ViewGeometry` for one frame at a given (working-resolution) camera."""
@@ -265,7 +292,7 @@ def resize_nearest(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-def inside_box(points: np.ndarray, box: Optional[tuple]) -> np.ndarray:
+def inside_box(points: np.ndarray, box: tuple | None) -> np.ndarray:
     """Which of (..., 3) world points lie in the axis-aligned box ((xmin, ymin, zmin), (xmax, ymax, zmax))."""
     if box is None:
         return np.ones(points.shape[:-1], dtype=bool)
@@ -291,13 +318,16 @@ class DatasetDepthProvider:
 
     name = "gt_depth"
 
-    def __init__(self, dataset: Dataset, workspace_box: Optional[tuple] = None):
+    def __init__(self, dataset: Dataset, workspace_box: tuple | None = None):
         if not dataset.has_depth:
-            raise CorrespondenceError(f"dataset {dataset.root} has no depth images; ground-truth "
-                                      "correspondences need depth for every frame")
+            raise CorrespondenceError(
+                f"dataset {dataset.root} has no depth images; ground-truth correspondences need depth for every frame"
+            )
         if not dataset.has_masks and workspace_box is None:
-            raise CorrespondenceError(f"dataset {dataset.root} has no object masks: give a "
-                                      "workspace box so that object pixels can be told apart")
+            raise CorrespondenceError(
+                f"dataset {dataset.root} has no object masks: give a "
+                "workspace box so that object pixels can be told apart"
+            )
         self.workspace_box = workspace_box
 
     def render(self, frame: Frame, intrinsics: CameraIntrinsics) -> ViewGeometry:
@@ -320,9 +350,16 @@ class NerfDepthProvider:
 
     name = "nerf"
 
-    def __init__(self, model, device: str = "cpu", quantiles: int = 16, chunk: int = 4096,
-                 opacity_threshold: float = 0.5, workspace_box: Optional[tuple] = None,
-                 use_dataset_masks: bool = True):
+    def __init__(
+        self,
+        model,
+        device: str = "cpu",
+        quantiles: int = 16,
+        chunk: int = 4096,
+        opacity_threshold: float = 0.5,
+        workspace_box: tuple | None = None,
+        use_dataset_masks: bool = True,
+    ):
         self.model = model
         self.device = device
         self.quantiles = quantiles
@@ -332,9 +369,11 @@ class NerfDepthProvider:
         self.use_dataset_masks = use_dataset_masks
 
     def render(self, frame: Frame, intrinsics: CameraIntrinsics) -> ViewGeometry:
-        from .nerf import render_camera
-        out = render_camera(self.model, frame.c2w, intrinsics, device=self.device, chunk=self.chunk,
-                            return_weights=True)
+        from nerf_descriptor_ros.nerf import render_camera
+
+        out = render_camera(
+            self.model, frame.c2w, intrinsics, device=self.device, chunk=self.chunk, return_weights=True
+        )
         opacity = np.asarray(out.opacity)
         quantiles = depth_quantiles_from_weights(out.weights, out.sample_depths, self.quantiles)
         mask = frame.load_mask() if self.use_dataset_masks else None
@@ -342,29 +381,35 @@ class NerfDepthProvider:
             mask = resize_nearest(mask.astype(np.uint8), intrinsics.width, intrinsics.height) > 0
         else:
             mask = (opacity > self.opacity_threshold) & inside_box(
-                _world_points(out.depth, intrinsics, frame.c2w), self.workspace_box)
+                _world_points(out.depth, intrinsics, frame.c2w), self.workspace_box
+            )
         depth = np.where(opacity > 1e-3, out.depth, np.nan).astype(np.float32)
         mask &= np.isfinite(depth)
         return ViewGeometry(frame.c2w, intrinsics, depth, mask, quantiles)
 
 
-def load_nerf_provider(checkpoint: str | Path, dataset: Dataset, device: str = "cpu",
-                       **provider_options) -> NerfDepthProvider:
+def load_nerf_provider(
+    checkpoint: str | Path, dataset: Dataset, device: str = "cpu", **provider_options
+) -> NerfDepthProvider:
     """Load a NeRF checkpoint, refusing one trained on another dataset, as a depth provider."""
-    from .nerf import load_nerf
+    from nerf_descriptor_ros.nerf import load_nerf
+
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
-        raise CorrespondenceError(f"NeRF checkpoint {checkpoint} not found; train one with "
-                                  "`nerf-descriptor train-nerf`")
+        raise CorrespondenceError(
+            f"NeRF checkpoint {checkpoint} not found; train one with `nerf-descriptor train-nerf`"
+        )
     try:
         model = load_nerf(checkpoint, dataset=dataset, device=device)
     except NerfDescriptorError as exc:
-        raise CorrespondenceError(f"NeRF checkpoint {checkpoint} cannot be used with dataset "
-                                  f"{dataset.root}: {exc}") from exc
+        raise CorrespondenceError(
+            f"NeRF checkpoint {checkpoint} cannot be used with dataset {dataset.root}: {exc}"
+        ) from exc
     return NerfDepthProvider(model, device=device, **provider_options)
 
 
 # --- the cached correspondence stage -------------------------------------------------------
+
 
 def working_intrinsics(frame: Frame, width: int) -> CameraIntrinsics:
     """The frame's camera resampled to ``width`` pixels wide, keeping its aspect ratio."""
@@ -375,13 +420,13 @@ def working_intrinsics(frame: Frame, width: int) -> CameraIntrinsics:
 
 @dataclass
 class CorrespondenceConfig:
-    width: int = 160                     # working (training) resolution; height keeps the aspect
-    min_overlap: float = 0.3             # pairs share at least this fraction of object pixels
+    width: int = 160  # working (training) resolution; height keeps the aspect
+    min_overlap: float = 0.3  # pairs share at least this fraction of object pixels
     seed: int = 0
     matching: MatchingConfig = field(default_factory=MatchingConfig)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "CorrespondenceConfig":
+    def from_dict(cls, values: dict) -> CorrespondenceConfig:
         values = dict(values or {})
         matching = MatchingConfig(**values.pop("matching", {}))
         return cls(matching=matching, **values)
@@ -404,7 +449,7 @@ class CorrespondenceCache:
         return MatchingConfig(**self.index["config"]["matching"])
 
     @classmethod
-    def load(cls, root: str | Path, dataset: Optional[Dataset] = None) -> "CorrespondenceCache":
+    def load(cls, root: str | Path, dataset: Dataset | None = None) -> CorrespondenceCache:
         root = Path(root)
         index_path = root / CACHE_INDEX
         if not index_path.is_file():
@@ -414,21 +459,26 @@ class CorrespondenceCache:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CorrespondenceError(f"{index_path} is not valid JSON ({exc})") from exc
         if index.get("version") != CACHE_VERSION:
-            raise CorrespondenceError(f"{index_path} has cache version {index.get('version')}, "
-                                      f"expected {CACHE_VERSION}: generate it again")
+            raise CorrespondenceError(
+                f"{index_path} has cache version {index.get('version')}, expected {CACHE_VERSION}: generate it again"
+            )
         if dataset is not None and index.get("dataset_hash") != dataset.content_hash():
-            raise CorrespondenceError(f"correspondences in {root} were made from another dataset "
-                                      f"than {dataset.root}: generate them again")
-        views = {int(i): ViewGeometry.load(root / "views" / f"frame_{int(i):05d}.npz")
-                 for i in index["frames"]}
+            raise CorrespondenceError(
+                f"correspondences in {root} were made from another dataset than {dataset.root}: generate them again"
+            )
+        views = {int(i): ViewGeometry.load(root / "views" / f"frame_{int(i):05d}.npz") for i in index["frames"]}
         return cls(root, index, views)
 
 
-def generate_correspondences(dataset: Dataset, provider: DepthProvider, out_dir: str | Path,
-                             config: CorrespondenceConfig = CorrespondenceConfig(),
-                             frames: Optional[Iterable[int]] = None,
-                             report: Optional[ProgressCallback] = None,
-                             cancel=None) -> CorrespondenceCache:
+def generate_correspondences(
+    dataset: Dataset,
+    provider: DepthProvider,
+    out_dir: str | Path,
+    config: CorrespondenceConfig = CorrespondenceConfig(),
+    frames: Iterable[int] | None = None,
+    report: ProgressCallback | None = None,
+    cancel=None,
+) -> CorrespondenceCache:
     """Render every training view through ``provider`` and select overlapping pairs; cache both.
 
     ``frames`` are positions in ``dataset.frames`` (default: the training split, never the
@@ -440,8 +490,13 @@ def generate_correspondences(dataset: Dataset, provider: DepthProvider, out_dir:
     if len(positions) < 2:
         raise CorrespondenceError(f"correspondences need at least 2 training views, got {len(positions)}")
     dataset_hash = dataset.content_hash()
-    key = {"version": CACHE_VERSION, "dataset_hash": dataset_hash, "provider": provider.name,
-           "config": asdict(config), "frames": [dataset.frames[p].index for p in positions]}
+    key = {
+        "version": CACHE_VERSION,
+        "dataset_hash": dataset_hash,
+        "provider": provider.name,
+        "config": asdict(config),
+        "frames": [dataset.frames[p].index for p in positions],
+    }
     partial = out_dir / "render_key.json"
     if partial.is_file() and json.loads(partial.read_text()) != key:
         for stale in (out_dir / "views").glob("*.npz"):
@@ -461,24 +516,36 @@ def generate_correspondences(dataset: Dataset, provider: DepthProvider, out_dir:
             views[frame.index].save(path)
         if report:
             elapsed = time.monotonic() - started
-            report(ProgressReport("correspondences", done + 1, len(positions),
-                                  eta_seconds=elapsed / (done + 1) * (len(positions) - done - 1),
-                                  message=f"rendered view {frame.index} ({provider.name})"))
+            report(
+                ProgressReport(
+                    "correspondences",
+                    done + 1,
+                    len(positions),
+                    eta_seconds=elapsed / (done + 1) * (len(positions) - done - 1),
+                    message=f"rendered view {frame.index} ({provider.name})",
+                )
+            )
     empty = [i for i, v in views.items() if not v.mask.any()]
     if len(empty) == len(views):
-        raise CorrespondenceError("no view has any object pixel: check the masks, the workspace "
-                                  "box or the NeRF's opacity")
+        raise CorrespondenceError(
+            "no view has any object pixel: check the masks, the workspace box or the NeRF's opacity"
+        )
     rng = np.random.default_rng(config.seed)
     pairs = select_pairs(views, config.min_overlap, rng, config.matching, cancel)
     if not pairs:
         raise CorrespondenceError(
             f"no pair of the {len(views)} views shares at least {config.min_overlap:.0%} of its "
             "object pixels: the views see different sides of the object (capture views closer "
-            "together) or the depth is wrong")
-    index = dict(key, pairs=[list(p) for p in pairs],
-                 object_pixels={str(i): int(v.mask.sum()) for i, v in views.items()})
+            "together) or the depth is wrong"
+        )
+    index = dict(
+        key, pairs=[list(p) for p in pairs], object_pixels={str(i): int(v.mask.sum()) for i, v in views.items()}
+    )
     atomic_write_json(out_dir / CACHE_INDEX, index)
     if report:
-        report(ProgressReport("correspondences", len(positions), len(positions),
-                              message=f"{len(pairs)} overlapping view pairs"))
+        report(
+            ProgressReport(
+                "correspondences", len(positions), len(positions), message=f"{len(pairs)} overlapping view pairs"
+            )
+        )
     return CorrespondenceCache(out_dir, index, views)
