@@ -93,9 +93,9 @@ def main(argv=None) -> int:
     out = {
         "frames": len(dataset),
         "registered_fraction": sfm.registered_fraction,
-        "median_center_error_m": against_truth.median_centre_error_m,
+        "median_center_error_m": against_truth.median_center_error_m,
         "median_rotation_error_deg": against_truth.median_rotation_error_deg,
-        "max_center_error_m": float(against_truth.centre_error_m.max()),
+        "max_center_error_m": float(against_truth.center_error_m.max()),
         "max_rotation_error_deg": float(against_truth.rotation_error_deg.max()),
         "mean_reprojection_error_px": sfm.mean_reprojection_error_px,
         "num_points": sfm.num_points,
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             "arm_median_rotation_error_deg": float(np.median(arm_error[:, 1])),
             "aligned_sfm_median_center_error_m": float(np.median(refined_error[:, 0])),
             "aligned_sfm_median_rotation_error_deg": float(np.median(refined_error[:, 1])),
-            "residual_reported_median_m": aligned_to_arm.median_centre_error_m,
+            "residual_reported_median_m": aligned_to_arm.median_center_error_m,
         },
         "targets": TARGETS,
     }

@@ -186,7 +186,10 @@ def run_object(
             model = load_model(
                 model_dir, "cuda" if torch.cuda.is_available() and protocol["device"] != "cpu" else "cpu"
             )
-            describe = lambda frame, model=model: model.describe(frame.load_image()).cpu()
+
+            def describe(frame, model=model):
+                return model.describe(frame.load_image()).cpu()
+
         metrics, details = evaluate_descriptors(dataset, describe, pairs)
         timings[f"{name}/{method}"] = time.monotonic() - started
         results[method] = summary(metrics)

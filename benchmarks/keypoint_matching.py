@@ -33,7 +33,11 @@ from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.descriptors.model import load_model
 from nerf_descriptor_ros.keypoints.definition import define_keypoints, moved_point_pixel
 from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints
-from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig, match_keypoints, model_max_distance
+from nerf_descriptor_ros.keypoints.matching import (
+    KeypointMatchingConfig,
+    match_keypoints,
+    model_max_distance,
+)
 
 REFINEMENTS = (
     ("argmin", "none", 0),

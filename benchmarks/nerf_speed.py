@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 
 from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
+from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.nerf import load_config, train_nerf
 from nerf_descriptor_ros.nerf.config import config_from_dict
-from nerf_descriptor_ros.nerf.trainer import resolve_device
 from nerf_descriptor_ros.sim import SimConfig
 from nerf_descriptor_ros.sim.sweep_dataset import capture_sweep_dataset
 

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
-from nerf_descriptor_ros.data.formats import SourceFrame, export_llff, import_llff, write_dataset
+from nerf_descriptor_ros.data.foreign import SourceFrame, write_dataset
+from nerf_descriptor_ros.data.llff import export_llff, import_llff
 from nerf_descriptor_ros.geometry import pose_distance
 from nerf_descriptor_ros.nerf import load_config, train_nerf
 from nerf_descriptor_ros.nerf.config import config_from_dict

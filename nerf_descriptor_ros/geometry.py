@@ -9,21 +9,26 @@ Conventions used throughout the package (and tested in test/test_geometry.py):
 * nerfstudio's ``transforms.json`` stores camera-to-world in the OpenGL convention
   (x right, y up, z backward); :func:`opencv_to_opengl` / :func:`opengl_to_opencv` convert at
   that boundary only.
-* Quaternions are ``(x, y, z, w)`` as in ROS messages; transforms3d's ``(w, x, y, z)`` never
-  leaves this module.
+* Quaternions are ``(x, y, z, w)`` as in ROS messages and scipy. One rule for every quaternion
+  that enters (:func:`quat_xyzw_to_matrix`): within ``QUATERNION_NORM_TOLERANCE`` of unit length
+  it is normalised, beyond that or with NaN it is refused.
+* Rotations go through :class:`scipy.spatial.transform.Rotation` only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
-import transforms3d
+from scipy.spatial.transform import Rotation, Slerp
 
 from nerf_descriptor_ros.errors import NerfDescriptorError
 
 # Flips y and z: the same physical camera expressed in OpenGL instead of OpenCV axes.
 _CV_GL_FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
+# A quaternion whose norm is this close to 1 is rounding; further off, it is a broken publisher.
+QUATERNION_NORM_TOLERANCE = 1e-3
 
 
 class InvalidPoseError(NerfDescriptorError, ValueError):
@@ -41,20 +46,31 @@ def opengl_to_opencv(T_world_cam_gl: np.ndarray) -> np.ndarray:
 
 
 def quat_xyzw_to_matrix(q_xyzw) -> np.ndarray:
-    """3x3 rotation from a unit quaternion in ROS order; the quaternion is normalised first."""
+    """3x3 rotation from a quaternion in ROS order, by the package's one quaternion rule.
+
+    Normalised when its norm is within ``QUATERNION_NORM_TOLERANCE`` of 1; refused (with the
+    reason) when it holds NaN or is further off, since that is a broken rotation, not rounding.
+    """
     q = np.asarray(q_xyzw, dtype=np.float64)
-    norm = np.linalg.norm(q)
-    if not np.all(np.isfinite(q)) or norm < 1e-9:
-        raise InvalidPoseError(f"quaternion {q.tolist()} is not finite and non-zero")
-    x, y, z, w = q / norm
-    return transforms3d.quaternions.quat2mat([w, x, y, z])
+    if q.shape != (4,) or not np.all(np.isfinite(q)):
+        raise InvalidPoseError(f"quaternion {q.tolist()} is not 4 finite numbers")
+    norm = float(np.linalg.norm(q))
+    if abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
+        raise InvalidPoseError(f"quaternion {q.tolist()} has norm {norm:.4f}, not 1: not a rotation")
+    return Rotation.from_quat(q / norm).as_matrix()
 
 
 def matrix_to_quat_xyzw(R: np.ndarray) -> np.ndarray:
     """Unit quaternion (x, y, z, w) with w >= 0 for a 3x3 rotation."""
-    w, x, y, z = transforms3d.quaternions.mat2quat(np.asarray(R, dtype=np.float64))
-    q = np.array([x, y, z, w])
-    return -q if w < 0 else q
+    return Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_quat(canonical=True)
+
+
+def rpy_deg_to_matrix(xyz, rpy_deg) -> np.ndarray:
+    """4x4 from a translation and fixed-axis roll, pitch, yaw in degrees (URDF convention)."""
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_euler("xyz", np.asarray(rpy_deg, dtype=np.float64), degrees=True).as_matrix()
+    T[:3, 3] = np.asarray(xyz, dtype=np.float64)
+    return T
 
 
 def pose_to_matrix(position, q_xyzw) -> np.ndarray:
@@ -105,6 +121,18 @@ def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(cos)))
 
 
+def rotation_aligning(v_from, v_to) -> np.ndarray:
+    """3x3 rotation turning the direction ``v_from`` onto ``v_to`` (the shortest arc; the lengths
+    do not matter)."""
+    R, _ = Rotation.align_vectors([np.asarray(v_to, dtype=np.float64)], [np.asarray(v_from, dtype=np.float64)])
+    return R.as_matrix()
+
+
+def rotation_vector(R: np.ndarray) -> np.ndarray:
+    """Rotation vector (axis times angle in radians) of a 3x3 rotation."""
+    return Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_rotvec()
+
+
 def pose_distance(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:
     """(translation distance in metres, rotation angle in degrees) between two poses."""
     return (float(np.linalg.norm(T_a[:3, 3] - T_b[:3, 3])), rotation_angle_deg(T_a[:3, :3], T_b[:3, :3]))
@@ -112,19 +140,10 @@ def pose_distance(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:
 
 def interpolate_pose(T_0: np.ndarray, T_1: np.ndarray, alpha: float) -> np.ndarray:
     """Pose a fraction ``alpha`` in [0, 1] of the way from T_0 to T_1 (lerp + slerp)."""
-    q0 = transforms3d.quaternions.mat2quat(T_0[:3, :3])
-    q1 = transforms3d.quaternions.mat2quat(T_1[:3, :3])
-    if np.dot(q0, q1) < 0.0:
-        q1 = -q1
-    dot = float(np.clip(np.dot(q0, q1), -1.0, 1.0))
-    theta = np.arccos(dot)
-    if theta < 1e-9:
-        q = q0
-    else:
-        q = (np.sin((1 - alpha) * theta) * q0 + np.sin(alpha * theta) * q1) / np.sin(theta)
+    slerp = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([T_0[:3, :3], T_1[:3, :3]])))
     T = np.eye(4)
-    T[:3, :3] = transforms3d.quaternions.quat2mat(q / np.linalg.norm(q))
-    T[:3, 3] = (1 - alpha) * T_0[:3, 3] + alpha * T_1[:3, 3]
+    T[:3, :3] = slerp([float(alpha)]).as_matrix()[0]
+    T[:3, 3] = (1 - alpha) * np.asarray(T_0[:3, 3]) + alpha * np.asarray(T_1[:3, 3])
     return T
 
 
@@ -184,6 +203,36 @@ class CameraIntrinsics:
             list(self.distortion),
         )
 
+    def project(self, points_cam) -> tuple[np.ndarray, np.ndarray]:
+        """Nx3 camera-frame points -> (Nx2 pixels with pixel centres at integers, N depths z).
+
+        Pinhole only: distortion is not applied (frames with distortion are refused upstream).
+        Points at z <= 0 give inf/NaN pixels; callers test ``z > 0``.
+        """
+        points_cam = np.asarray(points_cam, dtype=np.float64).reshape(-1, 3)
+        z = points_cam[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = points_cam[:, :2] / z[:, None] * [self.fx, self.fy] + [self.cx, self.cy]
+        return uv, z
+
+    def backproject(self, uv, depth) -> np.ndarray:
+        """Nx2 pixels and their N depths (metres along z) -> Nx3 camera-frame points.
+
+        A depth that is not finite and positive gives a NaN point, so holes stay visible.
+        """
+        uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+        depth = np.asarray(depth, dtype=np.float64).reshape(-1)
+        z = np.where(np.isfinite(depth) & (depth > 0), depth, np.nan)
+        x = (uv[:, 0] - self.cx) / self.fx * z
+        y = (uv[:, 1] - self.cy) / self.fy * z
+        return np.stack([x, y, z], axis=-1)
+
+    def backproject_image(self, depth: np.ndarray) -> np.ndarray:
+        """HxW depth image -> HxWx3 camera-frame points (NaN where the depth is invalid)."""
+        h, w = depth.shape
+        u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+        return self.backproject(np.stack([u.ravel(), v.ravel()], axis=-1), depth.ravel()).reshape(h, w, 3)
+
     @classmethod
     def from_fov(cls, width: int, height: int, vertical_fov_deg: float) -> CameraIntrinsics:
         """Square-pixel camera with the principal point at the image centre."""
@@ -191,23 +240,14 @@ class CameraIntrinsics:
         return cls(f, f, (width - 1) / 2.0, (height - 1) / 2.0, width, height)
 
 
-def project_points(points_cam: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project Nx3 camera-frame points to Nx2 pixels (pixel centres at integers); also depth z."""
-    points_cam = np.asarray(points_cam, dtype=np.float64)
-    z = points_cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (points_cam[:, :2] / z[:, None]) * [K[0, 0], K[1, 1]] + [K[0, 2], K[1, 2]]
-    return uv, z
-
-
-def backproject_depth(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """HxW depth (metres along z) -> HxWx3 camera-frame points; invalid depth gives NaN."""
-    h, w = depth.shape
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    z = np.where(np.isfinite(depth) & (depth > 0), depth, np.nan).astype(np.float64)
-    x = (u - K[0, 2]) / K[0, 0] * z
-    y = (v - K[1, 2]) / K[1, 1] * z
-    return np.stack([x, y, z], axis=-1)
+def undistort_pixels(intrinsics: CameraIntrinsics, uv) -> np.ndarray:
+    """Nx2 pixels of a distorted image -> the same rays' pixels in the undistorted (pinhole) image,
+    so that :meth:`CameraIntrinsics.backproject` applies; unchanged for a camera without distortion."""
+    uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+    if not intrinsics.has_distortion:
+        return uv
+    distortion = np.asarray(intrinsics.distortion, dtype=np.float64)
+    return cv2.undistortPoints(uv.reshape(-1, 1, 2), intrinsics.K, distortion, P=intrinsics.K).reshape(-1, 2)
 
 
 def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:

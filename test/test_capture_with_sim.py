@@ -22,7 +22,7 @@ from std_srvs.srv import Trigger
 
 from nerf_descriptor_ros.action import ViewSweep
 from nerf_descriptor_ros.data.dataset import Dataset
-from nerf_descriptor_ros.geometry import backproject_depth, invert, look_at, project_points, transform_points
+from nerf_descriptor_ros.geometry import invert, look_at, transform_points
 from nerf_descriptor_ros.msg import CaptureStatus
 from nerf_descriptor_ros.ros.conversions import matrix_to_pose_msg, pose_msg_to_matrix, stamp_to_ns
 from nerf_descriptor_ros.srv import CaptureFrame, MoveCamera, StartCapture
@@ -91,11 +91,11 @@ def reached_views(feedback: queue.Queue, result_future, timeout: float = 60.0):
 
 def reproject(frame_a, frame_b, c2w_b, margin_px: float):
     """Frame A's depth points seen by B: their pixels in B (N x 2), depth in B, and colour in A."""
-    points_a = backproject_depth(frame_a.load_depth(), frame_a.intrinsics.K)
+    points_a = frame_a.intrinsics.backproject_image(frame_a.load_depth())
     valid = np.isfinite(points_a[..., 2])
     colours = frame_a.load_image()[valid].astype(np.float32)
     in_b = transform_points(invert(c2w_b) @ frame_a.c2w, points_a[valid])
-    uv, z = project_points(in_b, frame_b.intrinsics.K)
+    uv, z = frame_b.intrinsics.project(in_b)
     w, h = frame_b.intrinsics.width, frame_b.intrinsics.height
     inside = (
         (z > 0)
@@ -170,7 +170,7 @@ def test_capture_from_the_sim_matches_its_poses_and_reprojects_its_depth(nodes, 
 
     dataset = Dataset.load(data_root / "duck")
     assert len(dataset) == len(sweep_frames) + len(moved_frames) and dataset.has_depth
-    for index, stamp_ns, achieved in moved_frames:  # the arm stays where ~/move_camera left it
+    for index, _stamp_ns, achieved in moved_frames:  # the arm stays where ~/move_camera left it
         assert np.abs(dataset.frames[index].c2w - achieved).max() < 1e-5
     for index, stamp_ns, *_ in sweep_frames + moved_frames:
         saved = dataset.frames[index]
@@ -208,7 +208,7 @@ def test_capture_killed_mid_sweep_reloads_every_acknowledged_frame_and_resumes(n
     acknowledged = {}  # frame index -> stamp ns
     feedback, result = start_sweep(ros, num_views=10, dwell_s=0.3)
     views = reached_views(feedback, result)
-    for view in views:
+    for _view in views:
         if len(acknowledged) == 3:
             # Kill it while a request is in flight.
             ros.node.create_client(CaptureFrame, "/capture/capture_frame").call_async(
@@ -240,7 +240,7 @@ def test_capture_killed_mid_sweep_reloads_every_acknowledged_frame_and_resumes(n
     )
     assert resumed.success and resumed.frames_in_dataset == len(survived), resumed.message
     added = 0
-    for view in views:
+    for _view in views:
         frame = grab(ros)
         assert frame.success, frame.message
         assert frame.frame_index == len(survived) + added

@@ -5,31 +5,30 @@ import json
 import numpy as np
 import pytest
 import torch
-from synthetic_scenes import (  # noqa: F401
+from synthetic_scenes import (
     Scene,
     box_mesh,
     orbit_poses,
-    single_torch_thread,
+    single_torch_thread,  # noqa: F401
     sphere_mesh,
     textured_objects_scene,
     write_scene_dataset,
 )
 
 from nerf_descriptor_ros.data.dataset import Dataset
-from nerf_descriptor_ros.descriptors.correspondences import (
+from nerf_descriptor_ros.descriptors.correspondence_cache import (
     CorrespondenceCache,
     CorrespondenceConfig,
-    CorrespondenceError,
-    DatasetDepthProvider,
-    ViewGeometry,
-    depth_quantiles_from_weights,
-    find_correspondences,
     generate_correspondences,
+)
+from nerf_descriptor_ros.descriptors.correspondences import find_correspondences, view_overlap
+from nerf_descriptor_ros.descriptors.depth_providers import (
+    DatasetDepthProvider,
+    depth_quantiles_from_weights,
     load_nerf_provider,
-    object_pixels,
-    view_overlap,
 )
 from nerf_descriptor_ros.descriptors.evaluation import correspondence_accuracy
+from nerf_descriptor_ros.descriptors.view_geometry import CorrespondenceError, ViewGeometry, object_pixel_uv
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at
 from nerf_descriptor_ros.sim.thin_objects import make_thin_object
 
@@ -64,7 +63,7 @@ def test_matches_land_on_the_true_projection_of_the_surface_point():
     c2w_a, c2w_b = look_at([0.3, 0.1, 0.25], [0, 0, 0.03]), look_at([0.15, 0.3, 0.2], [0, 0, 0.03])
     view_a, view_b = gt_view(scene, c2w_a), gt_view(scene, c2w_b)
     uv_a, uv_b = find_correspondences(view_a, view_b, "depth_map", np.random.default_rng(0))
-    assert len(uv_a) > 0.5 * len(object_pixels(view_a))
+    assert len(uv_a) > 0.5 * len(object_pixel_uv(view_a))
     expected, z_b = project(c2w_b, INTR, surface_points(view_a, uv_a))
     np.testing.assert_allclose(uv_b, expected, atol=1e-6)
     # ... and B really sees that point: its own ray at the matched pixel hits it (within a pixel).
@@ -82,7 +81,7 @@ def test_occluded_points_are_rejected_and_visible_ones_kept():
     uv_a, _ = find_correspondences(view_a, view_b, "depth_map", np.random.default_rng(0))
     kept = {tuple(p) for p in uv_a.astype(int)}
 
-    pixels = object_pixels(view_a)
+    pixels = object_pixel_uv(view_a)
     uv, z = project(c2w_b, INTR, surface_points(view_a, pixels))
     inside = (uv[:, 0] >= 0) & (uv[:, 0] <= INTR.width - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= INTR.height - 1)
     uv, z, pixels = uv[inside], z[inside], pixels[inside]
@@ -120,7 +119,7 @@ def test_density_field_keeps_thin_structure_that_the_expected_depth_smears():
     c2w_a, c2w_b = look_at([0.25, 0.12, 0.25], [0, 0, 0.03]), look_at([0.12, 0.27, 0.22], [0, 0, 0.03])
     view_a = _semi_transparent_view(scene_wire, scene_table, c2w_a)
     view_b = _semi_transparent_view(scene_wire, scene_table, c2w_b)
-    truth_a, truth_b = gt_view(scene_wire, c2w_a), gt_view(scene_wire, c2w_b)
+    truth_a = gt_view(scene_wire, c2w_a)
     rng = np.random.default_rng(0)
 
     def correct(uv_a, uv_b):

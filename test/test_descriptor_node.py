@@ -166,6 +166,12 @@ def test_outputs_have_their_encodings_and_the_source_header_and_keypoints_their_
     array = markers.wait_for(lambda m: m.markers and m.markers[0].header.stamp == header.stamp)
     spheres = [m for m in array.markers if m.type == Marker.SPHERE]
     assert len(spheres) == 2 and all(m.action == Marker.ADD and m.header.frame_id == FRAME_ID for m in spheres)
+    # Each label stands above its sphere in the image (-y of the optical frame), at the same depth.
+    labels = {m.id: m for m in array.markers if m.type == Marker.TEXT_VIEW_FACING}
+    for sphere in spheres:
+        label = labels[sphere.id + 1].pose.position
+        assert label.y < sphere.pose.position.y - sphere.scale.x
+        assert (label.x, label.z) == (sphere.pose.position.x, sphere.pose.position.z)
 
     # The empty table: nothing found, and no marker left standing.
     header, msg = camera.publish_until(
@@ -243,7 +249,7 @@ def test_set_grasp_point_defines_and_stores_a_keypoint(nodes, ros, scene_model, 
     model_dir = tmp_path / "model"
     shutil.copytree(scene_model["model_dir"], model_dir)
     _start(nodes, dict(scene_model, model_dir=model_dir))
-    dataset, frame = scene_model["dataset"], scene_model["dataset"].frames[3]
+    frame = scene_model["dataset"].frames[3]
     mask = frame.load_mask()
     rows, cols = np.nonzero(mask)
     u, v = float(cols[len(cols) // 2]), float(rows[len(rows) // 2])

@@ -10,13 +10,11 @@ import torch
 import yaml
 from synthetic_scenes import orbit_poses, single_torch_thread, textured_objects_scene, write_scene_dataset
 
+from nerf_descriptor_ros.config import ConfigError
 from nerf_descriptor_ros.data.dataset import Dataset
 from nerf_descriptor_ros.descriptors.augmentation import AugmentationConfig, random_similarity, warp_image, warp_points
-from nerf_descriptor_ros.descriptors.correspondences import (
-    CorrespondenceConfig,
-    DatasetDepthProvider,
-    generate_correspondences,
-)
+from nerf_descriptor_ros.descriptors.correspondence_cache import CorrespondenceConfig, generate_correspondences
+from nerf_descriptor_ros.descriptors.depth_providers import DatasetDepthProvider
 from nerf_descriptor_ros.descriptors.loss import (
     CorrespondenceBatch,
     distributional_loss,
@@ -25,7 +23,7 @@ from nerf_descriptor_ros.descriptors.loss import (
 )
 from nerf_descriptor_ros.descriptors.model import ModelError, export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorConfigError, DescriptorNet
-from nerf_descriptor_ros.descriptors.settings import DescriptorSettings, SettingsError
+from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
 from nerf_descriptor_ros.descriptors.training import TrainingConfig, TrainingError, train_descriptors
 from nerf_descriptor_ros.progress import StageCancelled
 
@@ -56,7 +54,9 @@ def test_network_gives_d_channels_at_input_resolution_for_any_size():
 
 
 def _batch(match_a, match_b, nonmatch_a, nonmatch_b):
-    t = lambda x: torch.as_tensor(np.asarray(x, np.float32).reshape(-1, 2))
+    def t(x):
+        return torch.as_tensor(np.asarray(x, np.float32).reshape(-1, 2))
+
     return CorrespondenceBatch(t(match_a), t(match_b), t(nonmatch_a), t(nonmatch_b), t(nonmatch_a), t(nonmatch_b))
 
 
@@ -99,7 +99,7 @@ def test_a_tiny_model_overfits_a_handful_of_correspondences(single_torch_thread)
     match_b = torch.as_tensor(rng.uniform([4, 4], [59, 43], (12, 2)), dtype=torch.float32)
     net = DescriptorNet(3, "resnet18", decoder_channels=32)
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for step in range(90):
+    for _step in range(90):
         desc = net(images)
         loss = distributional_loss(desc[0], desc[1], match_a, match_b, sigma_px=1.0)
         optimizer.zero_grad()
@@ -181,18 +181,23 @@ def test_export_round_trip_and_refusals(tmp_path):
 
 def test_settings_file_matches_the_defaults_and_refuses_unknown_keys(tmp_path):
     from_file = DescriptorSettings.load(REPO_CONFIG)
-    as_plain = lambda s: json.loads(json.dumps(asdict(s)))
+
+    def as_plain(settings):
+        return json.loads(json.dumps(asdict(settings)))
+
     assert as_plain(from_file) == as_plain(DescriptorSettings())
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"training": {"descriptor_dimension": 3}}))
-    with pytest.raises(TrainingError, match="unknown descriptor training settings"):
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml: training\.descriptor_dimension: unknown key \(known: descriptor_dim, "
+    ):
         DescriptorSettings.load(bad)
     bad.write_text(yaml.safe_dump({"correspondences": {"matching": {"tolerance": 1}}}))
-    with pytest.raises(SettingsError, match="correspondences.matching"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: correspondences\.matching\.tolerance: unknown key"):
         DescriptorSettings.load(bad)
-    with pytest.raises(TrainingError, match="descriptor_dim"):
+    with pytest.raises(ConfigError, match="^descriptor_dim: must be a positive integer, got 0$"):
         TrainingConfig(descriptor_dim=0)
-    with pytest.raises(TrainingError, match="mode"):
+    with pytest.raises(ConfigError, match="^mode: 'colmap' unknown"):
         TrainingConfig(mode="colmap")
     assert DescriptorSettings.load(None, {"training": {"descriptor_dim": 3}}).training.descriptor_dim == 3
 
@@ -252,7 +257,7 @@ def test_training_resumes_after_a_kill_exactly_where_it_stopped(tiny_cache, tmp_
 
 def test_training_refuses_pairs_without_enough_correspondences(tiny_cache, tmp_path):
     dataset, cache = tiny_cache
-    from nerf_descriptor_ros.descriptors.correspondences import CorrespondenceError
+    from nerf_descriptor_ros.descriptors.view_geometry import CorrespondenceError
 
     with pytest.raises(CorrespondenceError, match="fewer than 100000 matches"):
         train_descriptors(cache, dataset, tmp_path / "t", _tiny_config(min_matches=100000), device="cpu")

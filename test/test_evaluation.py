@@ -11,7 +11,7 @@ from synthetic_scenes import orbit_poses, single_torch_thread, textured_objects_
 
 from nerf_descriptor_ros import cli
 from nerf_descriptor_ros.data.dataset import Dataset
-from nerf_descriptor_ros.descriptors.correspondences import CorrespondenceError, DatasetDepthProvider
+from nerf_descriptor_ros.descriptors.depth_providers import DatasetDepthProvider
 from nerf_descriptor_ros.descriptors.evaluation import (
     EVAL_RESOLUTION,
     best_matches,
@@ -23,6 +23,7 @@ from nerf_descriptor_ros.descriptors.evaluation import (
     rescale_pixels,
     summarize_errors,
 )
+from nerf_descriptor_ros.descriptors.view_geometry import CorrespondenceError
 from nerf_descriptor_ros.geometry import look_at
 
 
@@ -117,7 +118,10 @@ def test_held_out_views_that_do_not_overlap_are_refused(tmp_path):
 
 def test_pictures_are_written(scene_dataset, tmp_path):
     pairs = ground_truth_pairs(scene_dataset, per_pair=20)
-    image_colours = lambda frame: torch.from_numpy(frame.load_image().transpose(2, 0, 1).astype(np.float32))
+
+    def image_colours(frame):
+        return torch.from_numpy(frame.load_image().transpose(2, 0, 1).astype(np.float32))
+
     _, results = evaluate_descriptors(scene_dataset, image_colours, pairs)
     plot_pck_curves({"a": [k / 100 for k in range(1, 101)], "b": [0.5] * 100}, tmp_path / "curves.png")
     plot_matches(scene_dataset, results, tmp_path / "matches.png")

@@ -22,6 +22,7 @@ from nerf_descriptor_ros.data.dataset import Dataset
 from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 from nerf_descriptor_ros.descriptors.model import export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorNet
+from nerf_descriptor_ros.descriptors.view_geometry import world_points
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, pose_to_matrix
 from nerf_descriptor_ros.keypoints.definition import (
     KEYPOINTS_NAME,
@@ -204,7 +205,7 @@ def test_the_automatic_grasp_point_is_the_graspable_spot_found_best_on_other_vie
     dataset = Dataset.load(write_scene_dataset(tmp_path / "box", scene, orbit_poses(8, 0.35), WIDTH, HEIGHT))
     choice = auto_grasp_spec(dataset, _colour_as_descriptor)
     u, v = int(choice.spec.u), int(choice.spec.v)
-    point = choice.view.lift(np.array([[u, v]], float), np.array([choice.view.depth[v, u]]))[0]
+    point = world_points(choice.view, [[u, v]], [choice.view.depth[v, u]])[0]
     assert textured_side * (point[0] - 0.01) > 0.002, point
     assert np.linalg.norm(point[:2] - [0.01, -0.02]) < 0.3 * 0.035 + 0.005
     assert choice.mean_error_px is not None and choice.mean_error_px < 1.5, choice

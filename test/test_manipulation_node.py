@@ -20,7 +20,6 @@ from nerf_descriptor_ros.geometry import (
     invert,
     look_at,
     pose_to_matrix,
-    project_points,
     transform_points,
     validate_rigid_transform,
 )
@@ -53,7 +52,7 @@ def _view(scene, T_base_cam, point_base):
     """Depth of the scene and the keypoint (pixel, camera-frame point) at ``point_base``."""
     _, depth, _ = scene.render(T_base_cam, INTR)
     point_cam = transform_points(invert(T_base_cam), point_base[None])[0]
-    uv, _ = project_points(point_cam[None], INTR.K)
+    uv, _ = INTR.project(point_cam[None])
     return depth.astype(np.float32), tuple(uv[0]), point_cam
 
 
@@ -184,7 +183,7 @@ def test_node_publishes_the_grasp_target_in_the_base_frame_and_refuses_to_pick_w
         time.sleep(0.05)
         matches_pub.publish(_matches(header, uv, point_cam))
         try:
-            target = targets.wait_for(lambda m: m.header.stamp == header.stamp, timeout=0.3)
+            target = targets.wait_for(lambda m, stamp=header.stamp: m.header.stamp == stamp, timeout=0.3)
         except TimeoutError:
             assert time.monotonic() < deadline, "no grasp target"
     assert target.header.frame_id == "panda_link0"
@@ -234,13 +233,13 @@ def test_pick_and_lift_with_the_simulated_robot_at_the_objects_top(nodes, ros):
     while True:
         depth_msg = depths.wait_for(lambda m: True)
         stamp = depth_msg.header.stamp
-        pose = poses.wait_for(lambda m: m.header.stamp == stamp)
+        pose = poses.wait_for(lambda m, stamp=stamp: m.header.stamp == stamp)
         T_base_cam = pose_msg_to_matrix(pose.pose)
         point_cam = transform_points(invert(T_base_cam), top[None])[0]
-        uv, _ = project_points(point_cam[None], INTR.K)
+        uv, _ = INTR.project(point_cam[None])
         matches_pub.publish(_matches(depth_msg.header, uv[0], point_cam))
         try:
-            targets.wait_for(lambda m: m.header.stamp == stamp, timeout=1.0)
+            targets.wait_for(lambda m, stamp=stamp: m.header.stamp == stamp, timeout=1.0)
             break
         except TimeoutError:
             assert time.monotonic() < deadline, "no grasp target"

@@ -10,7 +10,6 @@ from nerf_descriptor_ros.keypoints.definition import Keypoint, KeypointSet, Keyp
 from nerf_descriptor_ros.keypoints.matching import (
     KeypointMatchingConfig,
     MatchingError,
-    backproject_pixel,
     match_descriptors,
     match_keypoints,
     model_max_distance,
@@ -90,11 +89,18 @@ def test_matches_are_scaled_to_the_camera_image_and_lifted_with_its_depth():
     assert loc.found and loc.point_cam is None
 
 
-def test_backprojection_undoes_lens_distortion():
-    intr = CameraIntrinsics(500.0, 500.0, 320.0, 240.0, 640, 480, [-0.2, 0.05, 0.001, -0.001, 0.0])
-    point = np.array([0.12, -0.08, 0.6])
-    pixel, _ = cv2.projectPoints(point[None], np.zeros(3), np.zeros(3), intr.K, np.array(intr.distortion))
-    np.testing.assert_allclose(backproject_pixel(*pixel[0, 0], point[2], intr), point, atol=1e-5)
+def test_a_match_in_a_distorted_image_is_lifted_to_the_point_that_projects_onto_it():
+    intr = CameraIntrinsics(125.0, 125.0, 80.0, 60.0, 160, 120, [-0.2, 0.05, 0.001, -0.001, 0.0])
+    descriptors, query = _bowl(160, 120, (150.0, 10.0))  # near a corner, where distortion is large
+    depth = np.full((120, 160), 0.6, np.float32)
+    (loc,) = match_keypoints(
+        descriptors, _keypoint_set(query.numpy()), (160, 120), depth, intr, KeypointMatchingConfig("none")
+    )
+    pixel, _ = cv2.projectPoints(loc.point_cam[None], np.zeros(3), np.zeros(3), intr.K, np.array(intr.distortion))
+    np.testing.assert_allclose(pixel.reshape(2), [150.0, 10.0], atol=0.01)  # cv2 undistorts iteratively
+    assert loc.point_cam[2] == pytest.approx(0.6)
+    pinhole = CameraIntrinsics(125.0, 125.0, 80.0, 60.0, 160, 120).backproject([[150.0, 10.0]], [0.6])[0]
+    assert np.linalg.norm(loc.point_cam - pinhole) > 0.01  # the distortion was undone, not ignored
 
 
 def test_settings_are_checked_and_the_threshold_follows_the_training_margin():

@@ -10,11 +10,11 @@ from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, tran
 from nerf_descriptor_ros.nerf.rays import (
     SceneBoundsError,
     box_seen_by_all,
+    camera_directions,
     camera_rays,
     check_camera_poses,
     intersect_box,
     looked_at_point,
-    normalized_pixel_coords,
 )
 
 
@@ -42,8 +42,7 @@ def test_rays_through_dataset_pixels_hit_the_projected_point_at_its_z_depth(tmp_
 
 def test_distorted_pixels_are_undistorted_like_opencv():
     intr = CameraIntrinsics(80.0, 80.0, 31.5, 23.5, 64, 48, [-0.2, 0.05, 0.001, -0.002, 0.0])
-    xy = normalized_pixel_coords(intr)
-    points = np.concatenate([xy, np.ones((len(xy), 1))], -1)
+    points = camera_directions(intr)
     uv, _ = cv2.projectPoints(points, np.zeros(3), np.zeros(3), intr.K, np.asarray(intr.distortion))
     u, v = np.meshgrid(np.arange(64), np.arange(48))
     assert np.abs(uv.reshape(-1, 2) - np.stack([u.ravel(), v.ravel()], -1)).max() < 1e-3

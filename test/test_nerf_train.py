@@ -8,13 +8,19 @@ import threading
 import numpy as np
 import pytest
 import torch
-from synthetic_scenes import orbit_poses, single_torch_thread, textured_objects_scene, write_scene_dataset  # noqa: F401
+from synthetic_scenes import (
+    orbit_poses,
+    single_torch_thread,
+    textured_objects_scene,  # noqa: F401
+    write_scene_dataset,
+)
 
+from nerf_descriptor_ros.commands.train_nerf import load_nerf_config
+from nerf_descriptor_ros.config import ConfigError
 from nerf_descriptor_ros.data.dataset import Dataset, DatasetError
 from nerf_descriptor_ros.nerf import (
     CheckpointError,
     NerfConfig,
-    NerfConfigError,
     load_config,
     load_nerf,
     render_camera,
@@ -250,13 +256,13 @@ def test_config_files_and_errors(tmp_path):
         classic.classic.n_coarse,
         classic.classic.n_fine,
     ) == ("classic", 8, 256, 10, 4, 64, 128)
-    with pytest.raises(NerfConfigError, match="unknown config key 'fast.plane_featurez'"):
-        load_config(None, "{fast: {plane_featurez: 3}}")
-    with pytest.raises(NerfConfigError, match="iterations must be int"):
-        load_config(None, "{iterations: lots}")
-    with pytest.raises(NerfConfigError, match="model must be 'fast' or 'classic'"):
-        load_config(None, "{model: medium}")
-    with pytest.raises(NerfConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"^--set: fast\.plane_featurez: unknown key \(known: plane_resolutions, "):
+        load_nerf_config(None, "{fast: {plane_featurez: 3}}")
+    with pytest.raises(ConfigError, match="^--set: iterations: expected an integer, got 'lots'$"):
+        load_nerf_config(None, "{iterations: lots}")
+    with pytest.raises(ConfigError, match="^--set: model: must be 'fast' or 'classic', got 'medium'$"):
+        load_nerf_config(None, "{model: medium}")
+    with pytest.raises(ConfigError, match="config file .*nope.yaml does not exist"):
         load_config(tmp_path / "nope.yaml")
 
 

@@ -8,15 +8,17 @@ import numpy as np
 import pycolmap
 import pytest
 
-from nerf_descriptor_ros.data import formats
+from nerf_descriptor_ros.data.colmap import export_colmap, import_colmap, intrinsics_to_colmap
 from nerf_descriptor_ros.data.dataset import Dataset, DatasetError, DatasetWriter
+from nerf_descriptor_ros.data.foreign import NEAR_FAR_KEY
+from nerf_descriptor_ros.data.llff import LLFF_FILE, export_llff, import_llff, llff_rows_to_poses, poses_to_llff_rows
 from nerf_descriptor_ros.data.masks import attach_masks
+from nerf_descriptor_ros.data.nerfstudio_format import export_nerfstudio, import_transforms
 from nerf_descriptor_ros.geometry import (
     CameraIntrinsics,
     invert,
     look_at,
     opencv_to_opengl,
-    project_points,
     transform_points,
 )
 
@@ -52,8 +54,8 @@ def _write_llff(root, poses, hwf, bounds, images):
     (root / "images").mkdir(parents=True)
     for i, img in enumerate(images):
         cv2.imwrite(str(root / "images" / f"IMG_{i:03d}.png"), img[:, :, ::-1])
-    rows = formats.poses_to_llff_rows(poses, hwf, bounds)
-    np.save(root / formats.LLFF_FILE, rows)
+    rows = poses_to_llff_rows(poses, hwf, bounds)
+    np.save(root / LLFF_FILE, rows)
     return rows
 
 
@@ -78,21 +80,21 @@ def _assert_same_frames(a: Dataset, b: Dataset, atol=0.0):
 
 def test_llff_columns_are_down_right_back_of_the_opencv_camera():
     c2w = look_at([0.3, -0.2, 0.5], [0, 0, 0])
-    row = formats.poses_to_llff_rows([c2w], np.array([[H, W, 50.0]]), np.array([[0.1, 2.0]]))[0]
+    row = poses_to_llff_rows([c2w], np.array([[H, W, 50.0]]), np.array([[0.1, 2.0]]))[0]
     m = row[:15].reshape(3, 5)
     assert np.array_equal(m[:, 0], c2w[:3, 1])  # down = OpenCV +y
     assert np.array_equal(m[:, 1], c2w[:3, 0])  # right = OpenCV +x
     assert np.array_equal(m[:, 2], -c2w[:3, 2])  # back = OpenCV -z (the camera looks along -back)
     assert np.array_equal(m[:, 3], c2w[:3, 3]) and np.array_equal(m[:, 4], [H, W, 50.0])
     assert np.array_equal(row[15:], [0.1, 2.0])
-    poses, hwf, bounds = formats.llff_rows_to_poses(row[None])
+    poses, hwf, bounds = llff_rows_to_poses(row[None])
     assert np.array_equal(poses[0], c2w)
 
 
 def test_colmap_conventions_match_pycolmaps_own_projection(tmp_path):
     intr = CameraIntrinsics(45.0, 44.0, 19.2, 14.7, W, H, [0.01, -0.002, 0.0005, 0.0001, 0.0])
     ds = _dataset(tmp_path / "ds", [intr], n=2, depth=False)
-    formats.export_colmap(ds.root, tmp_path / "colmap")
+    export_colmap(ds.root, tmp_path / "colmap")
     rec = pycolmap.Reconstruction(str(tmp_path / "colmap" / "sparse" / "0"))
     points = np.random.default_rng(1).normal(0, 0.1, (20, 3))
     for frame in ds.frames:
@@ -109,7 +111,7 @@ def test_colmap_conventions_match_pycolmaps_own_projection(tmp_path):
 def test_nerfstudio_intrinsics_put_the_image_corner_at_zero(tmp_path):
     intr = CameraIntrinsics(45.0, 46.0, 19.25, 14.5, W, H)
     ds = _dataset(tmp_path / "ds", [intr], n=2)
-    formats.export_nerfstudio(ds.root, tmp_path / "ns")
+    export_nerfstudio(ds.root, tmp_path / "ns")
     manifest = json.loads((tmp_path / "ns" / "transforms.json").read_text())
     assert (manifest["cx"], manifest["cy"]) == (19.75, 15.0)
     assert "nerf_descriptor_ros" not in manifest
@@ -125,18 +127,18 @@ def test_llff_import_export_import_is_exact(tmp_path):
     bounds = np.column_stack([np.linspace(0.2, 0.3, 5), np.linspace(1.0, 1.4, 5)])
     rows = _write_llff(tmp_path / "llff", poses, hwf, bounds, images)
 
-    first = formats.import_llff(tmp_path / "llff", tmp_path / "ds1")
+    first = import_llff(tmp_path / "llff", tmp_path / "ds1")
     f0 = first.frames[0].intrinsics
     assert (f0.fx, f0.fy, f0.cx, f0.cy) == (47.5, 47.5, (W - 1) / 2, (H - 1) / 2)
     for frame, c2w, img in zip(first.frames, poses, images):
         assert np.array_equal(frame.c2w, c2w) and np.array_equal(frame.load_image(), img)
-    assert np.array_equal(first.metadata[formats.NEAR_FAR_KEY], bounds)
+    assert np.array_equal(first.metadata[NEAR_FAR_KEY], bounds)
 
-    formats.export_llff(first.root, tmp_path / "llff2")
-    assert np.array_equal(np.load(tmp_path / "llff2" / formats.LLFF_FILE), rows)
-    second = formats.import_llff(tmp_path / "llff2", tmp_path / "ds2")
+    export_llff(first.root, tmp_path / "llff2")
+    assert np.array_equal(np.load(tmp_path / "llff2" / LLFF_FILE), rows)
+    second = import_llff(tmp_path / "llff2", tmp_path / "ds2")
     _assert_same_frames(first, second)
-    assert second.metadata[formats.NEAR_FAR_KEY] == first.metadata[formats.NEAR_FAR_KEY]
+    assert second.metadata[NEAR_FAR_KEY] == first.metadata[NEAR_FAR_KEY]
 
 
 def test_llff_downsampled_images_scale_the_focal_length(tmp_path):
@@ -144,16 +146,16 @@ def test_llff_downsampled_images_scale_the_focal_length(tmp_path):
         tmp_path / "llff", _poses(2), np.tile([4 * H, 4 * W, 200.0], (2, 1)), np.tile([0.1, 1.0], (2, 1)), _images(2)
     )
     (tmp_path / "llff" / "images").rename(tmp_path / "llff" / "images_4")
-    ds = formats.import_llff(tmp_path / "llff", tmp_path / "ds", images="images_4")
+    ds = import_llff(tmp_path / "llff", tmp_path / "ds", images="images_4")
     assert ds.frames[0].intrinsics.fx == 50.0
 
 
 def test_dataset_to_llff_takes_bounds_from_depth_and_masks_along(tmp_path):
     ds = _dataset(tmp_path / "ds", [CameraIntrinsics.from_fov(W, H, 50)], masks=True)
-    formats.export_llff(ds.root, tmp_path / "llff")
-    rows = np.load(tmp_path / "llff" / formats.LLFF_FILE)
+    export_llff(ds.root, tmp_path / "llff")
+    rows = np.load(tmp_path / "llff" / LLFF_FILE)
     assert np.allclose(rows[:, 15:], [[0.4 + 0.01 * i] * 2 for i in range(4)], atol=1e-3)
-    back = formats.import_llff(tmp_path / "llff", tmp_path / "back")
+    back = import_llff(tmp_path / "llff", tmp_path / "back")
     assert back.has_masks and not back.has_depth
     for a, b in zip(ds.frames, back.frames):
         assert np.array_equal(a.c2w, b.c2w) and a.intrinsics == b.intrinsics
@@ -185,7 +187,7 @@ def test_blender_synthetic_import_and_nerfstudio_round_trip(tmp_path):
         (src / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": angle, "frames": frames}))
 
     for background, value in (("white", 255), ("black", 0)):
-        ds = formats.import_transforms(src, tmp_path / f"ds_{background}", background=background)
+        ds = import_transforms(src, tmp_path / f"ds_{background}", background=background)
         intr = ds.frames[0].intrinsics
         assert np.isclose(intr.fx, 0.5 * W / np.tan(angle / 2)) and intr.fy == intr.fx
         assert (intr.cx, intr.cy) == ((W - 1) / 2, (H - 1) / 2)
@@ -194,8 +196,8 @@ def test_blender_synthetic_import_and_nerfstudio_round_trip(tmp_path):
         assert np.all(img[:, : W // 2] == value) and not mask[:, : W // 2].any() and mask[:, W // 2 :].all()
         assert all(np.array_equal(f.c2w, p) for f, p in zip(ds.frames, poses))
 
-    formats.export_nerfstudio(tmp_path / "ds_white", tmp_path / "ns")
-    again = formats.import_transforms(tmp_path / "ns", tmp_path / "ds_again")
+    export_nerfstudio(tmp_path / "ds_white", tmp_path / "ns")
+    again = import_transforms(tmp_path / "ns", tmp_path / "ds_again")
     _assert_same_frames(Dataset.load(tmp_path / "ds_white"), again)
 
 
@@ -237,7 +239,7 @@ def test_nerfstudio_import_export_is_exact_with_depth_masks_and_per_frame_camera
             }
         )
     )
-    first = formats.import_transforms(src, tmp_path / "ds1")
+    first = import_transforms(src, tmp_path / "ds1")
     assert (first.frames[0].intrinsics.cx, first.frames[0].intrinsics.cy) == (19.75, 15.0)
     assert first.frames[2].intrinsics.fx == 51.25 and first.frames[0].intrinsics.distortion[0] == 0.01
     assert np.allclose(first.frames[1].load_depth(), 0.501)
@@ -245,10 +247,10 @@ def test_nerfstudio_import_export_is_exact_with_depth_masks_and_per_frame_camera
     jpeg_pixels = cv2.imread(str(src / "images" / "1.jpg"))[:, :, ::-1]
     assert np.array_equal(first.frames[1].load_image(), jpeg_pixels)
 
-    formats.export_nerfstudio(first.root, tmp_path / "ns2")
+    export_nerfstudio(first.root, tmp_path / "ns2")
     exported = json.loads((tmp_path / "ns2" / "transforms.json").read_text())
     assert (exported["cx"], exported["cy"], exported["frames"][2]["fl_x"]) == (20.25, 15.5, 51.25)
-    second = formats.import_transforms(tmp_path / "ns2", tmp_path / "ds2")
+    second = import_transforms(tmp_path / "ns2", tmp_path / "ds2")
     _assert_same_frames(first, second)
 
 
@@ -259,14 +261,14 @@ def test_colmap_import_export_import_matches_to_round_off(tmp_path):
         CameraIntrinsics(41.0, 42.0, 20.0, 14.0, W, H, [0.02, 0.0, 0.0, 0.0, 0.001]),
     ]
     native = _dataset(tmp_path / "ds", cams, n=5, depth=False, masks=True)
-    formats.export_colmap(native.root, tmp_path / "colmap")
+    export_colmap(native.root, tmp_path / "colmap")
     rec = pycolmap.Reconstruction(str(tmp_path / "colmap" / "sparse" / "0"))
     assert sorted(c.model.name for c in rec.cameras.values()) == ["FULL_OPENCV", "OPENCV", "PINHOLE"]
-    first = formats.import_colmap(tmp_path / "colmap", tmp_path / "ds1")
+    first = import_colmap(tmp_path / "colmap", tmp_path / "ds1")
     _assert_same_frames(native, first, atol=1e-12)
 
-    formats.export_colmap(first.root, tmp_path / "colmap2")
-    second = formats.import_colmap(tmp_path / "colmap2" / "sparse" / "0", tmp_path / "ds2")
+    export_colmap(first.root, tmp_path / "colmap2")
+    second = import_colmap(tmp_path / "colmap2" / "sparse" / "0", tmp_path / "ds2")
     _assert_same_frames(first, second, atol=1e-12)
 
 
@@ -276,13 +278,13 @@ def test_colmap_points_give_llff_bounds(tmp_path):
     points = np.random.default_rng(0).normal(0, 0.03, (50, 3))
     (tmp_path / "colmap" / "images").mkdir(parents=True)
     rec = pycolmap.Reconstruction()
-    model, params = formats.intrinsics_to_colmap(intr)
+    model, params = intrinsics_to_colmap(intr)
     rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model=model, width=W, height=H, params=params))
     depths = []
     for image_id, (c2w, img) in enumerate(zip(poses, images), start=1):
         cam = transform_points(invert(c2w), points)
         depths.append(cam[:, 2])
-        uv = project_points(cam, intr.K)[0] + 0.5
+        uv = intr.project(cam)[0] + 0.5
         rec.add_image_with_trivial_frame(
             pycolmap.Image(name=f"{image_id}.png", keypoints=uv, camera_id=1, image_id=image_id),
             pycolmap.Rigid3d(invert(c2w)[:3]),
@@ -296,10 +298,10 @@ def test_colmap_points_give_llff_bounds(tmp_path):
     (tmp_path / "colmap" / "sparse" / "0").mkdir(parents=True)
     rec.write_text(str(tmp_path / "colmap" / "sparse" / "0"))  # the text variant reads too
 
-    ds = formats.import_colmap(tmp_path / "colmap", tmp_path / "imported")
+    ds = import_colmap(tmp_path / "colmap", tmp_path / "imported")
     expected = [np.percentile(z, [0.1, 99.9]) for z in depths]
-    assert np.allclose(ds.metadata[formats.NEAR_FAR_KEY], expected, rtol=1e-9)
-    _assert_same_frames(ds, formats.import_colmap(tmp_path / "colmap", tmp_path / "again"))
+    assert np.allclose(ds.metadata[NEAR_FAR_KEY], expected, rtol=1e-9)
+    _assert_same_frames(ds, import_colmap(tmp_path / "colmap", tmp_path / "again"))
     for frame, c2w, img in zip(ds.frames, poses, images):
         assert np.allclose(frame.c2w, c2w, atol=1e-9) and np.array_equal(frame.load_image(), img)
 
@@ -311,10 +313,10 @@ def test_existing_destination_and_missing_images_leave_nothing_behind(tmp_path):
     _write_llff(tmp_path / "llff", _poses(3), np.tile([H, W, 40.0], (3, 1)), np.tile([0.1, 1.0], (3, 1)), _images(3))
     (tmp_path / "taken").mkdir()
     with pytest.raises(DatasetError, match="already exists"):
-        formats.import_llff(tmp_path / "llff", tmp_path / "taken")
+        import_llff(tmp_path / "llff", tmp_path / "taken")
     (tmp_path / "llff" / "images" / "IMG_001.png").unlink()
     with pytest.raises(DatasetError, match="3 poses but .* 2 images"):
-        formats.import_llff(tmp_path / "llff", tmp_path / "out")
+        import_llff(tmp_path / "llff", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llff", "taken"]  # no partial output
 
 
@@ -324,41 +326,41 @@ def test_mixed_image_sizes_and_partial_masks_are_refused(tmp_path):
     (tmp_path / "llff" / "masks").mkdir()
     cv2.imwrite(str(tmp_path / "llff" / "masks" / "IMG_000.png"), np.zeros((H, W), np.uint8))
     with pytest.raises(DatasetError, match="masks for 1 of 3 images"):
-        formats.import_llff(tmp_path / "llff", tmp_path / "out")
+        import_llff(tmp_path / "llff", tmp_path / "out")
     for i in (1, 2):
         cv2.imwrite(str(tmp_path / "llff" / "masks" / f"IMG_00{i}.png"), np.zeros((H + 1, W), np.uint8))
     with pytest.raises(DatasetError, match="masks must have their image's size"):
-        formats.import_llff(tmp_path / "llff", tmp_path / "out")
+        import_llff(tmp_path / "llff", tmp_path / "out")
     shutil.rmtree(tmp_path / "llff" / "masks")
     cv2.imwrite(str(tmp_path / "llff" / "images" / "IMG_002.png"), cv2.resize(images[2], (W // 2 + 3, H // 2)))
     with pytest.raises(DatasetError, match="IMG_002.png is 23x15 but its camera is 40x30"):
-        formats.import_llff(tmp_path / "llff", tmp_path / "out")
+        import_llff(tmp_path / "llff", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_llff_export_refuses_what_llff_cannot_hold(tmp_path):
     off_centre = _dataset(tmp_path / "a", [CameraIntrinsics(40, 40, 23.0, 14.5, W, H)])
     with pytest.raises(DatasetError, match=r"moves pixels .* by up to 3\.50 px"):
-        formats.export_llff(off_centre.root, tmp_path / "out")
-    formats.export_llff(off_centre.root, tmp_path / "out", max_pixel_shift=4.0)
+        export_llff(off_centre.root, tmp_path / "out")
+    export_llff(off_centre.root, tmp_path / "out", max_pixel_shift=4.0)
     two_cams = _dataset(tmp_path / "b", [CameraIntrinsics.from_fov(W, H, 50), CameraIntrinsics.from_fov(W, H, 60)])
     with pytest.raises(DatasetError, match="one camera for all images"):
-        formats.export_llff(two_cams.root, tmp_path / "out2")
+        export_llff(two_cams.root, tmp_path / "out2")
     no_depth = _dataset(tmp_path / "c", [CameraIntrinsics.from_fov(W, H, 50)], depth=False)
     with pytest.raises(DatasetError, match="pass --bounds NEAR FAR"):
-        formats.export_llff(no_depth.root, tmp_path / "out3")
-    formats.export_llff(no_depth.root, tmp_path / "out3", bounds=(0.1, 2.0))
-    assert np.array_equal(np.load(tmp_path / "out3" / formats.LLFF_FILE)[:, 15:], np.tile([0.1, 2.0], (4, 1)))
+        export_llff(no_depth.root, tmp_path / "out3")
+    export_llff(no_depth.root, tmp_path / "out3", bounds=(0.1, 2.0))
+    assert np.array_equal(np.load(tmp_path / "out3" / LLFF_FILE)[:, 15:], np.tile([0.1, 2.0], (4, 1)))
 
 
 def test_foreign_files_with_bad_content_get_clear_errors(tmp_path):
     (tmp_path / "llff").mkdir()
-    np.save(tmp_path / "llff" / formats.LLFF_FILE, np.zeros((3, 15)))
+    np.save(tmp_path / "llff" / LLFF_FILE, np.zeros((3, 15)))
     with pytest.raises(DatasetError, match="must be N x 17"):
-        formats.import_llff(tmp_path / "llff", tmp_path / "out")
+        import_llff(tmp_path / "llff", tmp_path / "out")
     ds = _dataset(tmp_path / "ours", [CameraIntrinsics.from_fov(W, H, 50)], n=2)
     with pytest.raises(DatasetError, match="already a nerf_descriptor_ros dataset"):
-        formats.import_transforms(ds.root, tmp_path / "out")
+        import_transforms(ds.root, tmp_path / "out")
     (tmp_path / "fish").mkdir()
     (tmp_path / "fish" / "transforms.json").write_text(
         json.dumps(
@@ -372,9 +374,9 @@ def test_foreign_files_with_bad_content_get_clear_errors(tmp_path):
         )
     )
     with pytest.raises(DatasetError, match="OPENCV_FISHEYE.*not supported"):
-        formats.import_transforms(tmp_path / "fish", tmp_path / "out")
+        import_transforms(tmp_path / "fish", tmp_path / "out")
     with pytest.raises(DatasetError, match="not a COLMAP sparse model"):
-        formats.import_colmap(tmp_path / "fish", tmp_path / "out")
+        import_colmap(tmp_path / "fish", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -404,9 +406,7 @@ def test_command_line_import_export_and_option_checks(tmp_path, capsys):
     assert main(["import", "llff", str(tmp_path / "llff"), str(tmp_path / "ds")]) == 0
     assert "3 frames in" in capsys.readouterr().out
     assert main(["export", "llff", str(tmp_path / "ds"), str(tmp_path / "again")]) == 0
-    assert np.array_equal(
-        np.load(tmp_path / "again" / formats.LLFF_FILE), np.load(tmp_path / "llff" / formats.LLFF_FILE)
-    )
+    assert np.array_equal(np.load(tmp_path / "again" / LLFF_FILE), np.load(tmp_path / "llff" / LLFF_FILE))
     assert main(["export", "colmap", str(tmp_path / "ds"), str(tmp_path / "ds")]) == 2
     assert "already exists" in capsys.readouterr().err
     with pytest.raises(SystemExit):

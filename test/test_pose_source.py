@@ -8,14 +8,16 @@ import types
 import numpy as np
 import pytest
 
+from nerf_descriptor_ros.config import ConfigError
 from nerf_descriptor_ros.geometry import InvalidPoseError, look_at, pose_distance
 from nerf_descriptor_ros.ros.pose_sources import (
     PoseBuffer,
     PoseLookupError,
     PoseNotYetAvailable,
+    PoseSourceConfig,
     PoseSourceUnavailable,
     TfPoseSource,
-    checked_pose_matrix,
+    TopicPoseSource,
     make_pose_source,
 )
 
@@ -136,18 +138,48 @@ def test_wait_for_times_out_with_the_reason():
     assert 0.15 < time.monotonic() - started < 3.0
 
 
-def test_checked_pose_matrix_refuses_nan_and_non_unit_quaternions():
-    T = checked_pose_matrix([0.1, 0.2, 0.3], [0.0, 0.0, np.sin(0.25), np.cos(0.25)])
-    assert np.allclose(T[:3, 3], [0.1, 0.2, 0.3])
-    checked_pose_matrix([0, 0, 0], [0.0, 0.0, 0.0, 1.001])  # float noise is tolerated
-    with pytest.raises(InvalidPoseError, match="NaN"):
-        checked_pose_matrix([0, np.nan, 0], [0, 0, 0, 1])
-    with pytest.raises(InvalidPoseError, match="NaN"):
-        checked_pose_matrix([0, 0, 0], [0, 0, 0, np.inf])
-    with pytest.raises(InvalidPoseError, match="norm 2.0000, not 1"):
-        checked_pose_matrix([0, 0, 0], [0, 0, 0, 2.0])
-    with pytest.raises(InvalidPoseError, match="norm 0.0000"):
-        checked_pose_matrix([0, 0, 0], [0, 0, 0, 0])
+class _FakeNode:
+    """What TopicPoseSource asks of its node, without a ROS graph."""
+
+    def get_logger(self):
+        return types.SimpleNamespace(warning=lambda *args, **kwargs: None)
+
+    def resolve_topic_name(self, topic):
+        return "/" + topic
+
+    def create_subscription(self, *args, **kwargs):
+        return None
+
+
+def _pose_msg(stamp_s: float, position, q_xyzw, frame_id="base"):
+    from geometry_msgs.msg import PoseStamped
+
+    from nerf_descriptor_ros.ros.conversions import ns_to_stamp
+
+    msg = PoseStamped()
+    msg.header.stamp, msg.header.frame_id = ns_to_stamp(int(stamp_s * S)), frame_id
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = map(float, position)
+    q = msg.pose.orientation
+    q.x, q.y, q.z, q.w = map(float, q_xyzw)
+    return msg
+
+
+def test_topic_source_refuses_poses_by_the_package_quaternion_rule():
+    pytest.importorskip("geometry_msgs")
+    source = TopicPoseSource(_FakeNode(), "camera/pose", "base", PoseBuffer())
+    source._on_pose(_pose_msg(1.0, [0.1, 0.2, 0.3], [0.0, 0.0, 0.0, 1.0005]))  # rounding: normalised
+    assert np.allclose(
+        source.buffer.lookup(S), np.array([[1, 0, 0, 0.1], [0, 1, 0, 0.2], [0, 0, 1, 0.3], [0, 0, 0, 1]])
+    )
+    source._on_pose(_pose_msg(2.0, [0, 0, 0], [0.0, 0.0, 0.0, 1.004]))  # not a rotation
+    with pytest.raises(InvalidPoseError, match="norm 1.0040, not 1"):
+        source.buffer.lookup(2 * S)
+    source._on_pose(_pose_msg(3.0, [0, np.nan, 0], [0, 0, 0, 1]))
+    with pytest.raises(InvalidPoseError, match="NaN or infinite"):
+        source.buffer.lookup(3 * S)
+    source._on_pose(_pose_msg(4.0, [0, 0, 0], [0, 0, 0, 1], frame_id="world"))
+    with pytest.raises(InvalidPoseError, match="not the base frame"):
+        source.buffer.lookup(4 * S)
 
 
 def test_buffer_arguments_are_checked():
@@ -226,15 +258,13 @@ def test_tf_source_turns_tf_errors_into_clear_refusals(monkeypatch):
 def test_asking_for_tf_without_tf2_ros_fails_clearly(monkeypatch):
     monkeypatch.setitem(sys.modules, "tf2_ros", None)  # makes `import tf2_ros` raise ImportError
     with pytest.raises(PoseSourceUnavailable, match="needs the tf2_ros Python package"):
-        make_pose_source(
-            None, "tf", base_frame="base", pose_topic="camera/pose", max_interpolation_gap_s=0.2, newest_tolerance_s=0.0
-        )
-    with pytest.raises(PoseSourceUnavailable, match="'gps' is not one of topic, tf"):
-        make_pose_source(
-            None,
-            "gps",
-            base_frame="base",
-            pose_topic="camera/pose",
-            max_interpolation_gap_s=0.2,
-            newest_tolerance_s=0.0,
-        )
+        make_pose_source(None, PoseSourceConfig(pose_source="tf", base_frame="base"))
+
+
+def test_pose_source_config_is_checked():
+    with pytest.raises(ConfigError, match="pose_source: 'gps' is not one of topic, tf"):
+        PoseSourceConfig(pose_source="gps")
+    with pytest.raises(ConfigError, match="base_frame: must not be empty"):
+        PoseSourceConfig(base_frame="")
+    with pytest.raises(ConfigError, match="max_pose_lag_s: must be >= 0"):
+        PoseSourceConfig(max_pose_lag_s=-0.1)

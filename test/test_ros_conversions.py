@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from geometry_msgs.msg import Point, Pose, Quaternion
 
-from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at
+from nerf_descriptor_ros.geometry import CameraIntrinsics, InvalidPoseError, look_at
 from nerf_descriptor_ros.ros import conversions as rc
 
 
@@ -69,3 +70,22 @@ def test_camera_info_and_pose_round_trips():
     assert rc.stamp_to_ns(rc.ns_to_stamp(1_700_000_000_123_456_789)) == 1_700_000_000_123_456_789
     with pytest.raises(ValueError, match="not calibrated"):
         rc.camera_info_to_intrinsics(rc.intrinsics_to_camera_info(intr).__class__())
+
+
+def test_pose_messages_follow_the_package_quaternion_rule():
+    def message(position, q):
+        msg = Pose(position=Point(x=float(position[0]), y=float(position[1]), z=float(position[2])))
+        msg.orientation = Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
+        return msg
+
+    T = rc.pose_msg_to_matrix(message([0.1, 0.2, 0.3], [0.0, 0.0, np.sin(0.25), np.cos(0.25) * 1.0005]))
+    assert np.allclose(T[:3, :3].T @ T[:3, :3], np.eye(3), atol=1e-12)  # rounding is normalised away
+    assert np.allclose(T[:3, 3], [0.1, 0.2, 0.3])
+    with pytest.raises(InvalidPoseError, match="norm 1.0040, not 1"):
+        rc.pose_msg_to_matrix(message([0, 0, 0], [0, 0, 0, 1.004]))
+    with pytest.raises(InvalidPoseError, match="norm 0.0000"):
+        rc.pose_msg_to_matrix(message([0, 0, 0], [0, 0, 0, 0]))
+    with pytest.raises(InvalidPoseError, match="not 4 finite numbers"):
+        rc.pose_msg_to_matrix(message([0, 0, 0], [0, 0, 0, np.inf]))
+    with pytest.raises(InvalidPoseError, match="NaN or infinite"):
+        rc.pose_msg_to_matrix(message([0, np.nan, 0], [0, 0, 0, 1]))

@@ -110,7 +110,8 @@ def scene(tmp_path_factory):
 
 def test_umeyama_recovers_a_known_similarity_and_applies_it_to_poses():
     rng = np.random.default_rng(0)
-    true = Similarity(2.5, pose_to_matrix([0, 0, 0], [0.3, -0.2, 0.5, 0.8])[:3, :3], np.array([1.0, -2.0, 0.5]))
+    q = np.array([0.3, -0.2, 0.5, 0.8])
+    true = Similarity(2.5, pose_to_matrix([0, 0, 0], q / np.linalg.norm(q))[:3, :3], np.array([1.0, -2.0, 0.5]))
     poses = arc_poses(6)
     src = np.array([p[:3, 3] for p in poses])
     fitted = umeyama(src, true.apply_points(src))
@@ -145,7 +146,7 @@ def test_sfm_registers_every_view_and_matches_the_true_cameras_after_alignment(s
     assert sfm.intrinsics == INTR  # known intrinsics stay fixed
     report = align_poses(sfm.c2w, dict(enumerate(truth)))
     # The arc spans ~0.3 m; ray-cast views with exact intrinsics give sub-millimetre cameras.
-    assert report.median_centre_error_m < 1e-3 and report.median_rotation_error_deg < 0.2
+    assert report.median_center_error_m < 1e-3 and report.median_rotation_error_deg < 0.2
     assert not report.outliers
     # near/far from the SfM points, scaled into metres, bracket the true depth of the box
     near, far = np.array(sfm.near_far[0]) * report.similarity.scale
@@ -164,7 +165,7 @@ def test_align_to_noisy_arm_poses_reports_the_noise_and_writes_metric_poses(scen
     assert {r.message for r in reports} >= {"features", "matching", "mapping"}
     residual = result.alignment
     # what is left after the fit is the arm's noise: ~5 mm and ~2 deg per frame
-    assert 0.002 < residual.median_centre_error_m < 0.008
+    assert 0.002 < residual.median_center_error_m < 0.008
     assert 1.0 < residual.median_rotation_error_deg < 3.0
     out = Dataset.load(tmp_path / "aligned")
     assert len(out) == 10 and out.has_depth and out.has_masks
@@ -199,7 +200,7 @@ def test_refine_corrects_a_wrong_focal_length_and_says_how_far_it_moved(scene, t
     result = estimate_poses(tmp_path / "wrong", refine=True, num_threads=2)
     assert abs(result.sfm.intrinsics.fx / INTR.fx - 1) < 0.01
     assert any("intrinsics refined: fx" in line for line in result.summary_lines())
-    assert result.alignment.median_centre_error_m < 0.002
+    assert result.alignment.median_center_error_m < 0.002
 
 
 def test_folder_of_images_without_intrinsics_or_poses(scene, tmp_path):

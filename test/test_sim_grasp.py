@@ -6,7 +6,7 @@ import pytest
 from nerf_descriptor_ros.geometry import pose_distance, transform_points
 from nerf_descriptor_ros.sim import SimConfig, SimWorld
 from nerf_descriptor_ros.sim.objects import resolve_object_model
-from nerf_descriptor_ros.sim.world import READY_ARM_POSITIONS
+from nerf_descriptor_ros.sim.scene import READY_ARM_POSITIONS
 
 SMALL = dict(width=80, height=60)
 PRE_GRASP_M, LIFT_M = 0.1, 0.1

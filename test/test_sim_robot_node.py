@@ -86,8 +86,8 @@ def sim(nodes, rclpy_node, tmp_path):
     calls = RosCalls(rclpy_node)
     try:
         streams.wait_for(lambda: len(streams.messages["camera/pose"]) >= 2, timeout=30.0)
-    except AssertionError:
-        raise AssertionError(f"sim_robot published nothing; its log:\n{nodes.log_of(proc)}")
+    except AssertionError as exc:
+        raise AssertionError(f"sim_robot published nothing; its log:\n{nodes.log_of(proc)}") from exc
     yield SimHandle(calls, streams, tmp_path / "data", proc)
     calls.close()
     print(f"sim_robot log:\n{nodes.log_of(proc)}")  # shown by pytest when the test failed

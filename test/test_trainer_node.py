@@ -147,7 +147,7 @@ def test_service_start_cancel_and_bad_requests(nodes, rclpy_node, data_root):
         (StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: [1]}"), "must map stage names"),
         (
             StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: {bogus: 1}}"),
-            "unknown config key 'bogus'",
+            "config_overrides_yaml: nerf.bogus: unknown key",
         ),
         (
             StartTraining.Request(object_name="blocks", config_overrides_yaml="{nerf: {min_train_frames: 30}}"),

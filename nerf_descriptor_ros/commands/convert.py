@@ -18,17 +18,14 @@ export FORMAT DATASET DEST   writes DEST (a new folder) as
 
 from __future__ import annotations
 
-import argparse
+from nerf_descriptor_ros.commands.arguments import command_parser
 
 _DESCRIPTION = __doc__
 
 
 def register(subparsers) -> None:
-    imp = subparsers.add_parser(
-        "import",
-        help="import LLFF, nerfstudio/instant-ngp/Blender, COLMAP or masks",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    imp = command_parser(
+        subparsers, "import", "import LLFF, nerfstudio/instant-ngp/Blender, COLMAP or masks", _DESCRIPTION
     )
     imp.add_argument("format", choices=["llff", "nerfstudio", "colmap", "masks"])
     imp.add_argument("src")
@@ -39,12 +36,7 @@ def register(subparsers) -> None:
     )
     imp.set_defaults(func=run_import, parser=imp)
 
-    exp = subparsers.add_parser(
-        "export",
-        help="export a dataset to LLFF, nerfstudio or COLMAP",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    exp = command_parser(subparsers, "export", "export a dataset to LLFF, nerfstudio or COLMAP", _DESCRIPTION)
     exp.add_argument("format", choices=["llff", "nerfstudio", "colmap"])
     exp.add_argument("dataset")
     exp.add_argument("dest")
@@ -78,16 +70,20 @@ def _refuse_foreign_options(args, allowed: dict[str, tuple[str, ...]]) -> dict:
 
 def run_import(args) -> int:
     from nerf_descriptor_ros.commands.progress_bars import ProgressBars
+    from nerf_descriptor_ros.data.colmap import import_colmap
     from nerf_descriptor_ros.data.dataset import DatasetError
-    from nerf_descriptor_ros.data.formats import IMPORTERS
+    from nerf_descriptor_ros.data.llff import import_llff
     from nerf_descriptor_ros.data.masks import attach_masks, check_mask_consistency
+    from nerf_descriptor_ros.data.nerfstudio_format import import_transforms
+
+    importers = {"llff": import_llff, "nerfstudio": import_transforms, "colmap": import_colmap}
 
     kwargs = _refuse_foreign_options(args, {"images": ("llff", "colmap"), "background": ("nerfstudio",)})
     with ProgressBars() as bars:
         if args.format == "masks":
             dataset = attach_masks(args.dest, args.src, report=bars.update)
         else:
-            dataset = IMPORTERS[args.format](args.src, args.dest, report=bars.update, **kwargs)
+            dataset = importers[args.format](args.src, args.dest, report=bars.update, **kwargs)
     print(f"{len(dataset)} frames in {dataset.root}")
     if dataset.has_masks and len(dataset) >= 3:
         try:
@@ -99,10 +95,14 @@ def run_import(args) -> int:
 
 def run_export(args) -> int:
     from nerf_descriptor_ros.commands.progress_bars import ProgressBars
-    from nerf_descriptor_ros.data.formats import EXPORTERS
+    from nerf_descriptor_ros.data.colmap import export_colmap
+    from nerf_descriptor_ros.data.llff import export_llff
+    from nerf_descriptor_ros.data.nerfstudio_format import export_nerfstudio
+
+    exporters = {"llff": export_llff, "nerfstudio": export_nerfstudio, "colmap": export_colmap}
 
     kwargs = _refuse_foreign_options(args, {"bounds": ("llff",), "max_pixel_shift": ("llff",)})
     with ProgressBars() as bars:
-        dest = EXPORTERS[args.format](args.dataset, args.dest, report=bars.update, **kwargs)
+        dest = exporters[args.format](args.dataset, args.dest, report=bars.update, **kwargs)
     print(f"wrote {args.format} to {dest}")
     return 0

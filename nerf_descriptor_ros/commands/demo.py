@@ -12,14 +12,12 @@
 
 Every node is a separate process talking over DDS on this machine, as `ros2 launch` would start
 them. Sizes follow the device: small images, a time-boxed NeRF and fewer descriptor steps on a
-CPU (about 15 minutes on 2 cores), full sizes on a GPU. Prints a report; writes report.json
+CPU, full sizes on a GPU. Prints a report; writes report.json
 (and --out FILE) and pictures into <dataset>/demo/.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 from datetime import datetime
@@ -27,26 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-# Sizes per device kind; each can be overridden on the command line. CPU descriptor steps: 1200
-# instead of 600 improve held-out AEPE (21.9 -> 12-14 px at 504x378) for 4 more minutes, and the
-# live grasp keypoint gained nothing measurable from them (600 steps with the best-matched grasp
-# point of grasp_points.py: within 10 px in 20 of 20 trials).
+from nerf_descriptor_ros.commands.arguments import add_device_option, command_parser
+
+# Sizes per device kind; each can be overridden on the command line. The CPU sizes keep the demo
+# within its time budget on a 2-core machine (the closing notes of the issues give the measurements).
 PROFILES = {
     "cpu": {"views": 64, "width": 160, "height": 120, "nerf_seconds": 150.0, "descriptor_iterations": 600},
     "cuda": {"views": 100, "width": 640, "height": 480, "nerf_seconds": 120.0, "descriptor_iterations": 3000},
 }
 KEYPOINT_TOLERANCE_PX = 10.0
-VIEW_ATTEMPTS = 12  # random viewpoints tried per trial until the grasp point is in view
 PICTURED_TRIALS = 4
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="run the main job on the simulated robot, end to end",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(subparsers, "demo", "run the main job on the simulated robot, end to end", __doc__)
     p.add_argument(
         "--object",
         default="duck_vhacd.urdf",
@@ -62,7 +54,7 @@ def register(subparsers) -> None:
     p.add_argument("--height", type=int, help="image height (CPU 120, GPU 480)")
     p.add_argument("--nerf-seconds", type=float, help="NeRF training time (CPU 150, GPU 120)")
     p.add_argument("--descriptor-iterations", type=int, help="descriptor steps (CPU 600, GPU 3000)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_device_option(p)
     p.add_argument("--data-root", default="data", help="datasets go to DATA_ROOT/NAME (default: %(default)s)")
     p.add_argument("--name", help="dataset name (default: demo-<object>-<time>)")
     p.add_argument("--log-dir", help="node logs (default: DATA_ROOT/logs/NAME)")
@@ -74,7 +66,8 @@ def run(args) -> int:
     # Demo traffic stays on this machine unless the user configured otherwise.
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json, validate_object_name
-    from nerf_descriptor_ros.descriptors.training import resolve_device
+    from nerf_descriptor_ros.device import resolve_device
+    from nerf_descriptor_ros.ros.demo_stages import capture_session, live_trials, train_through_action
     from nerf_descriptor_ros.ros.processes import NodeProcesses, package_share
 
     device = resolve_device(args.device)
@@ -108,7 +101,7 @@ def run(args) -> int:
     with NodeProcesses(log_dir / "capture") as procs:
         procs.start("sim_robot", config / "sim_robot.yaml", sim_params)
         procs.start("capture", config / "capture.yaml", {"data_root": str(data_root)})
-        frames = _capture(procs, name, profile["views"])
+        frames = capture_session(procs, name, profile["views"])
     dataset = Dataset.load(data_root / name)
     stage_seconds["capture"] = time.monotonic() - started
     print(
@@ -120,7 +113,7 @@ def run(args) -> int:
     started = time.monotonic()
     with NodeProcesses(log_dir / "train") as procs:
         procs.start("trainer", config / "trainer.yaml", {"data_root": str(data_root), "device": str(device)})
-        trained = _train(procs, name, profile)
+        trained = train_through_action(procs, name, profile)
     stage_seconds.update({f"train_{k}": v for k, v in trained["stage_seconds"].items()})
     report["heldout_psnr_db"] = trained["metrics"]["nerf"].get("psnr")
     report["depth_median_abs_err_m"] = trained["metrics"]["nerf"].get("depth_median_abs_err_m")
@@ -138,7 +131,7 @@ def run(args) -> int:
     report["descriptors"] = evaluation
     print(
         f"[demo] evaluate: held-out AEPE {evaluation['aepe_px']:.1f} px, PCK@5 "
-        f"{evaluation['pck5']:.3f}, AUC(1..100 px) {evaluation['auc_1_100']:.3f} at 504x378",
+        f"{evaluation['pck5']:.3f}, AUC(1..100 px) {evaluation['auc_1_100']:.3f} at {_eval_size()}",
         flush=True,
     )
 
@@ -152,7 +145,7 @@ def run(args) -> int:
                 {"model_dir": str(model_dir), "device": str(device), "auto_keypoints": 1},
             )
             procs.start("manipulation", config / "manipulation.yaml", {})
-            trials = _live_trials(procs, dataset, model_dir, args.trials, args.trial_seed, out_dir)
+            trials = live_trials(procs, dataset, model_dir, args.trials, args.trial_seed, out_dir, PICTURED_TRIALS)
         stage_seconds["live"] = time.monotonic() - started
         report.update(_summarize_trials(trials))
         report["per_trial"] = trials
@@ -168,101 +161,6 @@ def run(args) -> int:
 # ---- stages --------------------------------------------------------------------------------
 
 
-def _capture(procs, name: str, num_views: int) -> dict:
-    """One capture session over DDS: a view sweep, one frame kept per reached view."""
-    from std_srvs.srv import Trigger
-
-    from nerf_descriptor_ros.action import ViewSweep
-    from nerf_descriptor_ros.ros.demo_driver import DemoDriver
-    from nerf_descriptor_ros.srv import CaptureFrame, SaveGroundTruth, StartCapture
-
-    with DemoDriver(procs) as ros:
-        start = ros.service(StartCapture, "/capture/start")
-        grab = ros.service(CaptureFrame, "/capture/capture_frame")
-        stop = ros.service(Trigger, "/capture/stop")
-        save_gt = ros.service(SaveGroundTruth, "/sim_robot/save_ground_truth")
-        sweep = ros.action(ViewSweep, "/sim_robot/view_sweep")
-        answer = ros.call(start, StartCapture.Request(object_name=name))
-        if not answer.success:
-            raise RuntimeError(f"capture did not start: {answer.message}")
-        print(f"[demo] capturing into {answer.dataset_path}", flush=True)
-
-        reached = []
-        goal_future = sweep.send_goal_async(
-            ViewSweep.Goal(num_views=num_views, dwell_s=0.5),
-            feedback_callback=lambda msg: reached.append(msg.feedback) if msg.feedback.reached else None,
-        )
-        ros.wait_for("the sweep goal to be accepted", goal_future.done)
-        goal = goal_future.result()
-        if not goal.accepted:
-            raise RuntimeError("the simulator refused the view sweep")
-        result_future = goal.get_result_async()
-        captured = 0
-        while not result_future.done() or reached:
-            if reached:
-                view = reached.pop(0)
-                frame = ros.call(grab, CaptureFrame.Request(timeout_s=5.0))
-                captured += frame.success
-                print(
-                    f"[demo] view {view.view_index + 1}/{view.num_views}: "
-                    + (f"frame {frame.frame_index} captured" if frame.success else f"not captured ({frame.message})"),
-                    flush=True,
-                )
-            else:
-                ros.wait_for("sweep progress", lambda: bool(reached) or result_future.done(), 300)
-        result = result_future.result().result
-        ros.call(stop, Trigger.Request())
-        gt = ros.call(save_gt, SaveGroundTruth.Request(object_name=name))
-        if not gt.success:
-            raise RuntimeError(f"the simulator's ground truth was not saved: {gt.message}")
-        if captured == 0:
-            raise RuntimeError("no frame was captured; see the node logs")
-        return {"captured": captured, "unreachable": result.views_unreachable}
-
-
-def _train(procs, name: str, profile: dict) -> dict:
-    """NeRF then descriptors through the trainer node's action, feedback as progress lines."""
-    from nerf_descriptor_ros.action import TrainObject
-    from nerf_descriptor_ros.ros.demo_driver import DemoDriver, Throttle
-
-    overrides = {
-        "nerf": {"time_budget_s": float(profile["nerf_seconds"]), "iterations": 1_000_000},
-        "descriptors": {"training": {"iterations": int(profile["descriptor_iterations"])}},
-    }
-    segments: list[tuple[str, float]] = []  # (stage, when its feedback began), in order
-    throttle = Throttle(10.0)
-
-    def on_feedback(feedback) -> None:
-        if not segments or segments[-1][0] != feedback.stage:
-            segments.append((feedback.stage, time.monotonic()))
-        elif not throttle():
-            return
-        loss = f", loss {feedback.loss:.4g}" if np.isfinite(feedback.loss) else ""
-        psnr = f", PSNR {feedback.psnr:.2f} dB" if np.isfinite(feedback.psnr) and feedback.psnr > 0 else ""
-        eta = f", ETA {feedback.eta_seconds:.0f} s" if np.isfinite(feedback.eta_seconds) else ""
-        print(
-            f"[demo] train {feedback.stage}: {feedback.iteration}/{feedback.total_iterations}"
-            f"{loss}{psnr}{eta} {feedback.message}",
-            flush=True,
-        )
-
-    with DemoDriver(procs) as ros:
-        action = ros.action(TrainObject, "/trainer/train_object")
-        result = ros.run_goal(
-            action,
-            "/trainer/train_object",
-            TrainObject.Goal(object_name=name, config_overrides_yaml=json.dumps(overrides)),
-            on_feedback,
-            timeout=3 * 3600,
-        )
-    if not result.success:
-        raise RuntimeError(f"training failed: {result.message}")
-    seconds: dict[str, float] = {}
-    for (stage, began), (_, ended) in zip(segments, segments[1:] + [("", time.monotonic())]):
-        seconds[stage] = seconds.get(stage, 0.0) + ended - began
-    return {"model_path": result.model_path, "metrics": json.loads(result.metrics_json), "stage_seconds": seconds}
-
-
 def _evaluate(dataset, model_dir: Path, out_dir: Path, device: str) -> dict:
     """The NeRF-Supervision protocol on the held-out views (see `nerf-descriptor evaluate`)."""
     from nerf_descriptor_ros.descriptors.evaluation import (
@@ -273,7 +171,7 @@ def _evaluate(dataset, model_dir: Path, out_dir: Path, device: str) -> dict:
     )
     from nerf_descriptor_ros.descriptors.model import load_model
     from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
-    from nerf_descriptor_ros.descriptors.training import resolve_device
+    from nerf_descriptor_ros.device import resolve_device
 
     settings = DescriptorSettings.load().evaluation
     model = load_model(model_dir, resolve_device(device))
@@ -284,174 +182,6 @@ def _evaluate(dataset, model_dir: Path, out_dir: Path, device: str) -> dict:
     plot_pck_curves({"descriptors": metrics["pck_curve"]}, out_dir / "pck_curve.png")
     plot_matches(dataset, results, out_dir / "heldout_matches.png")
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "pck_curve"}
-
-
-def _live_trials(procs, dataset, model_dir: Path, trials: int, first_seed: int, out_dir: Path) -> list[dict]:
-    """Place the object anew, look at it, compare the live grasp keypoint with the truth, pick."""
-    from geometry_msgs.msg import PoseStamped
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
-    from std_srvs.srv import Trigger
-
-    from nerf_descriptor_ros.geometry import invert, transform_points
-    from nerf_descriptor_ros.keypoints.definition import AUTO_GRASP_NAME, KEYPOINTS_NAME, moved_point_pixel
-    from nerf_descriptor_ros.msg import KeypointMatches
-    from nerf_descriptor_ros.ros.conversions import (
-        image_to_depth_m,
-        image_to_rgb8,
-        matrix_to_pose_msg,
-        pose_msg_to_matrix,
-        stamp_to_ns,
-    )
-    from nerf_descriptor_ros.ros.demo_driver import DemoDriver
-    from nerf_descriptor_ros.sim import hemisphere_views
-    from nerf_descriptor_ros.srv import MoveCamera, SetObjectPose
-
-    truth = json.loads((dataset.root / "ground_truth.json").read_text())["object"]
-    T_then = np.asarray(truth["T_base_object"])
-    centre_then = (np.asarray(truth["bounds_base_min"]) + np.asarray(truth["bounds_base_max"])) / 2
-    # Look from as far as the capture did: the object fills the view as it did in training.
-    radius = float(np.median([np.linalg.norm(f.c2w[:3, 3] - centre_then) for f in dataset.frames]))
-    intrinsics = dataset.frames[0].intrinsics
-    rng = np.random.default_rng(first_seed)
-    results = []
-    with DemoDriver(procs) as ros:
-        place = ros.service(SetObjectPose, "/sim_robot/set_object_pose")
-        move = ros.service(MoveCamera, "/sim_robot/move_camera")
-        grasp = ros.service(Trigger, "/manipulation/grasp", timeout=120)
-        matches = ros.cache(KeypointMatches, "keypoints/matches", 10)
-        images = ros.cache(Image, "camera/color/image_raw", qos_profile_sensor_data, size=8)
-        depths = ros.cache(Image, "camera/depth/image_raw", qos_profile_sensor_data, size=32)
-        poses = ros.cache(PoseStamped, "camera/pose", qos_profile_sensor_data, size=32)
-        colours = ros.cache(Image, "descriptors/visualization", qos_profile_sensor_data, size=8)
-        # The descriptor node chooses the grasp keypoint on a training view when it starts.
-        ros.wait_for_message(matches, 0, "the descriptor node's first keypoint matches", 600)
-        grasp_point = next(
-            k for k in json.loads((model_dir / KEYPOINTS_NAME).read_text())["keypoints"] if k["name"] == AUTO_GRASP_NAME
-        )
-        if grasp_point["point"] is None:
-            raise RuntimeError(f"the grasp keypoint in {model_dir / KEYPOINTS_NAME} has no 3D point")
-        point_then = np.asarray(grasp_point["point"])
-        for trial in range(trials):
-            seed = first_seed + trial
-            placed = ros.call(place, SetObjectPose.Request(randomize=True, seed=seed))
-            if not placed.success:
-                raise RuntimeError(f"trial {trial}: the object was not placed: {placed.message}")
-            T_now = pose_msg_to_matrix(placed.pose)
-            motion = T_now @ invert(T_then)
-            centre_now = transform_points(motion, centre_then[None])[0]
-            point_now = transform_points(motion, point_then[None])[0]
-            record = {"trial": trial, "seed": seed, "object_xyz": [round(float(x), 4) for x in T_now[:3, 3]]}
-            for attempt in range(VIEW_ATTEMPTS):
-                elevation = rng.uniform(45.0, 75.0)
-                view = hemisphere_views(
-                    centre_now, 1, radius, elevation, elevation, start_azimuth_deg=rng.uniform(0.0, 360.0)
-                )[0]
-                if not _in_view(point_now, view, intrinsics):
-                    continue
-                moved = ros.call(move, MoveCamera.Request(target=PoseStamped(pose=matrix_to_pose_msg(view))))
-                if moved.success:
-                    break
-            else:
-                record.update(
-                    keypoint_error_px=None,
-                    found=False,
-                    grasp_success=False,
-                    note="no reachable view of the grasp point",
-                )
-                results.append(record)
-                print(f"[demo] trial {trial + 1}/{trials}: no reachable view of the grasp point", flush=True)
-                continue
-            # A frame rendered after the move, and the descriptor node's answer to it.
-            settled = ros.now_ns() + 200_000_000
-            match_msg = ros.wait_for_message(matches, settled, "keypoint matches after the move", 60)
-            stamp_ns = stamp_to_ns(match_msg.header.stamp)
-            ros.wait_for(
-                "the frame's depth and pose",
-                lambda: depths.get(stamp_ns) is not None and poses.get(stamp_ns) is not None,
-                10,
-            )
-            T_base_cam = pose_msg_to_matrix(poses.get(stamp_ns).pose)
-            depth = image_to_depth_m(depths.get(stamp_ns))
-            expected = moved_point_pixel(point_then, T_then, T_now, T_base_cam, intrinsics, depth)
-            found = next((k for k in match_msg.keypoints if k.name == AUTO_GRASP_NAME), None)
-            record["found"] = bool(found and found.found)
-            if expected is None:
-                record["keypoint_error_px"] = None
-                record["note"] = "the grasp point is hidden from this view"
-            else:
-                record["expected_uv"] = [round(float(x), 2) for x in expected]
-                if record["found"]:
-                    record["found_uv"] = [round(found.u, 2), round(found.v, 2)]
-                    record["confidence"] = round(found.confidence, 3)
-                    record["keypoint_error_px"] = round(
-                        float(np.hypot(found.u - expected[0], found.v - expected[1])), 2
-                    )
-                else:
-                    record["keypoint_error_px"] = None
-            if trial < PICTURED_TRIALS:
-                try:
-                    ros.wait_for(
-                        "the frame's image and descriptor colours",
-                        lambda: images.get(stamp_ns) is not None and colours.get(stamp_ns) is not None,
-                        5,
-                    )
-                except TimeoutError:
-                    pass  # pictures are a courtesy: best-effort topics may drop a frame
-                for cache, suffix in ((images, ""), (colours, "_descriptors")):
-                    if cache.get(stamp_ns) is not None:
-                        _draw_trial(
-                            image_to_rgb8(cache.get(stamp_ns)),
-                            expected,
-                            found,
-                            out_dir / f"live_trial_{trial:02d}{suffix}.png",
-                        )
-            answer = ros.call(grasp, Trigger.Request(), timeout=180)
-            record["grasp_success"] = bool(answer.success)
-            record["grasp_message"] = answer.message
-            results.append(record)
-            error = record.get("keypoint_error_px")
-            print(
-                f"[demo] trial {trial + 1}/{trials} (seed {seed}): keypoint "
-                + (f"{error:.1f} px from truth" if error is not None else record.get("note", "not found"))
-                + "; grasp "
-                + ("lifted the object" if answer.success else f"failed ({answer.message})"),
-                flush=True,
-            )
-    return results
-
-
-def _in_view(point_base: np.ndarray, T_base_cam: np.ndarray, intrinsics, margin_px: float = 8.0) -> bool:
-    from nerf_descriptor_ros.geometry import invert, project_points, transform_points
-
-    cam = transform_points(invert(T_base_cam), point_base[None])
-    uv, z = project_points(cam, intrinsics.K)
-    return bool(
-        z[0] > 0
-        and margin_px <= uv[0, 0] <= intrinsics.width - 1 - margin_px
-        and margin_px <= uv[0, 1] <= intrinsics.height - 1 - margin_px
-    )
-
-
-def _draw_trial(rgb: np.ndarray, expected, found, path: Path) -> None:
-    """The live image, 4x, with the true grasp point (green) and the one found (red)."""
-    import cv2
-
-    scale = 4
-    bgr = cv2.resize(np.ascontiguousarray(rgb[..., ::-1]), None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    if expected is not None:
-        cv2.circle(bgr, tuple(int(round((c + 0.5) * scale)) for c in expected), 10, (0, 200, 0), 2)
-    if found is not None and found.found:
-        cv2.drawMarker(
-            bgr,
-            (int(round((found.u + 0.5) * scale)), int(round((found.v + 0.5) * scale))),
-            (0, 0, 255),
-            cv2.MARKER_CROSS,
-            18,
-            2,
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), bgr)
 
 
 def _summarize_trials(trials: list[dict]) -> dict:
@@ -467,6 +197,13 @@ def _summarize_trials(trials: list[dict]) -> dict:
     }
 
 
+def _eval_size() -> str:
+    """The evaluation resolution as "WxH", from the constant that defines it."""
+    from nerf_descriptor_ros.descriptors.evaluation import EVAL_RESOLUTION
+
+    return "x".join(str(side) for side in EVAL_RESOLUTION)
+
+
 def _print_report(report: dict, out_dir: Path) -> None:
     lines = ["", "[demo] report", f"  object            {report['object']} on {report['device']}"]
     lines.append(
@@ -478,12 +215,12 @@ def _print_report(report: dict, out_dir: Path) -> None:
     d = report["descriptors"]
     lines.append(
         f"  descriptors       AUC(1..100 px) {d['auc_1_100']:.3f}, AEPE {d['aepe_px']:.1f} px, "
-        f"PCK@3 {d['pck3']:.3f}, PCK@5 {d['pck5']:.3f} (held-out views, 504x378)"
+        f"PCK@3 {d['pck3']:.3f}, PCK@5 {d['pck5']:.3f} (held-out views, {_eval_size()})"
     )
     if "trials" in report:
-        median = report["keypoint_median_px"]
+        median, within = report["keypoint_median_px"], report["keypoint_within_10px"]
         lines.append(
-            f"  live keypoint     within 10 px in {100 * report['keypoint_within_10px']:.0f}% of "
+            f"  live keypoint     within {KEYPOINT_TOLERANCE_PX:g} px in {100 * within:.0f}% of "
             f"{report['trials']} new placements, median " + (f"{median:.1f} px" if median is not None else "n/a")
         )
         lines.append(f"  grasp             {100 * report['grasp_success_rate']:.0f}% lifted")

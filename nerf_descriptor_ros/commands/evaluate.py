@@ -7,22 +7,18 @@ evaluation.json, pck_curve.png and matches.png (default: MODEL/evaluation/).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from nerf_descriptor_ros.commands.arguments import add_device_option, command_parser
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="measure descriptor quality on held-out views",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(subparsers, "evaluate", "measure descriptor quality on held-out views", __doc__)
     p.add_argument("dataset", help="dataset folder with depth (and masks) for every frame")
     p.add_argument("model", help="exported descriptor model folder (manifest.json)")
     p.add_argument("--config", help="settings YAML (its evaluation section is used)")
     p.add_argument("--out", help="output folder (default: MODEL/evaluation)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_device_option(p)
     p.set_defaults(func=run)
 
 
@@ -37,7 +33,7 @@ def run(args) -> int:
     )
     from nerf_descriptor_ros.descriptors.model import load_model
     from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
-    from nerf_descriptor_ros.descriptors.training import resolve_device
+    from nerf_descriptor_ros.device import resolve_device
 
     settings = DescriptorSettings.load(args.config).evaluation
     model = load_model(args.model, resolve_device(args.device))

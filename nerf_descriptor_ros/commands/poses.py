@@ -9,16 +9,11 @@ written unless --out names a new folder for the resulting dataset (registered fr
 
 from __future__ import annotations
 
-import argparse
+from nerf_descriptor_ros.commands.arguments import command_parser
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "poses",
-        help="estimate camera poses with SfM (pycolmap)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(subparsers, "poses", "estimate camera poses with SfM (pycolmap)", __doc__)
     p.add_argument("source", help="dataset folder (transforms.json) or folder of images")
     p.add_argument("--out", help="write the result as a new dataset in this (new) folder")
     p.add_argument(

@@ -8,18 +8,14 @@ DATASET/descriptors/correspondences/ and shared between runs on the same NeRF.
 
 from __future__ import annotations
 
-import argparse
 import threading
 from pathlib import Path
 
+from nerf_descriptor_ros.commands.arguments import add_device_option, command_parser
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train-descriptors",
-        help="train dense descriptors from NeRF correspondences",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(subparsers, "train-descriptors", "train dense descriptors from NeRF correspondences", __doc__)
     p.add_argument("dataset", help="dataset folder (transforms.json)")
     p.add_argument("--nerf", help="NeRF checkpoint (default: DATASET/nerf/nerf.pt)")
     p.add_argument(
@@ -37,13 +33,14 @@ def register(subparsers) -> None:
     p.add_argument("--descriptor-dim", type=int, help="descriptor size D (overrides the config)")
     p.add_argument("--iterations", type=int, help="training steps (overrides the config)")
     p.add_argument("--out", help="output folder (default: DATASET/descriptors/<supervision>_<mode>)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    add_device_option(p)
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint in the output folder")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from nerf_descriptor_ros.commands.progress_bars import ProgressBars
+    from nerf_descriptor_ros.config import merged
     from nerf_descriptor_ros.data.dataset import Dataset
     from nerf_descriptor_ros.descriptors.pipeline import train_descriptor_model
     from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
@@ -53,7 +50,7 @@ def run(args) -> int:
         for k, v in (("descriptor_dim", args.descriptor_dim), ("iterations", args.iterations), ("mode", args.mode))
         if v is not None
     }
-    settings = DescriptorSettings.load(args.config, {"training": training})
+    settings = merged(DescriptorSettings.load(args.config), {"training": training}, "command-line options")
     dataset = Dataset.load(args.dataset)
     mode = settings.training.mode if args.supervision == "nerf" else "depth_map"
     out = Path(args.out) if args.out else dataset.root / "descriptors" / f"{args.supervision}_{mode}"

@@ -7,19 +7,19 @@ output folder. Ctrl-C saves a checkpoint; ``--resume`` continues it.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nerf_descriptor_ros.commands.arguments import add_device_option, command_parser
+
+if TYPE_CHECKING:
+    from nerf_descriptor_ros.nerf.config import NerfConfig
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train-nerf",
-        help="train an object NeRF on a captured dataset",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(subparsers, "train-nerf", "train an object NeRF on a captured dataset", __doc__)
     p.add_argument("dataset", help="dataset folder (holding transforms.json)")
     p.add_argument(
         "--config",
@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue the checkpoint in the output folder instead of refusing it"
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    add_device_option(p)
     p.add_argument(
         "--threads",
         type=int,
@@ -48,18 +48,26 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def load_nerf_config(config_path: str | None, overrides_yaml: str) -> NerfConfig:
+    """The config file (or the defaults) with the ``--set`` overrides merged in."""
+    from nerf_descriptor_ros.config import merged, parse_yaml_mapping
+    from nerf_descriptor_ros.nerf.config import load_config
+
+    return merged(load_config(config_path), parse_yaml_mapping(overrides_yaml, "--set"), "--set")
+
+
 def run(args) -> int:
     import torch
     from tqdm import tqdm
 
     from nerf_descriptor_ros.data.dataset import Dataset
-    from nerf_descriptor_ros.nerf import load_config, train_nerf
+    from nerf_descriptor_ros.nerf import train_nerf
     from nerf_descriptor_ros.progress import StageCancelled
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    config = load_nerf_config(args.config, args.overrides)
     dataset = Dataset.load(args.dataset)
-    config = load_config(args.config, args.overrides)
     out_dir = Path(args.out) if args.out else dataset.root / "nerf"
     cancel = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())

@@ -99,6 +99,11 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB image as PNG atomically (OpenCV encodes BGR)."""
+    atomic_write_bytes(path, _encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
+
+
 def depth_to_png16(depth_m: np.ndarray) -> np.ndarray:
     """Metres (NaN/inf/<=0 unknown) -> uint16 millimetres with 0 = unknown, clipped at 65.535 m."""
     depth = np.asarray(depth_m, dtype=np.float64)
@@ -172,20 +177,22 @@ class Frame:
     depth_path: Path | None = None
     mask_path: Path | None = None
 
+    def _read(self, what: str, path: Path, flags: int) -> np.ndarray:
+        """One of the frame's files as OpenCV reads it; an unreadable file is a DatasetError."""
+        raw = cv2.imread(str(path), flags)
+        if raw is None:
+            raise DatasetError(f"frame {self.index}: cannot read {what} {path}")
+        return raw
+
     def load_image(self) -> np.ndarray:
         """HxWx3 uint8 RGB."""
-        bgr = cv2.imread(str(self.image_path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DatasetError(f"frame {self.index}: cannot read image {self.image_path}")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(self._read("image", self.image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
     def load_depth(self) -> np.ndarray | None:
         """HxW float32 metres with NaN where unknown, or None when the frame has no depth."""
         if self.depth_path is None:
             return None
-        raw = cv2.imread(str(self.depth_path), cv2.IMREAD_ANYDEPTH)
-        if raw is None:
-            raise DatasetError(f"frame {self.index}: cannot read depth {self.depth_path}")
+        raw = self._read("depth", self.depth_path, cv2.IMREAD_ANYDEPTH)
         depth = raw.astype(np.float32) * DEPTH_UNIT_SCALE
         depth[raw == 0] = np.nan
         return depth
@@ -194,10 +201,7 @@ class Frame:
         """HxW bool (True = object), or None when the frame has no mask."""
         if self.mask_path is None:
             return None
-        raw = cv2.imread(str(self.mask_path), cv2.IMREAD_GRAYSCALE)
-        if raw is None:
-            raise DatasetError(f"frame {self.index}: cannot read mask {self.mask_path}")
-        return raw > 127
+        return self._read("mask", self.mask_path, cv2.IMREAD_GRAYSCALE) > 127
 
 
 class Dataset:
@@ -365,7 +369,7 @@ class DatasetWriter:
         entry = {"file_path": f"images/{name}", "transform_matrix": opencv_to_opengl(c2w).tolist(), "index": index}
         if stamp_ns is not None:
             entry["stamp_ns"] = int(stamp_ns)
-        atomic_write_bytes(self.root / "images" / name, _encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
+        write_png(self.root / "images" / name, rgb)
         if depth_m is not None:
             atomic_write_bytes(self.root / "depth" / name, _encode_png(depth_to_png16(depth_m)))
             entry["depth_file_path"] = f"depth/{name}"

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from nerf_descriptor_ros.data.dataset import MANIFEST_NAME, Dataset, DatasetError, atomic_write_bytes, atomic_write_json
-from nerf_descriptor_ros.geometry import invert, project_points, transform_points
+from nerf_descriptor_ros.geometry import invert, transform_points
 from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
@@ -188,7 +188,7 @@ def _camera_region(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _project_into_mask(frame, mask: np.ndarray, points: np.ndarray):
-    uv, z = project_points(transform_points(invert(frame.c2w), points), frame.intrinsics.K)
+    uv, z = frame.intrinsics.project(transform_points(invert(frame.c2w), points))
     h, w = mask.shape
     u, v = np.round(uv[:, 0]), np.round(uv[:, 1])
     in_frame = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
@@ -199,7 +199,7 @@ def _project_into_mask(frame, mask: np.ndarray, points: np.ndarray):
 
 def _silhouette(frame, shape: tuple[int, int], points: np.ndarray, voxel: float) -> np.ndarray:
     """Where ``points`` (voxel centres) project, each dilated by a voxel's projected size."""
-    uv, z = project_points(transform_points(invert(frame.c2w), points), frame.intrinsics.K)
+    uv, z = frame.intrinsics.project(transform_points(invert(frame.c2w), points))
     h, w = shape
     u, v = np.round(uv[:, 0]).astype(int), np.round(uv[:, 1]).astype(int)
     ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)

@@ -18,7 +18,7 @@ import numpy as np
 class AugmentationConfig:
     geometric_probability: float = 0.8
     max_rotation_deg: float = 25.0
-    scale_range: tuple = (0.8, 1.25)
+    scale_range: tuple[float, float] = (0.8, 1.25)
     max_shift_fraction: float = 0.1
     photometric_probability: float = 0.8
     brightness: float = 0.2  # added, in [0, 1] units

@@ -21,15 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nerf_descriptor_ros.data.dataset import Dataset, Frame
+from nerf_descriptor_ros.data.dataset import Dataset, Frame, write_png
 from nerf_descriptor_ros.descriptors.correspondences import (
-    CorrespondenceError,
-    DatasetDepthProvider,
-    MatchingConfig,
+    CorrespondenceMatchingConfig,
     find_correspondences,
     view_overlap,
 )
+from nerf_descriptor_ros.descriptors.depth_providers import DatasetDepthProvider
 from nerf_descriptor_ros.descriptors.loss import sample_descriptors
+from nerf_descriptor_ros.descriptors.view_geometry import CorrespondenceError, reproject
 
 EVAL_RESOLUTION = (504, 378)
 PCK_CURVE_MAX_PX = 100
@@ -109,7 +109,7 @@ def ground_truth_pairs(
     min_overlap: float = 0.2,
     seed: int = 0,
     minimum: int = MIN_CORRESPONDENCES,
-    matching: MatchingConfig = MatchingConfig(),
+    matching: CorrespondenceMatchingConfig = CorrespondenceMatchingConfig(),
 ) -> list[EvalPair]:
     """Up to ``per_pair`` correspondences for each ordered pair of held-out frames that overlap.
 
@@ -184,7 +184,7 @@ def correspondence_accuracy(
     mode: str,
     samples: int = 200,
     seed: int = 0,
-    matching: MatchingConfig = MatchingConfig(),
+    matching: CorrespondenceMatchingConfig = CorrespondenceMatchingConfig(),
 ) -> dict:
     """How right generated training correspondences are: for up to ``samples`` of the cached
     ``pairs``, each match from ``views`` (e.g. NeRF renders) against where the exact depth of
@@ -198,7 +198,7 @@ def correspondence_accuracy(
         rows, cols = uv_a[:, 1].astype(int), uv_a[:, 0].astype(int)
         depth = truth[a].depth[rows, cols].astype(np.float64)
         known = np.isfinite(depth)
-        expected, _ = truth[b].project(truth[a].lift(uv_a[known], depth[known]))
+        expected, _ = reproject(truth[a], uv_a[known], depth[known], truth[b])
         errors.append(np.linalg.norm(uv_b[known] - expected, axis=1))
     errors = np.concatenate(errors) if errors else np.zeros(0)
     return {
@@ -243,14 +243,27 @@ def plot_pck_curves(curves: dict[str, list[float]], path: Path, size=(640, 420))
     w, h = size
     left, right, top, bottom = 60, 20, 20, 50
     img = np.full((h, w, 3), 255, np.uint8)
-    px = lambda k: int(left + (k - 1) / (PCK_CURVE_MAX_PX - 1) * (w - left - right))
-    py = lambda p: int(h - bottom - p * (h - top - bottom))
+
+    def px(k):
+        return int(left + (k - 1) / (PCK_CURVE_MAX_PX - 1) * (w - left - right))
+
+    def py(p):
+        return int(h - bottom - p * (h - top - bottom))
+
     for p in np.linspace(0, 1, 6):
         cv2.line(img, (left, py(p)), (w - right, py(p)), (225, 225, 225), 1)
         cv2.putText(img, f"{p:.1f}", (18, py(p) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     for k in (1, 20, 40, 60, 80, 100):
         cv2.putText(img, str(k), (px(k) - 8, h - bottom + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    cv2.putText(img, "k (px at 504x378)", (w // 2 - 60, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    cv2.putText(
+        img,
+        f"k (px at {EVAL_RESOLUTION[0]}x{EVAL_RESOLUTION[1]})",
+        (w // 2 - 60, h - 12),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.45,
+        (0, 0, 0),
+        1,
+    )
     cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
     for i, (name, curve) in enumerate(curves.items()):
         colour = CURVE_COLOURS[i % len(CURVE_COLOURS)][::-1]
@@ -267,7 +280,7 @@ def plot_pck_curves(curves: dict[str, list[float]], path: Path, size=(640, 420))
             cv2.LINE_AA,
         )
     cv2.putText(img, "PCK@k", (left + 5, top + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    _write_png(path, img)
+    write_png(Path(path), cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
 
 
 def plot_matches(
@@ -308,13 +321,4 @@ def plot_matches(
             2,
         )
         rows.append(canvas)
-    _write_png(path, np.concatenate(rows, axis=0))
-
-
-def _write_png(path: Path, bgr: np.ndarray) -> None:
-    from nerf_descriptor_ros.data.dataset import atomic_write_bytes
-
-    ok, buffer = cv2.imencode(".png", bgr)
-    if not ok:
-        raise RuntimeError(f"could not encode {path}")
-    atomic_write_bytes(Path(path), buffer.tobytes())
+    write_png(Path(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_BGR2RGB))

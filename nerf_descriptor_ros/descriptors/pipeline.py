@@ -11,15 +11,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nerf_descriptor_ros.data.dataset import Dataset
-from nerf_descriptor_ros.descriptors.correspondences import (
-    CorrespondenceCache,
-    DatasetDepthProvider,
-    generate_correspondences,
-    load_nerf_provider,
-)
+from nerf_descriptor_ros.descriptors.correspondence_cache import CorrespondenceCache, generate_correspondences
+from nerf_descriptor_ros.descriptors.depth_providers import DatasetDepthProvider, load_nerf_provider
 from nerf_descriptor_ros.descriptors.model import export_model
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
-from nerf_descriptor_ros.descriptors.training import resolve_device, train_descriptors
+from nerf_descriptor_ros.descriptors.training import train_descriptors
+from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.progress import ProgressCallback
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+from nerf_descriptor_ros.config import ConfigError, require_at_least, require_iterations
 from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_bytes
 from nerf_descriptor_ros.descriptors.augmentation import (
     AugmentationConfig,
@@ -29,15 +30,13 @@ from nerf_descriptor_ros.descriptors.augmentation import (
     warp_image,
     warp_points,
 )
-from nerf_descriptor_ros.descriptors.correspondences import (
-    MODES,
-    CorrespondenceCache,
-    CorrespondenceError,
-    find_correspondences,
-)
+from nerf_descriptor_ros.descriptors.correspondence_cache import CorrespondenceCache
+from nerf_descriptor_ros.descriptors.correspondences import MODES, find_correspondences
 from nerf_descriptor_ros.descriptors.loss import CorrespondenceBatch, distributional_loss, pixelwise_contrastive_loss
 from nerf_descriptor_ros.descriptors.model import IMAGENET_NORMALISATION
 from nerf_descriptor_ros.descriptors.network import DescriptorConfigError, DescriptorNet, load_imagenet_weights
+from nerf_descriptor_ros.descriptors.view_geometry import CorrespondenceError
+from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
@@ -75,25 +74,14 @@ class TrainingConfig:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise TrainingError(f"mode {self.mode!r} unknown; choose one of {MODES}")
+            raise ConfigError(f"mode: {self.mode!r} unknown; choose one of {MODES}")
         if self.loss not in LOSSES:
-            raise TrainingError(f"loss {self.loss!r} unknown; choose one of {LOSSES}")
+            raise ConfigError(f"loss: {self.loss!r} unknown; choose one of {LOSSES}")
         if not isinstance(self.descriptor_dim, int) or self.descriptor_dim < 1:
-            raise TrainingError(f"descriptor_dim must be a positive integer, got {self.descriptor_dim!r}")
-        if self.iterations < 1 or self.pairs_per_step < 1 or self.matches_per_pair < 1:
-            raise TrainingError("iterations, pairs_per_step and matches_per_pair must be positive")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainingConfig:
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TrainingError(f"unknown descriptor training settings {unknown}; known: {sorted(known)}")
-        augmentation = values.pop("augmentation", {})
-        if isinstance(augmentation, dict):
-            augmentation = AugmentationConfig(**augmentation)
-        return cls(augmentation=augmentation, **values)
+            raise ConfigError(f"descriptor_dim: must be a positive integer, got {self.descriptor_dim!r}")
+        require_iterations(self)
+        require_at_least(self, 1, "decoder_channels", "pairs_per_step", "matches_per_pair", "checkpoint_every")
+        require_at_least(self, 0, "nonmatches_per_match", "min_matches")
 
 
 @dataclass
@@ -102,14 +90,6 @@ class TrainingResult:
     input_size: tuple[int, int]
     checkpoint: Path
     stats: dict
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"device {device!r} asked for but CUDA is not available")
-    return torch.device(device)
 
 
 class PairSampler:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nerf_descriptor_ros.config import described
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.geometry import CameraIntrinsics, transform_points
 
@@ -41,12 +42,19 @@ class GraspError(NerfDescriptorError):
 
 @dataclass
 class GraspConfig:
-    approach: str = "normal"  # normal | keypoints | top_down
-    max_tilt_deg: float = 30.0  # the approach is at most this far from straight down
-    normal_radius_m: float = 0.01  # plane fit over depth points within this of the keypoint
-    grasp_depth_m: float = 0.02  # TCP this far past the surface point along the approach
-    closing_radius_m: float = 0.05  # the part held: depth points within this of the TCP axis ...
-    closing_slab_m: float = 0.01  # ... and above the TCP minus this
+    approach: str = described(
+        "normal",
+        "approach direction: normal (local surface normal from depth), keypoints (from a "
+        "second keypoint to the grasp keypoint) or top_down",
+    )
+    max_tilt_deg: float = described(30.0, "the approach is tilted at most this much from straight down (deg)")
+    normal_radius_m: float = described(0.01, "surface normal from the depth points within this distance (m)")
+    grasp_depth_m: float = described(0.02, "the TCP goes this far past the surface point along the approach (m)")
+    closing_radius_m: float = described(
+        0.05,
+        "fingers close across the narrowest width of the depth points within this distance of the TCP axis (m) ...",
+    )
+    closing_slab_m: float = described(0.01, "... and above the TCP minus this (m)")
 
     def __post_init__(self):
         if self.approach not in APPROACHES:
@@ -70,21 +78,19 @@ def depth_points_near(
     """(N, 3) camera-frame points of ``depth`` (z metres, NaN unknown; registered to the colour
     camera, any resolution) within ``radius_m`` of ``centre_cam``, looked for around pixel (u, v)."""
     height, width = depth.shape
+    camera = intrinsics.scaled(width, height)  # the depth image's own camera
     sx, sy = width / intrinsics.width, height / intrinsics.height
-    fx, fy = intrinsics.fx * sx, intrinsics.fy * sy
-    cx, cy = (intrinsics.cx + 0.5) * sx - 0.5, (intrinsics.cy + 0.5) * sy - 0.5
     z0 = max(float(centre_cam[2]), 1e-3)
-    half_u = int(np.ceil(radius_m * fx / z0)) + 1
-    half_v = int(np.ceil(radius_m * fy / z0)) + 1
+    half_u = int(np.ceil(radius_m * camera.fx / z0)) + 1
+    half_v = int(np.ceil(radius_m * camera.fy / z0)) + 1
     col, row = (u + 0.5) * sx - 0.5, (v + 0.5) * sy - 0.5
     c0, c1 = max(int(col) - half_u, 0), min(int(col) + half_u + 1, width)
     r0, r1 = max(int(row) - half_v, 0), min(int(row) + half_v + 1, height)
     if c0 >= c1 or r0 >= r1:
         return np.zeros((0, 3))
     cols, rows = np.meshgrid(np.arange(c0, c1, dtype=np.float64), np.arange(r0, r1, dtype=np.float64))
-    z = depth[r0:r1, c0:c1].astype(np.float64)
-    points = np.stack([(cols - cx) / fx * z, (rows - cy) / fy * z, z], -1).reshape(-1, 3)
-    points = points[np.isfinite(points).all(1) & (points[:, 2] > 0)]
+    points = camera.backproject(np.stack([cols.ravel(), rows.ravel()], -1), depth[r0:r1, c0:c1])
+    points = points[np.isfinite(points).all(1)]  # unknown depth lifts to NaN
     return points[np.linalg.norm(points - centre_cam, axis=1) <= radius_m]
 
 

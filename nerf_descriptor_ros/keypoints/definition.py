@@ -1,7 +1,7 @@
 """Named grasp keypoints: a pixel on a training view, its descriptor and its 3D point on the object.
 
 A keypoint is defined once, by a person (the ``~/set_grasp_point`` service or a YAML file of
-``name, image_index, u, v``) or automatically (``grasp_points.auto_grasp_keypoints``), on a frame of the
+``name, image_index, u, v``) or automatically (``grasp_point.auto_grasp_keypoints``), on a frame of the
 dataset the descriptor model was trained on. It keeps
 
 * the descriptor of that pixel (what the live node searches for in every camera image; averaging
@@ -34,7 +34,7 @@ from nerf_descriptor_ros.descriptors.evaluation import rescale_pixels
 from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 from nerf_descriptor_ros.descriptors.model import DescriptorModel
 from nerf_descriptor_ros.errors import NerfDescriptorError
-from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, project_points, transform_points
+from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, transform_points
 
 KEYPOINTS_NAME = "keypoints.json"
 KEYPOINTS_FORMAT = "nerf_descriptor_ros.keypoints.definition"
@@ -304,13 +304,6 @@ def nerf_depth_at(nerf, frame: Frame, u: float, v: float) -> float:
     return z if z > 0 else float("nan")
 
 
-def lift_pixel(frame: Frame, u: float, v: float, z: float) -> np.ndarray:
-    """Pixel (u, v) at z-depth ``z`` of ``frame`` (pinhole) -> point (3,) in the dataset's base frame."""
-    intr = frame.intrinsics
-    cam = np.array([(u - intr.cx) / intr.fx * z, (v - intr.cy) / intr.fy * z, z])
-    return transform_points(frame.c2w, cam[None])[0]
-
-
 def keypoint_point(frame: Frame, u: float, v: float, nerf=None) -> tuple[np.ndarray | None, str]:
     """(point in the base frame, where its depth came from) for pixel (u, v) of ``frame``."""
     depth = frame.load_depth()
@@ -325,7 +318,7 @@ def keypoint_point(frame: Frame, u: float, v: float, nerf=None) -> tuple[np.ndar
             f"pixel ({u:.1f}, {v:.1f}) of frame {frame.index} has no depth "
             f"({source.replace('_', ' ')}): it is off the object; pick a pixel on it"
         )
-    return lift_pixel(frame, u, v, z), source
+    return transform_points(frame.c2w, frame.intrinsics.backproject([[u, v]], [z]))[0], source
 
 
 def define_keypoint(describe: DescribeFn, dataset: Dataset, spec: KeypointSpec, nerf=None) -> Keypoint:
@@ -362,7 +355,7 @@ def define_keypoints(
         if spec.image_index not in described:
             described[spec.image_index] = describe(frame_by_index(dataset, spec.image_index).load_image())
         descriptors = described[spec.image_index]
-        keypoints.put(define_keypoint(lambda _rgb: descriptors, dataset, spec, nerf))
+        keypoints.put(define_keypoint(lambda _rgb, known=descriptors: known, dataset, spec, nerf))
     calibrate_keypoints(describe, dataset, [keypoints[spec.name] for spec in specs])
     return keypoints
 
@@ -377,9 +370,8 @@ def calibrate_keypoints(
     percentile), which is what the best match is when the object has left the image. The
     threshold lies halfway between, or at the present value when the two overlap (a keypoint
     is then rather reported where it is ambiguous than lost; its confidence says so). A fixed
-    margin serves every model and keypoint alike: a longer-trained model spreads descriptors
-    and its true matches exceed it (measured: 1200 instead of 600 steps on the sim duck lost the
-    grasp keypoint in 8 of 20 live frames). Needs 3D points, depth and masks; keypoints without
+    margin would serve every model and keypoint alike, but a longer-trained model spreads its
+    descriptors and its true matches exceed a fixed margin. Needs 3D points, depth and masks; keypoints without
     them keep ``max_distance = None`` (the matcher's default applies).
     """
     usable = [k for k in keypoints if k.point_base is not None]
@@ -433,7 +425,7 @@ def moved_point_pixel(
         T_base_object_now @ invert(T_base_object_then), np.asarray(point_base, dtype=np.float64)[None]
     )
     cam = transform_points(invert(T_base_cam), point_now)
-    uv, z = project_points(cam, intrinsics.K)
+    uv, z = intrinsics.project(cam)
     u, v = uv[0]
     if not (z[0] > 0 and 0 <= u <= intrinsics.width - 1 and 0 <= v <= intrinsics.height - 1):
         return None

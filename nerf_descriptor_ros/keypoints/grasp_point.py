@@ -8,17 +8,13 @@ horizontal half-extent from the middle of its footprint. Of these candidates the
 matcher finds most precisely on the other training views wins: for each training view that sees
 a candidate's 3D point, the pixel error between its match and where the point projects; the
 lowest mean error over at least ``MIN_VIEWS`` views is chosen (the one nearest the middle when
-no candidate is seen that often). All training views count (up to ``max_frames``): with 16 of
-56 the choice was noisy (74 and 58 % on two of the models below, one under the top centre), and
-the mean, which feels the large misses a live frame fails on, chose best of median, 90th
-percentile and mean.
+no candidate is seen that often). All training views count (up to ``max_frames``): a subset
+made the choice noisy. The mean feels the large misses that a live frame fails on, which the
+median does not.
 
 Why not simply the top centre: descriptors are smooth where the surface is, and the middle of a
-smooth top can localise badly. Measured with ``benchmarks/keypoint_matching.py --placements 30``
-(30 new placements x 3 views = 90 images each) on four sim duck models (ResNet-18, D = 16,
-160x120; three captured datasets, 600 or 1200 training steps): within 10 px the chosen point in
-89, 97, 91 and 93 % of images, the top centre in 57, 64, 62 and 66 % (median 4.7-5.7 against
-8.0-8.2 px).
+smooth top can localise badly. ``benchmarks/keypoint_matching.py`` compares the two (``grasp``
+and ``top_centre``) on new placements.
 """
 
 from __future__ import annotations
@@ -30,16 +26,11 @@ import numpy as np
 import torch
 
 from nerf_descriptor_ros.data.dataset import Dataset, Frame
-from nerf_descriptor_ros.descriptors.correspondences import (
-    DatasetDepthProvider,
-    NerfDepthProvider,
-    ViewGeometry,
-    resize_nearest,
-    working_intrinsics,
-)
+from nerf_descriptor_ros.descriptors.depth_providers import DatasetDepthProvider, NerfDepthProvider, resize_nearest
 from nerf_descriptor_ros.descriptors.evaluation import rescale_pixels
 from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 from nerf_descriptor_ros.descriptors.model import DescriptorModel
+from nerf_descriptor_ros.descriptors.view_geometry import ViewGeometry, working_intrinsics, world_points
 from nerf_descriptor_ros.keypoints.definition import (
     AUTO_GRASP_NAME,
     DescribeFn,
@@ -116,7 +107,7 @@ def _interior_pixels(view: ViewGeometry, margin_px: int) -> np.ndarray:
 
 
 def _lift_pixels(view: ViewGeometry, uv: np.ndarray) -> np.ndarray:
-    return view.lift(uv.astype(np.float64), view.depth[uv[:, 1], uv[:, 0]].astype(np.float64))
+    return world_points(view, uv, view.depth[uv[:, 1], uv[:, 0]])
 
 
 def graspable_pixels(

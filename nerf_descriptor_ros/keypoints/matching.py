@@ -8,34 +8,31 @@ d(u) is computed; the arg-min is the match. On top of the plain arg-min:
   that the distributional loss trains (``softmax(-|q - d(u)|^2)``, T = 1), read out at sub-pixel
   precision: the arg-min alone is quantised to the descriptor image's pixels.
 * **Not found**: a keypoint whose best distance exceeds its own ``max_distance`` (measured on
-  the training views when it was defined, see ``keypoints.calibrate_keypoints``) is reported not
+  the training views when it was defined, see ``keypoints.definition.calibrate_keypoints``) is reported not
   found (the object is absent). A keypoint without one uses the config's ``max_distance``: the
   contrastive loss pushes non-matching descriptors at least its margin apart, so the margin.
 * **Confidence**: the probability mass of the whole-image heatmap ``softmax(-|q - d(u)|^2/T)``
   within ``confidence_radius_px`` (descriptor pixels) of the match: near 1 when one sharp peak
   stands out, low when the descriptor is ambiguous (repeated texture, symmetric parts).
 
-Measured with benchmarks/keypoint_matching.py (a ResNet-18, D = 16, trained 600 steps on a sim
-duck at 160x120; 30 new placements x 3 views, 229 visible keypoints): soft-argmax (window 3)
-against the arg-min, median error 5.21 vs 5.39 px, within 3 px 29.3 vs 27.1 %; the margin (0.5)
-as threshold keeps 96.5 % of visible keypoints and finds none on the empty table (half the margin
-kept only 73 %); a keypoint hidden by the object itself is still "found" (distance cannot tell).
-The confidence predicts correctness: the 75 % most confident matches are within 10 px 93 % of
-the time, against 79 % for all; consumers filter on it (the manipulation node's min_confidence).
+``benchmarks/keypoint_matching.py`` measures each of these choices on new placements (refinement
+windows, thresholds, how well the confidence predicts correctness). A keypoint hidden by the
+object itself is still "found": a descriptor distance cannot tell. Consumers filter on the
+confidence (the manipulation node's ``min_confidence``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
+from nerf_descriptor_ros.config import described
 from nerf_descriptor_ros.descriptors.evaluation import rescale_pixels
 from nerf_descriptor_ros.descriptors.model import DescriptorModel
 from nerf_descriptor_ros.errors import NerfDescriptorError
-from nerf_descriptor_ros.geometry import CameraIntrinsics
+from nerf_descriptor_ros.geometry import CameraIntrinsics, undistort_pixels
 from nerf_descriptor_ros.keypoints.definition import DescribeFn, KeypointSet, depth_at
 
 REFINEMENTS = ("none", "soft_argmax")
@@ -47,12 +44,16 @@ class MatchingError(NerfDescriptorError):
 
 @dataclass
 class KeypointMatchingConfig:
-    refinement: str = "soft_argmax"  # none | soft_argmax
-    window_px: int = 3  # soft-argmax window: (2 w + 1)^2 descriptor pixels
-    temperature: float = 1.0  # heatmap exp(-|q - d|^2 / T)
-    max_distance: float = 0.5  # best descriptor distance above this: not found ...
-    calibrated: bool = True  # ... unless the keypoint has its own (calibrate_keypoints)
-    confidence_radius_px: float = 2.0  # heatmap mass counted within this many descriptor pixels
+    refinement: str = described("soft_argmax", "match refinement: none (arg-min) or soft_argmax")
+    window_px: int = described(3, "soft-argmax window half-size w: (2 w + 1)^2 descriptor pixels")
+    temperature: float = described(1.0, "match heatmap exp(-|q - d|^2 / temperature)")
+    max_distance: float = described(0.5, "a keypoint whose best descriptor distance is above this is not found")
+    calibrated: bool = described(
+        True, "a keypoint with its own not-found distance (calibrate_keypoints) uses that instead"
+    )
+    confidence_radius_px: float = described(
+        2.0, "confidence = heatmap mass within this many descriptor pixels of the match"
+    )
 
     def __post_init__(self):
         if self.refinement not in REFINEMENTS:
@@ -120,18 +121,6 @@ def model_max_distance(manifest: dict) -> float:
     return float(margin) if margin else KeypointMatchingConfig.max_distance
 
 
-def backproject_pixel(u: float, v: float, z: float, intrinsics: CameraIntrinsics) -> np.ndarray:
-    """Camera-frame point (OpenCV optical axes) of pixel (u, v) at z-depth ``z``; distortion,
-    when the intrinsics have any, is undone first."""
-    if intrinsics.has_distortion:
-        normalised = cv2.undistortPoints(
-            np.array([[[u, v]]], dtype=np.float64), intrinsics.K, np.asarray(intrinsics.distortion, dtype=np.float64)
-        )[0, 0]
-    else:
-        normalised = [(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy]
-    return np.array([normalised[0] * z, normalised[1] * z, z])
-
-
 def match_keypoints(
     descriptors: torch.Tensor,
     keypoints: KeypointSet,
@@ -162,7 +151,7 @@ def match_keypoints(
             depth_uv = rescale_pixels(np.array([[u, v]]), image_size, (depth.shape[1], depth.shape[0]))[0]
             z = depth_at(depth, *depth_uv)
             if np.isfinite(z):
-                point = backproject_pixel(u, v, z, intrinsics)
+                point = intrinsics.backproject(undistort_pixels(intrinsics, [[u, v]]), [z])[0]
         locations.append(KeypointLocation(name, found, u, v, float(distance[i]), float(confidence[i]), point))
     return locations
 

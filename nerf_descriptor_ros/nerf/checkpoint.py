@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
+from nerf_descriptor_ros.config import load_dataclass
 from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_bytes
 from nerf_descriptor_ros.errors import NerfDescriptorError
-from nerf_descriptor_ros.nerf.config import config_from_dict
+from nerf_descriptor_ros.nerf.config import NerfConfig
 from nerf_descriptor_ros.nerf.model import NerfModel, build_model
 from nerf_descriptor_ros.nerf.rays import SceneBox
 
@@ -55,7 +56,7 @@ def check_same_dataset(state: dict, dataset_hash: str, path: Path, dataset_root)
 
 
 def model_from_state(state: dict, device="cpu") -> NerfModel:
-    config = config_from_dict(state["config"])
+    config = load_dataclass(NerfConfig, state["config"], "the checkpoint's NeRF config")
     model = build_model(config, SceneBox.from_list(state["scene_box"]), int(state["num_images"]), state["background"])
     model.load_state_dict(state["model"])
     return model.to(device)

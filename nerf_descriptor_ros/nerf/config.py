@@ -8,16 +8,22 @@ skip at layer 4, positional encoding, coarse + fine hierarchical sampling).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from nerf_descriptor_ros.config import (
+    ConfigError,
+    load_dataclass,
+    load_yaml_file,
+    merged,
+    require_at_least,
+    require_iterations,
+)
 
-from nerf_descriptor_ros.errors import NerfDescriptorError
 
-
-class NerfConfigError(NerfDescriptorError):
-    """A configuration file or override that cannot be used; the message names the key."""
+class NerfConfigError(ConfigError):
+    """A NeRF setting that cannot be used here (e.g. a device this machine does not have)."""
 
 
 @dataclass
@@ -25,7 +31,7 @@ class FastFieldConfig:
     # Tri-plane resolutions, coarse to fine, across the scene box; each level is 3 axis-aligned
     # planes of `plane_features` channels multiplied together (measured far faster on CPU than a
     # 3D hash or dense grid: 2D grid_sample is vectorised, its backward pass is cache friendly).
-    plane_resolutions: list = field(default_factory=lambda: [32, 64, 128, 256])
+    plane_resolutions: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     plane_features: int = 4
     hidden_width: int = 32  # density MLP: features -> hidden -> 1 + geo_features
     geo_features: int = 15
@@ -46,6 +52,22 @@ class FastFieldConfig:
     grid_learning_rate: float = 0.04
     mlp_learning_rate: float = 0.01
 
+    def __post_init__(self):
+        if not self.plane_resolutions or any(r < 2 for r in self.plane_resolutions):
+            raise ConfigError(f"plane_resolutions: must be a list of sizes >= 2, got {self.plane_resolutions}")
+        if not 0 <= self.sh_degree <= 4:
+            raise ConfigError(f"sh_degree: must be 0..4, got {self.sh_degree}")
+        require_at_least(
+            self,
+            1,
+            "plane_features",
+            "hidden_width",
+            "color_hidden_width",
+            "occupancy_resolution",
+            "occupancy_update_every",
+        )
+        require_at_least(self, 0, "geo_features", "color_hidden_layers", "occupancy_warmup", "target_samples_per_batch")
+
 
 @dataclass
 class ClassicFieldConfig:
@@ -60,6 +82,14 @@ class ClassicFieldConfig:
     rays_per_batch: int = 1024
     learning_rate: float = 5e-4
 
+    def __post_init__(self):
+        require_at_least(self, 1, "netdepth", "netwidth", "n_coarse", "rays_per_batch")
+        require_at_least(self, 0, "multires", "multires_views", "n_fine")
+        if not 0 <= self.skip_layer < self.netdepth:
+            raise ConfigError(
+                f"skip_layer: must be inside the network depth (0..{self.netdepth - 1}), got {self.skip_layer}"
+            )
+
 
 @dataclass
 class NerfConfig:
@@ -70,7 +100,7 @@ class NerfConfig:
     # "auto": masks when the dataset has them, else a learned background; "mask", "learned", or
     # "white"/"black" (a fixed colour, for datasets shot against a plain backdrop).
     background: str = "auto"
-    scene_box: list | None = None  # [xmin, ymin, zmin, xmax, ymax, zmax] world metres
+    scene_box: list[float] | None = None  # [xmin, ymin, zmin, xmax, ymax, zmax] world metres
     min_train_frames: int = 8
     appearance_embedding_dim: int = 0  # per-image embeddings (NeRF-W); 0 = off
     seed: int = 0
@@ -85,85 +115,35 @@ class NerfConfig:
     fast: FastFieldConfig = field(default_factory=FastFieldConfig)
     classic: ClassicFieldConfig = field(default_factory=ClassicFieldConfig)
 
+    def __post_init__(self):
+        if self.model not in ("fast", "classic"):
+            raise ConfigError(f"model: must be 'fast' or 'classic', got {self.model!r}")
+        if self.background not in ("auto", "mask", "learned", "white", "black"):
+            raise ConfigError(f"background: must be auto, mask, learned, white or black, got {self.background!r}")
+        require_iterations(self)
+        if self.scene_box is not None:
+            box = self.scene_box
+            if len(box) != 6 or not all(box[i] < box[i + 3] for i in range(3)):
+                raise ConfigError(f"scene_box: must be [xmin, ymin, zmin, xmax, ymax, zmax] with min < max, got {box}")
+        require_at_least(self, 2, "min_train_frames")
+        require_at_least(self, 1, "history_pixels", "eval_chunk_rays")
+        require_at_least(self, 0, "appearance_embedding_dim", "eval_max_frames", "render_count")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def validate(self) -> NerfConfig:
-        if self.model not in ("fast", "classic"):
-            raise NerfConfigError(f"model must be 'fast' or 'classic', got {self.model!r}")
-        if self.background not in ("auto", "mask", "learned", "white", "black"):
-            raise NerfConfigError(f"background must be auto, mask, learned, white or black, got {self.background!r}")
-        if self.iterations < 1:
-            raise NerfConfigError(f"iterations must be >= 1, got {self.iterations}")
-        if self.scene_box is not None:
-            box = self.scene_box
-            if len(box) != 6 or not all(box[i] < box[i + 3] for i in range(3)):
-                raise NerfConfigError(
-                    f"scene_box must be [xmin, ymin, zmin, xmax, ymax, zmax] with min < max, got {box}"
-                )
-        if self.min_train_frames < 2:
-            raise NerfConfigError("min_train_frames must be >= 2")
-        f = self.fast
-        if not f.plane_resolutions or any(int(r) < 2 for r in f.plane_resolutions):
-            raise NerfConfigError(f"fast.plane_resolutions must be a list of sizes >= 2, got {f.plane_resolutions}")
-        if not 0 <= f.sh_degree <= 4:
-            raise NerfConfigError(f"fast.sh_degree must be 0..4, got {f.sh_degree}")
-        if not 0 <= self.classic.skip_layer < self.classic.netdepth:
-            raise NerfConfigError("classic.skip_layer must be inside the network depth")
-        return self
+        """A checked copy: catches fields (types included) changed after construction."""
+        return load_dataclass(NerfConfig, self.to_dict(), "NeRF config")
 
 
-def _merge(target, updates: dict, where: str):
-    """Copy ``updates`` into the dataclass ``target``, refusing unknown keys and wrong types."""
-    known = {f.name: f for f in dataclasses.fields(target)}
-    for key, value in updates.items():
-        if key not in known:
-            raise NerfConfigError(f"unknown config key '{where}{key}' (known: {', '.join(known)})")
-        current = getattr(target, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise NerfConfigError(f"config key {where}{key} must be a mapping")
-            _merge(current, value, f"{where}{key}.")
-        elif value is None or current is None:
-            setattr(target, key, value)
-        elif (
-            isinstance(current, bool) != isinstance(value, bool)
-            or (isinstance(current, (int, float)) and not isinstance(value, (int, float)))
-            or (isinstance(current, (str, list)) and not isinstance(value, type(current)))
-        ):
-            raise NerfConfigError(f"config key {where}{key} must be {type(current).__name__}, got {value!r}")
-        else:
-            setattr(target, key, type(current)(value) if isinstance(current, float) else value)
-
-
-def config_from_dict(values: dict | None, base: NerfConfig | None = None) -> NerfConfig:
+def config_from_dict(values: Mapping | None, base: NerfConfig | None = None) -> NerfConfig:
     """``base`` (default: the defaults) updated with ``values``; ``base`` is not modified."""
-    plain = (base or NerfConfig()).to_dict()  # a deep copy
-    config = NerfConfig(
-        **{**plain, "fast": FastFieldConfig(**plain["fast"]), "classic": ClassicFieldConfig(**plain["classic"])}
-    )
-    _merge(config, values or {}, "")
-    return config.validate()
+    return merged(base or NerfConfig(), values or {}, "NeRF config")
 
 
-def parse_yaml(text: str, what: str) -> dict:
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise NerfConfigError(f"{what} is not valid YAML: {exc}") from exc
-    if not isinstance(values, dict):
-        raise NerfConfigError(f"{what} must be a YAML mapping of config keys")
-    return values
-
-
-def load_config(path: str | Path | None = None, overrides_yaml: str = "") -> NerfConfig:
-    """Defaults, then the YAML file (if any), then YAML overrides (e.g. from an action goal)."""
-    config = NerfConfig()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise NerfConfigError(f"config file {path} does not exist")
-        config = config_from_dict(parse_yaml(path.read_text(), str(path)), config)
-    if overrides_yaml.strip():
-        config = config_from_dict(parse_yaml(overrides_yaml, "config overrides"), config)
-    return config.validate()
+def load_config(path: str | Path | None = None) -> NerfConfig:
+    """The defaults, updated with the YAML file (if any)."""
+    if path is None:
+        return NerfConfig()
+    return load_dataclass(NerfConfig, load_yaml_file(path), str(path))

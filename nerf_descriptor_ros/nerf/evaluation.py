@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from nerf_descriptor_ros.data.dataset import atomic_write_bytes
+from nerf_descriptor_ros.data.dataset import write_png
 from nerf_descriptor_ros.nerf.data import FrameImages
 from nerf_descriptor_ros.nerf.rays import camera_rays
 from nerf_descriptor_ros.nerf.renderer import render_camera, render_rays_chunked
@@ -46,8 +46,8 @@ def target_image(frame: FrameImages, use_mask: bool) -> np.ndarray:
     return rgb
 
 
-def object_pixels(frame: FrameImages) -> np.ndarray:
-    """Where depth error is measured: mask pixels (when masked) with valid ground-truth depth."""
+def depth_evaluation_mask(frame: FrameImages) -> np.ndarray:
+    """HxW bool, where depth error is measured: mask pixels (when masked) with valid ground-truth depth."""
     valid = np.isfinite(frame.depth) & (frame.depth > 0)
     return valid & frame.mask if frame.mask is not None else valid
 
@@ -72,7 +72,7 @@ def evaluate_frames(
             object_se += float(err[frame.mask].sum())
             object_count += int(frame.mask.sum()) * 3
         if frame.depth is not None:
-            sel = object_pixels(frame)
+            sel = depth_evaluation_mask(frame)
             depth_errors.append(np.abs(out.depth[sel] - frame.depth[sel]))
         if render_dir is not None and i < render_count:
             write_render_png(render_dir / f"heldout_{i:02d}.png", target, out.rgb, out.depth)
@@ -140,6 +140,4 @@ def write_render_png(path: Path, target: np.ndarray, prediction: np.ndarray, dep
         np.clip(prediction * 255, 0, 255).astype(np.uint8),
         depth_colormap(depth),
     ]
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.concatenate(tiles, axis=1), cv2.COLOR_RGB2BGR))
-    if ok:
-        atomic_write_bytes(path, buf.tobytes())
+    write_png(path, np.concatenate(tiles, axis=1))

@@ -10,37 +10,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
 from nerf_descriptor_ros.errors import NerfDescriptorError
-from nerf_descriptor_ros.geometry import CameraIntrinsics
+from nerf_descriptor_ros.geometry import CameraIntrinsics, undistort_pixels
 
 
 class SceneBoundsError(NerfDescriptorError):
     """The camera poses do not define a region to reconstruct."""
 
 
-def normalized_pixel_coords(intrinsics: CameraIntrinsics) -> np.ndarray:
-    """(H*W, 2) undistorted normalised image coordinates of every pixel centre, row-major."""
+def camera_directions(intrinsics: CameraIntrinsics) -> np.ndarray:
+    """(H*W, 3) camera-frame ray directions with z = 1 (OpenCV axes), row-major: every pixel
+    centre, undistorted, back-projected to unit z-depth."""
     h, w = intrinsics.height, intrinsics.width
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    pixels = np.stack([u.ravel(), v.ravel()], axis=-1)
-    if intrinsics.has_distortion:
-        undistorted = cv2.undistortPoints(
-            pixels.reshape(-1, 1, 2), intrinsics.K, np.asarray(intrinsics.distortion, dtype=np.float64)
-        )
-        return undistorted.reshape(-1, 2)
-    return np.stack(
-        [(pixels[:, 0] - intrinsics.cx) / intrinsics.fx, (pixels[:, 1] - intrinsics.cy) / intrinsics.fy], axis=-1
-    )
-
-
-def camera_directions(intrinsics: CameraIntrinsics) -> np.ndarray:
-    """(H*W, 3) camera-frame ray directions with z = 1 (OpenCV axes)."""
-    xy = normalized_pixel_coords(intrinsics)
-    return np.concatenate([xy, np.ones((len(xy), 1))], axis=-1)
+    pixels = undistort_pixels(intrinsics, np.stack([u.ravel(), v.ravel()], axis=-1))
+    return intrinsics.backproject(pixels, np.ones(len(pixels)))
 
 
 def camera_rays(c2w: np.ndarray, intrinsics: CameraIntrinsics) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
+from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.nerf.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -45,14 +46,6 @@ RESUMABLE_KEYS = {
 }
 MIN_RAYS, MAX_RAYS = 256, 65536
 REPORT_INTERVAL_S = 0.5
-
-
-def resolve_device(device: str) -> torch.device:
-    if device in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise NerfConfigError(f"device {device!r} asked for but CUDA is not available here")
-    return torch.device(device)
 
 
 def resolve_background(mode: str, has_masks: bool) -> str:

@@ -21,13 +21,11 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
@@ -37,26 +35,43 @@ from std_srvs.srv import Trigger
 from nerf_descriptor_ros.data.dataset import MANIFEST_NAME, DatasetWriter, object_dataset_path
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.msg import CaptureStatus
+from nerf_descriptor_ros.ros import topics
 from nerf_descriptor_ros.ros.conversions import (
     camera_info_to_intrinsics,
     image_to_array,
     image_to_depth_m,
     image_to_rgb8,
     ns_to_stamp,
-    stamp_to_ns,
 )
 from nerf_descriptor_ros.ros.keyframes import KeyframeSelector
 from nerf_descriptor_ros.ros.node_runner import run_node
-from nerf_descriptor_ros.ros.pose_sources import POSE_SOURCES, make_pose_source
+from nerf_descriptor_ros.ros.parameters import declare_config, declare_parameters
+from nerf_descriptor_ros.ros.pose_sources import PoseSourceConfig, make_pose_source
+from nerf_descriptor_ros.ros.stamp_cache import StampedCache
 from nerf_descriptor_ros.srv import CaptureFrame, GetCaptureStatus, StartCapture
 
-IMAGE_TOPIC = "camera/color/image_raw"
-CAMERA_INFO_TOPIC = "camera/color/camera_info"
-DEPTH_TOPIC = "camera/depth/image_raw"
 # Messages kept per stream for pairing by stamp and for "the next image after the request"
 # (a third of a second at 30 Hz; full-HD RGB-D makes each pair ~14 MB).
 STREAM_CACHE_SIZE = 10
 KEYFRAME_CHECK_PERIOD_S = 0.05
+
+# The node's own parameters; the pose source's are PoseSourceConfig's fields.
+PARAMETERS = (
+    ("data_root", "data", "datasets are written to <data_root>/<object_name>/"),
+    ("use_depth", False, f"record depth from {topics.DEPTH} (32FC1 m or 16UC1 mm, same stamp as the colour image)"),
+    ("mask_topic", "", "mono8 object masks (255 = object) with the colour image's stamp; empty = no masks"),
+    (
+        "keyframe_min_translation_m",
+        0.05,
+        "automatic keyframes: keep a frame once the camera moved this far (0 = ignore)",
+    ),
+    (
+        "keyframe_min_rotation_deg",
+        10.0,
+        "automatic keyframes: keep a frame once the camera turned this much (0 = ignore)",
+    ),
+    ("capture_timeout_s", 2.0, "~/capture_frame waits this long for the next image when the request's timeout_s is 0"),
+)
 
 
 class CaptureError(NerfDescriptorError):
@@ -82,53 +97,40 @@ class CaptureNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("capture", **kwargs)
-        p = self._declare_parameters()
+        p = declare_parameters(self, PARAMETERS)
+        poses = declare_config(self, PoseSourceConfig)
         self.data_root = Path(p["data_root"]).expanduser()
         self.use_depth = p["use_depth"]
         self.mask_topic = p["mask_topic"]
-        self.base_frame = p["base_frame"]
-        self.camera_frame = p["camera_frame"]
-        self.pose_source_name = p["pose_source"]
-        self.pose_timeout_s = p["pose_timeout_s"]
+        self.base_frame = poses.base_frame
+        self.camera_frame = poses.camera_frame
+        self.pose_source_name = poses.pose_source
+        self.pose_timeout_s = poses.pose_timeout_s
         self.capture_timeout_s = p["capture_timeout_s"]
         self.keyframe_thresholds = (p["keyframe_min_translation_m"], p["keyframe_min_rotation_deg"])
-        if self.pose_source_name not in POSE_SOURCES:
-            raise CaptureError(
-                f"parameter pose_source is {self.pose_source_name!r}; use one of {', '.join(POSE_SOURCES)}"
-            )
-        if not self.base_frame:
-            raise CaptureError("parameter base_frame must not be empty")
-        if self.pose_timeout_s < 0 or self.capture_timeout_s <= 0:
-            raise CaptureError("pose_timeout_s must be >= 0 and capture_timeout_s > 0")
+        if self.capture_timeout_s <= 0:
+            raise CaptureError(f"capture_timeout_s must be > 0, got {self.capture_timeout_s}")
         KeyframeSelector(*self.keyframe_thresholds)  # refuses bad thresholds at start-up
 
         self._state = threading.Condition()  # guards everything below; notified on new data
         self._write_lock = threading.Lock()  # one frame written at a time
-        self._images: OrderedDict[int, Image] = OrderedDict()
-        self._depths: OrderedDict[int, Image] = OrderedDict()
-        self._masks: OrderedDict[int, Image] = OrderedDict()
+        self._images = StampedCache(STREAM_CACHE_SIZE)
+        self._depths = StampedCache(STREAM_CACHE_SIZE)
+        self._masks = StampedCache(STREAM_CACHE_SIZE)
         self._camera_info: CameraInfo | None = None
         self._session: _Session | None = None
         self._status = CaptureStatus()
 
         sensors = MutuallyExclusiveCallbackGroup()
         services = ReentrantCallbackGroup()
-        self.pose_source = make_pose_source(
-            self,
-            self.pose_source_name,
-            base_frame=self.base_frame,
-            pose_topic=p["pose_topic"],
-            max_interpolation_gap_s=p["max_interpolation_gap_s"],
-            newest_tolerance_s=p["max_pose_lag_s"],
-            callback_group=MutuallyExclusiveCallbackGroup(),
-        )
-        self.create_subscription(Image, IMAGE_TOPIC, self._on_image, qos_profile_sensor_data, callback_group=sensors)
+        self.pose_source = make_pose_source(self, poses, MutuallyExclusiveCallbackGroup())
+        self.create_subscription(Image, topics.IMAGE, self._on_image, qos_profile_sensor_data, callback_group=sensors)
         self.create_subscription(
-            CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
+            CameraInfo, topics.CAMERA_INFO, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
         )
         if self.use_depth:
             self.create_subscription(
-                Image, DEPTH_TOPIC, self._on_depth, qos_profile_sensor_data, callback_group=sensors
+                Image, topics.DEPTH, self._on_depth, qos_profile_sensor_data, callback_group=sensors
             )
         if self.mask_topic:
             self.create_subscription(
@@ -148,77 +150,16 @@ class CaptureNode(Node):
         with self._state:
             self._publish_status()
         self.get_logger().info(
-            f"ready: images on {self.resolve_topic_name(IMAGE_TOPIC)}"
+            f"ready: images on {self.resolve_topic_name(topics.IMAGE)}"
             f"{', depth' if self.use_depth else ''}{', masks' if self.mask_topic else ''}; "
             f"poses from {self.pose_source.description}; datasets under {self.data_root.resolve()}"
         )
 
-    def _declare_parameters(self) -> dict:
-        def declare(name, default, description):
-            return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
-
-        return {
-            "data_root": declare("data_root", "data", "datasets are written to <data_root>/<object_name>/"),
-            "use_depth": declare(
-                "use_depth",
-                False,
-                f"record depth from {DEPTH_TOPIC} (32FC1 m or 16UC1 mm, same stamp as the colour image)",
-            ),
-            "mask_topic": declare(
-                "mask_topic", "", "mono8 object masks (255 = object) with the colour image's stamp; empty = no masks"
-            ),
-            "pose_source": declare(
-                "pose_source", "topic", "where camera poses come from: 'topic' (pose_topic) or 'tf'"
-            ),
-            "pose_topic": declare(
-                "pose_topic",
-                "camera/pose",
-                "geometry_msgs/PoseStamped of the camera optical frame in base_frame (pose_source: topic)",
-            ),
-            "base_frame": declare(
-                "base_frame", "panda_link0", "frame the camera poses are expressed in (the robot base)"
-            ),
-            "camera_frame": declare(
-                "camera_frame", "", "camera optical frame for TF lookups; empty = the image's header.frame_id"
-            ),
-            "pose_timeout_s": declare(
-                "pose_timeout_s",
-                0.5,
-                "how long to wait for the camera pose at an image's stamp "
-                "(on top of ~/capture_frame's wait for the image)",
-            ),
-            "max_interpolation_gap_s": declare(
-                "max_interpolation_gap_s",
-                0.2,
-                "largest gap between the two poses an image stamp may be interpolated between (pose_source: topic)",
-            ),
-            "max_pose_lag_s": declare(
-                "max_pose_lag_s",
-                0.0,
-                "an image at most this much newer than the newest pose takes that pose (pose_source: topic)",
-            ),
-            "keyframe_min_translation_m": declare(
-                "keyframe_min_translation_m",
-                0.05,
-                "automatic keyframes: keep a frame once the camera moved this far (0 = ignore)",
-            ),
-            "keyframe_min_rotation_deg": declare(
-                "keyframe_min_rotation_deg",
-                10.0,
-                "automatic keyframes: keep a frame once the camera turned this much (0 = ignore)",
-            ),
-            "capture_timeout_s": declare(
-                "capture_timeout_s", 2.0, "~/capture_frame waits this long when the request's timeout_s is 0"
-            ),
-        }
-
     # ---- sensor callbacks ------------------------------------------------------------------
 
-    def _cache(self, cache: OrderedDict, msg: Image) -> None:
+    def _cache(self, cache: StampedCache, msg: Image) -> None:
         with self._state:
-            cache[stamp_to_ns(msg.header.stamp)] = msg
-            while len(cache) > STREAM_CACHE_SIZE:
-                cache.popitem(last=False)
+            cache.add(msg)
             self._state.notify_all()
 
     def _on_image(self, msg: Image) -> None:
@@ -399,9 +340,9 @@ class CaptureNode(Node):
     def _no_image_reason(self, requested_ns: int, timeout_s: float) -> str:
         newer = [s for s in self._images if s >= requested_ns]
         if not self._images:
-            return f"no image received on {self.resolve_topic_name(IMAGE_TOPIC)} (waited {timeout_s:.1f} s)"
+            return f"no image received on {self.resolve_topic_name(topics.IMAGE)} (waited {timeout_s:.1f} s)"
         if not newer:
-            lag = (requested_ns - max(self._images)) / 1e9
+            lag = (requested_ns - self._images.newest_stamp()) / 1e9
             return (
                 f"no image stamped at or after the request within {timeout_s:.1f} s (the "
                 f"newest image is stamped {lag:.2f} s before it: camera stalled, or its "
@@ -409,7 +350,7 @@ class CaptureNode(Node):
             )
         missing = []
         if self.use_depth and not any(s in self._depths for s in newer):
-            missing.append(f"a depth image on {self.resolve_topic_name(DEPTH_TOPIC)}")
+            missing.append(f"a depth image on {self.resolve_topic_name(topics.DEPTH)}")
         if self.mask_topic and not any(s in self._masks for s in newer):
             missing.append(f"a mask on {self.resolve_topic_name(self.mask_topic)}")
         return (
@@ -440,7 +381,7 @@ class CaptureNode(Node):
                     "the image left the cache before it could be written (the node is falling behind the camera)"
                 )
             if info is None:
-                raise CaptureError(f"no CameraInfo received yet on {self.resolve_topic_name(CAMERA_INFO_TOPIC)}")
+                raise CaptureError(f"no CameraInfo received yet on {self.resolve_topic_name(topics.CAMERA_INFO)}")
             intrinsics = camera_info_to_intrinsics(info)
             if (image.width, image.height) != (intrinsics.width, intrinsics.height):
                 raise CaptureError(
@@ -490,7 +431,9 @@ class CaptureNode(Node):
             session = self._session
             if session is None or session.keyframes is None:
                 return
-            candidates = [(stamp, self._images[stamp]) for stamp in self._complete_stamps_after(session.newest_used_ns)]
+            candidates = [
+                (stamp, self._images.get(stamp)) for stamp in self._complete_stamps_after(session.newest_used_ns)
+            ]
         for stamp, image in candidates:
             # Give the pose of a fresh image its time to arrive, without holding the write lock;
             # a pose that never comes is refused (with the reason) by _write_frame below.

@@ -26,14 +26,12 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from geometry_msgs.msg import Point
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.node import Node
@@ -42,11 +40,12 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
+from nerf_descriptor_ros.config import load_dataclass
 from nerf_descriptor_ros.data.dataset import Dataset
 from nerf_descriptor_ros.descriptors.inference import COMPILE_MODES, DescriptorEngine
 from nerf_descriptor_ros.descriptors.model import MANIFEST_NAME, load_model
 from nerf_descriptor_ros.descriptors.projection import DescriptorProjection, fit_projection
-from nerf_descriptor_ros.descriptors.training import resolve_device
+from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.keypoints.definition import (
     KEYPOINTS_NAME,
@@ -59,12 +58,12 @@ from nerf_descriptor_ros.keypoints.definition import (
 )
 from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints
 from nerf_descriptor_ros.keypoints.matching import (
-    REFINEMENTS,
     KeypointMatchingConfig,
     match_keypoints,
     model_max_distance,
 )
 from nerf_descriptor_ros.msg import KeypointMatch, KeypointMatches
+from nerf_descriptor_ros.ros import topics
 from nerf_descriptor_ros.ros.conversions import (
     array_to_image,
     camera_info_to_intrinsics,
@@ -73,14 +72,68 @@ from nerf_descriptor_ros.ros.conversions import (
     stamp_to_ns,
 )
 from nerf_descriptor_ros.ros.node_runner import run_node
+from nerf_descriptor_ros.ros.parameters import declare_config_values, declare_parameters
+from nerf_descriptor_ros.ros.stamp_cache import StampedCache
 from nerf_descriptor_ros.srv import SetGraspPoint
 
-IMAGE_TOPIC = "camera/color/image_raw"
-CAMERA_INFO_TOPIC = "camera/color/camera_info"
-DEPTH_TOPIC = "camera/depth/image_raw"
 DEPTH_CACHE_SIZE = 5
 PROJECTION_FIT_IMAGES = 8
 ERROR_LOG_PERIOD_S = 2.0
+
+# The node's own parameters; the matcher's are KeypointMatchingConfig's fields, two of them
+# renamed and max_distance with a node default of its own (MATCHING_PARAMETERS).
+PARAMETERS = (
+    ("model_dir", "", "folder of the exported descriptor model (manifest.json); keypoints.json is stored beside it"),
+    (
+        "keypoints_file",
+        "",
+        "keypoints to locate: '' = keypoints.json beside the model (where ~/set_grasp_point stores them), or a "
+        "YAML file of name/image_index/u/v (config/keypoints_example.yaml), defined at start-up",
+    ),
+    (
+        "auto_keypoints",
+        0,
+        "when no keypoint is defined, choose this many automatically (the first, 'grasp', at the object's top "
+        "centre) and store them; 0 = wait for ~/set_grasp_point",
+    ),
+    (
+        "dataset",
+        "",
+        "the model's training dataset, to define keypoints on; '' = the one named in the model's manifest",
+    ),
+    (
+        "nerf_checkpoint",
+        "",
+        "NeRF giving keypoints their 3D point when the dataset has no depth; '' = the one named in the model's "
+        "manifest",
+    ),
+    ("device", "auto", "auto (CUDA when available), cpu, cuda or cuda:N"),
+    ("half_precision", True, "fp16 network on CUDA (ignored on CPU)"),
+    ("channels_last", True, "channels-last memory format on CUDA (ignored on CPU)"),
+    ("compile", "none", "none, torchscript (torch.jit.trace) or torch_compile"),
+    ("cpu_threads", 0, "torch CPU threads; 0 = torch's default"),
+    ("publish_dense", True, f"publish {topics.DESCRIPTORS} (32FC<D>)"),
+    ("dense_scale", 0.5, f"{topics.DESCRIPTORS} size as a fraction of the camera image's (1 = full resolution)"),
+    ("publish_visualization", True, f"publish {topics.DESCRIPTOR_COLOURS} (rgb8)"),
+    ("use_depth", True, f"subscribe {topics.DEPTH} and {topics.CAMERA_INFO} to give keypoints a 3D point"),
+    (
+        "depth_wait_s",
+        0.05,
+        "how long to wait for the depth image with the colour image's stamp before matching without 3D points",
+    ),
+    ("marker_scale_m", 0.01, "keypoint marker diameter in metres"),
+)
+MATCHING_PARAMETERS = {
+    "names": {"window_px": "soft_argmax_window_px", "max_distance": "max_descriptor_distance"},
+    "defaults": {"max_distance": 0.0},
+    "descriptions": {
+        "max_distance": "a keypoint whose best match is farther is not found, whatever its own distance; 0 = each "
+        "keypoint's own, measured on the training views when it was defined (see calibrated), else the model's "
+        "training margin",
+        "calibrated": "with max_descriptor_distance 0: true = each keypoint's own not-found distance where it has "
+        "one, false = the model's training margin for every keypoint",
+    },
+}
 
 
 class DescriptorNodeError(NerfDescriptorError):
@@ -92,7 +145,8 @@ class DescriptorNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("descriptor", **kwargs)
-        p = self._declare_parameters()
+        p = declare_parameters(self, PARAMETERS)
+        matching = declare_config_values(self, KeypointMatchingConfig, **MATCHING_PARAMETERS)
         if not p["model_dir"]:
             raise DescriptorNodeError(
                 "parameter model_dir is empty: give the folder of an exported "
@@ -100,8 +154,6 @@ class DescriptorNode(Node):
             )
         if p["compile"] not in COMPILE_MODES:
             raise DescriptorNodeError(f"parameter compile is {p['compile']!r}; use one of {COMPILE_MODES}")
-        if p["refinement"] not in REFINEMENTS:
-            raise DescriptorNodeError(f"parameter refinement is {p['refinement']!r}; use one of {REFINEMENTS}")
         if not 0.0 < p["dense_scale"] <= 1.0:
             raise DescriptorNodeError(f"dense_scale must be in (0, 1], got {p['dense_scale']}")
         if p["cpu_threads"] > 0:
@@ -114,14 +166,10 @@ class DescriptorNode(Node):
         info = model.manifest.get("info", {})
         self.dataset_path = p["dataset"] or info.get("dataset") or ""
         self.nerf_path = p["nerf_checkpoint"] or info.get("nerf_checkpoint") or ""
-        self.matching = KeypointMatchingConfig(
-            p["refinement"],
-            p["soft_argmax_window_px"],
-            p["temperature"],
-            p["max_descriptor_distance"] or model_max_distance(model.manifest),
-            calibrated=p["max_descriptor_distance"] == 0.0,
-            confidence_radius_px=p["confidence_radius_px"],
-        )
+        # A max_descriptor_distance given holds for every keypoint, whatever its own distance.
+        matching["calibrated"] = matching["calibrated"] and matching["max_distance"] == 0.0
+        matching["max_distance"] = matching["max_distance"] or model_max_distance(model.manifest)
+        self.matching = load_dataclass(KeypointMatchingConfig, matching, "descriptor parameters")
         self.publish_dense = p["publish_dense"]
         self.dense_scale = p["dense_scale"]
         self.publish_visualization = p["publish_visualization"]
@@ -135,29 +183,29 @@ class DescriptorNode(Node):
 
         self._state = threading.Condition()  # guards the slots below
         self._newest_image: Image | None = None
-        self._depths: OrderedDict[int, Image] = OrderedDict()
+        self._depths = StampedCache(DEPTH_CACHE_SIZE)
         self._camera_info: CameraInfo | None = None
         self._running = True
 
         sensors = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, IMAGE_TOPIC, self._on_image, qos_profile_sensor_data, callback_group=sensors)
+        self.create_subscription(Image, topics.IMAGE, self._on_image, qos_profile_sensor_data, callback_group=sensors)
         if self.use_depth:
             self.create_subscription(
-                Image, DEPTH_TOPIC, self._on_depth, qos_profile_sensor_data, callback_group=sensors
+                Image, topics.DEPTH, self._on_depth, qos_profile_sensor_data, callback_group=sensors
             )
             self.create_subscription(
-                CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
+                CameraInfo, topics.CAMERA_INFO, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
             )
         self._dense_pub = (
-            self.create_publisher(Image, "descriptors/image", qos_profile_sensor_data) if self.publish_dense else None
+            self.create_publisher(Image, topics.DESCRIPTORS, qos_profile_sensor_data) if self.publish_dense else None
         )
         self._visualization_pub = (
-            self.create_publisher(Image, "descriptors/visualization", qos_profile_sensor_data)
+            self.create_publisher(Image, topics.DESCRIPTOR_COLOURS, qos_profile_sensor_data)
             if self.publish_visualization
             else None
         )
-        self._matches_pub = self.create_publisher(KeypointMatches, "keypoints/matches", 10)
-        self._markers_pub = self.create_publisher(MarkerArray, "keypoints/markers", 10)
+        self._matches_pub = self.create_publisher(KeypointMatches, topics.KEYPOINT_MATCHES, 10)
+        self._markers_pub = self.create_publisher(MarkerArray, topics.KEYPOINT_MARKERS, 10)
         self._errors_pub = self.create_publisher(String, "~/errors", 10)
         self.create_service(
             SetGraspPoint,
@@ -169,84 +217,10 @@ class DescriptorNode(Node):
         self._worker.start()
         self.get_logger().info(
             f"ready: {self.engine.description}; keypoints {self.keypoints.names or 'none yet'}; "
-            f"images on {self.resolve_topic_name(IMAGE_TOPIC)}"
+            f"images on {self.resolve_topic_name(topics.IMAGE)}"
             f"{', depth and camera info' if self.use_depth else ''}; not found beyond descriptor "
             f"distance {self.matching.max_distance:.3f}"
         )
-
-    def _declare_parameters(self) -> dict:
-        def declare(name, default, description):
-            return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
-
-        return {
-            "model_dir": declare(
-                "model_dir",
-                "",
-                "folder of the exported descriptor model (manifest.json); keypoints.json is stored beside it",
-            ),
-            "keypoints_file": declare(
-                "keypoints_file",
-                "",
-                "keypoints to locate: '' = keypoints.json beside the model "
-                "(where ~/set_grasp_point stores them), or a YAML file of "
-                "name/image_index/u/v (config/keypoints_example.yaml), "
-                "defined at start-up",
-            ),
-            "auto_keypoints": declare(
-                "auto_keypoints",
-                0,
-                "when no keypoint is defined, choose this many automatically "
-                "(the first, 'grasp', at the object's top centre) and store "
-                "them; 0 = wait for ~/set_grasp_point",
-            ),
-            "dataset": declare(
-                "dataset",
-                "",
-                "the model's training dataset, to define keypoints on; '' = the one named in the model's manifest",
-            ),
-            "nerf_checkpoint": declare(
-                "nerf_checkpoint",
-                "",
-                "NeRF giving keypoints their 3D point when the dataset has "
-                "no depth; '' = the one named in the model's manifest",
-            ),
-            "device": declare("device", "auto", "auto (CUDA when available), cpu, cuda or cuda:N"),
-            "half_precision": declare("half_precision", True, "fp16 network on CUDA (ignored on CPU)"),
-            "channels_last": declare("channels_last", True, "channels-last memory format on CUDA (ignored on CPU)"),
-            "compile": declare("compile", "none", "none, torchscript (torch.jit.trace) or torch_compile"),
-            "cpu_threads": declare("cpu_threads", 0, "torch CPU threads; 0 = torch's default"),
-            "publish_dense": declare("publish_dense", True, "publish descriptors/image (32FC<D>)"),
-            "dense_scale": declare(
-                "dense_scale", 0.5, "descriptors/image size as a fraction of the camera image's (1 = full resolution)"
-            ),
-            "publish_visualization": declare("publish_visualization", True, "publish descriptors/visualization (rgb8)"),
-            "use_depth": declare(
-                "use_depth", True, f"subscribe {DEPTH_TOPIC} and {CAMERA_INFO_TOPIC} to give keypoints a 3D point"
-            ),
-            "depth_wait_s": declare(
-                "depth_wait_s",
-                0.05,
-                "how long to wait for the depth image with the colour image's stamp before matching without 3D points",
-            ),
-            "refinement": declare(
-                "refinement", "soft_argmax", "keypoint match refinement: none (arg-min) or soft_argmax"
-            ),
-            "soft_argmax_window_px": declare(
-                "soft_argmax_window_px", 3, "soft-argmax window half-size in descriptor pixels"
-            ),
-            "temperature": declare("temperature", 1.0, "match heatmap exp(-|q - d|^2 / temperature)"),
-            "max_descriptor_distance": declare(
-                "max_descriptor_distance",
-                0.0,
-                "a keypoint whose best match is farther is not "
-                "found; 0 = each keypoint's own distance, measured "
-                "on the training views (else the model's margin)",
-            ),
-            "confidence_radius_px": declare(
-                "confidence_radius_px", 2.0, "confidence = heatmap mass within this many descriptor pixels of the match"
-            ),
-            "marker_scale_m": declare("marker_scale_m", 0.01, "keypoint marker diameter in metres"),
-        }
 
     # ---- start-up ---------------------------------------------------------------------------
 
@@ -323,9 +297,7 @@ class DescriptorNode(Node):
 
     def _on_depth(self, msg: Image) -> None:
         with self._state:
-            self._depths[stamp_to_ns(msg.header.stamp)] = msg
-            while len(self._depths) > DEPTH_CACHE_SIZE:
-                self._depths.popitem(last=False)
+            self._depths.add(msg)
             self._state.notify_all()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -414,16 +386,10 @@ class DescriptorNode(Node):
     def _matches_msg(header, locations) -> KeypointMatches:
         msg = KeypointMatches(header=header)
         for loc in locations:
-            match = KeypointMatch(
-                name=loc.name,
-                found=loc.found,
-                u=loc.u,
-                v=loc.v,
-                descriptor_distance=loc.distance,
-                confidence=loc.confidence,
-                has_point=loc.point_cam is not None,
-            )
-            if loc.point_cam is not None:
+            match = KeypointMatch(name=loc.name, found=loc.found, u=loc.u, v=loc.v, confidence=loc.confidence)
+            match.descriptor_distance = loc.distance
+            match.has_point = loc.point_cam is not None
+            if match.has_point:
                 match.point = Point(x=float(loc.point_cam[0]), y=float(loc.point_cam[1]), z=float(loc.point_cam[2]))
             msg.keypoints.append(match)
         return msg
@@ -439,9 +405,10 @@ class DescriptorNode(Node):
                     m.action = Marker.DELETE
                 else:
                     m.action = Marker.ADD
-                    lift = 1.5 * self.marker_scale_m if j else 0.0  # the label above the sphere
+                    # The label sits above the sphere as the image shows it: up is -y in the optical frame.
+                    lift = 1.5 * self.marker_scale_m if j else 0.0
                     m.pose.position = Point(
-                        x=float(loc.point_cam[0]), y=float(loc.point_cam[1]), z=float(loc.point_cam[2]) - lift
+                        x=float(loc.point_cam[0]), y=float(loc.point_cam[1]) - lift, z=float(loc.point_cam[2])
                     )
                     m.pose.orientation.w = 1.0
                     m.scale.x = m.scale.y = m.scale.z = self.marker_scale_m

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -32,6 +30,7 @@ from std_srvs.srv import Trigger
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.grasping.planner import GraspConfig, plan_grasp
 from nerf_descriptor_ros.msg import KeypointMatches
+from nerf_descriptor_ros.ros import topics
 from nerf_descriptor_ros.ros.conversions import (
     camera_info_to_intrinsics,
     image_to_depth_m,
@@ -39,15 +38,33 @@ from nerf_descriptor_ros.ros.conversions import (
     stamp_to_ns,
 )
 from nerf_descriptor_ros.ros.node_runner import run_node
-from nerf_descriptor_ros.ros.pose_sources import POSE_SOURCES, make_pose_source
+from nerf_descriptor_ros.ros.parameters import declare_config, declare_parameters
+from nerf_descriptor_ros.ros.pose_sources import PoseSourceConfig, make_pose_source
+from nerf_descriptor_ros.ros.stamp_cache import StampedCache
 from nerf_descriptor_ros.srv import PickAndLift
 
-MATCHES_TOPIC = "keypoints/matches"
-CAMERA_INFO_TOPIC = "camera/color/camera_info"
-DEPTH_TOPIC = "camera/depth/image_raw"
 # Matches arrive one network pass after their image: keep about a second of depth images.
 DEPTH_CACHE_SIZE = 30
 WARN_PERIOD_S = 2.0
+
+# The node's own parameters; the grasp's are GraspConfig's fields, the pose source's PoseSourceConfig's.
+PARAMETERS = (
+    ("grasp_keypoint", "grasp", "name of the keypoint to grasp at"),
+    ("approach_keypoint", "", "approach 'keypoints': the keypoint the gripper comes from"),
+    ("min_confidence", 0.0, "matches with a lower confidence make no target"),
+    (
+        "use_depth",
+        True,
+        f"subscribe {topics.DEPTH} and {topics.CAMERA_INFO} for the surface normal and the object's width "
+        "(else top-down, fingers along the image's x axis)",
+    ),
+    ("max_target_age_s", 2.0, "~/grasp refuses a target older than this"),
+    ("pick_service", "/sim_robot/pick_and_lift", "the PickAndLift service that executes grasps"),
+    ("pre_grasp_distance_m", 0.0, "approach length sent with a pick; 0 = the service's default"),
+    ("lift_height_m", 0.0, "lift height sent with a pick; 0 = the service's default"),
+    ("pick_timeout_s", 120.0, "how long a pick may take"),
+    ("execute", False, "pick at the first grasp target, once, by itself"),
+)
 
 
 class ManipulationError(NerfDescriptorError):
@@ -59,29 +76,19 @@ class ManipulationNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("manipulation", **kwargs)
-        p = self._declare_parameters()
-        if p["pose_source"] not in POSE_SOURCES:
-            raise ManipulationError(
-                f"parameter pose_source is {p['pose_source']!r}; use one of {', '.join(POSE_SOURCES)}"
-            )
-        if not p["base_frame"] or not p["grasp_keypoint"]:
-            raise ManipulationError("parameters base_frame and grasp_keypoint must not be empty")
-        if p["approach"] == "keypoints" and not p["approach_keypoint"]:
+        p = declare_parameters(self, PARAMETERS)
+        self.grasp_config = declare_config(self, GraspConfig)
+        poses = declare_config(self, PoseSourceConfig)
+        if not p["grasp_keypoint"]:
+            raise ManipulationError("parameter grasp_keypoint must not be empty")
+        if self.grasp_config.approach == "keypoints" and not p["approach_keypoint"]:
             raise ManipulationError("approach 'keypoints' needs approach_keypoint: the keypoint the gripper comes from")
-        self.grasp_config = GraspConfig(
-            p["approach"],
-            p["max_tilt_deg"],
-            p["normal_radius_m"],
-            p["grasp_depth_m"],
-            p["closing_radius_m"],
-            p["closing_slab_m"],
-        )
         self.grasp_keypoint = p["grasp_keypoint"]
         self.approach_keypoint = p["approach_keypoint"]
         self.min_confidence = p["min_confidence"]
-        self.base_frame = p["base_frame"]
-        self.camera_frame = p["camera_frame"]
-        self.pose_timeout_s = p["pose_timeout_s"]
+        self.base_frame = poses.base_frame
+        self.camera_frame = poses.camera_frame
+        self.pose_timeout_s = poses.pose_timeout_s
         self.max_target_age_s = p["max_target_age_s"]
         self.pick_timeout_s = p["pick_timeout_s"]
         self.pre_grasp_distance_m = p["pre_grasp_distance_m"]
@@ -90,129 +97,46 @@ class ManipulationNode(Node):
         self.use_depth = p["use_depth"]
 
         self._state = threading.Lock()
-        self._depths: OrderedDict[int, Image] = OrderedDict()
+        self._depths = StampedCache(DEPTH_CACHE_SIZE)
         self._camera_info: CameraInfo | None = None
         self._target: PoseStamped | None = None
         self._target_received = 0.0  # monotonic time of the newest target
-        self._why_no_target = f"no keypoint matches received on {self.resolve_topic_name(MATCHES_TOPIC)}"
+        self._why_no_target = f"no keypoint matches received on {self.resolve_topic_name(topics.KEYPOINT_MATCHES)}"
         self._picking = False
         self._executed = False
 
-        self.pose_source = make_pose_source(
-            self,
-            p["pose_source"],
-            base_frame=self.base_frame,
-            pose_topic=p["pose_topic"],
-            max_interpolation_gap_s=p["max_interpolation_gap_s"],
-            newest_tolerance_s=p["max_pose_lag_s"],
-            callback_group=MutuallyExclusiveCallbackGroup(),
-        )
+        self.pose_source = make_pose_source(self, poses, MutuallyExclusiveCallbackGroup())
         self.create_subscription(
-            KeypointMatches, MATCHES_TOPIC, self._on_matches, 10, callback_group=MutuallyExclusiveCallbackGroup()
+            KeypointMatches,
+            topics.KEYPOINT_MATCHES,
+            self._on_matches,
+            10,
+            callback_group=MutuallyExclusiveCallbackGroup(),
         )
         if self.use_depth:
             sensors = MutuallyExclusiveCallbackGroup()
             self.create_subscription(
-                Image, DEPTH_TOPIC, self._on_depth, qos_profile_sensor_data, callback_group=sensors
+                Image, topics.DEPTH, self._on_depth, qos_profile_sensor_data, callback_group=sensors
             )
             self.create_subscription(
-                CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
+                CameraInfo, topics.CAMERA_INFO, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
             )
-        self._target_pub = self.create_publisher(PoseStamped, "grasp/target", 10)
+        self._target_pub = self.create_publisher(PoseStamped, topics.GRASP_TARGET, 10)
         calls = ReentrantCallbackGroup()
         self._pick_client = self.create_client(PickAndLift, p["pick_service"], callback_group=calls)
         self.create_service(Trigger, "~/grasp", self._on_grasp, callback_group=calls)
         self.get_logger().info(
             f"ready: grasping keypoint {self.grasp_keypoint!r} ({self.grasp_config.approach} approach) "
-            f"from {self.resolve_topic_name(MATCHES_TOPIC)}; camera poses from "
+            f"from {self.resolve_topic_name(topics.KEYPOINT_MATCHES)}; camera poses from "
             f"{self.pose_source.description}; picks through {self._pick_client.srv_name}"
             f"{'; executing the first target' if self.execute else ''}"
         )
-
-    def _declare_parameters(self) -> dict:
-        def declare(name, default, description):
-            return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
-
-        defaults = GraspConfig()
-        return {
-            "grasp_keypoint": declare("grasp_keypoint", "grasp", "name of the keypoint to grasp at"),
-            "approach": declare(
-                "approach",
-                defaults.approach,
-                "approach direction: normal (local surface normal from depth), "
-                "keypoints (from approach_keypoint to the grasp keypoint) or top_down",
-            ),
-            "approach_keypoint": declare(
-                "approach_keypoint", "", "approach 'keypoints': the keypoint the gripper comes from"
-            ),
-            "max_tilt_deg": declare(
-                "max_tilt_deg", defaults.max_tilt_deg, "the approach is tilted at most this much from straight down"
-            ),
-            "normal_radius_m": declare(
-                "normal_radius_m", defaults.normal_radius_m, "surface normal from depth points within this distance"
-            ),
-            "grasp_depth_m": declare(
-                "grasp_depth_m",
-                defaults.grasp_depth_m,
-                "the TCP goes this far past the surface point along the approach",
-            ),
-            "closing_radius_m": declare(
-                "closing_radius_m",
-                defaults.closing_radius_m,
-                "fingers close across the narrowest width of the object "
-                "points within this distance of the TCP axis ...",
-            ),
-            "closing_slab_m": declare("closing_slab_m", defaults.closing_slab_m, "... and above the TCP minus this"),
-            "min_confidence": declare("min_confidence", 0.0, "matches with a lower confidence make no target"),
-            "use_depth": declare(
-                "use_depth",
-                True,
-                f"subscribe {DEPTH_TOPIC} and {CAMERA_INFO_TOPIC} for the surface "
-                "normal and the object's width (else top-down, fingers along the "
-                "image's x axis)",
-            ),
-            "pose_source": declare(
-                "pose_source", "topic", "where camera poses come from: 'topic' (pose_topic) or 'tf'"
-            ),
-            "pose_topic": declare(
-                "pose_topic",
-                "camera/pose",
-                "geometry_msgs/PoseStamped of the camera optical frame in base_frame (pose_source: topic)",
-            ),
-            "base_frame": declare("base_frame", "panda_link0", "frame of the grasp targets"),
-            "camera_frame": declare(
-                "camera_frame", "", "camera optical frame for TF lookups; empty = the matches' header.frame_id"
-            ),
-            "pose_timeout_s": declare("pose_timeout_s", 0.5, "how long to wait for the camera pose at a match's stamp"),
-            "max_interpolation_gap_s": declare(
-                "max_interpolation_gap_s",
-                0.2,
-                "largest gap between two poses a stamp may be interpolated between (pose_source: topic)",
-            ),
-            "max_pose_lag_s": declare(
-                "max_pose_lag_s",
-                0.0,
-                "a stamp at most this much newer than the newest pose takes that pose (pose_source: topic)",
-            ),
-            "max_target_age_s": declare("max_target_age_s", 2.0, "~/grasp refuses a target older than this"),
-            "pick_service": declare(
-                "pick_service", "/sim_robot/pick_and_lift", "the PickAndLift service that executes grasps"
-            ),
-            "pre_grasp_distance_m": declare(
-                "pre_grasp_distance_m", 0.0, "approach length sent with a pick; 0 = the service's default"
-            ),
-            "lift_height_m": declare("lift_height_m", 0.0, "lift height sent with a pick; 0 = the service's default"),
-            "pick_timeout_s": declare("pick_timeout_s", 120.0, "how long a pick may take"),
-            "execute": declare("execute", False, "pick at the first grasp target, once, by itself"),
-        }
 
     # ---- inputs -----------------------------------------------------------------------------
 
     def _on_depth(self, msg: Image) -> None:
         with self._state:
-            self._depths[stamp_to_ns(msg.header.stamp)] = msg
-            while len(self._depths) > DEPTH_CACHE_SIZE:
-                self._depths.popitem(last=False)
+            self._depths.add(msg)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         with self._state:

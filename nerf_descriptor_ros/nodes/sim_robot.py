@@ -11,6 +11,9 @@ Services: ``~/move_camera`` (MoveCamera), ``~/set_object_pose`` (SetObjectPose),
 where it was afterwards). Action: ``~/view_sweep`` (ViewSweep); goal fields left at 0 take the
 ``sweep_*`` / ``dwell_s`` parameters.
 
+Parameters: one per field of :class:`SimConfig` (``object`` is its object_source) and of
+:class:`RequestDefaults`, plus the node's own (:data:`PARAMETERS`); see config/sim_robot.yaml.
+
 Threads: pybullet is not thread-safe, so one lock guards the world. Rendering has its own callback
 group; services and the action share a reentrant one, so frames keep coming while the arm moves.
 Arm moves and picks advance the world in fixed time steps and release the lock between steps, so
@@ -21,11 +24,11 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TransformStamped
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
@@ -34,9 +37,11 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Header
 
 from nerf_descriptor_ros.action import ViewSweep
+from nerf_descriptor_ros.config import ConfigError, described
 from nerf_descriptor_ros.data.dataset import DatasetError
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.geometry import InvalidPoseError, pose_distance, validate_rigid_transform
+from nerf_descriptor_ros.ros import topics
 from nerf_descriptor_ros.ros.conversions import (
     array_to_image,
     intrinsics_to_camera_info,
@@ -44,21 +49,57 @@ from nerf_descriptor_ros.ros.conversions import (
     pose_msg_to_matrix,
 )
 from nerf_descriptor_ros.ros.node_runner import run_node
+from nerf_descriptor_ros.ros.parameters import declare_config, declare_parameters
 from nerf_descriptor_ros.sim import SimConfig, SimWorld, framing_distance, hemisphere_views
 from nerf_descriptor_ros.srv import MoveCamera, PickAndLift, SaveGroundTruth, SetObjectPose
 
-IMAGE_TOPIC = "camera/color/image_raw"
-CAMERA_INFO_TOPIC = "camera/color/camera_info"
-DEPTH_TOPIC = "camera/depth/image_raw"
-MASK_TOPIC = "camera/mask/image_raw"
-POSE_TOPIC = "camera/pose"
-JOINT_STATES_TOPIC = "joint_states"
 # Arm moves advance in steps of this many (simulated and wall-clock) seconds.
 CONTROL_PERIOD_S = 0.02
+
+# The node's own parameters; the world's are SimConfig's fields (``object`` is object_source).
+PARAMETERS = (
+    ("object_seed", -1, "random object placement (position in the region, yaw); -1 = nominal pose"),
+    ("publish_rate_hz", 10.0, "rate of rendered frames (image, info, depth, mask, pose, joint states)"),
+    ("publish_depth", True, f"publish {topics.DEPTH} (32FC1, metres along the optical axis)"),
+    ("publish_mask", True, f"publish {topics.MASK} (mono8, 255 = object; simulator ground truth)"),
+    ("base_frame", "panda_link0", f"robot base frame: frame_id of {topics.CAMERA_POSE} and of accepted targets"),
+    ("camera_frame", "camera_color_optical_frame", "frame_id of the images (OpenCV optical frame)"),
+    ("data_root", "data", "~/save_ground_truth writes <data_root>/<object_name>/ground_truth.json"),
+)
 
 
 class SimRobotError(NerfDescriptorError):
     """A parameter or request the simulated robot cannot honour; the message says why."""
+
+
+def _default(value, description: str):
+    return described(value, description)
+
+
+@dataclass
+class RequestDefaults:
+    """What ~/view_sweep and ~/pick_and_lift use where a goal's or request's field is 0."""
+
+    sweep_num_views: int = _default(48, "views in a sweep when the goal says 0")
+    sweep_radius_m: float = _default(
+        0.0, "camera distance from the object centre when the goal says 0; 0 = frame the object (sweep_fill_fraction)"
+    )
+    sweep_fill_fraction: float = _default(
+        0.5, "automatic radius: the object's bounding sphere spans this fraction of the narrower field of view"
+    )
+    sweep_radius_range_m: tuple[float, float] = _default(
+        (0.15, 0.4), "the automatic radius is clamped to this range (m), where the arm can still circle the object"
+    )
+    sweep_min_elevation_deg: float = _default(25.0, "lowest view elevation when the goal gives none")
+    sweep_max_elevation_deg: float = _default(70.0, "highest view elevation when the goal gives none")
+    dwell_s: float = _default(0.5, "time the camera holds still at each reached view when the goal says 0")
+    pick_pre_grasp_distance_m: float = _default(0.1, "pick approach length when the request says 0 (m)")
+    pick_lift_height_m: float = _default(0.1, "pick lift height when the request says 0 (m)")
+
+    def __post_init__(self):
+        for name in ("pick_pre_grasp_distance_m", "pick_lift_height_m"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
 
 
 class _Cancelled(Exception):
@@ -70,57 +111,17 @@ class SimRobotNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("sim_robot", **kwargs)
-        p = self._declare_parameters()
+        p = declare_parameters(self, PARAMETERS)
+        config = declare_config(self, SimConfig, names={"object_source": "object"})
+        self.defaults = declare_config(self, RequestDefaults)
         self.base_frame = p["base_frame"]
         self.camera_frame = p["camera_frame"]
         self.data_root = Path(p["data_root"]).expanduser()
-        self.publish_depth = p["publish_depth"]
-        self.publish_mask = p["publish_mask"]
-        self.sweep_defaults = {
-            key: p[key]
-            for key in (
-                "sweep_num_views",
-                "sweep_radius_m",
-                "sweep_fill_fraction",
-                "sweep_radius_range_m",
-                "sweep_min_elevation_deg",
-                "sweep_max_elevation_deg",
-                "dwell_s",
-            )
-        }
-        self.sweep_defaults["sweep_radius_range_m"] = _pair(p["sweep_radius_range_m"], "sweep_radius_range_m")
-        self.pick_defaults = {key: p[key] for key in ("pick_pre_grasp_distance_m", "pick_lift_height_m")}
         if not self.base_frame or not self.camera_frame:
             raise SimRobotError("parameters base_frame and camera_frame must not be empty")
         if p["publish_rate_hz"] <= 0:
             raise SimRobotError(f"publish_rate_hz must be positive, got {p['publish_rate_hz']}")
         try:
-            config = SimConfig(
-                object_source=p["object"],
-                object_scale=p["object_scale"],
-                object_rpy_deg=(_triple(p["object_rpy_deg"], "object_rpy_deg") if p["object_rpy_deg"] else None),
-                object_random_roll_pitch=p["object_random_roll_pitch"],
-                object_nominal_xy=_pair(p["object_nominal_xy"], "object_nominal_xy"),
-                object_random_x_range=_pair(p["object_random_x_range"], "object_random_x_range"),
-                object_random_y_range=_pair(p["object_random_y_range"], "object_random_y_range"),
-                width=p["width"],
-                height=p["height"],
-                vertical_fov_deg=p["vertical_fov_deg"],
-                clip_near_m=p["clip_near_m"],
-                clip_far_m=p["clip_far_m"],
-                camera_mount_xyz=_triple(p["camera_mount_xyz"], "camera_mount_xyz"),
-                camera_mount_rpy_deg=_triple(p["camera_mount_rpy_deg"], "camera_mount_rpy_deg"),
-                joint_speed_rad_s=p["joint_speed_rad_s"],
-                ik_position_tolerance_m=p["ik_position_tolerance_m"],
-                ik_rotation_tolerance_deg=p["ik_rotation_tolerance_deg"],
-                object_friction=p["object_friction"],
-                grasp_speed_m_s=p["grasp_speed_m_s"],
-            )
-            for name in ("joint_speed_rad_s", "grasp_speed_m_s", "pick_pre_grasp_distance_m", "pick_lift_height_m"):
-                if not p[name] > 0:
-                    raise SimRobotError(f"{name} must be positive, got {p[name]}")
-            if not p["object_friction"] >= 0:
-                raise SimRobotError(f"object_friction must not be negative, got {p['object_friction']}")
             self.world = SimWorld(config)
         except ValueError as exc:  # bad sizes, intrinsics, object model
             raise SimRobotError(str(exc)) from exc
@@ -140,16 +141,16 @@ class SimRobotNode(Node):
 
         render_group = MutuallyExclusiveCallbackGroup()
         request_group = ReentrantCallbackGroup()
-        self._image_pub = self.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
-        self._info_pub = self.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, qos_profile_sensor_data)
+        self._image_pub = self.create_publisher(Image, topics.IMAGE, qos_profile_sensor_data)
+        self._info_pub = self.create_publisher(CameraInfo, topics.CAMERA_INFO, qos_profile_sensor_data)
         self._depth_pub = (
-            self.create_publisher(Image, DEPTH_TOPIC, qos_profile_sensor_data) if self.publish_depth else None
+            self.create_publisher(Image, topics.DEPTH, qos_profile_sensor_data) if p["publish_depth"] else None
         )
         self._mask_pub = (
-            self.create_publisher(Image, MASK_TOPIC, qos_profile_sensor_data) if self.publish_mask else None
+            self.create_publisher(Image, topics.MASK, qos_profile_sensor_data) if p["publish_mask"] else None
         )
-        self._pose_pub = self.create_publisher(PoseStamped, POSE_TOPIC, qos_profile_sensor_data)
-        self._joint_pub = self.create_publisher(JointState, JOINT_STATES_TOPIC, 10)
+        self._pose_pub = self.create_publisher(PoseStamped, topics.CAMERA_POSE, qos_profile_sensor_data)
+        self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, 10)
         self._tf_broadcaster = self._make_tf_broadcaster()
         self.create_timer(1.0 / p["publish_rate_hz"], self._publish_frame, callback_group=render_group)
         self.create_service(MoveCamera, "~/move_camera", self._on_move_camera, callback_group=request_group)
@@ -168,154 +169,13 @@ class SimRobotNode(Node):
             callback_group=request_group,
         )
 
-    def _declare_parameters(self) -> dict:
-        def declare(name, default, description, dynamic_typing=False):
-            return self.declare_parameter(
-                name, default, ParameterDescriptor(description=description, dynamic_typing=dynamic_typing)
-            ).value
-
-        defaults = SimConfig()
-        return {
-            "object": declare(
-                "object",
-                defaults.object_source,
-                "object model: a URDF or .obj/.stl mesh, absolute or relative to "
-                "pybullet_data (e.g. duck_vhacd.urdf, objects/mug.urdf, "
-                "random_urdfs/017/017.urdf)",
-            ),
-            "object_scale": declare("object_scale", defaults.object_scale, "uniform scale applied to the object model"),
-            "object_rpy_deg": declare(
-                "object_rpy_deg",
-                [],
-                "roll, pitch, yaw (deg) turning the model's axes upright on "
-                "the table (before the random yaw); empty = automatic: the "
-                "known y-up pybullet_data models (duck, teddy, bunny) are "
-                "stood up, every other model is used as modelled (z up, the "
-                "URDF convention)",
-                dynamic_typing=True,
-            ),
-            "object_seed": declare(
-                "object_seed", -1, "random object placement (position in the region, yaw); -1 = nominal pose"
-            ),
-            "object_random_roll_pitch": declare(
-                "object_random_roll_pitch",
-                defaults.object_random_roll_pitch,
-                "random placements rest the object on a random stable face instead of upright",
-            ),
-            "object_friction": declare(
-                "object_friction",
-                defaults.object_friction,
-                "the object's friction coefficient during picks (pybullet multiplies it with the finger pads' 1.0)",
-            ),
-            "object_nominal_xy": declare(
-                "object_nominal_xy",
-                list(defaults.object_nominal_xy),
-                "where the object's bounding box is centred (x, y in base_frame) when not random",
-            ),
-            "object_random_x_range": declare(
-                "object_random_x_range",
-                list(defaults.object_random_x_range),
-                "random placement: range of the bounding box centre's x (m, base_frame)",
-            ),
-            "object_random_y_range": declare(
-                "object_random_y_range",
-                list(defaults.object_random_y_range),
-                "random placement: range of the bounding box centre's y (m, base_frame)",
-            ),
-            "width": declare("width", defaults.width, "image width in pixels"),
-            "height": declare("height", defaults.height, "image height in pixels"),
-            "vertical_fov_deg": declare(
-                "vertical_fov_deg",
-                defaults.vertical_fov_deg,
-                "vertical field of view; square pixels, centred principal point",
-            ),
-            "clip_near_m": declare("clip_near_m", defaults.clip_near_m, "nearest rendered distance (m)"),
-            "clip_far_m": declare(
-                "clip_far_m", defaults.clip_far_m, "farthest rendered distance (m); beyond it depth is NaN"
-            ),
-            "publish_rate_hz": declare(
-                "publish_rate_hz", 10.0, "rate of rendered frames (image, info, depth, mask, pose, joint states)"
-            ),
-            "publish_depth": declare(
-                "publish_depth", True, f"publish {DEPTH_TOPIC} (32FC1, metres along the optical axis)"
-            ),
-            "publish_mask": declare(
-                "publish_mask", True, f"publish {MASK_TOPIC} (mono8, 255 = object; simulator ground truth)"
-            ),
-            "base_frame": declare(
-                "base_frame", "panda_link0", "robot base frame: frame_id of camera/pose and of accepted targets"
-            ),
-            "camera_frame": declare(
-                "camera_frame", "camera_color_optical_frame", "frame_id of the images (OpenCV optical frame)"
-            ),
-            "data_root": declare(
-                "data_root", "data", "~/save_ground_truth writes <data_root>/<object_name>/ground_truth.json"
-            ),
-            "joint_speed_rad_s": declare(
-                "joint_speed_rad_s", defaults.joint_speed_rad_s, "peak joint speed of arm moves (rad/s)"
-            ),
-            "ik_position_tolerance_m": declare(
-                "ik_position_tolerance_m",
-                defaults.ik_position_tolerance_m,
-                "a camera target missed by more is unreachable",
-            ),
-            "ik_rotation_tolerance_deg": declare(
-                "ik_rotation_tolerance_deg",
-                defaults.ik_rotation_tolerance_deg,
-                "a camera target turned off by more is unreachable",
-            ),
-            "camera_mount_xyz": declare(
-                "camera_mount_xyz", list(defaults.camera_mount_xyz), "camera optical frame position in panda_hand (m)"
-            ),
-            "camera_mount_rpy_deg": declare(
-                "camera_mount_rpy_deg",
-                list(defaults.camera_mount_rpy_deg),
-                "camera optical frame orientation in panda_hand "
-                "(roll, pitch, yaw in deg; zero = looking along the "
-                "hand's z axis)",
-            ),
-            "sweep_num_views": declare("sweep_num_views", 48, "views in a sweep when the goal says 0"),
-            "sweep_radius_m": declare(
-                "sweep_radius_m",
-                0.0,
-                "camera distance from the object centre when the goal says 0; "
-                "0 = frame the object (sweep_fill_fraction)",
-            ),
-            "sweep_fill_fraction": declare(
-                "sweep_fill_fraction",
-                0.5,
-                "automatic radius: the object's bounding sphere spans this fraction of the narrower field of view",
-            ),
-            "sweep_radius_range_m": declare(
-                "sweep_radius_range_m",
-                [0.15, 0.4],
-                "the automatic radius is clamped to this range (m), where the arm can still circle the object",
-            ),
-            "sweep_min_elevation_deg": declare(
-                "sweep_min_elevation_deg", 25.0, "lowest view elevation when the goal gives none"
-            ),
-            "sweep_max_elevation_deg": declare(
-                "sweep_max_elevation_deg", 70.0, "highest view elevation when the goal gives none"
-            ),
-            "dwell_s": declare("dwell_s", 0.5, "time the camera holds still at each reached view when the goal says 0"),
-            "grasp_speed_m_s": declare(
-                "grasp_speed_m_s",
-                defaults.grasp_speed_m_s,
-                "peak gripper speed on a pick's straight approach, lift and retreat (m/s)",
-            ),
-            "pick_pre_grasp_distance_m": declare(
-                "pick_pre_grasp_distance_m", 0.1, "pick approach length when the request says 0 (m)"
-            ),
-            "pick_lift_height_m": declare("pick_lift_height_m", 0.1, "pick lift height when the request says 0 (m)"),
-        }
-
     def _make_tf_broadcaster(self):
         """A TF broadcaster when tf2_ros is available (a real ROS install); else None, said once."""
         try:
             from tf2_ros import TransformBroadcaster
         except ImportError:
             self.get_logger().info(
-                f"tf2_ros is not importable: the camera pose is published on {POSE_TOPIC} only, not on TF"
+                f"tf2_ros is not importable: the camera pose is published on {topics.CAMERA_POSE} only, not on TF"
             )
             return None
         return TransformBroadcaster(self)
@@ -437,21 +297,21 @@ class SimRobotNode(Node):
     # ---- view sweep --------------------------------------------------------------------------
 
     def _sweep_plan(self, goal) -> list[np.ndarray]:
-        d = self.sweep_defaults
-        num_views = goal.num_views or d["sweep_num_views"]
+        d = self.defaults
+        num_views = goal.num_views or d.sweep_num_views
         if goal.min_elevation_deg == 0.0 and goal.max_elevation_deg == 0.0:
-            elevations = d["sweep_min_elevation_deg"], d["sweep_max_elevation_deg"]
+            elevations = d.sweep_min_elevation_deg, d.sweep_max_elevation_deg
         else:
             elevations = goal.min_elevation_deg, goal.max_elevation_deg
         with self._world_lock:
             center = self.world.object_center()
             object_radius = self.world.object_radius()
-        radius = goal.radius or d["sweep_radius_m"]
+        radius = goal.radius or d.sweep_radius_m
         if radius == 0.0:
             radius = float(
                 np.clip(
-                    framing_distance(object_radius, self.world.intrinsics, d["sweep_fill_fraction"]),
-                    *d["sweep_radius_range_m"],
+                    framing_distance(object_radius, self.world.intrinsics, d.sweep_fill_fraction),
+                    *d.sweep_radius_range_m,
                 )
             )
         self.get_logger().info(
@@ -474,7 +334,7 @@ class SimRobotNode(Node):
                 result.message = f"refused: {exc}"
                 goal_handle.abort()
                 return result
-            dwell_s = goal.dwell_s or self.sweep_defaults["dwell_s"]
+            dwell_s = goal.dwell_s or self.defaults.dwell_s
             cancelled = lambda: goal_handle.is_cancel_requested  # noqa: E731
             try:
                 for index, target in enumerate(views):
@@ -532,8 +392,8 @@ class SimRobotNode(Node):
         except (InvalidPoseError, SimRobotError) as exc:
             response.message = str(exc)
             return response
-        pre_grasp = request.pre_grasp_distance_m or self.pick_defaults["pick_pre_grasp_distance_m"]
-        lift = request.lift_height_m or self.pick_defaults["pick_lift_height_m"]
+        pre_grasp = request.pre_grasp_distance_m or self.defaults.pick_pre_grasp_distance_m
+        lift = request.lift_height_m or self.defaults.pick_lift_height_m
         if not self._arm_lock.acquire(blocking=False):
             response.message = "the arm is busy with a move, a view sweep or a pick; try again later"
             return response
@@ -608,23 +468,6 @@ class SimRobotNode(Node):
         super().destroy_node()
         with self._world_lock:
             self.world.close()
-
-
-def _pair(values, name: str) -> tuple[float, float]:
-    return _numbers(values, 2, name)
-
-
-def _triple(values, name: str) -> tuple[float, float, float]:
-    return _numbers(values, 3, name)
-
-
-def _numbers(values, count: int, name: str) -> tuple:
-    try:
-        if isinstance(values, (str, bytes)) or len(values) != count:
-            raise ValueError
-        return tuple(float(value) for value in values)
-    except (TypeError, ValueError):
-        raise SimRobotError(f"parameter {name} needs {count} numbers, got {values!r}") from None
 
 
 def main(args=None) -> int:

@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
@@ -36,6 +34,7 @@ from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.msg import TrainingStatus
 from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, StageCancelled
 from nerf_descriptor_ros.ros.node_runner import run_node
+from nerf_descriptor_ros.ros.parameters import declare_parameters
 from nerf_descriptor_ros.srv import EstimatePoses, StartTraining
 
 
@@ -57,10 +56,10 @@ class JobContext:
 
 
 def _nerf_config(ctx: JobContext):
+    from nerf_descriptor_ros.config import merged
     from nerf_descriptor_ros.nerf import load_config
-    from nerf_descriptor_ros.nerf.config import config_from_dict
 
-    return config_from_dict(ctx.overrides, load_config(ctx.nerf_config_path or None))
+    return merged(load_config(ctx.nerf_config_path or None), ctx.overrides, "config_overrides_yaml", "nerf")
 
 
 def check_nerf_stage(ctx: JobContext) -> None:
@@ -80,14 +79,20 @@ def run_nerf_stage(ctx: JobContext, report: ProgressCallback, cancel: threading.
 
 
 def _descriptor_settings(ctx: JobContext):
+    from nerf_descriptor_ros.config import merged
     from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
 
-    return DescriptorSettings.load(ctx.descriptor_config_path or None, ctx.overrides)
+    return merged(
+        DescriptorSettings.load(ctx.descriptor_config_path or None),
+        ctx.overrides,
+        "config_overrides_yaml",
+        "descriptors",
+    )
 
 
 def check_descriptors_stage(ctx: JobContext) -> None:
-    from nerf_descriptor_ros.descriptors.correspondences import working_intrinsics
     from nerf_descriptor_ros.descriptors.network import check_input_size
+    from nerf_descriptor_ros.descriptors.view_geometry import working_intrinsics
 
     settings = _descriptor_settings(ctx)
     working = working_intrinsics(ctx.dataset.frames[0], settings.correspondences.width)
@@ -143,14 +148,15 @@ def plan_stages(requested: list[str]) -> list[Stage]:
 
 
 def parse_overrides(text: str, stages: list[Stage]) -> dict:
-    """``{stage: {key: value}}`` from the request's YAML, refusing stages that do not exist."""
-    try:
-        overrides = yaml.safe_load(text) if text.strip() else {}
-    except yaml.YAMLError as exc:
-        raise TrainingRequestError(f"config_overrides_yaml is not valid YAML: {exc}") from exc
-    if overrides is None:
-        overrides = {}
-    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+    """``{stage: {key: value}}`` from the request's YAML, refusing stages that do not exist.
+
+    The keys and values are checked when each stage builds its config (the stage checks do that
+    before a job starts).
+    """
+    from nerf_descriptor_ros.config import parse_yaml_mapping
+
+    overrides = parse_yaml_mapping(text, "config_overrides_yaml")
+    if not all(isinstance(v, dict) for v in overrides.values()):
         raise TrainingRequestError(
             "config_overrides_yaml must map stage names to mappings of "
             'config keys, e.g. "{nerf: {iterations: 2000}, descriptors: '
@@ -215,35 +221,37 @@ class TrainingJob:
         self.on_progress(self)
 
 
+PARAMETERS = (
+    ("data_root", "data", "datasets are <data_root>/<object_name>"),
+    ("device", "auto", "auto (CUDA with mixed precision when available, else CPU), cpu, cuda, cuda:N"),
+    ("nerf_config", "", "NeRF config YAML (e.g. config/nerf_fast.yaml); empty = the built-in fast-model defaults"),
+    (
+        "cpu_threads",
+        0,
+        "PyTorch CPU threads; 0 = all cores (best on an idle CPU), 1 is many times faster when other processes "
+        "keep the cores busy",
+    ),
+    (
+        "descriptor_config",
+        "",
+        "descriptor settings YAML (e.g. config/descriptors.yaml); empty = the built-in defaults",
+    ),
+)
+
+
 class TrainerNode(Node):
     def __init__(self, **kwargs):
         super().__init__("trainer", **kwargs)
 
-        def declare(name, default, description):
-            return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
-
-        self.data_root = Path(declare("data_root", "data", "datasets are <data_root>/<object_name>"))
-        self.device = declare(
-            "device", "auto", "auto (CUDA with mixed precision when available, else CPU), cpu, cuda, cuda:N"
-        )
-        self.nerf_config = declare(
-            "nerf_config", "", "NeRF config YAML (e.g. config/nerf_fast.yaml); empty = the built-in fast-model defaults"
-        )
-        threads = declare(
-            "cpu_threads",
-            0,
-            "PyTorch CPU threads; 0 = all cores (best on an idle "
-            "CPU), 1 is many times faster when other processes keep the cores busy",
-        )
-        if threads > 0:
+        p = declare_parameters(self, PARAMETERS)
+        self.data_root = Path(p["data_root"])
+        self.device = p["device"]
+        self.nerf_config = p["nerf_config"]
+        self.descriptor_config = p["descriptor_config"]
+        if p["cpu_threads"] > 0:
             import torch
 
-            torch.set_num_threads(threads)
-        self.descriptor_config = declare(
-            "descriptor_config",
-            "",
-            "descriptor settings YAML (e.g. config/descriptors.yaml); empty = the built-in defaults",
-        )
+            torch.set_num_threads(p["cpu_threads"])
         for name, path in (("nerf_config", self.nerf_config), ("descriptor_config", self.descriptor_config)):
             if path and not Path(path).is_file():
                 raise TrainingRequestError(f"parameter {name}: {path} does not exist")
@@ -344,7 +352,7 @@ class TrainerNode(Node):
         response.frames_total, response.frames_registered = sfm.num_images, len(sfm.c2w)
         response.mean_reprojection_error_px = float(sfm.mean_reprojection_error_px)
         if estimate.alignment is not None:
-            response.median_center_residual_m = estimate.alignment.median_centre_error_m
+            response.median_center_residual_m = estimate.alignment.median_center_error_m
             response.median_rotation_residual_deg = estimate.alignment.median_rotation_error_deg
         self.get_logger().info(f"estimate_poses: {response.message}")
         return response

@@ -1,1 +1,1 @@
-"""Camera poses without an arm: structure-from-motion, alignment to arm poses, foreign pose formats."""
+"""Camera poses without an arm: structure-from-motion and alignment to arm poses."""

@@ -106,13 +106,13 @@ class AlignmentReport:
 
     similarity: Similarity
     keys: list
-    centre_error_m: np.ndarray
+    center_error_m: np.ndarray
     rotation_error_deg: np.ndarray
     inliers: np.ndarray
 
     @property
-    def median_centre_error_m(self) -> float:
-        return float(np.median(self.centre_error_m))
+    def median_center_error_m(self) -> float:
+        return float(np.median(self.center_error_m))
 
     @property
     def median_rotation_error_deg(self) -> float:
@@ -125,8 +125,8 @@ class AlignmentReport:
     def summary(self, what: str = "arm") -> str:
         text = (
             f"aligned to the {what} poses with scale {self.similarity.scale:.6g}: camera centres "
-            f"differ by median {1000 * self.median_centre_error_m:.2f} mm (max "
-            f"{1000 * self.centre_error_m.max():.2f} mm), rotations by median "
+            f"differ by median {1000 * self.median_center_error_m:.2f} mm (max "
+            f"{1000 * self.center_error_m.max():.2f} mm), rotations by median "
             f"{self.median_rotation_error_deg:.3f} deg (max {self.rotation_error_deg.max():.3f} deg)"
         )
         if self.outliers:
@@ -143,9 +143,9 @@ def align_poses(estimated: dict, reference: dict) -> AlignmentReport:
     dst = np.array([reference[k][:3, 3] for k in keys])
     sim, inliers = robust_umeyama(src, dst)
     aligned = [sim.apply_pose(estimated[k]) for k in keys]
-    centre = np.array([np.linalg.norm(a[:3, 3] - reference[k][:3, 3]) for a, k in zip(aligned, keys)])
+    center = np.array([np.linalg.norm(a[:3, 3] - reference[k][:3, 3]) for a, k in zip(aligned, keys)])
     rotation = np.array([rotation_angle_deg(a[:3, :3], reference[k][:3, :3]) for a, k in zip(aligned, keys)])
-    return AlignmentReport(sim, keys, centre, rotation, inliers)
+    return AlignmentReport(sim, keys, center, rotation, inliers)
 
 
 def perturb_pose(c2w: np.ndarray, rng: np.random.Generator, translation_m: float, rotation_deg: float) -> np.ndarray:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nerf_descriptor_ros.data.dataset import DEPTH_UNIT_SCALE, MANIFEST_NAME, Dataset
-from nerf_descriptor_ros.data.formats import NEAR_FAR_KEY, SourceFrame, write_dataset
+from nerf_descriptor_ros.data.foreign import NEAR_FAR_KEY, SourceFrame, write_dataset
 from nerf_descriptor_ros.data.masks import IMAGE_SUFFIXES, MaskConsistency, check_mask_consistency
 from nerf_descriptor_ros.geometry import CameraIntrinsics
 from nerf_descriptor_ros.poses.alignment import AlignmentReport, align_poses

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nerf_descriptor_ros.data.formats import (
+from nerf_descriptor_ros.data.colmap import (
     colmap_c2w,
     colmap_camera_to_intrinsics,
     intrinsics_to_colmap,

@@ -12,7 +12,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, Quaternion
 from sensor_msgs.msg import CameraInfo, Image
 
-from nerf_descriptor_ros.geometry import CameraIntrinsics, matrix_to_pose, pose_to_matrix
+from nerf_descriptor_ros.geometry import CameraIntrinsics, InvalidPoseError, matrix_to_pose, pose_to_matrix
 
 # encoding -> (dtype, channels)
 _ENCODINGS = {
@@ -131,9 +131,10 @@ def intrinsics_to_camera_info(intr: CameraIntrinsics, header=None) -> CameraInfo
 
 
 def pose_msg_to_matrix(pose: Pose) -> np.ndarray:
-    """4x4 from geometry_msgs/Pose (raises InvalidPoseError on NaN or zero quaternions)."""
+    """4x4 from geometry_msgs/Pose; InvalidPoseError on a non-finite position or a quaternion the
+    package's rule (:func:`~nerf_descriptor_ros.geometry.quat_xyzw_to_matrix`) refuses."""
     p, q = pose.position, pose.orientation
-    return pose_to_matrix([p.x, p.y, p.z], [q.x, q.y, q.z, q.w])
+    return _checked_pose_matrix([p.x, p.y, p.z], [q.x, q.y, q.z, q.w])
 
 
 def matrix_to_pose_msg(T: np.ndarray) -> Pose:
@@ -147,7 +148,14 @@ def matrix_to_pose_msg(T: np.ndarray) -> Pose:
 def transform_msg_to_matrix(transform) -> np.ndarray:
     """4x4 from geometry_msgs/Transform (as in a TF lookup result)."""
     t, q = transform.translation, transform.rotation
-    return pose_to_matrix([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
+    return _checked_pose_matrix([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
+
+
+def _checked_pose_matrix(position, q_xyzw) -> np.ndarray:
+    position = np.asarray(position, dtype=np.float64)
+    if not np.all(np.isfinite(position)):
+        raise InvalidPoseError(f"pose position {position.tolist()} contains NaN or infinite values")
+    return pose_to_matrix(position, q_xyzw)
 
 
 def stamp_to_ns(stamp: Time) -> int:

@@ -5,35 +5,14 @@ node's log, not as a timeout)."""
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 import rclpy
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 
-from nerf_descriptor_ros.ros.conversions import stamp_to_ns
 from nerf_descriptor_ros.ros.processes import NodeProcesses
-
-
-class StampedCache:
-    """The newest messages of one topic by stamp (ns), for lookups by a frame's stamp."""
-
-    def __init__(self, size: int = 64):
-        self.size = size
-        self.by_stamp: OrderedDict[int, object] = OrderedDict()
-
-    def add(self, msg) -> None:
-        self.by_stamp[stamp_to_ns(msg.header.stamp)] = msg
-        while len(self.by_stamp) > self.size:
-            self.by_stamp.popitem(last=False)
-
-    def get(self, stamp_ns: int):
-        return self.by_stamp.get(stamp_ns)
-
-    def newest_after(self, stamp_ns: int):
-        later = [ns for ns in self.by_stamp if ns > stamp_ns]
-        return self.by_stamp[max(later)] if later else None
+from nerf_descriptor_ros.ros.stamp_cache import StampedCache
 
 
 class DemoDriver:

@@ -1,4 +1,6 @@
-"""Where the capture node gets the camera pose at an image's stamp: a pose topic or TF.
+"""Where the capture and manipulation nodes get the camera pose at a stamp: a pose topic or TF.
+
+:class:`PoseSourceConfig` holds the pose-source parameters both nodes declare from it.
 
 :class:`PoseBuffer` is the ROS-free core: stamped camera poses (camera-to-base, OpenCV optical
 axes), looked up by stamp with interpolation between the bracketing samples. Every pose is
@@ -15,17 +17,17 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from nerf_descriptor_ros.config import ConfigError, described, require_at_least
 from nerf_descriptor_ros.errors import NerfDescriptorError
-from nerf_descriptor_ros.geometry import InvalidPoseError, interpolate_pose, pose_to_matrix, validate_rigid_transform
+from nerf_descriptor_ros.geometry import InvalidPoseError, interpolate_pose, validate_rigid_transform
 
 POSE_SOURCES = ("topic", "tf")
 _NS = 1_000_000_000
 _MAX_REFUSED_REMEMBERED = 256
-# tf2 refuses quaternions whose squared norm is this far from 1; a pose topic gets the same rule.
-_QUATERNION_NORM_SQ_TOL = 0.01
 
 
 class PoseLookupError(NerfDescriptorError):
@@ -38,6 +40,38 @@ class PoseNotYetAvailable(PoseLookupError):
 
 class PoseSourceUnavailable(NerfDescriptorError):
     """The configured pose source cannot be used on this machine (e.g. tf2_ros missing)."""
+
+
+@dataclass
+class PoseSourceConfig:
+    """Where a node gets the camera pose at a message's stamp (the same parameters on every node)."""
+
+    pose_source: str = described(
+        "topic", "where camera poses come from: 'topic' (pose_topic) or 'tf' (base_frame -> camera)"
+    )
+    pose_topic: str = described(
+        "camera/pose", "geometry_msgs/PoseStamped of the camera optical frame in base_frame (pose_source: topic)"
+    )
+    base_frame: str = described(
+        "panda_link0", "robot base frame: the camera poses, and what the node makes of them, are in it"
+    )
+    camera_frame: str = described(
+        "", "camera optical frame for TF lookups; empty = the header.frame_id of the image or matches being posed"
+    )
+    pose_timeout_s: float = described(0.5, "how long to wait for the camera pose at a message's stamp")
+    max_interpolation_gap_s: float = described(
+        0.2, "largest gap between the two poses a stamp may be interpolated between (pose_source: topic)"
+    )
+    max_pose_lag_s: float = described(
+        0.0, "a stamp at most this much newer than the newest pose takes that pose (pose_source: topic)"
+    )
+
+    def __post_init__(self):
+        if self.pose_source not in POSE_SOURCES:
+            raise ConfigError(f"pose_source: {self.pose_source!r} is not one of {', '.join(POSE_SOURCES)}")
+        if not self.base_frame:
+            raise ConfigError("base_frame: must not be empty")
+        require_at_least(self, 0.0, "pose_timeout_s", "max_interpolation_gap_s", "max_pose_lag_s")
 
 
 def _seconds(ns: int) -> str:
@@ -162,22 +196,6 @@ class PoseBuffer:
         return interpolate_pose(self._poses[i - 1], self._poses[i], alpha)
 
 
-def checked_pose_matrix(position, q_xyzw) -> np.ndarray:
-    """4x4 from a position and quaternion, refusing NaN and non-unit quaternions with the reason.
-
-    A quaternion far from unit length is the message form of a non-orthonormal rotation:
-    normalising it silently would hide a broken publisher.
-    """
-    q = np.asarray(q_xyzw, dtype=np.float64)
-    p = np.asarray(position, dtype=np.float64)
-    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(p))):
-        raise InvalidPoseError(f"pose contains NaN or infinite values (position {p.tolist()}, quaternion {q.tolist()})")
-    norm_sq = float(q @ q)
-    if abs(norm_sq - 1.0) > _QUATERNION_NORM_SQ_TOL:
-        raise InvalidPoseError(f"quaternion {q.tolist()} has norm {np.sqrt(norm_sq):.4f}, not 1: not a rotation")
-    return pose_to_matrix(p, q)
-
-
 class TopicPoseSource:
     """Camera poses from a geometry_msgs/PoseStamped topic (optical frame in the base frame)."""
 
@@ -194,7 +212,7 @@ class TopicPoseSource:
         self._sub = node.create_subscription(PoseStamped, topic, self._on_pose, qos, callback_group=callback_group)
 
     def _on_pose(self, msg) -> None:
-        from nerf_descriptor_ros.ros.conversions import stamp_to_ns
+        from nerf_descriptor_ros.ros.conversions import pose_msg_to_matrix, stamp_to_ns
 
         stamp_ns = stamp_to_ns(msg.header.stamp)
         if msg.header.frame_id != self.base_frame:
@@ -202,9 +220,8 @@ class TopicPoseSource:
                 stamp_ns, f"pose is in frame {msg.header.frame_id!r}, not the base frame {self.base_frame!r}"
             )
             return
-        p, q = msg.pose.position, msg.pose.orientation
         try:
-            self.buffer.add(stamp_ns, checked_pose_matrix([p.x, p.y, p.z], [q.x, q.y, q.z, q.w]))
+            self.buffer.add(stamp_ns, pose_msg_to_matrix(msg.pose))
         except InvalidPoseError as exc:
             self.buffer.refuse(stamp_ns, str(exc))
             self._logger.warning(f"refused a camera pose: {exc}", throttle_duration_sec=2.0)
@@ -256,20 +273,9 @@ class TfPoseSource:
         return validate_rigid_transform(T, f"TF {self.base_frame} -> {camera_frame}")
 
 
-def make_pose_source(
-    node,
-    kind: str,
-    *,
-    base_frame: str,
-    pose_topic: str,
-    max_interpolation_gap_s: float,
-    newest_tolerance_s: float,
-    callback_group=None,
-):
-    """The pose source named by the ``pose_source`` parameter (``topic`` or ``tf``)."""
-    if kind == "topic":
-        buffer = PoseBuffer(max_interpolation_gap_s, newest_tolerance_s)
-        return TopicPoseSource(node, pose_topic, base_frame, buffer, callback_group)
-    if kind == "tf":
-        return TfPoseSource(node, base_frame)
-    raise PoseSourceUnavailable(f"pose_source {kind!r} is not one of {', '.join(POSE_SOURCES)}")
+def make_pose_source(node, config: PoseSourceConfig, callback_group=None):
+    """The pose source ``config.pose_source`` names (``topic`` or ``tf``)."""
+    if config.pose_source == "tf":
+        return TfPoseSource(node, config.base_frame)
+    buffer = PoseBuffer(config.max_interpolation_gap_s, config.max_pose_lag_s)
+    return TopicPoseSource(node, config.pose_topic, config.base_frame, buffer, callback_group)

@@ -5,7 +5,7 @@ integer coordinates in the OpenCV optical frame. pybullet's TinyRenderer samples
 at window coordinates ``x_w = col`` and ``y_w = height - 1 - row`` (integer positions, y up), so the
 projection below maps ``u = fx X/Z + cx`` to ``x_w = u`` and ``v = fy Y/Z + cy`` to
 ``y_w = height - 1 - v``. test/test_sim_world.py checks the result against analytic depth and
-:func:`geometry.project_points` to well under a pixel.
+:meth:`geometry.CameraIntrinsics.project` to well under a pixel.
 """
 
 from __future__ import annotations

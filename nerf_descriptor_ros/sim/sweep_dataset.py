@@ -13,8 +13,9 @@ import numpy as np
 
 from nerf_descriptor_ros.data.dataset import Dataset, DatasetWriter, atomic_write_json
 from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.sim.config import SimConfig
 from nerf_descriptor_ros.sim.views import framing_distance, hemisphere_views
-from nerf_descriptor_ros.sim.world import SimConfig, SimWorld
+from nerf_descriptor_ros.sim.world import SimWorld
 
 # Each retry asks for this much more than the shortfall, so that one more pass usually suffices.
 _DENSIFY_MARGIN = 1.05
