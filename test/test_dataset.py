@@ -1,6 +1,8 @@
 """The on-disk dataset: nerfstudio conventions, atomic frames, safe names, clear errors."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from nerf_descriptor_ros.data.dataset import (
     Dataset,
     DatasetError,
     DatasetWriter,
+    atomic_write_bytes,
     object_dataset_path,
     validate_object_name,
 )
@@ -68,6 +71,78 @@ def test_orphan_image_from_a_killed_write_is_ignored(tmp_path):
     assert len(Dataset.load(tmp_path / "obj")) == 1
 
 
+def _snapshot(root):
+    """Bytes and mtime of every file under ``root`` but the manifest."""
+    return {
+        p.relative_to(root): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and p.name != "transforms.json"
+    }
+
+
+def test_resume_after_removed_entries_and_orphans_overwrites_nothing(tmp_path):
+    """Removing a frame's entry (what the missing-image error advises) must not free its index."""
+    rng = np.random.default_rng(6)
+    root = tmp_path / "obj"
+    w = DatasetWriter(root)
+    for _ in range(4):
+        w.add_frame(_frame(rng), np.eye(4), INTR, depth_m=np.ones((24, 32)), mask=np.ones((24, 32), bool))
+    manifest = json.loads((root / "transforms.json").read_text())
+    del manifest["frames"][1]
+    (root / "transforms.json").write_text(json.dumps(manifest))
+    # Files no manifest entry names: a write killed before its manifest update, in any frame folder.
+    (root / "images" / "frame_00005.png").write_bytes(b"orphan image")
+    (root / "masks" / "frame_00007.png").write_bytes(b"orphan mask")
+    before = _snapshot(root)
+
+    resumed = DatasetWriter(root, resume=True)
+    assert resumed.frame_count == 3
+    new = [
+        resumed.add_frame(_frame(rng), np.eye(4), INTR, depth_m=np.ones((24, 32)), mask=np.ones((24, 32), bool))
+        for _ in range(2)
+    ]
+    assert new == [8, 9]
+    after = _snapshot(root)
+    assert {k: after[k] for k in before} == before  # no existing file rewritten, not even in place
+    indices = [f.index for f in Dataset.load(root).frames]
+    assert indices == [0, 2, 3, 8, 9] and len(set(indices)) == len(indices)
+
+
+def test_resume_removes_temporary_files_left_by_a_kill(tmp_path):
+    rng = np.random.default_rng(7)
+    root = tmp_path / "obj"
+    DatasetWriter(root).add_frame(_frame(rng), np.eye(4), INTR)
+    leftovers = [root / ".transforms.json.k2_x9abc.tmp", root / "images" / ".frame_00001.png.0a1b2c3d.tmp"]
+    kept = [root / "notes.tmp", root / "images" / ".keep"]  # not the atomic writer's: left alone
+    for p in leftovers + kept:
+        p.write_bytes(b"partial")
+    w = DatasetWriter(root, resume=True)
+    assert [p.exists() for p in leftovers + kept] == [False, False, True, True]
+    assert w.add_frame(_frame(rng), np.eye(4), INTR) == 1
+
+
+def test_atomic_write_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
+    """A power cut after the write returns must not lose the file: its folder entry is synced too."""
+    real_fsync, synced = os.fsync, []
+    target = tmp_path / "new" / "sub" / "x.bin"
+
+    def recording_fsync(fd):
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            synced.append((st.st_ino, target.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    atomic_write_bytes(target, b"payload")
+    inode = {p.stat().st_ino: p for p in (tmp_path, tmp_path / "new", tmp_path / "new" / "sub")}
+    # each new folder's parent after its mkdir, then the file's folder once the file is there
+    assert [(inode[i], there) for i, there in synced] == [
+        (tmp_path, False),
+        (tmp_path / "new", False),
+        (tmp_path / "new" / "sub", True),
+    ]
+
+
 @pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "", "x" * 200, "sp ace", "é"])
 def test_unsafe_object_names_are_refused(tmp_path, name):
     with pytest.raises(DatasetError, match="invalid object name"):
@@ -95,7 +170,14 @@ def test_bad_inputs_are_refused_without_touching_the_manifest(tmp_path):
         w.add_frame(np.zeros((10, 10, 3), np.uint8), np.eye(4), INTR)
     with pytest.raises(DatasetError, match="depth must be given"):
         w.add_frame(_frame(rng), np.eye(4), INTR, depth_m=np.ones((24, 32)))
+    nan_lens = CameraIntrinsics(INTR.fx, INTR.fy, INTR.cx, INTR.cy, 32, 24, [np.nan, 0.0, 0.0, 0.0, 0.0])
+    with pytest.raises(DatasetError, match=r"distortion coefficients \[nan, 0.0, 0.0, 0.0, 0.0\] contain NaN"):
+        w.add_frame(_frame(rng), np.eye(4), nan_lens)
+    with pytest.raises(DatasetError, match="mask image is 16x24 but the colour image is 32x24"):
+        DatasetWriter(tmp_path / "masked").add_frame(_frame(rng), np.eye(4), INTR, mask=np.ones((24, 16), bool))
     assert (tmp_path / "obj" / "transforms.json").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "obj").rglob("*.png")) == ["frame_00000.png"]
+    assert not (tmp_path / "masked" / "images").exists()
 
 
 def test_load_reports_missing_files_and_corrupt_manifest(tmp_path):

@@ -72,6 +72,43 @@ def test_camera_info_and_pose_round_trips():
         rc.camera_info_to_intrinsics(rc.intrinsics_to_camera_info(intr).__class__())
 
 
+def _camera_info(**fields):
+    msg = rc.intrinsics_to_camera_info(CameraIntrinsics(120.0, 121.0, 80.5, 60.5, 160, 120, [0.1, -0.01, 0, 0, 0]))
+    for name, value in fields.items():
+        setattr(msg, name, value)
+    return msg
+
+
+@pytest.mark.parametrize("field", ["k", "d", "r", "p"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_camera_info_with_nan_or_inf_is_refused_naming_the_field(field, bad):
+    values = list(getattr(_camera_info(), field))
+    values[2] = bad
+    with pytest.raises(ValueError, match=rf"^CameraInfo {field.upper()} contains NaN or infinite values: \["):
+        rc.camera_info_to_intrinsics(_camera_info(**{field: values}))
+
+
+def test_camera_info_the_package_cannot_use_is_refused_by_name():
+    def refused(pattern, **fields):
+        with pytest.raises(ValueError, match=pattern):
+            rc.camera_info_to_intrinsics(_camera_info(**fields))
+
+    fisheye = "distortion_model 'equidistant' is not supported: use plumb_bob or rational_polynomial"
+    refused(fisheye, distortion_model="equidistant")
+    refused("distortion_model 'equidistant' is not supported", distortion_model="equidistant", d=[0.0] * 4)
+    refused("distortion_model '' is not supported", distortion_model="")
+    refused("D has 3 coefficients; plumb_bob takes 0 or 4 or 5", d=[0.1, 0.0, 0.0])
+    refused("D has 5 coefficients; rational_polynomial takes 0 or 8", distortion_model="rational_polynomial")
+    skewed = [120.0, 2.0, 80.5, 0, 121.0, 60.5, 0, 0, 1]
+    refused(r"is not \[fx 0 cx, 0 fy cy, 0 0 1\] \(skew is not supported\)", k=skewed)
+    refused(r"is not \[fx 0 cx", k=[120.0, 0, 80.5, 0, 121.0, 60.5, 0, 0, 2.0])
+    refused("not calibrated", k=[-120.0, 0, 80.5, 0, 121.0, 60.5, 0, 0, 1])
+    rational = [0.1, -0.01, 0.0, 0.0, 0.001, 0.002, 0.0, 0.0]
+    rational_info = _camera_info(distortion_model="rational_polynomial", d=rational)
+    assert rc.camera_info_to_intrinsics(rational_info).distortion == rational
+    assert rc.camera_info_to_intrinsics(_camera_info(distortion_model="", d=[])).distortion == []
+
+
 def test_pose_messages_follow_the_package_quaternion_rule():
     def message(position, q):
         msg = Pose(position=Point(x=float(position[0]), y=float(position[1]), z=float(position[2])))

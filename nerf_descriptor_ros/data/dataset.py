@@ -14,9 +14,10 @@ conventions (OpenCV axes in ``c2w``, pixel centres at integers in ``intrinsics``
 nerfstudio ignores carry what later stages need: per-frame ``stamp_ns`` and a top-level
 ``nerf_descriptor_ros`` block (format version, frames, object name).
 
-Every write is atomic (write to a temporary file, fsync, rename) and a frame's files are
-written before the manifest names it, so a capture killed at any moment leaves a dataset that
-loads with every frame the manifest acknowledged.
+Every write is atomic and durable (write to a temporary file, fsync, rename, fsync the folder)
+and a frame's files are written before the manifest names it, so a capture killed at any moment
+(or a power cut) leaves a dataset that loads with every frame the manifest acknowledged. The
+writer never reuses a frame index or file name, whatever the manifest says.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ DEPTH_UNIT_SCALE = 0.001  # depth PNG value * this = metres
 # The principal point in transforms.json (image corner at 0) is ours (pixel centres at 0) + this.
 HALF_PIXEL = 0.5
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_FRAME_FOLDERS = ("images", "depth", "masks")
+_FRAME_FILE = re.compile(r"^frame_(\d+)\.png$")
+# atomic_write_bytes' temporary files: ".<name>." + mkstemp's 8 random characters + ".tmp"
+_TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 class DatasetError(NerfDescriptorError):
@@ -72,9 +77,30 @@ def object_dataset_path(data_root: str | os.PathLike, object_name: str) -> Path:
     return path
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make the folder's entries (a rename, a new file or folder) survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path) -> None:
+    """``mkdir -p`` whose new folders survive a power cut (each parent fsynced after its mkdir)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        _fsync_dir(folder.parent)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one,
+    and the new one once this returns, even after a power cut."""
+    _make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -86,6 +112,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def _remove_temporary_files(folder: Path) -> None:
+    """Delete what :func:`atomic_write_bytes` left in ``folder`` when it was killed."""
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _TEMP_FILE.match(p.name) and p.is_file():
+                p.unlink()
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -99,9 +134,13 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _encode_rgb_png(rgb: np.ndarray) -> bytes:
+    return _encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # OpenCV encodes BGR
+
+
 def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB image as PNG atomically (OpenCV encodes BGR)."""
-    atomic_write_bytes(path, _encode_png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
+    """Write an RGB image as PNG atomically."""
+    atomic_write_bytes(path, _encode_rgb_png(rgb))
 
 
 def depth_to_png16(depth_m: np.ndarray) -> np.ndarray:
@@ -120,6 +159,8 @@ def intrinsics_to_json(intr: CameraIntrinsics) -> dict:
     centres at integers, as in OpenCV and CameraInfo) plus :data:`HALF_PIXEL`.
     """
     d = list(intr.distortion) + [0.0] * max(0, 5 - len(intr.distortion))
+    if not np.all(np.isfinite(d)):
+        raise DatasetError(f"distortion coefficients {d} contain NaN or infinite values")
     if any(d[5:]):
         raise DatasetError(
             "nerfstudio's OPENCV model has k1, k2, p1, p2, k3 only; this camera has "
@@ -239,14 +280,19 @@ class Dataset:
         return train, held_out
 
     def content_hash(self) -> str:
-        """SHA-256 over the manifest's frames and the bytes of every image they name.
+        """SHA-256 over what a NeRF trains on: each frame's index, pose, camera, image and mask bytes.
 
-        Checkpoints store it, so a model trained on one dataset is refused for another.
+        Checkpoints store it, so a model trained on one dataset is refused for another and a
+        dataset that gained or changed frames is trained again.
         """
         h = hashlib.sha256()
         for frame in self.frames:
-            h.update(json.dumps({"i": frame.index, "c2w": np.round(frame.c2w, 9).tolist()}).encode())
+            k = frame.intrinsics
+            camera = [round(float(v), 9) for v in (k.fx, k.fy, k.cx, k.cy, *k.distortion)] + [k.width, k.height]
+            h.update(json.dumps({"i": frame.index, "c2w": np.round(frame.c2w, 9).tolist(), "camera": camera}).encode())
             h.update(frame.image_path.read_bytes())
+            if frame.mask_path is not None:
+                h.update(b"mask" + frame.mask_path.read_bytes())
         return h.hexdigest()
 
     @classmethod
@@ -307,19 +353,31 @@ def _parse_frame(root: Path, position: int, entry: dict, top: dict, check_files:
 
 
 class DatasetWriter:
-    """Appends frames to a dataset folder atomically; reopening with ``resume=True`` continues it."""
+    """Appends frames to a dataset folder atomically; reopening with ``resume=True`` continues it.
+
+    Opening removes the temporary files a killed write left behind. A new frame's index is above
+    every index in the manifest and every ``frame_NNNNN.png`` in the frame folders, so no file is
+    ever overwritten, even after entries were removed from the manifest by hand.
+    """
 
     def __init__(self, root: str | os.PathLike, metadata: dict | None = None, resume: bool = False):
         self.root = Path(root)
         manifest_path = self.root / MANIFEST_NAME
+        indices = []
         if manifest_path.exists():
             if not resume:
                 raise DatasetError(f"{self.root} already holds a dataset; resume it or choose another object name")
             existing = Dataset.load(self.root)  # refuses a corrupt manifest instead of overwriting it
             self.manifest = existing.manifest
+            indices = [frame.index for frame in existing.frames]
         else:
-            self.root.mkdir(parents=True, exist_ok=True)
+            _make_dirs(self.root)
             self.manifest = {"frames": []}
+        for folder in (self.root, *(self.root / name for name in _FRAME_FOLDERS)):
+            _remove_temporary_files(folder)
+            if folder != self.root and folder.is_dir():
+                indices += [int(m.group(1)) for m in map(_FRAME_FILE.match, os.listdir(folder)) if m]
+        self._next_index = max(indices, default=-1) + 1
         block = self.manifest.setdefault("nerf_descriptor_ros", {})
         block.update(metadata or {})
         block["format_version"] = FORMAT_VERSION
@@ -347,7 +405,10 @@ class DatasetWriter:
         depth_m: np.ndarray | None = None,
         mask: np.ndarray | None = None,
     ) -> int:
-        """Write one frame (OpenCV-axes camera-to-world ``c2w``); return its index."""
+        """Write one frame (OpenCV-axes camera-to-world ``c2w``); return its index.
+
+        Everything is validated before the first file is written: a refused frame writes nothing.
+        """
         c2w = validate_rigid_transform(c2w, "camera pose")
         rgb = np.asarray(rgb)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -355,30 +416,40 @@ class DatasetWriter:
         h, w = rgb.shape[:2]
         if (w, h) != (intrinsics.width, intrinsics.height):
             raise DatasetError(f"image is {w}x{h} but the camera info says {intrinsics.width}x{intrinsics.height}")
-        for name, extra in (("depth", depth_m), ("mask", mask)):
-            if extra is not None and np.asarray(extra).shape[:2] != (h, w):
-                raise DatasetError(f"{name} is {np.asarray(extra).shape[:2]}, image is {(h, w)}")
+        for what, extra in (("depth", depth_m), ("mask", mask)):
+            shape = np.shape(extra)
+            if extra is not None and shape[:2] != (h, w):
+                size = f"{shape[1]}x{shape[0]}" if len(shape) >= 2 else f"of shape {shape}"
+                raise DatasetError(f"{what} image is {size} but the colour image is {w}x{h}")
         frames = self.manifest["frames"]
         if frames and (depth_m is None) != ("depth_file_path" not in frames[0]):
             raise DatasetError("depth must be given for every frame or for none")
         if frames and (mask is None) != ("mask_path" not in frames[0]):
             raise DatasetError("a mask must be given for every frame or for none")
+        intr_json = intrinsics_to_json(intrinsics)
 
-        index = len(frames)
+        index = self._next_index
         name = f"frame_{index:05d}.png"
+        files = {"images": _encode_rgb_png(rgb)}
+        if depth_m is not None:
+            files["depth"] = _encode_png(depth_to_png16(depth_m))
+        if mask is not None:
+            files["masks"] = _encode_png(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8))
+        self._next_index = index + 1  # used up even when this frame fails: its files may exist
+        taken = [f"{folder}/{name}" for folder in files if (self.root / folder / name).exists()]
+        if taken:
+            raise DatasetError(f"{self.root}: {', '.join(taken)} appeared meanwhile: is another writer adding frames?")
+
         entry = {"file_path": f"images/{name}", "transform_matrix": opencv_to_opengl(c2w).tolist(), "index": index}
         if stamp_ns is not None:
             entry["stamp_ns"] = int(stamp_ns)
-        write_png(self.root / "images" / name, rgb)
+        for folder, data in files.items():
+            atomic_write_bytes(self.root / folder / name, data)
         if depth_m is not None:
-            atomic_write_bytes(self.root / "depth" / name, _encode_png(depth_to_png16(depth_m)))
             entry["depth_file_path"] = f"depth/{name}"
         if mask is not None:
-            mask_u8 = np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
-            atomic_write_bytes(self.root / "masks" / name, _encode_png(mask_u8))
             entry["mask_path"] = f"masks/{name}"
 
-        intr_json = intrinsics_to_json(intrinsics)
         if frames:  # nerfstudio's per-frame intrinsics, only where they differ from the first
             entry.update({k: v for k, v in intr_json.items() if self.manifest.get(k) != v})
         manifest = dict(self.manifest, frames=frames + [entry])

@@ -32,6 +32,14 @@ class ImageConversionError(ValueError):
     """An image message that cannot be used as asked (encoding, size or layout)."""
 
 
+class CameraInfoError(ValueError):
+    """A CameraInfo the package cannot use; the message names the field."""
+
+
+# CameraInfo distortion models that are OpenCV's (k1 k2 p1 p2 [k3 [k4 k5 k6]]) -> lengths of D.
+_DISTORTION_MODELS = {"plumb_bob": (0, 4, 5), "rational_polynomial": (0, 8)}
+
+
 def _encoding_layout(encoding: str) -> tuple[np.dtype, int]:
     if encoding in _ENCODINGS:
         dtype, channels = _ENCODINGS[encoding]
@@ -103,18 +111,30 @@ def array_to_image(arr: np.ndarray, encoding: str, header=None) -> Image:
 
 
 def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
-    """Intrinsics from CameraInfo's K and D (plumb_bob / rational_polynomial order)."""
-    if msg.width == 0 or msg.height == 0 or msg.k[0] <= 0 or msg.k[4] <= 0:
-        raise ValueError(f"camera info is not calibrated (size {msg.width}x{msg.height}, K={list(msg.k)})")
-    return CameraIntrinsics(
-        float(msg.k[0]),
-        float(msg.k[4]),
-        float(msg.k[2]),
-        float(msg.k[5]),
-        int(msg.width),
-        int(msg.height),
-        [float(d) for d in msg.d],
-    )
+    """Intrinsics from CameraInfo's K and D; CameraInfoError, naming the field, for one the package
+    cannot use (NaN, no calibration, skew, a lens model other than OpenCV's)."""
+    for name, values in (("K", msg.k), ("D", msg.d), ("R", msg.r), ("P", msg.p)):
+        if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
+            raise CameraInfoError(f"CameraInfo {name} contains NaN or infinite values: {[float(v) for v in values]}")
+    k = [float(v) for v in msg.k]
+    if msg.width == 0 or msg.height == 0 or k[0] <= 0 or k[4] <= 0:
+        raise CameraInfoError(f"camera info is not calibrated (size {msg.width}x{msg.height}, K={k})")
+    if k[1] != 0 or k[3] != 0 or k[6:] != [0.0, 0.0, 1.0]:
+        raise CameraInfoError(f"CameraInfo K={k} is not [fx 0 cx, 0 fy cy, 0 0 1] (skew is not supported)")
+    distortion = [float(d) for d in msg.d]
+    model = msg.distortion_model
+    if model in _DISTORTION_MODELS:
+        if len(distortion) not in _DISTORTION_MODELS[model]:
+            raise CameraInfoError(
+                f"CameraInfo D has {len(distortion)} coefficients; {model} takes "
+                f"{' or '.join(map(str, _DISTORTION_MODELS[model]))}"
+            )
+    elif model or any(distortion):
+        raise CameraInfoError(
+            f"CameraInfo distortion_model {model!r} is not supported: use "
+            f"{' or '.join(_DISTORTION_MODELS)} (OpenCV's model), or rectified images with D all zero"
+        )
+    return CameraIntrinsics(k[0], k[4], k[2], k[5], int(msg.width), int(msg.height), distortion)
 
 
 def intrinsics_to_camera_info(intr: CameraIntrinsics, header=None) -> CameraInfo:
