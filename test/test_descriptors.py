@@ -24,7 +24,7 @@ from nerf_descriptor_ros.descriptors.loss import (
 from nerf_descriptor_ros.descriptors.model import ModelError, export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorConfigError, DescriptorNet
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
-from nerf_descriptor_ros.descriptors.training import TrainingConfig, TrainingError, train_descriptors
+from nerf_descriptor_ros.descriptors.training import TrainingConfig, train_descriptors
 from nerf_descriptor_ros.progress import StageCancelled
 
 REPO_CONFIG = __import__("pathlib").Path(__file__).resolve().parents[1] / "config" / "descriptors.yaml"
@@ -251,8 +251,13 @@ def test_training_resumes_after_a_kill_exactly_where_it_stopped(tiny_cache, tmp_
     for key, value in whole.net.state_dict().items():
         torch.testing.assert_close(resumed.net.state_dict()[key], value, msg=key)
 
-    with pytest.raises(TrainingError, match="other settings"):
-        train_descriptors(cache, dataset, tmp_path / "killed", _tiny_config(margin=1.0), device="cpu")
+    # A checkpoint of other settings is not resumed: a fresh run replaces it.
+    reports.clear()
+    other = _tiny_config(margin=1.0)
+    train_descriptors(cache, dataset, tmp_path / "killed", other, device="cpu", report=reports.append)
+    assert [r.iteration for r in reports] == list(range(1, 7))
+    state = torch.load(tmp_path / "killed" / "training_checkpoint.pt", weights_only=True)
+    assert json.loads(state["config_json"])["margin"] == 1.0
 
 
 def test_training_refuses_pairs_without_enough_correspondences(tiny_cache, tmp_path):

@@ -3,7 +3,9 @@ then a Dense Object Net trained on them, exported for the live descriptor node.
 
 Output (default DATASET/descriptors/<supervision>_<mode>/): ``model/`` (manifest.json +
 descriptor_net.pt), ``training/`` (a resumable checkpoint). Rendered views are cached in
-DATASET/descriptors/correspondences/ and shared between runs on the same NeRF.
+DATASET/descriptors/correspondences/ and shared between runs on the same NeRF. Keyed by content:
+a model of the same dataset, NeRF checkpoint (its SHA-256) and settings is up to date and kept;
+after the NeRF is retrained or the settings change, it is trained again and replaced.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--iterations", type=int, help="training steps (overrides the config)")
     p.add_argument("--out", help="output folder (default: DATASET/descriptors/<supervision>_<mode>)")
     add_device_option(p)
-    p.add_argument("--restart", action="store_true", help="ignore a checkpoint in the output folder")
+    p.add_argument(
+        "--restart", action="store_true", help="train afresh, ignoring the model and checkpoint in the output folder"
+    )
     p.set_defaults(func=run)
 
 
@@ -74,8 +78,9 @@ def run(args) -> int:
             cancel=cancel,
             resume=not args.restart,
         )
+    state = "up to date (same dataset, NeRF and settings)" if stats["up_to_date"] else "trained"
     print(
-        f"[train-descriptors] model in {model_dir} ({stats['iterations']} steps, final loss "
+        f"[train-descriptors] model in {model_dir} {state} ({stats['iterations']} steps, final loss "
         f"{stats['mean_loss_last_100']:.4f}, {stats['pairs']} view pairs)",
         flush=True,
     )

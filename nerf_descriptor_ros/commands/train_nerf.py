@@ -2,7 +2,10 @@
 
 Writes ``nerf.pt`` (checkpoint with config and dataset hash), ``metrics.json`` (held-out PSNR,
 SSIM, depth error) and ``renders/heldout_*.png`` (held-out image | prediction | depth) to the
-output folder. Ctrl-C saves a checkpoint; ``--resume`` continues it.
+output folder. Running it again is keyed by content: a finished NeRF of the same dataset and config
+is up to date (nothing is done), one stopped by Ctrl-C (which saves a checkpoint) resumes, and one
+of another dataset (frames added, images changed) or config is replaced by a new training.
+``--restart`` trains afresh regardless.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", help="output folder (default: DATASET/nerf)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the checkpoint in the output folder instead of refusing it"
+        "--restart",
+        action="store_true",
+        help="train afresh, replacing the checkpoint in the output folder even when it is of the same inputs",
     )
     add_device_option(p)
     p.add_argument(
@@ -92,7 +97,7 @@ def run(args) -> int:
         bar.refresh()
 
     try:
-        checkpoint, metrics = train_nerf(dataset, config, out_dir, args.device, report, cancel, resume=args.resume)
+        checkpoint, metrics = train_nerf(dataset, config, out_dir, args.device, report, cancel, resume=not args.restart)
     except StageCancelled:
         checkpoint = None
     finally:
@@ -100,12 +105,14 @@ def run(args) -> int:
         for bar in bars:
             bar.close()
     if checkpoint is None:
-        print(f"cancelled: checkpoint saved in {out_dir}; continue with --resume")
+        print(f"cancelled: checkpoint saved in {out_dir}; the same command continues it")
         return 130
     line = f"held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}"
     if "psnr_object_pixels" in metrics:
         line += f", object pixels {metrics['psnr_object_pixels']:.2f} dB"
     if metrics.get("depth_median_abs_err_m") is not None:
         line += f", depth median abs error {metrics['depth_median_abs_err_m'] * 1000:.1f} mm"
+    if metrics["up_to_date"]:
+        print("up to date: the checkpoint was trained on this dataset with this config (--restart trains again)")
     print(f"{line}\ncheckpoint {checkpoint}\nrenders {out_dir / 'renders'}")
     return 0

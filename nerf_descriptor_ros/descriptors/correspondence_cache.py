@@ -2,9 +2,9 @@
 
 Rendering is the expensive part, so :func:`generate_correspondences` does it once through a depth
 provider and caches one ``.npz`` per view plus ``correspondences.json`` (pairs that overlap,
-settings, dataset hash); training then draws fresh correspondences from the cache at every step
-(:func:`~nerf_descriptor_ros.descriptors.correspondences.find_correspondences`), which takes
-milliseconds.
+settings, dataset hash, what the depth came from); training then draws fresh correspondences from
+the cache at every step (:func:`~nerf_descriptor_ros.descriptors.correspondences.find_correspondences`),
+which takes milliseconds.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from nerf_descriptor_ros.descriptors.view_geometry import CorrespondenceError, V
 from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
 CACHE_INDEX = "correspondences.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -85,12 +85,15 @@ def generate_correspondences(
     frames: Iterable[int] | None = None,
     report: ProgressCallback | None = None,
     cancel=None,
+    depth_source: dict | None = None,
 ) -> CorrespondenceCache:
     """Render every training view through ``provider`` and select overlapping pairs; cache both.
 
     ``frames`` are positions in ``dataset.frames`` (default: the training split, never the
-    held-out frames). Views already in the cache for the same dataset and settings are reused,
-    so a killed run resumes where it stopped.
+    held-out frames). ``depth_source`` is what the provider's depth depends on (the NeRF
+    checkpoint's hash, its settings); the cache records it with the dataset hash and settings. A
+    complete cache of the same inputs is returned as it is, nothing rewritten; views already
+    rendered for them are reused, so a killed run resumes where it stopped.
     """
     out_dir = Path(out_dir)
     positions = list(dataset.split()[0] if frames is None else frames)
@@ -101,9 +104,19 @@ def generate_correspondences(
         "version": CACHE_VERSION,
         "dataset_hash": dataset_hash,
         "provider": provider.name,
+        "depth_source": depth_source,
         "config": asdict(config),
         "frames": [dataset.frames[p].index for p in positions],
     }
+    key = json.loads(json.dumps(key))  # as the index stores it (tuples become lists)
+    try:
+        cached = CorrespondenceCache.load(out_dir)
+    except (CorrespondenceError, OSError):
+        cached = None
+    if cached is not None and {k: cached.index.get(k) for k in key} == key:
+        if report:
+            report(ProgressReport("correspondences", len(positions), len(positions), message="up to date"))
+        return cached
     partial = out_dir / "render_key.json"
     if partial.is_file() and json.loads(partial.read_text()) != key:
         for stale in (out_dir / "views").glob("*.npz"):

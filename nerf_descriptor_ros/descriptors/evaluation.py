@@ -182,6 +182,7 @@ def correspondence_accuracy(
     truth: dict,
     pairs: list,
     mode: str,
+    *,
     samples: int = 200,
     seed: int = 0,
     matching: CorrespondenceMatchingConfig = CorrespondenceMatchingConfig(),

@@ -137,8 +137,9 @@ _REQUIRED = (
 )
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> DescriptorModel:
-    """Load an exported model from its folder (or its manifest path), checking everything first."""
+def read_manifest(path: str | Path) -> tuple[dict, Path]:
+    """(manifest, weights path) of an exported model, its folder or manifest path; refused unless
+    the manifest is complete and the weights are the file it hashed."""
     path = Path(path)
     manifest_path = path if path.name == MANIFEST_NAME else path / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -169,6 +170,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Descript
             f"instead of {str(manifest['weights_sha256'])[:12]}...): the file was "
             "changed or damaged; export the model again"
         )
+    return manifest, weights_path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> DescriptorModel:
+    """Load an exported model from its folder (or its manifest path), checking everything first."""
+    manifest, weights_path = read_manifest(path)
+    manifest_path = weights_path.parent / MANIFEST_NAME
     try:
         net = DescriptorNet(int(manifest["descriptor_dim"]), manifest["backbone"], int(manifest["decoder_channels"]))
         check_input_size(*manifest["input_size"])

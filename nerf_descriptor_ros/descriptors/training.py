@@ -5,7 +5,9 @@ Each step draws image pairs that overlap, fresh correspondences for them from th
 object and background non-matches, augments both images, and minimises the pixelwise contrastive
 loss and/or the distributional loss. Checkpoints are written atomically every few hundred steps,
 so a killed run resumes; randomness is derived from (seed, step), so a resumed run continues as
-the uninterrupted one would.
+the uninterrupted one would. A checkpoint records the settings and the correspondences' inputs
+(dataset hash, depth source such as the NeRF checkpoint's hash); one of other inputs is replaced
+by a fresh run, never resumed.
 """
 
 from __future__ import annotations
@@ -211,7 +213,8 @@ def _save_checkpoint(
 
 
 def _cache_key(cache: CorrespondenceCache) -> str:
-    return json.dumps({k: cache.index[k] for k in ("dataset_hash", "provider", "config", "frames")}, sort_keys=True)
+    keys = ("dataset_hash", "provider", "depth_source", "config", "frames")
+    return json.dumps({k: cache.index[k] for k in keys}, sort_keys=True)
 
 
 def train_descriptors(
@@ -227,7 +230,8 @@ def train_descriptors(
     """Train a descriptor network on ``cache``; checkpoints go to ``out_dir``.
 
     With ``resume`` a checkpoint in ``out_dir`` from the same settings and correspondences is
-    continued; one from other settings is refused rather than silently mixed in.
+    continued (one that finished returns its network without a step); one from other settings or
+    correspondences is replaced by a fresh run, never mixed in. Without ``resume`` the run starts afresh.
     """
     out_dir = Path(out_dir)
     torch_device = resolve_device(device)
@@ -246,13 +250,11 @@ def train_descriptors(
     checkpoint = out_dir / CHECKPOINT_NAME
     cache_key = _cache_key(cache)
     start, history = 0, []
-    if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=torch_device, weights_only=True)
-        if state["config_json"] != json.dumps(asdict(config), sort_keys=True) or state["cache_key"] != cache_key:
-            raise TrainingError(
-                f"{checkpoint} is from other settings or correspondences; delete it "
-                "or choose another output folder to start afresh"
-            )
+    state = (
+        torch.load(checkpoint, map_location=torch_device, weights_only=True) if resume and checkpoint.is_file() else {}
+    )
+    settings_json = json.dumps(asdict(config), sort_keys=True)
+    if state.get("config_json") == settings_json and state.get("cache_key") == cache_key:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

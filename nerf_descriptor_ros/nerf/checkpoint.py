@@ -1,5 +1,8 @@
 """Checkpoints: model, optimiser and training state with the config and the dataset hash inside.
 
+The two are the checkpoint's inputs: training compares them to decide whether a run is up to
+date, resumes or is replaced (see ``trainer.train_nerf``), and loading refuses another dataset.
+
 Written atomically (a killed save leaves the previous checkpoint) and read with
 ``torch.load(weights_only=True)``: only tensors and plain containers, never arbitrary pickles.
 """
@@ -50,8 +53,9 @@ def check_same_dataset(state: dict, dataset_hash: str, path: Path, dataset_root)
         raise CheckpointError(
             f"checkpoint {path} was trained on another dataset ({state.get('dataset_root')}, "
             f"content hash {str(state.get('dataset_hash'))[:12]}...) than {dataset_root} (content "
-            f"hash {dataset_hash[:12]}...): the images or poses differ. Train a new NeRF for "
-            "this dataset (another output folder) or pass the dataset it was trained on."
+            f"hash {dataset_hash[:12]}...): its frames differ (images, masks, poses or cameras). Train "
+            "the NeRF again on this dataset (train-nerf or the trainer node replace the old one) or "
+            "pass the dataset it was trained on."
         )
 
 

@@ -1,13 +1,17 @@
 """The NeRF training loop: batches, loss, schedule, occupancy upkeep, checkpoints, evaluation.
 
-``train_nerf`` is the one entry point (CLI, trainer node, benchmark). It resumes from the
-checkpoint in ``out_dir`` after a kill, saves on cancel, and ends with a full held-out evaluation.
+``train_nerf`` is the one entry point (CLI, trainer node, benchmark). It is keyed by content: the
+checkpoint in ``out_dir`` records the dataset's content hash and the config, so a finished run of
+the same inputs is not repeated, one stopped by a kill or a cancel resumes, and one of other
+inputs (frames added, settings changed) is replaced. Every run ends with a full held-out
+evaluation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -19,8 +23,6 @@ from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.nerf.checkpoint import (
     CHECKPOINT_NAME,
-    CheckpointError,
-    check_same_dataset,
     read_checkpoint,
     save_checkpoint,
 )
@@ -44,6 +46,8 @@ RESUMABLE_KEYS = {
     "eval_max_frames",
     "render_count",
 }
+# Config keys that do not change what a run produces: a finished run differing only in them is up to date.
+NEUTRAL_KEYS = {"checkpoint_interval_s", "eval_chunk_rays"}
 MIN_RAYS, MAX_RAYS = 256, 65536
 REPORT_INTERVAL_S = 0.5
 
@@ -110,9 +114,15 @@ def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[st
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             keys += _config_differences(a, b, f"{prefix}{key}.")
-        elif a != b and not (not prefix and key in RESUMABLE_KEYS):
+        elif a != b:
             keys.append(f"{prefix}{key}")
     return keys
+
+
+def _changed_inputs(state: dict, dataset_hash: str, config: NerfConfig) -> list[str]:
+    """What differs between a checkpoint's inputs and these: "dataset" and config key paths."""
+    changed = ["dataset"] if state.get("dataset_hash") != dataset_hash else []
+    return changed + _config_differences(state["config"], config.to_dict())
 
 
 class _Clock:
@@ -146,19 +156,45 @@ def train_nerf(
 ) -> tuple[Path, dict]:
     """Train (or resume) a NeRF on ``dataset``; returns (checkpoint path, held-out metrics).
 
+    With ``resume``, the checkpoint in ``out_dir`` decides: finished on the same dataset and config
+    (bookkeeping keys aside), it is up to date and returned untouched with its metrics; stopped
+    early, or asked for more iterations, it resumes; trained on other inputs, a fresh run replaces
+    it (and its metrics and renders). Without ``resume`` a fresh run replaces whatever is there.
+    ``up_to_date`` in the metrics says which happened.
+
     Metrics: ``psnr`` over all held-out pixels (masked datasets: object over a white background),
     ``psnr_object_pixels``, ``ssim``, ``depth_median_abs_err_m`` on object pixels when the dataset
     has depth, ``train_seconds`` (wall time from the call, without the optional PSNR-history
     evaluations and the final evaluation), ``history`` of [train seconds, iteration, PSNR on a
     fixed subset of held-out pixels].
     """
-    run = _TrainingRun(dataset, config.validate(), Path(out_dir), resolve_device(device), report, resume)
+    config, out_dir = config.validate(), Path(out_dir)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    split = check_dataset(dataset, config.min_train_frames)
+    dataset_hash = dataset.content_hash()
+    state = read_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
+    changed = _changed_inputs(state, dataset_hash, config) if state else []
+    if state and state.get("complete") and set(changed) <= NEUTRAL_KEYS:
+        metrics = state["metrics"]
+        message = "up to date: already trained on this dataset with these settings"
+        _announce(report, int(state["iteration"]), config, message, metrics["psnr"])
+        return checkpoint_path, {**metrics, "up_to_date": True}
+    if not set(changed) <= RESUMABLE_KEYS:
+        _announce(report, 0, config, f"inputs changed ({', '.join(changed)}): training afresh")
+        state = None
+    replacing = state is None and checkpoint_path.exists()
+    run = _TrainingRun(dataset, split, config, out_dir, resolve_device(device), report, dataset_hash, state, replacing)
     try:
         run.train(cancel)
     except StageCancelled:
         run.save()
         raise
-    return run.checkpoint_path, run.finish()
+    return run.checkpoint_path, {**run.finish(), "up_to_date": False}
+
+
+def _announce(report: ProgressCallback | None, iteration: int, config: NerfConfig, message: str, value=math.nan):
+    if report is not None:
+        report(ProgressReport("nerf", iteration, config.iterations, psnr=value, message=message))
 
 
 class _TrainingRun:
@@ -167,21 +203,25 @@ class _TrainingRun:
     def __init__(
         self,
         dataset: Dataset,
+        split: tuple[list[int], list[int]],
         config: NerfConfig,
         out_dir: Path,
         device: torch.device,
         report: ProgressCallback | None,
-        resume: bool,
+        dataset_hash: str,
+        state: dict | None,
+        replacing: bool,
     ):
+        """``split``: (train, held-out) positions; ``state``: the checkpoint to resume (None: a fresh
+        start); ``replacing``: a fresh start whose first save replaces the outputs of other inputs."""
         self.clock = _Clock()
         self.dataset, self.config, self.out_dir, self.device = dataset, config, out_dir, device
         self.report_fn = report
         self.iteration, self.history = 0, []
         self.loss = self.batch_psnr = float("nan")
         self.checkpoint_path = out_dir / CHECKPOINT_NAME
-        train_ids, held_ids = check_dataset(dataset, config.min_train_frames)
-        self.dataset_hash = dataset.content_hash()
-        state = self._previous_state(resume)
+        train_ids, held_ids = split
+        self.dataset_hash, self.replacing = dataset_hash, replacing
 
         torch.manual_seed(config.seed)
         self.background = resolve_background(config.background, dataset.has_masks)
@@ -220,21 +260,6 @@ class _TrainingRun:
         self.held_pixels = HeldOutPixels(self.held_frames, config.history_pixels, self.use_mask, device, config.seed)
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    def _previous_state(self, resume: bool) -> dict | None:
-        if not self.checkpoint_path.exists():
-            return None
-        if not resume:
-            raise CheckpointError(f"{self.checkpoint_path} already exists: resume it or choose another output folder")
-        state = read_checkpoint(self.checkpoint_path)
-        check_same_dataset(state, self.dataset_hash, self.checkpoint_path, self.dataset.root)
-        differences = _config_differences(state["config"], self.config.to_dict())
-        if differences:
-            raise CheckpointError(
-                f"{self.checkpoint_path} was trained with a different config "
-                f"({', '.join(differences)}); use another output folder"
-            )
-        return state
-
     def save(self, metrics: dict | None = None) -> None:
         with self.clock.pause():
             save_checkpoint(
@@ -258,6 +283,14 @@ class _TrainingRun:
                     "metrics": metrics or {},
                 },
             )
+        self._drop_replaced_outputs()
+
+    def _drop_replaced_outputs(self) -> None:
+        """The metrics and renders of a replaced checkpoint go once this run writes its own."""
+        if self.replacing:
+            (self.out_dir / "metrics.json").unlink(missing_ok=True)
+            shutil.rmtree(self.out_dir / "renders", ignore_errors=True)
+            self.replacing = False
 
     def _finished(self) -> bool:
         budget = self.config.time_budget_s
@@ -339,6 +372,7 @@ class _TrainingRun:
         if config.history_interval_s > 0 and (not self.history or self.history[-1][1] != self.iteration):
             self._record_history()
         self.model.eval()
+        self._drop_replaced_outputs()
         metrics = evaluate_frames(
             self.model,
             self.held_frames,
