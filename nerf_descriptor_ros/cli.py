@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except NerfDescriptorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except NerfDescriptorError as exc:  # the user's to fix: one line, no traceback
+        print(f"error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

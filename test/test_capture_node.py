@@ -4,6 +4,7 @@ Every image the fake camera publishes encodes its sequence number in its pixels 
 its pose is known, so the tests can tell which image, depth and pose ended up in each saved frame.
 """
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -230,10 +231,11 @@ def test_bad_input_is_refused_with_its_reason_and_loses_nothing(nodes, tmp_path,
     data_root = start_capture(nodes, tmp_path)
     camera.wait_for_subscribers()
 
-    def refused(expected: str):
+    def refused(*expected: str):
         answer = grab(ros, timeout_s=1.0)
-        assert not answer.success and expected in answer.message, answer.message
-        assert expected in status(ros).last_error
+        assert not answer.success and all(e in answer.message for e in expected), answer.message
+        assert "\n" not in answer.message  # one line
+        assert all(e in status(ros).last_error for e in expected)
 
     refused("not capturing; call ~/start first")
     for name in ("../escape", "a/b", "", ".hidden", "x" * 200, "bad name"):
@@ -250,10 +252,15 @@ def test_bad_input_is_refused_with_its_reason_and_loses_nothing(nodes, tmp_path,
 
     camera.set(info=CameraIntrinsics.from_fov(40, 30, 60.0))
     refused("image is 32x24 but the CameraInfo says 40x30")
+    good = INTRINSICS
+    nan_lens = CameraIntrinsics(good.fx, good.fy, good.cx, good.cy, WIDTH, HEIGHT, [float("nan"), 0.0, 0.0, 0.0, 0.0])
+    camera.set(info=nan_lens)
+    refused("CameraInfo D contains NaN or infinite values: [nan, 0.0, 0.0, 0.0, 0.0]")
+    assert [p.name for p in (data_root / "duck" / "images").iterdir()] == ["frame_00000.png"]  # nothing written
     camera.set(info=INTRINSICS, encoding="32FC1")
     refused("expected a colour image (rgb8, bgr8, rgba8, bgra8 or mono8), got '32FC1'")
     camera.set(encoding="rgb8", pose="nan")
-    refused("NaN")
+    refused("pose position [", "contains NaN or infinite values")
     camera.set(pose="non_unit")
     refused("has norm 2.0000, not 1: not a rotation")
     camera.set(pose="wrong_frame")
@@ -269,7 +276,7 @@ def test_bad_input_is_refused_with_its_reason_and_loses_nothing(nodes, tmp_path,
     camera.set(streaming=True)
     assert grab(ros).success
     after_good = status(ros)
-    assert after_good.last_error == "" and after_good.frames_rejected == 9
+    assert after_good.last_error == "" and after_good.frames_rejected == 10
 
     second = start(ros, "other")
     assert not second.success and "already capturing 'duck'" in second.message
@@ -277,7 +284,7 @@ def test_bad_input_is_refused_with_its_reason_and_loses_nothing(nodes, tmp_path,
     assert ros.call(Trigger, "/capture/stop", Trigger.Request()).success
 
     dataset = Dataset.load(data_root / "duck")
-    assert len(dataset) == 3
+    assert len(dataset) == 3 and len(list((data_root / "duck").rglob("*.png"))) == 3 * 3
     check_frames_match_what_was_published(dataset, camera)
     assert not (data_root / "other").exists()
 
@@ -299,13 +306,21 @@ def test_auto_keyframes_then_resume(nodes, tmp_path, ros, camera):
 
     existing = start(ros, "teddy")
     assert not existing.success and "already holds a dataset" in existing.message
+    # Remove one frame's entry by hand (what a missing image's error advises): its index stays used.
+    manifest_path = data_root / "teddy" / "transforms.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["frames"][1]
+    manifest_path.write_text(json.dumps(manifest))
+    images = {p: p.read_bytes() for p in (data_root / "teddy").rglob("*.png")}
     resumed = start(ros, "teddy", resume=True)
-    assert resumed.success and resumed.frames_in_dataset == kept, resumed.message
+    assert resumed.success and resumed.frames_in_dataset == kept - 1, resumed.message
     more = grab(ros)
-    assert more.success and more.frame_index == kept, more.message
+    assert more.success and more.frame_index == kept, more.message  # above every index and file there
     assert ros.call(Trigger, "/capture/stop", Trigger.Request()).success
+    assert all(p.read_bytes() == data for p, data in images.items())  # no image overwritten
     reloaded = Dataset.load(data_root / "teddy")
-    assert len(reloaded) == kept + 1
+    indices = [f.index for f in reloaded.frames]
+    assert len(reloaded) == kept and indices == sorted(set(indices)) and indices[-1] == kept
     assert reloaded.metadata["start_time"] == dataset.metadata["start_time"]
     check_frames_match_what_was_published(reloaded, camera)
 

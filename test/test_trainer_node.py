@@ -9,6 +9,8 @@ import pytest
 import torch
 from synthetic_scenes import orbit_poses, textured_objects_scene, write_scene_dataset
 
+from nerf_descriptor_ros.progress import ProgressReport
+
 pytestmark = pytest.mark.ros
 
 # A short, small fast-NeRF run: enough iterations to report progress several times.
@@ -256,3 +258,159 @@ def test_estimate_poses_writes_a_new_dataset_and_refuses_bad_requests(nodes, rcl
     assert written.root == root / "box_sfm" and len(written) == 10
     assert written.metadata["poses"]["source"] == "sfm"
     assert Dataset.load(root / "box").content_hash() == before  # the capture is only read
+
+
+# ---- the callback boundary: every request answered, every job ended -----------------------
+
+# Requests that a tester sent before the boundary: each got no answer (an exception escaped the
+# service callback) or started a job that killed the node (1.5 iterations reached uint32 fields).
+MALFORMED = [
+    ("{nerf: {scene_box: 5}}", "scene_box"),
+    ("{nerf: {fast: {plane_resolutions: [a]}}}", "plane_resolutions"),
+    ("{descriptors: {training: 5}}", "training"),
+    ("{descriptors: {correspondences: {width: 0}}}", "width"),
+    ("{nerf: {iterations: 1.5}}", "iterations"),
+    ("{descriptors: {training: {iterations: 1.5}}}", "iterations"),
+    ("{nerf: {iterations: 5000000000}}", "iterations"),
+    ("{nerf: {iterations: 1", "not valid YAML"),
+]
+ANSWER_WITHIN_S = 5.0
+# A short NeRF-only job that succeeds.
+TINY_NERF = QUICK_NERF.replace("200", "20")
+TINY_JOB = dict(object_name="blocks", stages=["nerf"], config_overrides_yaml=TINY_NERF)
+
+
+def _run_goal(node, action, goal, timeout):
+    """The goal's (status, result); the goal must be answered within ``timeout`` s."""
+    goal_future = action.send_goal_async(goal)
+    started = time.monotonic()
+    _spin_until(node, goal_future.done, timeout, "goal acceptance")
+    result_future = goal_future.result().get_result_async()
+    _spin_until(node, result_future.done, max(0.1, timeout - (time.monotonic() - started)), "the goal's result")
+    answer = result_future.result()
+    return answer.status, answer.result
+
+
+def _one_line_reason(message: str) -> None:
+    assert message.strip() and "\n" not in message and "Traceback" not in message, repr(message)
+
+
+def _write_empty_dataset(path):
+    path.mkdir(parents=True)
+    (path / "transforms.json").write_text('{"frames": []}')
+
+
+def test_malformed_requests_get_a_one_line_refusal_and_the_node_keeps_serving(nodes, rclpy_node, data_root):
+    from nerf_descriptor_ros.action import TrainObject
+    from nerf_descriptor_ros.srv import StartTraining
+
+    # Descriptors alone on a dataset without frames: before the boundary an IndexError escaped.
+    _write_empty_dataset(data_root / "empty")
+    requests = [dict(object_name="blocks", config_overrides_yaml=text) for text, _ in MALFORMED]
+    reasons = [reason for _, reason in MALFORMED]
+    requests.append(dict(object_name="empty", stages=["descriptors"]))
+    reasons.append("")
+    proc = nodes.start("trainer", "config/trainer.yaml", {"data_root": str(data_root), "cpu_threads": 1})
+    action, start, _, statuses = _clients(rclpy_node)
+
+    for fields, reason in zip(requests, reasons):
+        answer = _call(rclpy_node, start, StartTraining.Request(**fields), timeout=ANSWER_WITHIN_S)
+        assert not answer.accepted and reason in answer.message, (fields, answer.message)
+        _one_line_reason(answer.message)
+        status, result = _run_goal(rclpy_node, action, TrainObject.Goal(**fields), ANSWER_WITHIN_S)
+        assert status == 6 and not result.success, (fields, status)  # GoalStatus.STATUS_ABORTED
+        assert result.message == answer.message, (result.message, answer.message)
+        assert proc.poll() is None, nodes.log_of(proc)
+    assert statuses and all(s.state == "idle" for s in statuses)  # nothing started, nothing "running"
+
+    # Still serving: a valid request through each interface, both trained to the end.
+    answer = _call(rclpy_node, start, StartTraining.Request(**TINY_JOB))
+    assert answer.accepted, answer.message
+    _spin_until(rclpy_node, lambda: statuses[-1].state not in ("idle", "running"), 120, "the job's end")
+    assert statuses[-1].state == "succeeded", statuses[-1].message + nodes.log_of(proc)
+    status, result = _run_goal(rclpy_node, action, TrainObject.Goal(**TINY_JOB), 120)
+    assert status == 4 and result.success, result.message + nodes.log_of(proc)  # STATUS_SUCCEEDED
+
+
+def test_a_failed_job_ends_failed_on_status_and_the_node_keeps_serving(nodes, rclpy_node, data_root):
+    from nerf_descriptor_ros.action import TrainObject
+    from nerf_descriptor_ros.data.dataset import Dataset
+    from nerf_descriptor_ros.srv import StartTraining
+
+    # A dataset whose training image is unreadable: accepted (the checks read no images), then
+    # the NeRF stage fails when it loads the frames.
+    broken = data_root / "broken"
+    write_scene_dataset(broken, textured_objects_scene(), orbit_poses(18, 0.3), width=40, height=30)
+    Dataset.load(broken).frames[1].image_path.write_bytes(b"not an image")
+    proc = nodes.start("trainer", "config/trainer.yaml", {"data_root": str(data_root), "cpu_threads": 1})
+    action, start, _, statuses = _clients(rclpy_node)
+
+    def final_status(since: int, timeout: float = 60.0):
+        """The first status after ``statuses[since]`` that ends a job."""
+        _spin_until(
+            rclpy_node,
+            lambda: any(s.state not in ("idle", "running") for s in statuses[since:]),
+            timeout,
+            "a job's end",
+        )
+        assert proc.poll() is None, nodes.log_of(proc)
+        return next(s for s in statuses[since:] if s.state not in ("idle", "running"))
+
+    def check_failed(status):
+        assert status.state == "failed", (status.state, status.message, nodes.log_of(proc))
+        assert "cannot read image" in status.message and status.object_name == "broken", status.message
+        _one_line_reason(status.message)
+        return status.message
+
+    broken_job = dict(object_name="broken", stages=["nerf"], config_overrides_yaml=TINY_NERF)
+    since = len(statuses)
+    answer = _call(rclpy_node, start, StartTraining.Request(**broken_job))
+    assert answer.accepted, answer.message
+    reason = check_failed(final_status(since))
+
+    since = len(statuses)
+    status, result = _run_goal(rclpy_node, action, TrainObject.Goal(**broken_job), 60)
+    assert status == 6 and not result.success and result.message == reason, (status, result.message)
+    assert check_failed(final_status(since)) == reason
+
+    # A job that succeeds between failures: the outcomes are logged at two severities, which once
+    # killed the worker thread ("Logger severity cannot be changed between calls").
+    since = len(statuses)
+    status, result = _run_goal(rclpy_node, action, TrainObject.Goal(**TINY_JOB), 120)
+    assert status == 4 and result.success, result.message + nodes.log_of(proc)  # STATUS_SUCCEEDED
+    assert final_status(since).state == "succeeded"
+    since = len(statuses)
+    answer = _call(rclpy_node, start, StartTraining.Request(**broken_job))
+    assert answer.accepted, answer.message
+    assert check_failed(final_status(since)) == reason
+    assert "Traceback" not in nodes.log_of(proc)
+
+
+def test_a_job_ends_with_a_state_and_a_reason_whatever_fails():
+    """TrainingJob in process: a bug in a stage, or a status publisher that raises, never leaves
+    the job "running"."""
+    from nerf_descriptor_ros.nodes.trainer import JobContext, Stage, TrainingJob
+
+    def buggy(ctx, report, cancel):
+        report(ProgressReport(stage="nerf", iteration=3, total_iterations=10, message="training"))
+        return 1 / 0
+
+    def no_check(ctx):
+        return None
+
+    def job(run, on_progress):
+        job = TrainingJob("x", JobContext(None, {}, "cpu", ""), [Stage("nerf", run, no_check)], {}, on_progress)
+        job.start()
+        assert job.done.wait(10), "the job did not end"
+        return job
+
+    published = []
+    failed = job(buggy, lambda j: published.append(j.state))
+    assert failed.state == "failed" and failed.message == "ZeroDivisionError: division by zero", failed.message
+    assert published == ["running", "running", "failed"]
+
+    def publisher_that_raises(j):
+        raise ValueError("Logger severity cannot be changed between calls.")
+
+    failed = job(lambda *_: None, publisher_that_raises)
+    assert failed.state == "failed" and failed.message.startswith("ValueError: Logger severity"), failed.message

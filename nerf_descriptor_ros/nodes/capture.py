@@ -35,6 +35,7 @@ from std_srvs.srv import Trigger
 from nerf_descriptor_ros.data.dataset import MANIFEST_NAME, DatasetWriter, object_dataset_path
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.msg import CaptureStatus
+from nerf_descriptor_ros.ros import callback_boundary as boundary
 from nerf_descriptor_ros.ros import topics
 from nerf_descriptor_ros.ros.conversions import (
     camera_info_to_intrinsics,
@@ -124,28 +125,31 @@ class CaptureNode(Node):
         sensors = MutuallyExclusiveCallbackGroup()
         services = ReentrantCallbackGroup()
         self.pose_source = make_pose_source(self, poses, MutuallyExclusiveCallbackGroup())
-        self.create_subscription(Image, topics.IMAGE, self._on_image, qos_profile_sensor_data, callback_group=sensors)
-        self.create_subscription(
-            CameraInfo, topics.CAMERA_INFO, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
+        # Callbacks behind the boundary (ros/callback_boundary.py): none of them ends the node.
+        boundary.create_subscription(
+            self, Image, topics.IMAGE, self._on_image, qos_profile_sensor_data, callback_group=sensors
+        )
+        boundary.create_subscription(
+            self, CameraInfo, topics.CAMERA_INFO, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
         )
         if self.use_depth:
-            self.create_subscription(
-                Image, topics.DEPTH, self._on_depth, qos_profile_sensor_data, callback_group=sensors
+            boundary.create_subscription(
+                self, Image, topics.DEPTH, self._on_depth, qos_profile_sensor_data, callback_group=sensors
             )
         if self.mask_topic:
-            self.create_subscription(
-                Image, self.mask_topic, self._on_mask, qos_profile_sensor_data, callback_group=sensors
+            boundary.create_subscription(
+                self, Image, self.mask_topic, self._on_mask, qos_profile_sensor_data, callback_group=sensors
             )
         latched = QoSProfile(
             depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
         )
         self._status_pub = self.create_publisher(CaptureStatus, "~/status", latched)
-        self.create_service(StartCapture, "~/start", self._on_start, callback_group=services)
-        self.create_service(CaptureFrame, "~/capture_frame", self._on_capture_frame, callback_group=services)
-        self.create_service(Trigger, "~/stop", self._on_stop, callback_group=services)
-        self.create_service(GetCaptureStatus, "~/get_status", self._on_get_status, callback_group=services)
-        self.create_timer(
-            KEYFRAME_CHECK_PERIOD_S, self._on_keyframe_timer, callback_group=MutuallyExclusiveCallbackGroup()
+        boundary.create_service(self, StartCapture, "~/start", self._on_start, callback_group=services)
+        boundary.create_service(self, CaptureFrame, "~/capture_frame", self._on_capture_frame, callback_group=services)
+        boundary.create_service(self, Trigger, "~/stop", self._on_stop, callback_group=services)
+        boundary.create_service(self, GetCaptureStatus, "~/get_status", self._on_get_status, callback_group=services)
+        boundary.create_timer(
+            self, KEYFRAME_CHECK_PERIOD_S, self._on_keyframe_timer, callback_group=MutuallyExclusiveCallbackGroup()
         )
         with self._state:
             self._publish_status()

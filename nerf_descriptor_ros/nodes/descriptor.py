@@ -63,6 +63,7 @@ from nerf_descriptor_ros.keypoints.matching import (
     model_max_distance,
 )
 from nerf_descriptor_ros.msg import KeypointMatch, KeypointMatches
+from nerf_descriptor_ros.ros import callback_boundary as boundary
 from nerf_descriptor_ros.ros import topics
 from nerf_descriptor_ros.ros.conversions import (
     array_to_image,
@@ -188,13 +189,21 @@ class DescriptorNode(Node):
         self._running = True
 
         sensors = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, topics.IMAGE, self._on_image, qos_profile_sensor_data, callback_group=sensors)
+        # Callbacks behind the boundary (ros/callback_boundary.py): none of them ends the node.
+        boundary.create_subscription(
+            self, Image, topics.IMAGE, self._on_image, qos_profile_sensor_data, callback_group=sensors
+        )
         if self.use_depth:
-            self.create_subscription(
-                Image, topics.DEPTH, self._on_depth, qos_profile_sensor_data, callback_group=sensors
+            boundary.create_subscription(
+                self, Image, topics.DEPTH, self._on_depth, qos_profile_sensor_data, callback_group=sensors
             )
-            self.create_subscription(
-                CameraInfo, topics.CAMERA_INFO, self._on_camera_info, qos_profile_sensor_data, callback_group=sensors
+            boundary.create_subscription(
+                self,
+                CameraInfo,
+                topics.CAMERA_INFO,
+                self._on_camera_info,
+                qos_profile_sensor_data,
+                callback_group=sensors,
             )
         self._dense_pub = (
             self.create_publisher(Image, topics.DESCRIPTORS, qos_profile_sensor_data) if self.publish_dense else None
@@ -207,7 +216,8 @@ class DescriptorNode(Node):
         self._matches_pub = self.create_publisher(KeypointMatches, topics.KEYPOINT_MATCHES, 10)
         self._markers_pub = self.create_publisher(MarkerArray, topics.KEYPOINT_MARKERS, 10)
         self._errors_pub = self.create_publisher(String, "~/errors", 10)
-        self.create_service(
+        boundary.create_service(
+            self,
             SetGraspPoint,
             "~/set_grasp_point",
             self._on_set_grasp_point,

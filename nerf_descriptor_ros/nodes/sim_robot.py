@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TransformStamped
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action import CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -41,6 +41,7 @@ from nerf_descriptor_ros.config import ConfigError, described
 from nerf_descriptor_ros.data.dataset import DatasetError
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.geometry import InvalidPoseError, pose_distance, validate_rigid_transform
+from nerf_descriptor_ros.ros import callback_boundary as boundary
 from nerf_descriptor_ros.ros import topics
 from nerf_descriptor_ros.ros.conversions import (
     array_to_image,
@@ -152,14 +153,19 @@ class SimRobotNode(Node):
         self._pose_pub = self.create_publisher(PoseStamped, topics.CAMERA_POSE, qos_profile_sensor_data)
         self._joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, 10)
         self._tf_broadcaster = self._make_tf_broadcaster()
-        self.create_timer(1.0 / p["publish_rate_hz"], self._publish_frame, callback_group=render_group)
-        self.create_service(MoveCamera, "~/move_camera", self._on_move_camera, callback_group=request_group)
-        self.create_service(SetObjectPose, "~/set_object_pose", self._on_set_object_pose, callback_group=request_group)
-        self.create_service(
-            SaveGroundTruth, "~/save_ground_truth", self._on_save_ground_truth, callback_group=request_group
+        # Callbacks behind the boundary (ros/callback_boundary.py): none of them ends the node.
+        boundary.create_timer(self, 1.0 / p["publish_rate_hz"], self._publish_frame, callback_group=render_group)
+        boundary.create_service(self, MoveCamera, "~/move_camera", self._on_move_camera, callback_group=request_group)
+        boundary.create_service(
+            self, SetObjectPose, "~/set_object_pose", self._on_set_object_pose, callback_group=request_group
         )
-        self.create_service(PickAndLift, "~/pick_and_lift", self._on_pick_and_lift, callback_group=request_group)
-        self._sweep_server = ActionServer(
+        boundary.create_service(
+            self, SaveGroundTruth, "~/save_ground_truth", self._on_save_ground_truth, callback_group=request_group
+        )
+        boundary.create_service(
+            self, PickAndLift, "~/pick_and_lift", self._on_pick_and_lift, callback_group=request_group
+        )
+        self._sweep_server = boundary.create_action_server(
             self,
             ViewSweep,
             "~/view_sweep",
@@ -463,6 +469,8 @@ class SimRobotNode(Node):
         self._stopping.set()
 
     def destroy_node(self):
+        if not hasattr(self, "_sweep_server"):  # the constructor refused to start: nothing of ours runs
+            return super().destroy_node()
         self.stop()
         self._sweep_server.destroy()
         super().destroy_node()

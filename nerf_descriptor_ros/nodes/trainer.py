@@ -12,17 +12,20 @@ in the table's order. Each stage reads the results of the stages before it from 
 context. The work runs on a worker thread of its own, so the executor keeps serving the
 services, cancel requests and status while a stage trains. A second request while a job runs is
 refused with the reason (the action's result says it; the service answers ``accepted = false``).
+Any exception in a callback is refused the same way (ros/callback_boundary.py), and a job that
+fails for any reason ends "failed" with its reason on ``~/status``.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action import CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
@@ -33,6 +36,7 @@ from nerf_descriptor_ros.data.dataset import Dataset, object_dataset_path
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.msg import TrainingStatus
 from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, StageCancelled
+from nerf_descriptor_ros.ros.callback_boundary import create_action_server, create_service, describe
 from nerf_descriptor_ros.ros.node_runner import run_node
 from nerf_descriptor_ros.ros.parameters import declare_parameters
 from nerf_descriptor_ros.srv import EstimatePoses, StartTraining
@@ -121,7 +125,8 @@ def run_descriptors_stage(ctx: JobContext, report: ProgressCallback, cancel: thr
         resume=True,
     )
     ctx.results["model_path"] = str(model_dir)
-    ctx.metrics["descriptors"] = {k: stats[k] for k in ("iterations", "mean_loss_last_100", "pairs", "seconds")}
+    keys = ("iterations", "mean_loss_last_100", "pairs", "seconds", "up_to_date")
+    ctx.metrics["descriptors"] = {k: stats[k] for k in keys}
 
 
 @dataclass
@@ -201,24 +206,29 @@ class TrainingJob:
         self.on_progress(self)
 
     def _run(self) -> None:
+        """Every way out ends the job with a state and a reason: it never stays "running"."""
+        state, message = "failed", "the training thread ended unexpectedly"
         try:
             for stage in self.stages:
                 self.ctx.overrides = self.overrides.get(stage.name, {})
                 self._report(ProgressReport(stage=stage.name, iteration=0, total_iterations=0, message="starting"))
                 stage.run(self.ctx, self._report, self.cancel)
-            self._finish("succeeded", f"done: {', '.join(s.name for s in self.stages)}")
+            state, message = "succeeded", f"done: {', '.join(s.name for s in self.stages)}"
         except StageCancelled:
-            self._finish("cancelled", "cancelled; completed work is checkpointed and resumes")
-        except NerfDescriptorError as exc:
-            self._finish("failed", str(exc))
-        except Exception as exc:  # a bug or an environment failure: say which, keep the node up
-            self._finish("failed", f"{type(exc).__name__}: {exc}")
+            state, message = "cancelled", "cancelled; completed work is checkpointed and resumes"
+        except Exception as exc:  # NerfDescriptorError: its message; a bug or the environment: "<Type>: ..."
+            message = describe(exc)
+        finally:
+            self._finish(state, message)
 
     def _finish(self, state: str, message: str) -> None:
         with self.lock:
             self.state, self.message = state, message
         self.done.set()
-        self.on_progress(self)
+        try:
+            self.on_progress(self)
+        except Exception:  # the outcome stands (the action reads it from here)
+            traceback.print_exc()
 
 
 PARAMETERS = (
@@ -264,7 +274,8 @@ class TrainerNode(Node):
             depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
         )
         self._status_pub = self.create_publisher(TrainingStatus, "~/status", latched)
-        self._action = ActionServer(
+        # Behind the callback boundary: any exception is a refusal (or an aborted goal) with its reason.
+        self._action = create_action_server(
             self,
             TrainObject,
             "~/train_object",
@@ -273,9 +284,9 @@ class TrainerNode(Node):
             cancel_callback=lambda _: CancelResponse.ACCEPT,
             callback_group=group,
         )
-        self.create_service(StartTraining, "~/start_training", self._on_start, callback_group=group)
-        self.create_service(Trigger, "~/cancel_training", self._on_cancel, callback_group=group)
-        self.create_service(EstimatePoses, "~/estimate_poses", self._on_estimate_poses, callback_group=group)
+        create_service(self, StartTraining, "~/start_training", self._on_start, callback_group=group)
+        create_service(self, Trigger, "~/cancel_training", self._on_cancel, callback_group=group)
+        create_service(self, EstimatePoses, "~/estimate_poses", self._on_estimate_poses, callback_group=group)
         self._publish_status(None)
         self.get_logger().info(
             f"ready: stages {[s.name for s in STAGES]}, datasets under {self.data_root.resolve()}, device {self.device}"
@@ -318,39 +329,34 @@ class TrainerNode(Node):
             raise TrainingRequestError(f"busy: estimating the poses of {self._pose_job!r}; wait for it to finish")
 
     def _on_estimate_poses(self, request, response):
-        """SfM on a captured dataset, written as a new dataset; the captured one is only read."""
+        """SfM on a captured dataset, written as a new dataset; the captured one is only read.
+
+        A refused request raises: the callback boundary answers success = false with the reason."""
         from nerf_descriptor_ros.poses.estimate import estimate_poses
 
-        response.median_center_residual_m = response.median_rotation_residual_deg = float("nan")
+        source = object_dataset_path(self.data_root, request.object_name)
+        out = object_dataset_path(self.data_root, request.output_object_name) if request.output_object_name else None
+        if out is not None and out.exists():
+            raise TrainingRequestError(f"{out} already exists: choose a new output_object_name")
+        Dataset.load(source)
+        with self._job_lock:
+            self._refuse_if_busy()
+            self._pose_job = request.object_name
         try:
-            source = object_dataset_path(self.data_root, request.object_name)
-            out = (
-                object_dataset_path(self.data_root, request.output_object_name) if request.output_object_name else None
+            self.get_logger().info(f"estimating the poses of {request.object_name}")
+            estimate = estimate_poses(
+                source, out, align=request.align, refine=request.refine, report=self._log_pose_progress
             )
-            if out is not None and out.exists():
-                raise TrainingRequestError(f"{out} already exists: choose a new output_object_name")
-            Dataset.load(source)
+        finally:
             with self._job_lock:
-                self._refuse_if_busy()
-                self._pose_job = request.object_name
-            try:
-                self.get_logger().info(f"estimating the poses of {request.object_name}")
-                estimate = estimate_poses(
-                    source, out, align=request.align, refine=request.refine, report=self._log_pose_progress
-                )
-            finally:
-                with self._job_lock:
-                    self._pose_job = None
-        except NerfDescriptorError as exc:
-            response.success, response.message = False, str(exc)
-            self.get_logger().warning(f"estimate_poses: {exc}")
-            return response
+                self._pose_job = None
         sfm = estimate.sfm
         response.success = True
         response.message = "; ".join(estimate.summary_lines())
         response.output_path = str(estimate.output or "")
         response.frames_total, response.frames_registered = sfm.num_images, len(sfm.c2w)
         response.mean_reprojection_error_px = float(sfm.mean_reprojection_error_px)
+        response.median_center_residual_m = response.median_rotation_residual_deg = float("nan")
         if estimate.alignment is not None:
             response.median_center_residual_m = estimate.alignment.median_center_error_m
             response.median_rotation_residual_deg = estimate.alignment.median_rotation_error_deg
@@ -365,37 +371,27 @@ class TrainerNode(Node):
 
     def _execute(self, goal_handle):
         goal = goal_handle.request
-        try:
-            job = self._start_job(goal.object_name, goal.dataset_path, goal.stages, goal.config_overrides_yaml)
-        except NerfDescriptorError as exc:
-            self.get_logger().warning(f"train_object refused: {exc}")
-            goal_handle.abort()
-            return TrainObject.Result(success=False, message=str(exc))
+        # A refused request raises: the callback boundary aborts the goal with the reason.
+        job = self._start_job(goal.object_name, goal.dataset_path, goal.stages, goal.config_overrides_yaml)
         last_sent = None
-        while not job.done.wait(timeout=0.1):
-            if goal_handle.is_cancel_requested:
-                job.cancel.set()
-            with job.lock:
-                report = job.latest
-            if report is not last_sent:
-                last_sent = report
-                goal_handle.publish_feedback(
-                    TrainObject.Feedback(
-                        stage=report.stage,
-                        iteration=report.iteration,
-                        total_iterations=report.total_iterations,
-                        loss=float(report.loss),
-                        psnr=float(report.psnr),
-                        eta_seconds=float(report.eta_seconds),
-                        message=report.message,
-                    )
-                )
+        try:
+            while not job.done.wait(timeout=0.1):
+                if goal_handle.is_cancel_requested:
+                    job.cancel.set()
+                with job.lock:
+                    report = job.latest
+                if report is not last_sent:
+                    last_sent = report
+                    self._send_feedback(goal_handle, report)
+        except BaseException:  # the goal ends here: its job must not train on unseen
+            job.cancel.set()
+            raise
         result = TrainObject.Result(
             success=job.state == "succeeded",
             message=job.message,
             nerf_checkpoint=job.ctx.results.get("nerf_checkpoint", ""),
             model_path=job.ctx.results.get("model_path", ""),
-            metrics_json=json.dumps(job.ctx.metrics),
+            metrics_json=json.dumps(job.ctx.metrics, default=str),
         )
         if job.state == "cancelled" and goal_handle.is_cancel_requested:
             goal_handle.canceled()
@@ -405,14 +401,15 @@ class TrainerNode(Node):
             goal_handle.abort()
         return result
 
-    def _on_start(self, request, response):
+    def _send_feedback(self, goal_handle, r: ProgressReport) -> None:
         try:
-            job = self._start_job(
-                request.object_name, request.dataset_path, request.stages, request.config_overrides_yaml
-            )
-        except NerfDescriptorError as exc:
-            response.accepted, response.message = False, str(exc)
-            return response
+            goal_handle.publish_feedback(TrainObject.Feedback(message=r.message, **_progress_fields(r)))
+        except Exception as exc:  # one report the message refuses: the job goes on
+            self.get_logger().warning(f"train_object: feedback not sent: {describe(exc)}", throttle_duration_sec=10.0)
+
+    def _on_start(self, request, response):
+        # A refused request raises: the callback boundary answers accepted = false with the reason.
+        job = self._start_job(request.object_name, request.dataset_path, request.stages, request.config_overrides_yaml)
         response.accepted, response.message = True, "started; progress on ~/status"
         response.dataset_path = str(job.ctx.dataset.root)
         return response
@@ -440,23 +437,40 @@ class TrainerNode(Node):
             return self._job is not None and not self._job.done.is_set()
 
     def _publish_status(self, job: TrainingJob | None) -> None:
-        msg = TrainingStatus(state="idle")
-        msg.header.stamp = self.get_clock().now().to_msg()
-        if job is not None:
-            with job.lock:
-                r, state, message = job.latest, job.state, job.message
-            msg.state = state
-            msg.object_name = job.object_name
-            msg.dataset_path = str(job.ctx.dataset.root)
-            msg.stages = [s.name for s in job.stages]
-            msg.stage, msg.iteration, msg.total_iterations = r.stage, r.iteration, r.total_iterations
-            msg.loss, msg.psnr, msg.eta_seconds = float(r.loss), float(r.psnr), float(r.eta_seconds)
-            msg.message = message or r.message
-            if state != "running":
-                msg.metrics_json = json.dumps(job.ctx.metrics)
-                log = self.get_logger().info if state == "succeeded" else self.get_logger().warning
-                log(f"{job.object_name}: {state}: {message}")
-        self._status_pub.publish(msg)
+        """Publish ~/status; the worker thread calls it too, so it never raises."""
+        msg, state = TrainingStatus(state="idle"), "idle"
+        try:
+            msg.header.stamp = self.get_clock().now().to_msg()
+            if job is not None:
+                with job.lock:
+                    r, state, message = job.latest, job.state, job.message
+                msg.state, msg.object_name, msg.message = state, job.object_name, message or r.message
+                msg.dataset_path, msg.stages = str(job.ctx.dataset.root), [s.name for s in job.stages]
+                for key, value in _progress_fields(r).items():
+                    setattr(msg, key, value)
+                msg.metrics_json = json.dumps(job.ctx.metrics, default=str) if state != "running" else ""
+        except Exception as exc:  # the state and the reason still go out
+            self.get_logger().warning(f"~/status: progress left out: {describe(exc)}", throttle_duration_sec=10.0)
+        if state == "succeeded":  # two call sites: rclpy fixes one severity per call site
+            self.get_logger().info(f"{job.object_name}: {state}: {job.message}")
+        elif state not in ("idle", "running"):
+            self.get_logger().warning(f"{job.object_name}: {state}: {job.message}")
+        try:
+            self._status_pub.publish(msg)
+        except Exception as exc:  # e.g. the node is shutting down
+            self.get_logger().error(f"~/status not published: {describe(exc)}")
+
+
+def _progress_fields(r: ProgressReport) -> dict:
+    """A report's numbers as TrainingStatus and the feedback carry them (uint32 counts, float32s)."""
+    return {
+        "stage": str(r.stage),
+        "iteration": int(r.iteration),
+        "total_iterations": int(r.total_iterations),
+        "loss": float(r.loss),
+        "psnr": float(r.psnr),
+        "eta_seconds": float(r.eta_seconds),
+    }
 
 
 def main(args=None) -> int:

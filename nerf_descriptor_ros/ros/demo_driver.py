@@ -1,6 +1,9 @@
 """The demo's own ROS node: service calls, action goals and topic caches over DDS, each wait
-checking that the node processes it talks to are still alive (a crash is reported with the
-node's log, not as a timeout)."""
+checking that the node processes it talks to are still alive (a crash is reported as the node
+that exited and its log file, not as a timeout).
+
+Whatever stops the demo is a :class:`DemoError` (a NerfDescriptorError): the command line prints
+it as one ``error: ...`` line."""
 
 from __future__ import annotations
 
@@ -11,8 +14,17 @@ import rclpy
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 
+from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.ros.processes import NodeProcesses
 from nerf_descriptor_ros.ros.stamp_cache import StampedCache
+
+
+class DemoError(NerfDescriptorError, RuntimeError):
+    """A demo stage that cannot go on: a node refused, failed or exited (NodeExitedError is one too)."""
+
+
+class DemoTimeout(NerfDescriptorError, TimeoutError):
+    """Something the demo waited for did not happen in time."""
 
 
 class DemoDriver:
@@ -42,7 +54,7 @@ class DemoDriver:
         while not ready():
             self.procs.check_alive()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+                raise DemoTimeout(f"{what} did not happen within {timeout:.0f} s; node logs in {self.procs.log_dir}")
             self.executor.spin_once(timeout_sec=0.05)
 
     def service(self, srv_type, name: str, timeout: float = 60.0):
@@ -66,14 +78,14 @@ class DemoDriver:
         self.wait_for("the goal to be accepted", goal_future.done, 60.0)
         handle = goal_future.result()
         if not handle.accepted:
-            raise RuntimeError(f"{name} refused the goal")
+            raise DemoError(f"{name} refused the goal; node logs in {self.procs.log_dir}")
         result_future = handle.get_result_async()
         deadline = time.monotonic() + timeout
         while not result_future.done():
             self.procs.check_alive()
             if time.monotonic() > deadline:
                 handle.cancel_goal_async()
-                raise TimeoutError(f"{name} did not finish within {timeout:.0f} s")
+                raise DemoTimeout(f"{name} did not finish within {timeout:.0f} s; node logs in {self.procs.log_dir}")
             self.executor.spin_once(timeout_sec=0.1)
         return result_future.result().result
 

@@ -26,7 +26,7 @@ from nerf_descriptor_ros.ros.conversions import (
     pose_msg_to_matrix,
     stamp_to_ns,
 )
-from nerf_descriptor_ros.ros.demo_driver import DemoDriver, Throttle
+from nerf_descriptor_ros.ros.demo_driver import DemoDriver, DemoError, Throttle
 from nerf_descriptor_ros.sim import hemisphere_views
 from nerf_descriptor_ros.srv import CaptureFrame, MoveCamera, SaveGroundTruth, SetObjectPose, StartCapture
 
@@ -45,7 +45,7 @@ def capture_session(procs, name: str, num_views: int) -> dict:
         sweep = ros.action(ViewSweep, "/sim_robot/view_sweep")
         answer = ros.call(start, StartCapture.Request(object_name=name))
         if not answer.success:
-            raise RuntimeError(f"capture did not start: {answer.message}")
+            raise DemoError(f"capture did not start: {answer.message}")
         print(f"[demo] capturing into {answer.dataset_path}", flush=True)
 
         reached = []
@@ -56,7 +56,7 @@ def capture_session(procs, name: str, num_views: int) -> dict:
         ros.wait_for("the sweep goal to be accepted", goal_future.done)
         goal = goal_future.result()
         if not goal.accepted:
-            raise RuntimeError("the simulator refused the view sweep")
+            raise DemoError("the simulator refused the view sweep")
         result_future = goal.get_result_async()
         captured = 0
         while not result_future.done() or reached:
@@ -75,9 +75,9 @@ def capture_session(procs, name: str, num_views: int) -> dict:
         ros.call(stop, Trigger.Request())
         gt = ros.call(save_gt, SaveGroundTruth.Request(object_name=name))
         if not gt.success:
-            raise RuntimeError(f"the simulator's ground truth was not saved: {gt.message}")
+            raise DemoError(f"the simulator's ground truth was not saved: {gt.message}")
         if captured == 0:
-            raise RuntimeError("no frame was captured; see the node logs")
+            raise DemoError(f"no frame was captured; see the node logs in {procs.log_dir}")
         return {"captured": captured, "unreachable": result.views_unreachable}
 
 
@@ -114,7 +114,7 @@ def train_through_action(procs, name: str, profile: dict) -> dict:
             timeout=3 * 3600,
         )
     if not result.success:
-        raise RuntimeError(f"training failed: {result.message}")
+        raise DemoError(f"training failed: {result.message}; the trainer's log is in {procs.log_dir}")
     seconds: dict[str, float] = {}
     for (stage, began), (_, ended) in zip(segments, segments[1:] + [("", time.monotonic())]):
         seconds[stage] = seconds.get(stage, 0.0) + ended - began
@@ -148,13 +148,13 @@ def live_trials(
             k for k in json.loads((model_dir / KEYPOINTS_NAME).read_text())["keypoints"] if k["name"] == AUTO_GRASP_NAME
         )
         if grasp_point["point"] is None:
-            raise RuntimeError(f"the grasp keypoint in {model_dir / KEYPOINTS_NAME} has no 3D point")
+            raise DemoError(f"the grasp keypoint in {model_dir / KEYPOINTS_NAME} has no 3D point")
         point_then = np.asarray(grasp_point["point"])
         for trial in range(trials):
             seed = first_seed + trial
             placed = ros.call(place, SetObjectPose.Request(randomize=True, seed=seed))
             if not placed.success:
-                raise RuntimeError(f"trial {trial}: the object was not placed: {placed.message}")
+                raise DemoError(f"trial {trial}: the object was not placed: {placed.message}")
             T_now = pose_msg_to_matrix(placed.pose)
             motion = T_now @ invert(T_then)
             centre_now = transform_points(motion, centre_then[None])[0]

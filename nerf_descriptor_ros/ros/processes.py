@@ -1,8 +1,9 @@
 """Start this package's node executables as child processes and stop them reliably.
 
-Used by `nerf-descriptor demo` and the tests in place of `ros2 launch` (not installable from the
-registry). Each node runs in its own process group with ``--ros-args --params-file``, exactly as a
-user would start it by hand, and its output goes to a log file.
+Used by `nerf-descriptor demo` and the node tests in place of `ros2 launch`, which the registry
+lacks (`make setup` builds it from ../shared/ros2_tools for the launch-file tests). Each node runs
+in its own process group with ``--ros-args --params-file``, exactly as a user would start it by
+hand, and its output goes to a log file.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from nerf_descriptor_ros.errors import NerfDescriptorError
+
 PACKAGE = "nerf_descriptor_ros"
+
+
+class NodeExitedError(NerfDescriptorError, RuntimeError):
+    """A node process ended while it was needed; one line naming it, its last log line and its log file."""
 
 
 def package_share() -> Path:
@@ -82,11 +89,14 @@ class NodeProcesses:
         raise KeyError("not one of these processes")
 
     def check_alive(self) -> None:
-        """Raise with the tail of its log if a node has exited."""
+        """Raise NodeExitedError if a node has exited."""
         for log_path, proc in self._procs:
             if proc.poll() is not None:
-                tail = "".join(log_path.read_text(errors="replace").splitlines(True)[-20:])
-                raise RuntimeError(f"{log_path.stem} exited with code {proc.returncode}:\n{tail}")
+                code = proc.returncode
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+                last = f" (last log line: {lines[-1][:300]})" if lines else ""
+                raise NodeExitedError(f"node {log_path.stem} {how}{last}; its log: {log_path}")
 
     def stop_all(self, timeout: float = 5.0) -> None:
         for _, proc in self._procs:
