@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ./env.sh CMD...  runs CMD inside the built environment (venv + colcon install sourced).
+# ./env.sh CMD...  runs CMD inside the built environment (venv, .ros2_tools and the colcon install sourced).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if [ ! -f "$ROOT/install/setup.sh" ] || [ ! -x "$ROOT/.venv/bin/python" ]; then
@@ -8,6 +8,7 @@ if [ ! -f "$ROOT/install/setup.sh" ] || [ ! -x "$ROOT/.venv/bin/python" ]; then
 fi
 source "$ROOT/tools/ros_env.sh"
 ros_env_activate "$ROOT/.venv"
+ros2_tools_activate
 set +u
 # shellcheck source=/dev/null
 COLCON_CURRENT_PREFIX="$ROOT/install" source "$ROOT/install/setup.sh"

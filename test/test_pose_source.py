@@ -1,15 +1,20 @@
-"""The pose-source seam: PoseBuffer lookups by stamp, pose validation, the TF source, the factory."""
+"""The pose-source seam: PoseBuffer lookups by stamp, pose validation, the TF source (against a real
+tf2_ros broadcaster in another process), the factory."""
 
+import json
+import subprocess
 import sys
 import threading
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
+from ros2_tools import ros2_tools  # noqa: F401  (fixture)
 
 from nerf_descriptor_ros.config import ConfigError
-from nerf_descriptor_ros.geometry import InvalidPoseError, look_at, pose_distance
+from nerf_descriptor_ros.geometry import InvalidPoseError, interpolate_pose, look_at, matrix_to_pose, pose_distance
 from nerf_descriptor_ros.ros.pose_sources import (
     PoseBuffer,
     PoseLookupError,
@@ -189,70 +194,71 @@ def test_buffer_arguments_are_checked():
         PoseBuffer(duration_s=0)
 
 
-# ---- TF source -------------------------------------------------------------------------------
-# tf2_ros is not installable here; a stand-in module with tf2_ros's API checks what the TF source
-# asks for (target = base frame, source = camera frame, at the image stamp, with the timeout) and
-# what it does with the answer. On a machine with tf2_ros the real one is left alone.
+# ---- TF source: a real tf2_ros.TransformBroadcaster in another process ------------------------------
+# The arm's driver publishes base_link -> tool0 on /tf, the hand-eye calibration tool0 -> camera on
+# /tf_static; the TF source must give base_link -> camera at the image stamp, composed along the tree.
+
+BROADCASTER = Path(__file__).with_name("tf_broadcaster.py")
+HAND_EYE = look_at([0.03, -0.02, 0.05], [0.1, 0.2, 1.0])  # tool0 -> camera_optical
+EARLY_STAMP_S = 100.0  # more than the source's 10 s buffer before the others: pruned
+ARM_STAMPS_S = [112.0, 112.1, 112.2, 112.3, 112.4]
 
 
-class _FakeTransformException(Exception):
-    pass
+def _tf_entry(stamp_s: float, parent: str, child: str, T: np.ndarray) -> list:
+    position, q_xyzw = matrix_to_pose(T)
+    return [round(stamp_s * S), parent, child, position.tolist(), q_xyzw.tolist()]
 
 
-def _fake_tf2_ros(answer):
-    calls = []
+@pytest.fixture
+def tf_source(ros2_tools, rclpy_node):
+    """A TfPoseSource on a spinning test node, fed by a broadcaster process; its buffer holds all arm poses."""
+    from capture_test_utils import RosCalls
 
-    class Buffer:
-        def __init__(self, cache_time=None):
-            self.cache_time = cache_time
-
-        def lookup_transform(self, target, source, time, timeout):
-            calls.append((target, source, time.nanoseconds, timeout.nanoseconds))
-            if isinstance(answer, Exception):
-                raise answer
-            return answer
-
-    module = types.SimpleNamespace(
-        Buffer=Buffer,
-        TransformException=_FakeTransformException,
-        TransformListener=lambda buffer, node, spin_thread: None,
+    spinning = RosCalls(rclpy_node)
+    source = TfPoseSource(rclpy_node, base_frame="base_link")
+    transforms = {
+        "static": [_tf_entry(0.0, "tool0", "camera_optical", HAND_EYE)],
+        "dynamic": [_tf_entry(t, "base_link", "tool0", orbit_pose(t)) for t in [EARLY_STAMP_S, *ARM_STAMPS_S]],
+    }
+    broadcaster = subprocess.Popen(
+        [sys.executable, str(BROADCASTER), json.dumps(transforms)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    return module, calls
+    try:
+        assert broadcaster.stdout.readline().strip() == "sent", broadcaster.stdout.read()
+        source.pose_at(round(ARM_STAMPS_S[-1] * S), "camera_optical", timeout_s=10.0)  # everything arrived
+        yield source
+    finally:
+        broadcaster.stdin.close()
+        broadcaster.wait(timeout=10)
+        spinning.close()
 
 
-def _transform_stamped(T):
-    from geometry_msgs.msg import Quaternion, Transform, TransformStamped, Vector3
-
-    from nerf_descriptor_ros.geometry import matrix_to_pose
-
-    p, q = matrix_to_pose(T)
-    return TransformStamped(
-        transform=Transform(
-            translation=Vector3(x=p[0], y=p[1], z=p[2]), rotation=Quaternion(x=q[0], y=q[1], z=q[2], w=q[3])
-        )
-    )
+@pytest.mark.ros
+def test_tf_source_gives_the_broadcast_poses_composed_along_the_tree(tf_source):
+    for t in ARM_STAMPS_S:
+        got = tf_source.pose_at(round(t * S), "camera_optical", timeout_s=0.0)
+        assert np.allclose(got, orbit_pose(t) @ HAND_EYE, rtol=0, atol=1e-12), t
+    between = tf_source.pose_at(round(112.05 * S), "camera_optical", timeout_s=0.0)
+    expected = interpolate_pose(orbit_pose(112.0), orbit_pose(112.1), 0.5) @ HAND_EYE
+    assert np.allclose(between, expected, rtol=0, atol=1e-12)
 
 
-def test_tf_source_looks_up_base_to_camera_at_the_stamp(monkeypatch):
-    pytest.importorskip("rclpy")
-    T = orbit_pose(0.7)
-    module, calls = _fake_tf2_ros(_transform_stamped(T))
-    monkeypatch.setitem(sys.modules, "tf2_ros", module)
-    source = TfPoseSource(node=None, base_frame="base_link")
-    got = source.pose_at(123 * S + 456, "camera_color_optical_frame", timeout_s=0.25)
-    assert np.allclose(got, T, atol=1e-12)
-    assert calls == [("base_link", "camera_color_optical_frame", 123 * S + 456, S // 4)]
+@pytest.mark.ros
+def test_tf_source_refuses_stamps_outside_its_buffer_with_the_reason(tf_source):
+    with pytest.raises(PoseLookupError, match="no TF from 'base_link' to 'camera_optical' at the image stamp: .*past"):
+        tf_source.pose_at(round(EARLY_STAMP_S * S), "camera_optical", timeout_s=0.0)  # pruned
+    started = time.monotonic()
+    with pytest.raises(PoseLookupError, match="at the image stamp: .*extrapolation into the future"):
+        tf_source.pose_at(round(113.0 * S), "camera_optical", timeout_s=0.3)
+    assert 0.3 <= time.monotonic() - started < 3.0  # waited the timeout for TF to catch up
+    with pytest.raises(PoseLookupError, match="no TF from 'base_link' to 'wrist_camera'"):
+        tf_source.pose_at(round(112.1 * S), "wrist_camera", timeout_s=0.0)
     with pytest.raises(PoseLookupError, match="no camera frame"):
-        source.pose_at(0, "", 0.1)
-
-
-def test_tf_source_turns_tf_errors_into_clear_refusals(monkeypatch):
-    pytest.importorskip("rclpy")
-    module, _ = _fake_tf2_ros(_FakeTransformException("Lookup would require extrapolation"))
-    monkeypatch.setitem(sys.modules, "tf2_ros", module)
-    source = TfPoseSource(node=None, base_frame="base_link")
-    with pytest.raises(PoseLookupError, match="no TF from 'base_link' to 'cam'.*extrapolation"):
-        source.pose_at(S, "cam", 0.1)
+        tf_source.pose_at(round(112.1 * S), "", timeout_s=0.0)
 
 
 def test_asking_for_tf_without_tf2_ros_fails_clearly(monkeypatch):

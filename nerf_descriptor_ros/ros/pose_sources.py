@@ -203,13 +203,15 @@ class TopicPoseSource:
         from geometry_msgs.msg import PoseStamped
         from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 
+        from nerf_descriptor_ros.ros.callback_boundary import create_subscription
+
         self.base_frame = base_frame
         self.buffer = buffer
         self._logger = node.get_logger()
         self.description = f"topic {node.resolve_topic_name(topic)}"
         # Best effort with a deep queue: poses are small and come in bursts next to images.
         qos = QoSProfile(depth=100, history=QoSHistoryPolicy.KEEP_LAST, reliability=QoSReliabilityPolicy.BEST_EFFORT)
-        self._sub = node.create_subscription(PoseStamped, topic, self._on_pose, qos, callback_group=callback_group)
+        self._sub = create_subscription(node, PoseStamped, topic, self._on_pose, qos, callback_group=callback_group)
 
     def _on_pose(self, msg) -> None:
         from nerf_descriptor_ros.ros.conversions import pose_msg_to_matrix, stamp_to_ns
@@ -250,8 +252,11 @@ class TfPoseSource:
         self.base_frame = base_frame
         self.description = f"TF ({base_frame} -> camera frame)"
         self._buffer = tf2_ros.Buffer(cache_time=Duration(seconds=buffer_duration_s))
-        # Its own spin thread, so lookups that wait never starve the listener.
-        self._listener = tf2_ros.TransformListener(self._buffer, node, spin_thread=True)
+        # Served by the node's own multi-threaded executor (the listener's subscriptions are in a
+        # reentrant group, so a lookup waiting in another callback does not block them). A spin
+        # thread of its own would lose the node to that executor anyway, and die with an
+        # ExternalShutdownException traceback when the node shuts down.
+        self._listener = tf2_ros.TransformListener(self._buffer, node, spin_thread=False)
 
     def pose_at(self, stamp_ns: int, camera_frame: str, timeout_s: float) -> np.ndarray:
         from rclpy.duration import Duration
