@@ -2,8 +2,9 @@
 
 Values are checked by pydantic in strict JSON mode, so YAML lists fill tuple fields and strings
 fill paths, but nothing else is converted: unknown keys, strings for numbers, bools for ints (and
-ints for bools), 1.5 for an int and None outside Optional fields are refused; an int is accepted
-for a float. Ranges are each dataclass's own business (its ``__post_init__`` raises ConfigError,
+ints for bools), 1.5 for an int, None outside Optional fields, NaN and infinity are refused; an
+int is accepted for a float. YAML text is refused beyond MAX_YAML_VALUES values or MAX_YAML_DEPTH
+levels before anything expands it. Ranges are each dataclass's own business (its ``__post_init__`` raises ConfigError,
 which pydantic reports at that dataclass's key path). Every refusal is one line naming the source
 and the key path, e.g. ``--set: fast.plane_resolutions[0]: expected an integer, got 'a'``.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -34,6 +37,13 @@ def described(default: Any = dataclasses.MISSING, description: str = "", *, defa
 
 # Progress messages (TrainingStatus, TrainObject feedback) carry iteration counts as uint32.
 MAX_ITERATIONS = 2**32 - 1
+# Settings are small. A YAML document with more values, or nested deeper, is refused before it is
+# expanded: an alias counts at each use, and a few hundred bytes of nested aliases (a "billion
+# laughs") would otherwise take hours and all memory to check or to print.
+MAX_YAML_VALUES = 10_000
+MAX_YAML_DEPTH = 32
+_SHOWN = reprlib.Repr()  # values in messages, shortened: a refusal stays one readable line
+_SHOWN.maxstring = _SHOWN.maxother = 80
 
 # What a refused value should have been, by pydantic error type.
 _EXPECTED = {
@@ -62,7 +72,11 @@ def load_dataclass(cls: type[T], values: Mapping, where: str, key_prefix: str = 
     ``where`` names the source in errors; ``key_prefix`` is where ``values`` sit inside it.
     """
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{where}: {key_prefix or 'settings'}: expected a mapping, got {values!r}")
+        raise ConfigError(f"{where}: {key_prefix or 'settings'}: expected a mapping, got {_SHOWN.repr(values)}")
+    non_finite = _first_non_finite(values)
+    if non_finite is not None:  # pydantic takes NaN and infinity for a float
+        loc, value = non_finite
+        raise ConfigError(f"{where}: {_key_path(key_prefix, loc)}: expected a finite number, got {value}")
     try:
         data = to_json(values, inf_nan_mode="constants")
     except PydanticSerializationError as exc:
@@ -76,7 +90,7 @@ def load_dataclass(cls: type[T], values: Mapping, where: str, key_prefix: str = 
 def merged(base: T, overrides: Mapping, where: str, key_prefix: str = "") -> T:
     """A new ``base`` with ``overrides`` deep-merged in (mapping into mapping), then strictly checked."""
     if not isinstance(overrides, Mapping):
-        raise ConfigError(f"{where}: {key_prefix or 'settings'}: expected a mapping, got {overrides!r}")
+        raise ConfigError(f"{where}: {key_prefix or 'settings'}: expected a mapping, got {_SHOWN.repr(overrides)}")
     return load_dataclass(type(base), _deep_merge(dataclasses.asdict(base), overrides), where, key_prefix)
 
 
@@ -86,11 +100,50 @@ def parse_yaml_mapping(text: str, what: str) -> dict:
         values = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    except RecursionError:  # the parser recurses once per level
+        raise _too_large(what) from None
+    _check_size(values, what)
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{what} must be a YAML mapping of settings, got {values!r}")
+        raise ConfigError(f"{what} must be a YAML mapping of settings, got {_SHOWN.repr(values)}")
     return values
+
+
+def _check_size(values: Any, what: str) -> None:
+    """Refuse more than MAX_YAML_VALUES values (aliases counted at each use) or MAX_YAML_DEPTH levels."""
+    pending, count = [(values, 0)], 0
+    while pending:
+        value, depth = pending.pop()
+        count += 1
+        if count > MAX_YAML_VALUES or depth > MAX_YAML_DEPTH:
+            raise _too_large(what)
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        pending.extend((child, depth + 1) for child in children)
+
+
+def _too_large(what: str) -> ConfigError:
+    return ConfigError(
+        f"{what} is too large: at most {MAX_YAML_VALUES} values nested at most {MAX_YAML_DEPTH} deep "
+        "(an alias counts each time it is used)"
+    )
+
+
+def _first_non_finite(value: Any, loc: tuple = ()) -> tuple[tuple, float] | None:
+    """(key path, value) of the first NaN or infinite number in plain data, else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return loc, value
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _first_non_finite(item, (*loc, key))
+        if found is not None:
+            return found
+    return None
 
 
 def load_yaml_file(path: str | Path) -> dict:
@@ -144,16 +197,21 @@ def _describe(cls: type, exc: ValidationError, where: str, key_prefix: str) -> s
     elif kind == "missing":
         problem = "missing"
     elif kind in _EXPECTED:
-        problem = f"expected {_EXPECTED[kind]}, got {error['input']!r}"
+        problem = f"expected {_EXPECTED[kind]}, got {_SHOWN.repr(error['input'])}"
     else:
-        problem = f"{error['msg'][0].lower()}{error['msg'][1:]}, got {error['input']!r}"
+        problem = f"{error['msg'][0].lower()}{error['msg'][1:]}, got {_SHOWN.repr(error['input'])}"
+    return ": ".join(text for text in (where, _key_path(key_prefix, loc), problem) if text)
+
+
+def _key_path(key_prefix: str, loc: tuple) -> str:
+    """``key_prefix`` and ``loc`` as a key path: ``nerf.fast.plane_resolutions[0]``."""
     path = key_prefix
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
         else:
             path += f".{part}" if path else str(part)
-    return ": ".join(text for text in (where, path, problem) if text)
+    return path
 
 
 def _type_at(cls: Any, loc: tuple) -> Any:

@@ -10,7 +10,7 @@ class Inbox:
     def __init__(self, node, msg_type, topic, qos=10):
         self.messages = []
         self._changed = threading.Condition()
-        node.create_subscription(msg_type, topic, self._on_message, qos)
+        self.subscription = node.create_subscription(msg_type, topic, self._on_message, qos)
 
     def _on_message(self, msg):
         with self._changed:

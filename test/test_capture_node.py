@@ -5,9 +5,13 @@ its pose is known, so the tests can tell which image, depth and pose ended up in
 """
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,12 +330,13 @@ def test_auto_keyframes_then_resume(nodes, tmp_path, ros, camera):
 
 
 def test_tf_pose_source_without_tf2_ros_stops_at_start_up_with_the_reason(nodes, tmp_path):
-    try:
-        import tf2_ros  # noqa: F401
-
-        pytest.skip("tf2_ros is installed here")
-    except ImportError:
-        pass
-    proc = nodes.start("capture", "config/capture_real_robot.yaml", {"data_root": str(tmp_path)})
+    """The node started without .ros2_tools/ (where `make setup` builds tf2_ros) on its path, as on
+    a machine that has no tf2_ros."""
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    env = {"PYTHONPATH": os.pathsep.join(p for p in entries if ".ros2_tools" not in Path(p).parts)}
+    probe = subprocess.run([sys.executable, "-c", "import tf2_ros"], env={**os.environ, **env}, capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("tf2_ros is importable without .ros2_tools/ (a system ROS 2 provides it)")
+    proc = nodes.start("capture", "config/capture_real_robot.yaml", {"data_root": str(tmp_path)}, env=env)
     assert proc.wait(timeout=30) == 1
     assert "pose_source 'tf' needs the tf2_ros Python package" in nodes.log_of(proc)

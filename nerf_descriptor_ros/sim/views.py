@@ -6,6 +6,10 @@ import numpy as np
 
 from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at
 
+# A sweep visits its views one by one in real time; more than this is a mistake, and planning
+# billions of views (ViewSweep.num_views is a uint32) would hold the arm for hours.
+MAX_VIEWS = 10_000
+
 
 def framing_distance(object_radius: float, intrinsics: CameraIntrinsics, fill_fraction: float) -> float:
     """Distance at which a sphere of ``object_radius`` spans ``fill_fraction`` of the narrower view."""
@@ -33,8 +37,8 @@ def hemisphere_views(
     where every ring starts (or, for a partial span, its centre). Image "up" is world up.
     """
     num_views = int(num_views)
-    if num_views < 1:
-        raise ValueError(f"num_views must be at least 1, got {num_views}")
+    if not 1 <= num_views <= MAX_VIEWS:
+        raise ValueError(f"num_views must be 1..{MAX_VIEWS}, got {num_views}")
     if not np.isfinite(radius) or radius <= 0:
         raise ValueError(f"radius must be positive, got {radius}")
     if not -90.0 < min_elevation_deg <= max_elevation_deg < 90.0:
