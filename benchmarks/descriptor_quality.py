@@ -19,6 +19,10 @@ AEPE, PCK@3, PCK@5 at 504x378, the PCK@k area for k = 1..100 and the median erro
 The default is the reduced CPU protocol (160x120 captures, short NeRF and descriptor training,
 under 40 minutes on 2 cores); ``--full`` runs the paper's 504x378 protocol with ResNet-34 and
 longer training, meant for a GPU. Timings on a shared CPU are noisy.
+
+:func:`run_protocol` is the protocol as a function, for a share of it under a time and iteration
+budget (``benchmarks/gpu_suite.py``): objects whose ``<work>/<name>/dataset`` exists are not
+captured again (no simulator needed), and ``methods`` may leave rows out.
 """
 
 from __future__ import annotations
@@ -50,9 +54,6 @@ from nerf_descriptor_ros.descriptors.evaluation import (
 from nerf_descriptor_ros.descriptors.model import load_model
 from nerf_descriptor_ros.descriptors.pipeline import correspondence_cache, train_descriptor_model
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
-from nerf_descriptor_ros.sim import SimConfig
-from nerf_descriptor_ros.sim.sweep_dataset import capture_sweep_dataset
-from nerf_descriptor_ros.sim.thin_objects import write_thin_object
 
 METHODS = ("gt_depth", "nerf_depth_map", "nerf_density_field", "classical_baseline")
 METRICS = ("aepe_px", "pck3", "pck5", "auc_1_100", "median_px")
@@ -103,9 +104,14 @@ def summary(metrics: dict) -> dict:
 
 
 def run_object(
-    spec: str, work: Path, protocol: dict, settings: DescriptorSettings, threads: int
+    spec: str,
+    work: Path,
+    protocol: dict,
+    settings: DescriptorSettings,
+    threads: int,
+    methods: tuple[str, ...] = METHODS,
 ) -> tuple[str, dict, dict]:
-    """Capture, NeRF, the four methods and their evaluation for one ``NAME=SOURCE[@R,P,Y]``;
+    """Capture, NeRF, the ``methods`` and their evaluation for one ``NAME=SOURCE[@R,P,Y]``;
     returns (name, per-method results, timings). Runs in its own process when objects run in
     parallel."""
     if threads:
@@ -114,16 +120,21 @@ def run_object(
     source, _, rpy = source.partition("@")
     # No rotation given: the simulator stands the object upright by itself.
     rpy_deg = tuple(float(x) for x in rpy.split(",")) if rpy else None
-    if source.startswith("thin:"):
-        _, kind, seed = source.split(":")
-        source = str(write_thin_object(work / "objects", kind, int(seed)))
     timings: dict[str, float] = {}
     print(f"[{name}] capture ({source})", flush=True)
     started = time.monotonic()
     dataset_dir = work / name / "dataset"
-    if (dataset_dir / "transforms.json").is_file():  # a rerun in the same work folder
+    if (dataset_dir / "transforms.json").is_file():  # a rerun in the same work folder, or a prepared capture
         dataset = Dataset.load(dataset_dir)
     else:
+        # Imported here: a machine without the simulator can still run on prepared captures.
+        from nerf_descriptor_ros.sim import SimConfig
+        from nerf_descriptor_ros.sim.sweep_dataset import capture_sweep_dataset
+        from nerf_descriptor_ros.sim.thin_objects import write_thin_object
+
+        if source.startswith("thin:"):
+            _, kind, seed = source.split(":")
+            source = str(write_thin_object(work / "objects", kind, int(seed)))
         dataset = capture_sweep_dataset(
             SimConfig(object_source=source, object_rpy_deg=rpy_deg, width=protocol["width"], height=protocol["height"]),
             dataset_dir,
@@ -165,7 +176,7 @@ def run_object(
     print(f"[{name}] NeRF correspondences vs. exact depth: {accuracy}", flush=True)
 
     results, curves = {"nerf_correspondence_accuracy": accuracy}, {}
-    for method in METHODS:
+    for method in methods:
         started = time.monotonic()
         if method == "classical_baseline":
             describe = dense_sift(settings.correspondences.width)
@@ -198,6 +209,98 @@ def run_object(
         print(f"[{name}] {method}: " + ", ".join(f"{k} {v}" for k, v in results[method].items()), flush=True)
     plot_pck_curves(curves, work / name / "pck_curves.png")
     return name, results, timings
+
+
+def run_protocol(
+    protocol: dict,
+    objects: list[str],
+    work: Path,
+    descriptor_dim: int = 3,
+    jobs: int = 1,
+    methods: tuple[str, ...] = METHODS,
+) -> dict:
+    """The protocol on ``objects`` (``NAME=SOURCE[@R,P,Y]``) in ``work``; returns the result.
+
+    ``protocol`` holds the keys of :data:`PROTOCOLS` entries: capture size and views, the NeRF's
+    time budget (``nerf_seconds``) and the descriptor steps per method (``iterations``). Checks
+    that need a method left out of ``methods`` are None.
+    """
+    settings = DescriptorSettings.load(
+        None,
+        {
+            "correspondences": {"width": protocol["width"]},
+            "training": {
+                "descriptor_dim": descriptor_dim,
+                "iterations": protocol["iterations"],
+                "backbone": protocol["backbone"],
+            },
+        },
+    )
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    per_object = {}
+    threads = 1 if jobs > 1 else 0
+    one_object = partial(
+        run_object, work=work, protocol=protocol, settings=settings, threads=threads, methods=tuple(methods)
+    )
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            outcomes = list(pool.map(one_object, objects))
+    else:
+        outcomes = [one_object(spec) for spec in objects]
+    for name, results, object_timings in outcomes:
+        per_object[name] = results
+        timings.update(object_timings)
+    thin = [spec.partition("=")[0] for spec in objects if "=thin:" in spec]
+
+    rows = {
+        m: {k: round(float(np.mean([per_object[o][m][k] for o in per_object])), 4) for k in METRICS} for m in methods
+    }
+
+    def check(needed: tuple[str, ...], test) -> bool | None:
+        return bool(test()) if all(m in rows for m in needed) else None
+
+    density, gt = rows.get("nerf_density_field"), rows.get("gt_depth")
+    checks = {
+        "density_field_aepe_le_3px": check(
+            ("nerf_density_field",), lambda: density["aepe_px"] <= TARGETS["aepe_px_max"]
+        ),
+        "density_field_pck3_ge_0.70": check(("nerf_density_field",), lambda: density["pck3"] >= TARGETS["pck3_min"]),
+        "density_field_pck5_ge_0.85": check(("nerf_density_field",), lambda: density["pck5"] >= TARGETS["pck5_min"]),
+        "density_field_pck3_ge_90pct_of_gt": check(
+            ("nerf_density_field", "gt_depth"),
+            lambda: density["pck3"] >= TARGETS["fraction_of_gt_pck3_min"] * gt["pck3"],
+        ),
+        "learned_rows_beat_classical_pck3": check(
+            METHODS, lambda: all(rows[m]["pck3"] > rows["classical_baseline"]["pck3"] for m in METHODS[:3])
+        ),
+    }
+    for name in thin:
+        row = per_object[name]
+        checks[f"{name}_density_field_no_worse_than_depth_map_auc"] = check(
+            ("nerf_density_field", "nerf_depth_map"),
+            lambda row=row: row["nerf_density_field"]["auc_1_100"] >= row["nerf_depth_map"]["auc_1_100"],
+        )
+    return {
+        "eval_resolution": list(EVAL_RESOLUTION),
+        "train_resolution": [protocol["width"], protocol["height"]],
+        "objects": list(per_object),
+        "descriptor_dim": descriptor_dim,
+        "backbone": protocol["backbone"],
+        "descriptor_iterations": protocol["iterations"],
+        "nerf_seconds": protocol["nerf_seconds"],
+        "methods": rows,
+        "per_object": per_object,
+        "paper": PAPER,
+        "checks": checks,
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "total_seconds": round(time.monotonic() - started, 1),
+        "work_dir": str(work),
+        "device": "cuda" if protocol["device"] != "cpu" and torch.cuda.is_available() else "cpu",
+        "parallel_objects": jobs,
+        "torch_threads_per_object": threads or torch.get_num_threads(),
+    }
 
 
 def main(argv=None) -> int:
@@ -235,71 +338,10 @@ def main(argv=None) -> int:
     if args.nerf_seconds:
         protocol["nerf_seconds"] = args.nerf_seconds
     jobs = args.jobs or (1 if args.full else min(len(args.objects), os.cpu_count() or 1))
-    settings = DescriptorSettings.load(
-        None,
-        {
-            "correspondences": {"width": protocol["width"]},
-            "training": {
-                "descriptor_dim": args.descriptor_dim,
-                "iterations": protocol["iterations"],
-                "backbone": protocol["backbone"],
-            },
-        },
-    )
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="descriptor_quality_"))
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    timings: dict[str, float] = {}
-    per_object = {}
-    threads = 1 if jobs > 1 else 0
-    one_object = partial(run_object, work=work, protocol=protocol, settings=settings, threads=threads)
-    if jobs > 1:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            outcomes = list(pool.map(one_object, args.objects))
-    else:
-        outcomes = [one_object(spec) for spec in args.objects]
-    for name, results, object_timings in outcomes:
-        per_object[name] = results
-        timings.update(object_timings)
-    thin = [spec.partition("=")[0] for spec in args.objects if "=thin:" in spec]
-
-    methods = {
-        m: {k: round(float(np.mean([per_object[o][m][k] for o in per_object])), 4) for k in METRICS} for m in METHODS
-    }
-    density, gt = methods["nerf_density_field"], methods["gt_depth"]
-    checks = {
-        "density_field_aepe_le_3px": density["aepe_px"] <= TARGETS["aepe_px_max"],
-        "density_field_pck3_ge_0.70": density["pck3"] >= TARGETS["pck3_min"],
-        "density_field_pck5_ge_0.85": density["pck5"] >= TARGETS["pck5_min"],
-        "density_field_pck3_ge_90pct_of_gt": density["pck3"] >= TARGETS["fraction_of_gt_pck3_min"] * gt["pck3"],
-        "learned_rows_beat_classical_pck3": all(
-            methods[m]["pck3"] > methods["classical_baseline"]["pck3"] for m in METHODS[:3]
-        ),
-    }
-    for name in thin:
-        row = per_object[name]
-        checks[f"{name}_density_field_no_worse_than_depth_map_auc"] = (
-            row["nerf_density_field"]["auc_1_100"] >= row["nerf_depth_map"]["auc_1_100"]
-        )
     result = {
-        "eval_resolution": list(EVAL_RESOLUTION),
-        "train_resolution": [protocol["width"], protocol["height"]],
         "protocol": "full" if args.full else "cpu",
-        "objects": list(per_object),
-        "descriptor_dim": args.descriptor_dim,
-        "backbone": protocol["backbone"],
-        "descriptor_iterations": protocol["iterations"],
-        "nerf_seconds": protocol["nerf_seconds"],
-        "methods": methods,
-        "per_object": per_object,
-        "paper": PAPER,
-        "checks": checks,
-        "seconds": {k: round(v, 1) for k, v in timings.items()},
-        "total_seconds": round(time.monotonic() - started, 1),
-        "work_dir": str(work),
-        "device": "cuda" if protocol["device"] != "cpu" and torch.cuda.is_available() else "cpu",
-        "parallel_objects": jobs,
-        "torch_threads_per_object": threads or torch.get_num_threads(),
+        **run_protocol(protocol, args.objects, work, args.descriptor_dim, jobs),
     }
     atomic_write_json(Path(args.out), result)
     print(json.dumps({k: result[k] for k in ("methods", "checks", "total_seconds")}, indent=1))

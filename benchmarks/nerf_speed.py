@@ -37,17 +37,15 @@ from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.nerf import load_config, train_nerf
 from nerf_descriptor_ros.nerf.config import config_from_dict
-from nerf_descriptor_ros.sim import SimConfig
-from nerf_descriptor_ros.sim.sweep_dataset import capture_sweep_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_PSNR = 25.0
 
 
-def seconds_to(history: list, target: float) -> float | None:
-    """Training seconds at which the PSNR curve first reaches ``target`` (linear in between)."""
+def seconds_to(curve: list, target: float) -> float | None:
+    """Training seconds at which the [seconds, PSNR] curve first reaches ``target`` (linear in between)."""
     previous = (0.0, 0.0)
-    for seconds, _, value in history:
+    for seconds, value in curve:
         if value >= target:
             t0, p0 = previous
             return round(t0 + (seconds - t0) * (target - p0) / max(value - p0, 1e-9), 2)
@@ -85,12 +83,12 @@ def run_model(
 
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, never a resumed one
     _, metrics = train_nerf(dataset, config, out_dir, device, report, resume=False)
-    history = metrics["history"]
+    curve = [[round(s, 2), round(p, 3)] for s, _, p in metrics["history"]]
     return {
-        "psnr_at_budget": round(history[-1][2], 3),
-        "seconds_to_25db": seconds_to(history, TARGET_PSNR),
+        "psnr_at_budget": curve[-1][1],
+        "seconds_to_25db": seconds_to(curve, TARGET_PSNR),
         "depth_median_abs_err_m": metrics.get("depth_median_abs_err_m"),
-        "psnr_over_time": [[round(s, 2), round(p, 3)] for s, _, p in history],
+        "psnr_over_time": curve,
         "iterations": metrics["iterations"],
         "heldout_metrics": {
             k: metrics[k] for k in ("psnr", "psnr_object_pixels", "ssim", "heldout_frames") if k in metrics
@@ -128,6 +126,10 @@ def main(argv=None) -> int:
         if args.dataset:
             dataset = Dataset.load(args.dataset)
         else:
+            # Imported here: a machine without the simulator can still run on a prepared capture.
+            from nerf_descriptor_ros.sim import SimConfig
+            from nerf_descriptor_ros.sim.sweep_dataset import capture_sweep_dataset
+
             name = f"{Path(args.object).stem}_{args.views}_{args.width}x{args.height}"
             print(f"capturing {args.views} views of {args.object} at {args.width}x{args.height}", flush=True)
             dataset = capture_sweep_dataset(
