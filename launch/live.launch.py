@@ -7,26 +7,18 @@ camera driver's topic) apply to both nodes; on a real robot give ``pose_source:=
 ``pick_service`` of the robot driver's.
 """
 
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
-from launch_ros.substitutions import FindPackageShare
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
 
 from launch import LaunchDescription
+from nerf_descriptor_ros.ros.launch_support import large_image_dds_profile, package_node
 
 
 def generate_launch_description():
-    config_dir = PathJoinSubstitution([FindPackageShare("nerf_descriptor_ros"), "config"])
+    arg = LaunchConfiguration
     return LaunchDescription(
         [
-            # Camera-sized best-effort images need bigger DDS buffers, unless the user chose a profile.
-            SetEnvironmentVariable(
-                "FASTDDS_DEFAULT_PROFILES_FILE",
-                EnvironmentVariable(
-                    "FASTDDS_DEFAULT_PROFILES_FILE",
-                    default_value=PathJoinSubstitution([config_dir, "fastdds_large_images.xml"]),
-                ),
-            ),
+            large_image_dds_profile(),
             DeclareLaunchArgument("model_dir", description="exported descriptor model folder"),
             DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda or cuda:N"),
             DeclareLaunchArgument(
@@ -35,25 +27,9 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 "execute", default_value="false", description="pick at the first grasp target by itself"
             ),
-            Node(
-                package="nerf_descriptor_ros",
-                executable="descriptor",
-                name="descriptor",
-                output="screen",
-                parameters=[
-                    PathJoinSubstitution([config_dir, "descriptor.yaml"]),
-                    {"model_dir": LaunchConfiguration("model_dir"), "device": LaunchConfiguration("device")},
-                ],
-            ),
-            Node(
-                package="nerf_descriptor_ros",
-                executable="manipulation",
-                name="manipulation",
-                output="screen",
-                parameters=[
-                    PathJoinSubstitution([config_dir, "manipulation.yaml"]),
-                    {"pose_source": LaunchConfiguration("pose_source"), "execute": LaunchConfiguration("execute")},
-                ],
+            package_node("descriptor", "descriptor.yaml", {"model_dir": arg("model_dir"), "device": arg("device")}),
+            package_node(
+                "manipulation", "manipulation.yaml", {"pose_source": arg("pose_source"), "execute": arg("execute")}
             ),
         ]
     )

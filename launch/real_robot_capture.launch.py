@@ -9,28 +9,30 @@ The arm's driver must publish TF from base_frame to camera_frame (hand-eye calib
 camera_frame means "the image header's frame_id".
 """
 
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
 from launch_ros.parameter_descriptions import ParameterValue
-from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
+from nerf_descriptor_ros.ros.launch_support import large_image_dds_profile, package_node
 
 
 def generate_launch_description():
-    config_dir = PathJoinSubstitution([FindPackageShare("nerf_descriptor_ros"), "config"])
     arg = LaunchConfiguration
+    overrides = {
+        "base_frame": arg("base_frame"),
+        "camera_frame": arg("camera_frame"),
+        "use_depth": ParameterValue(arg("use_depth"), value_type=bool),
+        "data_root": arg("data_root"),
+    }
+    remappings = [
+        ("camera/color/image_raw", arg("image_topic")),
+        ("camera/color/camera_info", arg("camera_info_topic")),
+        ("camera/depth/image_raw", arg("depth_topic")),
+    ]
     return LaunchDescription(
         [
-            # Camera-sized best-effort images need bigger DDS buffers, unless the user chose a profile.
-            SetEnvironmentVariable(
-                "FASTDDS_DEFAULT_PROFILES_FILE",
-                EnvironmentVariable(
-                    "FASTDDS_DEFAULT_PROFILES_FILE",
-                    default_value=PathJoinSubstitution([config_dir, "fastdds_large_images.xml"]),
-                ),
-            ),
+            large_image_dds_profile(),
             DeclareLaunchArgument("image_topic", default_value="/camera/color/image_raw"),
             DeclareLaunchArgument("camera_info_topic", default_value="/camera/color/camera_info"),
             DeclareLaunchArgument("depth_topic", default_value="/camera/aligned_depth_to_color/image_raw"),
@@ -42,25 +44,6 @@ def generate_launch_description():
                 "camera_frame", default_value="", description="camera optical frame; empty = the image's frame_id"
             ),
             DeclareLaunchArgument("data_root", default_value="data"),
-            Node(
-                package="nerf_descriptor_ros",
-                executable="capture",
-                name="capture",
-                output="screen",
-                parameters=[
-                    PathJoinSubstitution([config_dir, "capture_real_robot.yaml"]),
-                    {
-                        "base_frame": arg("base_frame"),
-                        "camera_frame": arg("camera_frame"),
-                        "use_depth": ParameterValue(arg("use_depth"), value_type=bool),
-                        "data_root": arg("data_root"),
-                    },
-                ],
-                remappings=[
-                    ("camera/color/image_raw", arg("image_topic")),
-                    ("camera/color/camera_info", arg("camera_info_topic")),
-                    ("camera/depth/image_raw", arg("depth_topic")),
-                ],
-            ),
+            package_node("capture", "capture_real_robot.yaml", overrides, remappings=remappings),
         ]
     )

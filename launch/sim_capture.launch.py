@@ -6,27 +6,18 @@ Then start a session with the capture node's ~/start service and sweep the camer
 sim's ~/view_sweep action (`nerf-descriptor demo` does both).
 """
 
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
-from launch_ros.substitutions import FindPackageShare
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
 
 from launch import LaunchDescription
+from nerf_descriptor_ros.ros.launch_support import large_image_dds_profile, package_node
 
 
 def generate_launch_description():
-    config_dir = PathJoinSubstitution([FindPackageShare("nerf_descriptor_ros"), "config"])
-    data_root = LaunchConfiguration("data_root")
+    arg = LaunchConfiguration
     return LaunchDescription(
         [
-            # Camera-sized best-effort images need bigger DDS buffers, unless the user chose a profile.
-            SetEnvironmentVariable(
-                "FASTDDS_DEFAULT_PROFILES_FILE",
-                EnvironmentVariable(
-                    "FASTDDS_DEFAULT_PROFILES_FILE",
-                    default_value=PathJoinSubstitution([config_dir, "fastdds_large_images.xml"]),
-                ),
-            ),
+            large_image_dds_profile(),
             DeclareLaunchArgument(
                 "object",
                 default_value="duck_vhacd.urdf",
@@ -38,26 +29,11 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 "data_root", default_value="data", description="datasets are written to <data_root>/<object_name>/"
             ),
-            Node(
-                package="nerf_descriptor_ros",
-                executable="sim_robot",
-                name="sim_robot",
-                output="screen",
-                parameters=[
-                    PathJoinSubstitution([config_dir, "sim_robot.yaml"]),
-                    {
-                        "object": LaunchConfiguration("object"),
-                        "object_seed": LaunchConfiguration("object_seed"),
-                        "data_root": data_root,
-                    },
-                ],
+            package_node(
+                "sim_robot",
+                "sim_robot.yaml",
+                {"object": arg("object"), "object_seed": arg("object_seed"), "data_root": arg("data_root")},
             ),
-            Node(
-                package="nerf_descriptor_ros",
-                executable="capture",
-                name="capture",
-                output="screen",
-                parameters=[PathJoinSubstitution([config_dir, "capture.yaml"]), {"data_root": data_root}],
-            ),
+            package_node("capture", "capture.yaml", {"data_root": arg("data_root")}),
         ]
     )
