@@ -36,7 +36,15 @@ from nerf_descriptor_ros.keypoints.definition import (
     load_keypoint_specs,
     moved_point_pixel,
 )
-from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints, auto_grasp_spec, visibility_depth
+from nerf_descriptor_ros.keypoints.grasp_point import (
+    _interior_pixels,
+    auto_grasp_keypoints,
+    auto_grasp_spec,
+    graspable_pixels,
+    object_view,
+    visibility_depth,
+)
+from nerf_descriptor_ros.sim.thin_objects import make_thin_object
 
 WIDTH, HEIGHT = 80, 60
 
@@ -210,6 +218,74 @@ def test_the_automatic_grasp_point_is_the_graspable_spot_found_best_on_other_vie
     assert np.linalg.norm(point[:2] - [0.01, -0.02]) < 0.3 * 0.035 + 0.005
     assert choice.mean_error_px is not None and choice.mean_error_px < 1.5, choice
     assert choice.top_centre_error_px is None or choice.top_centre_error_px > choice.mean_error_px
+
+
+def _eroded_interior(view, margin=3):
+    """The old candidate rule: object pixels with depth that a (2 margin + 1)-square erosion keeps."""
+    kernel = np.ones((2 * margin + 1,) * 2, np.uint8)
+    rows, cols = np.nonzero((cv2.erode(view.mask.astype(np.uint8), kernel) > 0) & np.isfinite(view.depth))
+    return np.stack([cols, rows], -1)
+
+
+def test_a_wide_object_keeps_the_3_px_margin_candidates_exactly(dataset):
+    deep = 0
+    for frame in dataset.frames:
+        view = object_view(dataset, frame)
+        np.testing.assert_array_equal(_interior_pixels(view, 3), _eroded_interior(view))
+        deep += cv2.distanceTransform(view.mask.astype(np.uint8), cv2.DIST_C, 3).max() >= 5
+    assert deep == len(dataset.frames)  # every view is wide enough for the margin rule
+    # An object cut by the image border: outside the image counts as object, as for the erosion.
+    view = object_view(dataset, dataset.frames[0])
+    view.mask = np.zeros_like(view.mask)
+    view.mask[:20, 50:] = True
+    view.depth = np.where(view.mask, 0.3, np.nan)
+    np.testing.assert_array_equal(_interior_pixels(view, 3), _eroded_interior(view))
+    assert len(graspable_pixels(view, 3, 0.01, 0.3)[0]) > 0
+
+
+def test_a_thin_fork_lying_flat_gets_a_grasp_point_on_its_ridge(tmp_path, model):
+    """A fork's 6 mm handle and 3 mm tines are 1-3 px wide at 160x120: no pixel is 3 px inside
+    the mask, so the candidates are its ridge; the chosen pixel is on the fork."""
+    import open3d as o3d
+
+    fork = make_thin_object("fork", 0)
+    poses = orbit_poses(8, 0.35, target=(0.0, 0.0, 0.005))
+    dataset = Dataset.load(write_scene_dataset(tmp_path / "fork", Scene([fork]), poses, 160, 120))
+    for frame in dataset.frames:
+        assert len(_eroded_interior(object_view(dataset, frame))) == 0  # the old rule had nothing
+    choice = auto_grasp_spec(dataset, _colour_as_descriptor)
+    u, v = int(choice.spec.u), int(choice.spec.v)
+    assert choice.view.mask[v, u] and choice.candidates >= 3
+    point = world_points(choice.view, [[u, v]], [choice.view.depth[v, u]])[0]
+    surface = o3d.t.geometry.RaycastingScene()
+    surface.add_triangles(fork.vertices.astype(np.float32), fork.faces.astype(np.uint32))
+    assert surface.compute_distance(o3d.core.Tensor(point[None].astype(np.float32))).numpy()[0] < 0.001
+    assert choice.mean_error_px is not None and choice.mean_error_px < 1.5, choice
+    # The live stage's call: the grasp point and one more keypoint, both on the fork.
+    keypoints, _ = auto_grasp_keypoints(dataset, model, count=2)
+    for keypoint in keypoints:
+        assert choice.view.mask[int(keypoint.spec.v), int(keypoint.spec.u)]
+        assert keypoint.point_base is not None
+
+
+def test_a_top_down_view_without_the_object_falls_back_to_the_next_steepest(tmp_path):
+    scene = Scene([box_mesh([0.01, -0.02, 0.03], [0.07, 0.05, 0.06])])
+    away = look_at([0.3, 0.3, 0.5], [0.3, 0.31, 0.0])  # the steepest view, showing only the table
+    poses = orbit_poses(8, 0.35) + [away]
+    dataset = Dataset.load(write_scene_dataset(tmp_path / "box", scene, poses, WIDTH, HEIGHT))
+    train, _ = dataset.split()
+    assert max(train, key=lambda p: -dataset.frames[p].c2w[2, 2]) == 8
+    choice = auto_grasp_spec(dataset, _colour_as_descriptor)
+    steepest_seeing = max(train[:-1], key=lambda p: -dataset.frames[p].c2w[2, 2])
+    assert choice.spec.image_index == dataset.frames[steepest_seeing].index
+    assert choice.view.mask[int(choice.spec.v), int(choice.spec.u)]
+
+
+def test_empty_masks_on_every_view_are_the_one_clear_error(tmp_path):
+    dataset = Dataset.load(write_scene_dataset(tmp_path / "empty", Scene([]), orbit_poses(4, 0.35), WIDTH, HEIGHT))
+    with pytest.raises(KeypointError, match="no training view .* shows an object pixel") as error:
+        auto_grasp_spec(dataset, _colour_as_descriptor)
+    assert "\n" not in str(error.value)
 
 
 class _SphereField(nn.Module):

@@ -1,10 +1,13 @@
 """The automatic grasp point: a spot near the top centre of the object that the descriptors find well.
 
 Without a person to click one, the grasp keypoint is chosen on the training view that looks most
-steeply down (world -z; the arm's base frame has z up). Graspable from above are the object pixels
-at least ``edge_margin_px`` inside the mask (descriptors at silhouettes mix in the background),
-within ``top_band_m`` of the highest point and within ``centre_radius_fraction`` of the object's
-horizontal half-extent from the middle of its footprint. Of these candidates the one that the live
+steeply down (world -z; the arm's base frame has z up), or the next steepest where that one shows
+fewer than ``MIN_CANDIDATES`` graspable pixels. Graspable from above are the object pixels at least
+``edge_margin_px`` inside the mask (descriptors at silhouettes mix in the background) or, where the
+object is too thin for that (a fork's tine or handle, a few pixels wide), those on its ridge: at
+least ``RIDGE_FRACTION`` of the mask's deepest inside distance. Candidates are those within
+``top_band_m`` of the highest point and within ``centre_radius_fraction`` of the object's
+horizontal half-extent from the middle of its footprint. Of these the one that the live
 matcher finds most precisely on the other training views wins: for each training view that sees
 a candidate's 3D point, the pixel error between its match and where the point projects; the
 lowest mean error over at least ``MIN_VIEWS`` views is chosen (the one nearest the middle when
@@ -43,6 +46,8 @@ from nerf_descriptor_ros.keypoints.definition import (
 from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig, match_descriptors
 
 MIN_VIEWS = 3  # a candidate's error counts once this many training views see it
+MIN_CANDIDATES = 3  # fewer graspable pixels on the most top-down view: the next steepest is tried
+RIDGE_FRACTION = 0.75  # of the deepest inside distance: a thin object's candidates hug its ridge
 QUERY_CHUNK = 16  # candidates matched at once: bounds the (K, h*w) matching buffers
 NERF_VISIBILITY_WIDTH = 160  # NeRF depth for occlusion tests is rendered this wide, then upsampled
 
@@ -99,10 +104,16 @@ def visibility_depth(dataset: Dataset, frame: Frame, nerf=None) -> np.ndarray:
 
 
 def _interior_pixels(view: ViewGeometry, margin_px: int) -> np.ndarray:
-    """(N, 2) integer (u, v) of object pixels with depth at least ``margin_px`` inside the mask."""
-    kernel = np.ones((2 * margin_px + 1, 2 * margin_px + 1), np.uint8)
-    interior = (cv2.erode(view.mask.astype(np.uint8), kernel) > 0) & np.isfinite(view.depth)
-    rows, cols = np.nonzero(interior)
+    """(N, 2) integer (u, v) of object pixels with depth, at least ``margin_px`` inside the mask or,
+    where the mask is too thin for that, near its ridge (see the module docstring)."""
+    has_depth = view.mask & np.isfinite(view.depth)
+    if not has_depth.any():
+        return np.zeros((0, 2), np.int64)
+    # Chessboard distance to the nearest background pixel (outside the image counts as object):
+    # at least margin + 1 is exactly the pixels that a (2 margin + 1)-square erosion keeps.
+    inside = cv2.distanceTransform(view.mask.astype(np.uint8), cv2.DIST_C, 3)
+    needed = min(margin_px + 1, int(np.ceil(RIDGE_FRACTION * inside[has_depth].max())))
+    rows, cols = np.nonzero(has_depth & (inside >= needed))
     return np.stack([cols, rows], -1)
 
 
@@ -114,18 +125,16 @@ def graspable_pixels(
     view: ViewGeometry, edge_margin_px: int, top_band_m: float, centre_radius_fraction: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate grasp pixels of a top-down view (see the module docstring): (N, 2) integer
-    (u, v), their 3D points (N, 3) and horizontal distances (N,) to the footprint's middle."""
+    (u, v), their 3D points (N, 3) and horizontal distances (N,) to the footprint's middle; none
+    where the view shows no object pixel."""
     interior = _interior_pixels(view, edge_margin_px)
-    if len(interior) == 0:
-        raise KeypointError(
-            f"the most top-down view shows no object pixel {edge_margin_px} px "
-            "inside its mask: the object is too small in the image, or the mask "
-            "is empty"
-        )
+    if len(interior) == 0:  # no object pixel with depth
+        return interior, np.zeros((0, 3)), np.zeros(0)
     points = _lift_pixels(view, interior)
     # The middle of the footprint (robust percentiles): unlike a mean of the visible points, not
     # pulled towards the sides that face the camera.
-    footprint = _lift_pixels(view, _interior_pixels(view, 0))[:, :2]
+    rows, cols = np.nonzero(view.mask & np.isfinite(view.depth))
+    footprint = _lift_pixels(view, np.stack([cols, rows], -1))[:, :2]
     low, high = np.percentile(footprint, [2, 98], axis=0)
     off_centre = np.linalg.norm(points[:, :2] - (low + high) / 2, axis=1)
     top = points[:, 2] >= points[:, 2].max() - top_band_m
@@ -176,6 +185,24 @@ def localisation_errors(
     return errors
 
 
+def _top_down_candidates(dataset: Dataset, train: list[int], nerf, *rule) -> tuple[Frame, ViewGeometry, tuple]:
+    """The steepest training view with at least ``MIN_CANDIDATES`` graspable pixels (else the one
+    with most, the steeper on a tie): its frame, object view and :func:`graspable_pixels`."""
+    downward = [-dataset.frames[p].c2w[2, 2] for p in train]  # optical axis . (0, 0, -1)
+    best, most = None, 0
+    for position in np.argsort(downward, kind="stable")[::-1]:
+        frame = dataset.frames[train[int(position)]]
+        view = object_view(dataset, frame, nerf)
+        candidates = graspable_pixels(view, *rule)
+        if best is None or len(candidates[0]) > most:
+            best, most = (frame, view, candidates), len(candidates[0])
+        if most >= MIN_CANDIDATES:
+            break
+    if most == 0:
+        raise KeypointError(f"no training view of {dataset.root} shows an object pixel with depth: the masks are empty")
+    return best
+
+
 def auto_grasp_spec(
     dataset: Dataset,
     describe: DescribeFn,
@@ -192,10 +219,9 @@ def auto_grasp_spec(
     train, _ = dataset.split()
     if not train:
         raise KeypointError(f"dataset {dataset.root} has no training frames")
-    downward = [-dataset.frames[p].c2w[2, 2] for p in train]  # optical axis . (0, 0, -1)
-    frame = dataset.frames[train[int(np.argmax(downward))]]
-    view = object_view(dataset, frame, nerf)
-    uv, points, off_centre = graspable_pixels(view, edge_margin_px, top_band_m, centre_radius_fraction)
+    frame, view, (uv, points, off_centre) = _top_down_candidates(
+        dataset, train, nerf, edge_margin_px, top_band_m, centre_radius_fraction
+    )
     if len(uv) > max_candidates:  # an even spread over the candidates, in raster order
         keep = np.linspace(0, len(uv) - 1, max_candidates).astype(int)
         uv, points, off_centre = uv[keep], points[keep], off_centre[keep]
@@ -226,10 +252,11 @@ def auto_grasp_keypoints(
     matching=KeypointMatchingConfig(),
 ) -> tuple[KeypointSet, GraspChoice]:
     """The automatic grasp point (named ``grasp``, see :func:`auto_grasp_spec`) and ``count - 1``
-    more keypoints spread over the same view's object (farthest-point sampling on interior object
-    pixels, named ``point_1``...), defined with ``model`` (through ``describe`` when given, e.g. a
-    DescriptorEngine's) into ``keypoints`` (default: a new set bound to the model). ``matching``
-    should be the live matcher's settings. Returns the set and how the grasp point was chosen."""
+    more keypoints spread over the same view's object (farthest-point sampling on its graspable
+    interior pixels, named ``point_1``...), defined with ``model`` (through ``describe`` when given,
+    e.g. a DescriptorEngine's) into ``keypoints`` (default: a new set bound to the model).
+    ``matching`` should be the live matcher's settings. Returns the set and how the grasp point was
+    chosen."""
     describe = describe or model.describe
     keypoints = keypoints if keypoints is not None else KeypointSet.for_model(model, dataset)
     choice = auto_grasp_spec(dataset, describe, nerf, edge_margin_px=edge_margin_px, matching=matching)
