@@ -33,6 +33,7 @@ from test_node_parameters import _descriptor_model
 from nerf_descriptor_ros.data.dataset import Dataset
 from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at, matrix_to_pose
 from nerf_descriptor_ros.ros.conversions import array_to_image, intrinsics_to_camera_info, ns_to_stamp
+from nerf_descriptor_ros.ros.processes import default_signal_handling
 from nerf_descriptor_ros.srv import CaptureFrame, StartCapture
 
 pytestmark = [pytest.mark.ros, pytest.mark.usefixtures("ros2_tools")]
@@ -60,6 +61,7 @@ class Launch:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=default_signal_handling,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", "ROS_LOG_DIR": str(log_path.parent / "ros_log")},
             )
 

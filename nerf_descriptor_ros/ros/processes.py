@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def param_literal(value) -> str:
     return repr(value)
 
 
+def default_signal_handling() -> None:
+    """In a child before exec: SIGINT and SIGTERM unblocked and at their defaults.
+
+    A child inherits its parent thread's signal mask and ignored signals; started from a process
+    where a library blocked or ignored SIGINT (an executor thread, a background shell), a node
+    would never see Ctrl-C and only SIGKILL would end it.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if threading.current_thread() is threading.main_thread():  # Python sets handlers from there only
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class NodeProcesses:
     """A set of node processes; ``stop_all`` sends SIGINT, then SIGKILL to stragglers."""
 
@@ -77,6 +91,7 @@ class NodeProcesses:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=default_signal_handling,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         self._procs.append((log_path, proc))
