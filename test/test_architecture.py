@@ -26,11 +26,12 @@ ALLOWED = {
     "nerf": {"data"},
     "descriptors": {"data", "nerf"},
     "keypoints": {"data", "nerf", "descriptors"},
+    "live": {"data", "nerf", "descriptors", "keypoints"},
     "grasping": set(),
     "sim": {"data"},
-    "ros": {"data", "nerf", "descriptors", "keypoints", "grasping", "sim", "poses"},
-    "nodes": {"data", "nerf", "descriptors", "keypoints", "grasping", "sim", "poses", "ros"},
-    "commands": {"data", "nerf", "descriptors", "keypoints", "grasping", "sim", "poses", "ros"},
+    "ros": {"data", "nerf", "descriptors", "keypoints", "live", "grasping", "sim", "poses"},
+    "nodes": {"data", "nerf", "descriptors", "keypoints", "live", "grasping", "sim", "poses", "ros"},
+    "commands": {"data", "nerf", "descriptors", "keypoints", "live", "grasping", "sim", "poses", "ros"},
 }
 
 

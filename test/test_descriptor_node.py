@@ -1,18 +1,26 @@
 """The descriptor node over DDS, with a small randomly initialised model and a synthetic scene:
 encodings and headers of every output, 3D keypoints from depth, "not found" on the empty table,
-refusals of wrong images, a flood of images without queueing or growing memory, and
-~/set_grasp_point."""
+refusals of wrong images, a flood of images without queueing or growing memory,
+~/set_grasp_point and ~/load_model while images stream; the RViz view of the live nodes."""
 
 import json
+import os
+import shutil
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import torch
+import yaml
+from ament_index_python.packages import get_package_share_directory
 from capture_test_utils import ros  # noqa: F401  (fixture)
+from geometry_msgs.msg import PoseStamped
 from message_inbox import Inbox
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
 from synthetic_scenes import Scene, orbit_poses, textured_objects_scene, write_scene_dataset
@@ -23,15 +31,16 @@ from nerf_descriptor_ros.descriptors.loss import sample_descriptors
 from nerf_descriptor_ros.descriptors.model import export_model, load_model
 from nerf_descriptor_ros.descriptors.network import DescriptorNet
 from nerf_descriptor_ros.geometry import invert, transform_points
-from nerf_descriptor_ros.keypoints.definition import KEYPOINTS_NAME, KeypointSet
+from nerf_descriptor_ros.keypoints.definition import KEYPOINTS_NAME, KeypointSet, KeypointSpec, define_keypoints
 from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints
 from nerf_descriptor_ros.keypoints.matching import locate_keypoints
 from nerf_descriptor_ros.msg import KeypointMatches
 from nerf_descriptor_ros.ros.conversions import array_to_image, image_to_array, intrinsics_to_camera_info, ns_to_stamp
-from nerf_descriptor_ros.srv import SetGraspPoint
+from nerf_descriptor_ros.srv import LoadModel, SetGraspPoint
 
 pytestmark = pytest.mark.ros
 
+REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT, D = 80, 60, 8
 FRAME_ID = "camera_color_optical_frame"
 
@@ -244,8 +253,6 @@ def test_a_flood_of_images_is_thinned_to_the_newest_without_growing_memory(nodes
 
 
 def test_set_grasp_point_defines_and_stores_a_keypoint(nodes, ros, scene_model, tmp_path):
-    import shutil
-
     model_dir = tmp_path / "model"
     shutil.copytree(scene_model["model_dir"], model_dir)
     _start(nodes, dict(scene_model, model_dir=model_dir))
@@ -289,3 +296,150 @@ def test_set_grasp_point_defines_and_stores_a_keypoint(nodes, ros, scene_model, 
     )
     assert not refused.success and "no frame with index 999" in refused.message
     assert KeypointSet.load(scene_model["model"], model_dir / KEYPOINTS_NAME).names == stored.names
+
+
+@pytest.fixture(scope="module")
+def other_models(scene_model, tmp_path_factory):
+    """Another random model (D = 6) with its own keypoint ``b_grasp``, one without keypoints, and
+    one whose keypoints.json was made with other weights."""
+    root = tmp_path_factory.mktemp("other_models")
+    dataset = scene_model["dataset"]
+    for seed, name in ((1, "other"), (2, "bare"), (3, "foreign")):
+        torch.manual_seed(seed)
+        info = {"dataset": str(dataset.root)}
+        export_model(DescriptorNet(6, "resnet18", 32), root / name, (WIDTH, HEIGHT), info=info)
+    model = load_model(root / "other")
+    grasp = scene_model["keypoints"]["grasp"].spec
+    specs = [KeypointSpec("b_grasp", grasp.image_index, grasp.u, grasp.v)]
+    define_keypoints(model.describe, dataset, specs, KeypointSet.for_model(model, dataset)).save(root / "other")
+    shutil.copy(root / "other" / KEYPOINTS_NAME, root / "foreign" / KEYPOINTS_NAME)
+    return root
+
+
+class Streaming:
+    """Publishes the image every ``period_s`` from a thread while the block runs, as a camera would."""
+
+    def __init__(self, camera, rgb, period_s=0.05):
+        self.camera, self.rgb, self.period_s = camera, rgb, period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.period_s):
+            self.camera.publish(rgb=self.rgb)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def test_load_model_swaps_the_model_while_images_stream_and_refuses_a_bad_one(nodes, ros, scene_model, other_models):
+    proc = _start(nodes, scene_model, dense_scale=1.0)
+    node = ros.node
+    matches = Inbox(node, KeypointMatches, "keypoints/matches")
+    dense = Inbox(node, Image, "descriptors/image", qos_profile_sensor_data)
+    camera = Camera(node)
+    rgb = scene_model["frame"].load_image()
+    camera.publish_until(matches, "matches", rgb=rgb)
+
+    def names(msg):
+        return tuple(k.name for k in msg.keypoints)
+
+    def load(path):
+        request = LoadModel.Request(model_dir=str(path))
+        return ros.call(LoadModel, "/descriptor/load_model", request, timeout=60)
+
+    def more_matches(what, count=3):
+        seen = len(matches.messages)
+        matches.wait_for(lambda m: len(matches.messages) >= seen + count, what=what)
+
+    with Streaming(camera, rgb):
+        refusals = [
+            (load(other_models / "nowhere"), "manifest.json not found"),
+            (load(other_models / "bare"), "no keypoints for its weights"),
+            (load(other_models / "foreign"), "other model weights"),
+        ]
+        for answer, reason in refusals:
+            assert not answer.success and reason in answer.message, answer.message
+            assert "\n" not in answer.message and f"still running {scene_model['model_dir']}" in answer.message
+        more_matches("matches from the old model after the refusals")
+        assert names(matches.messages[-1]) == ("grasp", "point_1")
+
+        answer = load(other_models / "other" / "manifest.json")
+        assert answer.success and "b_grasp" in answer.message, answer.message
+        matches.wait_for(lambda m: names(m) == ("b_grasp",), what="matches of the new model")
+        assert dense.wait_for(lambda m: m.encoding == "32FC6", what="descriptors of the new model").width == WIDTH
+        more_matches("matches after the swap")
+    assert proc.poll() is None
+    # Every frame was matched whole by one model, the old one up to the swap and the new one after.
+    sequence = [names(m) for m in matches.messages]
+    swap = sequence.index(("b_grasp",))
+    assert set(sequence[:swap]) == {("grasp", "point_1")} and set(sequence[swap:]) == {("b_grasp",)}
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in matches.messages]
+    assert stamps == sorted(stamps)
+    assert max(np.diff(stamps)) < 3.0, "the node stopped answering while it loaded a model"
+
+
+def test_the_rviz_view_shows_topics_the_live_nodes_use_with_their_qos(rclpy_node, scene_model):
+    from nerf_descriptor_ros.nodes.descriptor import DescriptorNode
+    from nerf_descriptor_ros.nodes.manipulation import ManipulationNode
+
+    text = (REPO / "rviz" / "live.rviz").read_text()
+    assert (Path(get_package_share_directory("nerf_descriptor_ros")) / "rviz" / "live.rviz").read_text() == text
+    config = yaml.safe_load(text)["Visualization Manager"]
+    shown = {d["Name"]: d for d in config["Displays"] if "Topic" in d}
+    assert set(shown) == {"Camera image", "Descriptor colours", "Keypoints", "Grasp target"}
+    params = {"model_dir": str(scene_model["model_dir"]), "device": "cpu", "cpu_threads": 1}
+    overrides = [Parameter(k, value=v) for k, v in params.items()]
+    descriptor = DescriptorNode(context=rclpy_node.context, parameter_overrides=overrides)
+    manipulation = ManipulationNode(context=rclpy_node.context)
+    try:
+        published = {p.topic_name: p for node in (descriptor, manipulation) for p in node.publishers}
+        camera = next(s for s in descriptor.subscriptions if s.msg_type is Image)
+        displays = {
+            "rviz_default_plugins/Image": Image,
+            "rviz_default_plugins/MarkerArray": MarkerArray,
+            "rviz_default_plugins/Pose": PoseStamped,
+        }
+        for name, display in shown.items():
+            topic = display["Topic"]
+            # The camera image comes from the camera driver (or sim_robot): the one the descriptor node reads.
+            source = camera if name == "Camera image" else published.get(topic["Value"])
+            assert source is not None and source.topic_name == topic["Value"], f"{name}: nobody publishes {topic}"
+            assert displays[display["Class"]] is source.msg_type, name
+            # A reliable display receives nothing from a best-effort publisher (incompatible QoS).
+            best_effort = source.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+            assert topic["Reliability Policy"] == ("Best Effort" if best_effort else "Reliable"), name
+        base_frame = manipulation.get_parameter("base_frame").value
+        assert config["Global Options"]["Fixed Frame"] == base_frame
+    finally:
+        for node in (descriptor, manipulation):
+            if hasattr(node, "stop"):
+                node.stop()
+            node.destroy_node()
+
+
+def test_the_node_keeps_only_the_newest_image_and_leaves_a_core_to_its_executor(rclpy_node, scene_model):
+    """One image waits in DDS and the worker takes it, not the executor (which would take and
+    deserialise every frame only to drop most); the network runs on one core fewer than there
+    are, so that the executor and DDS do not preempt its OpenMP team."""
+    from nerf_descriptor_ros.nodes.descriptor import DescriptorNode
+
+    threads = torch.get_num_threads()
+    params = {"model_dir": str(scene_model["model_dir"]), "device": "cpu"}
+    overrides = [Parameter(k, value=v) for k, v in params.items()]
+    node = DescriptorNode(context=rclpy_node.context, parameter_overrides=overrides)
+    try:
+        images = next(s for s in node.subscriptions if s.topic_name == "/camera/color/image_raw")
+        qos = images.qos_profile
+        assert (qos.history, qos.depth, qos.reliability) == (HistoryPolicy.KEEP_LAST, 1, ReliabilityPolicy.BEST_EFFORT)
+        assert not images.callback_group.can_execute(images)  # never in an executor's wait set
+        assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
+    finally:
+        node.stop()
+        node.destroy_node()
+        torch.set_num_threads(threads)

@@ -23,6 +23,7 @@ confidence (the manipulation node's ``min_confidence``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,21 +95,24 @@ def match_descriptors(
         distance_sq = flat.square().sum(0)[None] - 2.0 * q @ flat + q.square().sum(1)[:, None]
         distance_sq = distance_sq.clamp_(min=0.0)  # (K, h*w)
         best_sq, best = distance_sq.min(dim=1)
-        logits = -distance_sq / config.temperature
-        log_total = torch.logsumexp(logits, dim=1, keepdim=True)
-        cols = torch.arange(w, device=flat.device).repeat(h)
-        rows = torch.arange(h, device=flat.device).repeat_interleave(w)
-        du = cols[None] - (best % w)[:, None]
-        dv = rows[None] - (best // w)[:, None]
-        radius_sq = du.square() + dv.square()
-        near = radius_sq <= config.confidence_radius_px**2
-        confidence = torch.where(near, (logits - log_total).exp(), 0.0).sum(1)
+        log_total = torch.logsumexp(-distance_sq / config.temperature, dim=1, keepdim=True)
+        # Below, only the pixels within the confidence radius and the refinement window of the
+        # match count: gathered around it, not computed over the whole image.
+        soft_argmax = config.refinement == "soft_argmax"
+        reach = max(math.ceil(config.confidence_radius_px), config.window_px if soft_argmax else 0)
+        offsets = torch.arange(-reach, reach + 1, device=flat.device)
+        dv, du = (o.reshape(1, -1) for o in torch.meshgrid(offsets, offsets, indexing="ij"))
+        cols, rows = (best % w)[:, None] + du, (best // w)[:, None] + dv  # (K, (2 reach + 1)^2)
+        inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+        local_sq = distance_sq.gather(1, rows.clamp(0, h - 1) * w + cols.clamp(0, w - 1))
+        near = inside & (du.square() + dv.square() <= config.confidence_radius_px**2)
+        confidence = torch.where(near, (-local_sq / config.temperature - log_total).exp(), 0.0).sum(1)
         uv = torch.stack([best % w, best // w], -1).double()
-        if config.refinement == "soft_argmax":
-            window = (du.abs() <= config.window_px) & (dv.abs() <= config.window_px)
-            weights = torch.where(window, (-(distance_sq - best_sq[:, None]) / config.temperature).exp(), 0.0)
+        if soft_argmax:
+            window = inside & (du.abs() <= config.window_px) & (dv.abs() <= config.window_px)
+            weights = torch.where(window, (-(local_sq - best_sq[:, None]) / config.temperature).exp(), 0.0)
             weights = weights / weights.sum(1, keepdim=True)
-            uv = torch.stack([(weights * cols[None]).sum(1), (weights * rows[None]).sum(1)], -1).double()
+            uv = torch.stack([(weights * cols).sum(1), (weights * rows).sum(1)], -1).double()
         # Exactly, not through the expansion above (which cancels badly near zero).
         best_distance = (flat[:, best].T - q).norm(dim=1)
     return uv.cpu().numpy(), best_distance.cpu().numpy(), confidence.clamp(0, 1).cpu().numpy()

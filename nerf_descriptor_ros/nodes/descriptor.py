@@ -1,7 +1,7 @@
 """The ``descriptor`` node: dense descriptors of every camera image and the grasp keypoints in it.
 
-Subscribes (sensor-data QoS; remap to the camera driver's topics) ``camera/color/image_raw`` and,
-when ``use_depth``, ``camera/depth/image_raw`` (paired by exact stamp) and
+Subscribes (best effort; remap to the camera driver's topics) ``camera/color/image_raw`` (keep
+last 1) and, when ``use_depth``, ``camera/depth/image_raw`` (paired by exact stamp) and
 ``camera/color/camera_info``. Publishes, each with the source image's header:
 
 * ``descriptors/image``: the dense descriptors, ``32FC<D>``, at ``dense_scale`` times the camera
@@ -13,24 +13,20 @@ when ``use_depth``, ``camera/depth/image_raw`` (paired by exact stamp) and
 * ``keypoints/markers`` (visualization_msgs/MarkerArray) for RViz;
 * ``~/errors`` (std_msgs/String): why an image was refused (wrong encoding or size, ...).
 
-Service ``~/set_grasp_point`` (SetGraspPoint) defines a keypoint on a training view and stores it
-with the model (``keypoints.json``).
+Services: ``~/set_grasp_point`` (SetGraspPoint) defines a keypoint on a training view and stores it
+with the model (``keypoints.json``); ``~/load_model`` (LoadModel) swaps in another exported model
+while images stream (``live/model.py``: a model is loaded with its keypoints or refused whole).
 
-Only the newest image is kept: callbacks overwrite one slot and a worker thread takes from it, so a
-camera faster than the network makes the node skip frames, never queue them (latency stays one
-network pass, memory stays flat).
+Only the newest image is kept: DDS holds one and the worker thread takes it when it is ready for
+the next, so a camera faster than the network makes the node skip frames, never queue them
+(latency stays one network pass, memory stays flat, a skipped frame costs no Python).
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
-from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from geometry_msgs.msg import Point
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
@@ -40,31 +36,15 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from nerf_descriptor_ros.config import load_dataclass
-from nerf_descriptor_ros.data.dataset import Dataset
-from nerf_descriptor_ros.descriptors.inference import COMPILE_MODES, DescriptorEngine
-from nerf_descriptor_ros.descriptors.model import MANIFEST_NAME, load_model
-from nerf_descriptor_ros.descriptors.projection import DescriptorProjection, fit_projection
-from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.errors import NerfDescriptorError
-from nerf_descriptor_ros.keypoints.definition import (
-    KEYPOINTS_NAME,
-    KeypointSet,
-    KeypointSpec,
-    calibrate_keypoints,
-    define_keypoint,
-    define_keypoints,
-    load_keypoint_specs,
-)
-from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints
-from nerf_descriptor_ros.keypoints.matching import (
-    KeypointMatchingConfig,
-    match_keypoints,
-    model_max_distance,
-)
+from nerf_descriptor_ros.keypoints.definition import KeypointSpec
+from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig
+from nerf_descriptor_ros.live.frame import DescribedFrame
+from nerf_descriptor_ros.live.model import LiveSettings, load_live_model, set_network_threads
 from nerf_descriptor_ros.msg import KeypointMatch, KeypointMatches
 from nerf_descriptor_ros.ros import callback_boundary as boundary
 from nerf_descriptor_ros.ros import topics
+from nerf_descriptor_ros.ros.callback_boundary import describe
 from nerf_descriptor_ros.ros.conversions import (
     array_to_image,
     camera_info_to_intrinsics,
@@ -72,13 +52,13 @@ from nerf_descriptor_ros.ros.conversions import (
     image_to_rgb8,
     stamp_to_ns,
 )
+from nerf_descriptor_ros.ros.newest_message import NewestMessage
 from nerf_descriptor_ros.ros.node_runner import run_node
 from nerf_descriptor_ros.ros.parameters import declare_config_values, declare_parameters
 from nerf_descriptor_ros.ros.stamp_cache import StampedCache
-from nerf_descriptor_ros.srv import SetGraspPoint
+from nerf_descriptor_ros.srv import LoadModel, SetGraspPoint
 
 DEPTH_CACHE_SIZE = 5
-PROJECTION_FIT_IMAGES = 8
 ERROR_LOG_PERIOD_S = 2.0
 
 # The node's own parameters; the matcher's are KeypointMatchingConfig's fields, two of them
@@ -112,7 +92,7 @@ PARAMETERS = (
     ("half_precision", True, "fp16 network on CUDA (ignored on CPU)"),
     ("channels_last", True, "channels-last memory format on CUDA (ignored on CPU)"),
     ("compile", "none", "none, torchscript (torch.jit.trace) or torch_compile"),
-    ("cpu_threads", 0, "torch CPU threads; 0 = torch's default"),
+    ("cpu_threads", 0, "torch CPU threads of the network; 0 = one less than the CPU cores (at least 1)"),
     ("publish_dense", True, f"publish {topics.DESCRIPTORS} (32FC<D>)"),
     ("dense_scale", 0.5, f"{topics.DESCRIPTORS} size as a fraction of the camera image's (1 = full resolution)"),
     ("publish_visualization", True, f"publish {topics.DESCRIPTOR_COLOURS} (rgb8)"),
@@ -148,51 +128,38 @@ class DescriptorNode(Node):
         super().__init__("descriptor", **kwargs)
         p = declare_parameters(self, PARAMETERS)
         matching = declare_config_values(self, KeypointMatchingConfig, **MATCHING_PARAMETERS)
-        if not p["model_dir"]:
-            raise DescriptorNodeError(
-                "parameter model_dir is empty: give the folder of an exported "
-                "model (train one with `nerf-descriptor train-descriptors`)"
-            )
-        if p["compile"] not in COMPILE_MODES:
-            raise DescriptorNodeError(f"parameter compile is {p['compile']!r}; use one of {COMPILE_MODES}")
         if not 0.0 < p["dense_scale"] <= 1.0:
             raise DescriptorNodeError(f"dense_scale must be in (0, 1], got {p['dense_scale']}")
-        if p["cpu_threads"] > 0:
-            torch.set_num_threads(p["cpu_threads"])
-        self.model_dir = Path(p["model_dir"]).expanduser().resolve()
-        if self.model_dir.name == MANIFEST_NAME:
-            self.model_dir = self.model_dir.parent
-        model = load_model(self.model_dir, resolve_device(p["device"]))
-        self.engine = DescriptorEngine(model, p["half_precision"], p["channels_last"], p["compile"])
-        info = model.manifest.get("info", {})
-        self.dataset_path = p["dataset"] or info.get("dataset") or ""
-        self.nerf_path = p["nerf_checkpoint"] or info.get("nerf_checkpoint") or ""
-        # A max_descriptor_distance given holds for every keypoint, whatever its own distance.
-        matching["calibrated"] = matching["calibrated"] and matching["max_distance"] == 0.0
-        matching["max_distance"] = matching["max_distance"] or model_max_distance(model.manifest)
-        self.matching = load_dataclass(KeypointMatchingConfig, matching, "descriptor parameters")
+        self._settings = LiveSettings(
+            device=p["device"],
+            half_precision=p["half_precision"],
+            channels_last=p["channels_last"],
+            compile=p["compile"],
+            keypoints_file=p["keypoints_file"],
+            auto_keypoints=p["auto_keypoints"],
+            dataset=p["dataset"],
+            nerf_checkpoint=p["nerf_checkpoint"],
+            visualization=p["publish_visualization"],
+            matching=matching,
+        )
+        threads = set_network_threads(p["cpu_threads"])
+        self._live = load_live_model(p["model_dir"], self._settings, self.get_logger())
         self.publish_dense = p["publish_dense"]
         self.dense_scale = p["dense_scale"]
         self.publish_visualization = p["publish_visualization"]
         self.use_depth = p["use_depth"]
         self.depth_wait_s = p["depth_wait_s"]
         self.marker_scale_m = p["marker_scale_m"]
-        self._dataset: Dataset | None = None
-        self._nerf = None
-        self.keypoints = self._load_keypoints(p["keypoints_file"], p["auto_keypoints"])
-        self.projection = self._load_projection() if self.publish_visualization else None
 
         self._state = threading.Condition()  # guards the slots below
-        self._newest_image: Image | None = None
         self._depths = StampedCache(DEPTH_CACHE_SIZE)
         self._camera_info: CameraInfo | None = None
         self._running = True
 
+        # The worker takes the newest colour image itself when it is ready for one (ros/newest_message.py).
+        self._images = NewestMessage(self, Image, topics.IMAGE)
         sensors = MutuallyExclusiveCallbackGroup()
         # Callbacks behind the boundary (ros/callback_boundary.py): none of them ends the node.
-        boundary.create_subscription(
-            self, Image, topics.IMAGE, self._on_image, qos_profile_sensor_data, callback_group=sensors
-        )
         if self.use_depth:
             boundary.create_subscription(
                 self, Image, topics.DEPTH, self._on_depth, qos_profile_sensor_data, callback_group=sensors
@@ -216,94 +183,20 @@ class DescriptorNode(Node):
         self._matches_pub = self.create_publisher(KeypointMatches, topics.KEYPOINT_MATCHES, 10)
         self._markers_pub = self.create_publisher(MarkerArray, topics.KEYPOINT_MARKERS, 10)
         self._errors_pub = self.create_publisher(String, "~/errors", 10)
+        # One group: a keypoint is never defined on a model that is being replaced.
+        model_services = MutuallyExclusiveCallbackGroup()
         boundary.create_service(
-            self,
-            SetGraspPoint,
-            "~/set_grasp_point",
-            self._on_set_grasp_point,
-            callback_group=MutuallyExclusiveCallbackGroup(),
+            self, SetGraspPoint, "~/set_grasp_point", self._on_set_grasp_point, callback_group=model_services
         )
+        boundary.create_service(self, LoadModel, "~/load_model", self._on_load_model, callback_group=model_services)
         self._worker = threading.Thread(target=self._work, name="descriptor_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"ready: {self.engine.description}; keypoints {self.keypoints.names or 'none yet'}; "
-            f"images on {self.resolve_topic_name(topics.IMAGE)}"
-            f"{', depth and camera info' if self.use_depth else ''}; not found beyond descriptor "
-            f"distance {self.matching.max_distance:.3f}"
+            f"ready: {self._live.summary()}; {threads} CPU thread(s); images on "
+            f"{self.resolve_topic_name(topics.IMAGE)}{', depth and camera info' if self.use_depth else ''}"
         )
-
-    # ---- start-up ---------------------------------------------------------------------------
-
-    def _load_dataset(self) -> Dataset:
-        if self._dataset is None:
-            if not self.dataset_path:
-                raise DescriptorNodeError(
-                    "no dataset to define keypoints on: set the dataset parameter (the model's manifest names none)"
-                )
-            self._dataset = Dataset.load(self.dataset_path)
-        return self._dataset
-
-    def _load_nerf(self):
-        """The NeRF for keypoint depth, only where the dataset has no depth of its own."""
-        dataset = self._load_dataset()
-        if self._nerf is None and not dataset.has_depth and self.nerf_path and Path(self.nerf_path).is_file():
-            from nerf_descriptor_ros.nerf import load_nerf
-
-            self._nerf = load_nerf(self.nerf_path, dataset=dataset)
-        return self._nerf
-
-    def _load_keypoints(self, keypoints_file: str, auto_count: int) -> KeypointSet:
-        model = self.engine.model
-        if keypoints_file.endswith((".yaml", ".yml")):
-            specs = load_keypoint_specs(keypoints_file)
-            dataset = self._load_dataset()
-            return define_keypoints(
-                self.engine.describe, dataset, specs, KeypointSet.for_model(model, dataset), self._load_nerf()
-            )
-        keypoints = KeypointSet.load(model, keypoints_file or self.model_dir / KEYPOINTS_NAME)
-        if len(keypoints) == 0 and auto_count > 0:
-            dataset = self._load_dataset()
-            keypoints, choice = auto_grasp_keypoints(
-                dataset, model, self._load_nerf(), auto_count, describe=self.engine.describe, matching=self.matching
-            )
-            path = keypoints.save(self.model_dir)
-            self.get_logger().info(
-                f"keypoints {keypoints.names} chosen automatically, stored in "
-                f"{path}; the grasp point is {choice.summary()}"
-            )
-        return keypoints
-
-    def _load_projection(self) -> DescriptorProjection | None:
-        """The model's colour projection; fitted on training images (and stored) if missing, or
-        (None here) on the first camera image when the dataset cannot be read."""
-        sha = self.engine.model.manifest["weights_sha256"]
-        projection = DescriptorProjection.load(self.model_dir, sha)
-        if projection is not None:
-            return projection
-        try:
-            dataset = self._load_dataset()
-        except NerfDescriptorError as exc:
-            self.get_logger().warning(f"descriptor colours fitted on the first camera image: {exc}")
-            return None
-        train, _ = dataset.split()
-        count = min(PROJECTION_FIT_IMAGES, len(train))
-        picks = [train[i] for i in np.linspace(0, len(train) - 1, count).astype(int)]
-        images = (dataset.frames[i].load_image() for i in picks)
-        projection = fit_projection(
-            (self.engine.describe(rgb) for rgb in images), sha, f"{len(picks)} training images of {dataset.root}"
-        )
-        try:
-            projection.save(self.model_dir)
-        except OSError as exc:
-            self.get_logger().warning(f"descriptor colour projection not stored ({exc})")
-        return projection
 
     # ---- callbacks --------------------------------------------------------------------------
-
-    def _on_image(self, msg: Image) -> None:
-        with self._state:
-            self._newest_image = msg  # an unprocessed older image is dropped here
-            self._state.notify_all()
 
     def _on_depth(self, msg: Image) -> None:
         with self._state:
@@ -322,12 +215,9 @@ class DescriptorNode(Node):
 
     def _work(self) -> None:
         while True:
-            with self._state:
-                while self._running and self._newest_image is None:
-                    self._state.wait(0.5)
-                if not self._running:
-                    return
-                image, self._newest_image = self._newest_image, None
+            image = self._images.wait(lambda: not self._running)
+            if image is None:
+                return
             try:
                 self._process(image)
             except Exception as exc:  # never let one image end the worker
@@ -364,33 +254,18 @@ class DescriptorNode(Node):
 
     def _process(self, image: Image) -> None:
         try:
-            rgb = image_to_rgb8(image)
-            descriptors = self.engine.describe(rgb)
+            frame = DescribedFrame(self._live, image_to_rgb8(image))  # the model of this frame, start to end
         except (ValueError, NerfDescriptorError) as exc:
             self._report_error(f"image {image.width}x{image.height} {image.encoding!r} refused: {exc}")
             return
-        depth, intrinsics = self._depth_for(image)
-        keypoints = self.keypoints
-        locations = (
-            match_keypoints(descriptors, keypoints, (image.width, image.height), depth, intrinsics, self.matching)
-            if len(keypoints)
-            else []
-        )
+        locations = frame.locate(*self._depth_for(image))
         self._matches_pub.publish(self._matches_msg(image.header, locations))
-        self._markers_pub.publish(self._markers_msg(image.header, keypoints.names, locations))
+        self._markers_pub.publish(self._markers_msg(image.header, frame.keypoints.names, locations))
         if self._dense_pub is not None:
-            size = (max(1, round(image.height * self.dense_scale)), max(1, round(image.width * self.dense_scale)))
-            dense = F.interpolate(descriptors[None], size=size, mode="bilinear", align_corners=False)[0]
-            self._dense_pub.publish(
-                array_to_image(dense.permute(1, 2, 0).cpu().numpy(), f"32FC{descriptors.shape[0]}", image.header)
-            )
+            dense = frame.dense(self.dense_scale)
+            self._dense_pub.publish(array_to_image(dense, f"32FC{dense.shape[2]}", image.header))
         if self._visualization_pub is not None:
-            if self.projection is None:
-                self.projection = fit_projection(
-                    [descriptors], self.engine.model.manifest["weights_sha256"], "the first camera image"
-                )
-            colours = self.projection.to_rgb(descriptors)
-            self._visualization_pub.publish(array_to_image(colours, "rgb8", image.header))
+            self._visualization_pub.publish(array_to_image(frame.colours(), "rgb8", image.header))
 
     @staticmethod
     def _matches_msg(header, locations) -> KeypointMatches:
@@ -432,22 +307,14 @@ class DescriptorNode(Node):
     # ---- service ----------------------------------------------------------------------------
 
     def _on_set_grasp_point(self, request, response):
+        live = self._live
         try:
             spec = KeypointSpec(request.name, request.image_index, request.u, request.v)
-            dataset = self._load_dataset()
-            keypoint = define_keypoint(self.engine.describe, dataset, spec, self._load_nerf())
-            calibrate_keypoints(self.engine.describe, dataset, [keypoint])
-            keypoints = copy.deepcopy(self.keypoints)
-            if not keypoints.dataset_root:
-                keypoints.dataset_root = str(dataset.root)
-                keypoints.base_frame = dataset.metadata.get("base_frame", "")
-            keypoints.put(keypoint)
-            path = keypoints.save(self.model_dir)
+            keypoint, path = live.add_keypoint(spec)  # the worker matches the new set from the next image
         except (NerfDescriptorError, OSError, ValueError) as exc:
             response.success, response.message = False, f"grasp point not set: {exc}"
             self.get_logger().warning(response.message)
             return response
-        self.keypoints = keypoints  # the worker picks the new set up with the next image
         response.success = True
         response.has_point = keypoint.point_base is not None
         if response.has_point:
@@ -457,8 +324,29 @@ class DescriptorNode(Node):
         response.message = (
             f"keypoint {spec.name!r} set at ({spec.u:.1f}, {spec.v:.1f}) of frame "
             f"{spec.image_index} (3D point from {keypoint.point_source}); "
-            f"{len(keypoints)} keypoint(s) stored in {path}"
+            f"{len(live.keypoints)} keypoint(s) stored in {path}"
         )
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_load_model(self, request, response):
+        """Load ``request.model_dir`` beside the running model, then swap: the worker reads the
+        model once per frame, so the frame in progress ends with the old one."""
+        running = self._live
+        try:
+            live = load_live_model(
+                request.model_dir,
+                self._settings.for_another_model(),
+                self.get_logger(),
+                require_keypoints=len(running.keypoints) > 0,
+            )
+        except (NerfDescriptorError, OSError, ValueError, RuntimeError) as exc:
+            response.success = False
+            response.message = f"model not loaded: {describe(exc)}; still running {running.model_dir}"
+            self.get_logger().warning(response.message)
+            return response
+        self._live = live
+        response.success, response.message = True, f"now running {live.summary()}"
         self.get_logger().info(response.message)
         return response
 
