@@ -4,16 +4,20 @@
 
 TRANSFORM: [stamp_ns, parent, child, [x, y, z], [qx, qy, qz, qw]]. The static transforms go out on
 /tf_static at once (latched), the dynamic ones on /tf, in one message, once a subscriber is there; then
-it prints "sent" and stays up (the static ones stay latched) until its stdin closes.
+it prints "sent" and sends them again every RESEND_S (a subscriber seen in the graph may not be
+matched yet, and /tf is volatile) until its stdin closes.
 """
 
 import json
 import sys
+import threading
 import time
 
 import rclpy
 from geometry_msgs.msg import TransformStamped
 from tf2_ros import StaticTransformBroadcaster, TransformBroadcaster
+
+RESEND_S = 0.2
 
 
 def transform_msg(stamp_ns: int, parent: str, child: str, xyz, q_xyzw) -> TransformStamped:
@@ -37,9 +41,13 @@ def main() -> None:
         if time.monotonic() > deadline:
             sys.exit("tf_broadcaster: nobody subscribed to /tf within 30 s")
         time.sleep(0.05)
-    broadcaster.sendTransform([transform_msg(*t) for t in transforms["dynamic"]])
+    dynamic = [transform_msg(*t) for t in transforms["dynamic"]]
+    broadcaster.sendTransform(dynamic)
     print("sent", flush=True)
-    sys.stdin.read()
+    closed = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
+    while not closed.wait(RESEND_S):
+        broadcaster.sendTransform(dynamic)
     node.destroy_node()
     rclpy.shutdown()
 
