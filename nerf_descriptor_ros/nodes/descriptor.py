@@ -52,6 +52,7 @@ from nerf_descriptor_ros.ros.conversions import (
     image_to_rgb8,
     stamp_to_ns,
 )
+from nerf_descriptor_ros.ros.depth_inputs import subscribe_depth_and_camera_info
 from nerf_descriptor_ros.ros.newest_message import NewestMessage
 from nerf_descriptor_ros.ros.node_runner import run_node
 from nerf_descriptor_ros.ros.parameters import declare_config_values, declare_parameters
@@ -158,20 +159,9 @@ class DescriptorNode(Node):
 
         # The worker takes the newest colour image itself when it is ready for one (ros/newest_message.py).
         self._images = NewestMessage(self, Image, topics.IMAGE)
-        sensors = MutuallyExclusiveCallbackGroup()
         # Callbacks behind the boundary (ros/callback_boundary.py): none of them ends the node.
         if self.use_depth:
-            boundary.create_subscription(
-                self, Image, topics.DEPTH, self._on_depth, qos_profile_sensor_data, callback_group=sensors
-            )
-            boundary.create_subscription(
-                self,
-                CameraInfo,
-                topics.CAMERA_INFO,
-                self._on_camera_info,
-                qos_profile_sensor_data,
-                callback_group=sensors,
-            )
+            subscribe_depth_and_camera_info(self, self._on_depth, self._on_camera_info)
         self._dense_pub = (
             self.create_publisher(Image, topics.DESCRIPTORS, qos_profile_sensor_data) if self.publish_dense else None
         )

@@ -23,7 +23,6 @@ import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
@@ -38,6 +37,7 @@ from nerf_descriptor_ros.ros.conversions import (
     matrix_to_pose_msg,
     stamp_to_ns,
 )
+from nerf_descriptor_ros.ros.depth_inputs import subscribe_depth_and_camera_info
 from nerf_descriptor_ros.ros.node_runner import run_node
 from nerf_descriptor_ros.ros.parameters import declare_config, declare_parameters
 from nerf_descriptor_ros.ros.pose_sources import PoseSourceConfig, make_pose_source
@@ -117,18 +117,7 @@ class ManipulationNode(Node):
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
         if self.use_depth:
-            sensors = MutuallyExclusiveCallbackGroup()
-            boundary.create_subscription(
-                self, Image, topics.DEPTH, self._on_depth, qos_profile_sensor_data, callback_group=sensors
-            )
-            boundary.create_subscription(
-                self,
-                CameraInfo,
-                topics.CAMERA_INFO,
-                self._on_camera_info,
-                qos_profile_sensor_data,
-                callback_group=sensors,
-            )
+            subscribe_depth_and_camera_info(self, self._on_depth, self._on_camera_info)
         self._target_pub = self.create_publisher(PoseStamped, topics.GRASP_TARGET, 10)
         calls = ReentrantCallbackGroup()
         self._pick_client = self.create_client(PickAndLift, p["pick_service"], callback_group=calls)
