@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 
 
@@ -15,9 +16,22 @@ class RosCalls:
         self.node = node
         self._executor = SingleThreadedExecutor(context=node.context)
         self._executor.add_node(node)
-        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._spinning = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
         self._clients = {}
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.node.context.ok():
+            with self._spinning:
+                self._executor.spin_once(timeout_sec=0.05)
+
+    def action_client(self, action_type, name: str):
+        """An ActionClient made while the executor is between waits: rclpy's constructor registers the
+        client before it has its lock, and an executor thread that looks at it then dies."""
+        with self._spinning:
+            return ActionClient(self.node, action_type, name)
 
     def call(self, srv_type, name: str, request, timeout: float = 10.0):
         client = self._clients.get(name)
@@ -41,8 +55,9 @@ class RosCalls:
         return future.result()
 
     def close(self) -> None:
-        self._executor.shutdown()
+        self._stop.set()
         self._thread.join(timeout=5)
+        self._executor.shutdown()
 
 
 @pytest.fixture

@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from capture_test_utils import RosCalls
 from geometry_msgs.msg import PoseStamped
-from rclpy.action import ActionClient
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from std_srvs.srv import Trigger
 
@@ -158,7 +157,7 @@ class Cluster:
     def arm_sweeping(self):
         """Keep the simulated arm sweeping views, so that consecutive frames have different poses."""
         stop = threading.Event()
-        client = ActionClient(self.node, ViewSweep, "/sim_robot/view_sweep")
+        client = self.calls.action_client(ViewSweep, "/sim_robot/view_sweep")
 
         def sweep():
             if not client.wait_for_server(timeout_sec=START_TIMEOUT_S):

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 from fault_injection import ANSWER_WITHIN_S, REPO, START_TIMEOUT_S, TRAINING_DATASET, Cluster, Inbox, wait_future
 from geometry_msgs.msg import Point, Pose, PoseStamped
-from rclpy.action import ActionClient
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -250,7 +249,7 @@ class Fuzzer:
         self._names = itertools.count()
         node = cluster.node
         self.actions = {
-            name: ActionClient(node, action, name)
+            name: cluster.calls.action_client(action, name)
             for name, action in (("/trainer/train_object", TrainObject), ("/sim_robot/view_sweep", ViewSweep))
         }
         self.training = Inbox(node, TrainingStatus, "/trainer/status")

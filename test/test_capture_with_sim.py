@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from capture_test_utils import ros  # noqa: F401  (fixture)
 from geometry_msgs.msg import PoseStamped
-from rclpy.action import ActionClient
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from std_srvs.srv import Trigger
 
@@ -63,7 +62,7 @@ def grab(ros, timeout_s=8.0):
 
 def start_sweep(ros, num_views: int, dwell_s: float):
     """Send a ViewSweep goal; returns (queue of feedback messages, result future)."""
-    client = ActionClient(ros.node, ViewSweep, "/sim_robot/view_sweep")
+    client = ros.action_client(ViewSweep, "/sim_robot/view_sweep")
     assert client.wait_for_server(timeout_sec=30), "no view_sweep action server"
     feedback = queue.Queue()
     goal = ViewSweep.Goal(num_views=num_views, radius=SWEEP_RADIUS_M, dwell_s=dwell_s)
