@@ -52,9 +52,13 @@ def test_demo_runs_every_stage_and_writes_its_report(ros_domain, tmp_path, capsy
         "live",
     }
     assert report["heldout_psnr_db"] > 10 and 0.0 <= report["descriptors"]["auc_1_100"] <= 1.0
+    any_point = report["any_point"]
+    assert "skipped" in any_point or (
+        any_point["placements"] == 2 and any_point["view_ranges"]["elevation_deg"] == [45.0, 75.0]
+    ), any_point
     for trial in report["per_trial"]:
         assert isinstance(trial["grasp_success"], bool) and trial["grasp_message"]
     demo_dir = tmp_path / "data" / "toy" / "demo"
     assert json.loads((demo_dir / "report.json").read_text()) == report
     assert (demo_dir / "pck_curve.png").is_file() and (demo_dir / "heldout_matches.png").is_file()
-    assert "[demo] report" in printed and "grasp" in printed
+    assert "[demo] report" in printed and "grasp" in printed and "any-point" in printed

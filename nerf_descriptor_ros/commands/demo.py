@@ -8,7 +8,9 @@
 4. live: the ``descriptor`` and ``manipulation`` nodes run on the simulated camera; for each trial
    the object is put at a new random placement (never seen in training), the camera looks at it,
    the grasp keypoint found live is compared with where the object's motion says it is, and the
-   manipulation node picks the object there and lifts it.
+   manipulation node picks the object there and lifts it;
+5. any-point keypoints: keypoints sampled by area over the object, found on the first live
+   placements in an in-process simulator, errors in mm and pixels (``commands/any_point.py``).
 
 Every node is a separate process talking over DDS on this machine, as `ros2 launch` would start
 them. Sizes follow the device: small images, a time-boxed NeRF and fewer descriptor steps on a
@@ -35,6 +37,10 @@ PROFILES = {
 }
 KEYPOINT_TOLERANCE_PX = 10.0
 PICTURED_TRIALS = 4
+# The any-point keypoint metric: the first placements of the live trials, seen from this many
+# live views each, in an in-process simulator (few: the demo keeps to its time budget).
+ANY_POINT_PLACEMENTS = 5
+ANY_POINT_VIEWS = 2
 
 
 def register(subparsers) -> None:
@@ -149,6 +155,11 @@ def run(args) -> int:
         stage_seconds["live"] = time.monotonic() - started
         report.update(_summarize_trials(trials))
         report["per_trial"] = trials
+        started = time.monotonic()
+        report["any_point"] = _any_point(
+            dataset, model_dir, str(device), min(args.trials, ANY_POINT_PLACEMENTS), args.trial_seed
+        )
+        stage_seconds["any_point"] = time.monotonic() - started
     report["stage_seconds"] = {k: round(v, 1) for k, v in stage_seconds.items()}
     report["total_seconds"] = round(sum(stage_seconds.values()), 1)
     atomic_write_json(out_dir / "report.json", report)
@@ -184,6 +195,30 @@ def _evaluate(dataset, model_dir: Path, out_dir: Path, device: str) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "pck_curve"}
 
 
+def _any_point(dataset, model_dir: Path, device: str, placements: int, seed: int) -> dict:
+    """Keypoints sampled by area over the object, found on new placements (``commands/any_point.py``)."""
+    import torch
+
+    from nerf_descriptor_ros.commands.any_point import any_point_on_new_placements
+    from nerf_descriptor_ros.descriptors.model import load_model
+    from nerf_descriptor_ros.device import resolve_device
+    from nerf_descriptor_ros.errors import NerfDescriptorError
+
+    # One thread: a few small images, and OpenMP threads that spin against other processes make
+    # them many times slower on a busy CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = load_model(model_dir, resolve_device(device))
+        result = any_point_on_new_placements(model, dataset, placements, ANY_POINT_VIEWS, seed)
+    except NerfDescriptorError as exc:  # the report of the other stages stands
+        return {"skipped": str(exc)}
+    finally:
+        torch.set_num_threads(threads)
+    result.pop("per_keypoint")
+    return result
+
+
 def _summarize_trials(trials: list[dict]) -> dict:
     """Keypoint success counts every trial (not found or hidden = a miss); so does the grasp."""
     errors = np.array([t["keypoint_error_px"] for t in trials if t.get("keypoint_error_px") is not None])
@@ -202,6 +237,23 @@ def _eval_size() -> str:
     from nerf_descriptor_ros.descriptors.evaluation import EVAL_RESOLUTION
 
     return "x".join(str(side) for side in EVAL_RESOLUTION)
+
+
+def _any_point_line(result: dict) -> str:
+    if "skipped" in result:
+        return f"not measured: {result['skipped']}"
+    within, found = (
+        "n/a" if result[key] is None else f"{100 * result[key]:.0f}%" for key in ("within_10mm", "found_rate")
+    )
+    median_mm, median_px = (
+        "a miss" if result[key] is None else f"{result[key]:.1f} {unit}"
+        for key, unit in (("median_mm", "mm"), ("median_px", "px"))
+    )
+    return (
+        f"{result['keypoints']} keypoints sampled by area, {result['visible']} visible in {result['views']} views "
+        f"of {result['placements']} new placements: within 10 mm {within}, median {median_mm} ({median_px}), "
+        f"found {found}"
+    )
 
 
 def _print_report(report: dict, out_dir: Path) -> None:
@@ -224,6 +276,7 @@ def _print_report(report: dict, out_dir: Path) -> None:
             f"{report['trials']} new placements, median " + (f"{median:.1f} px" if median is not None else "n/a")
         )
         lines.append(f"  grasp             {100 * report['grasp_success_rate']:.0f}% lifted")
+        lines.append("  any-point         " + _any_point_line(report["any_point"]))
     lines.append(
         f"  written to        {out_dir} (report.json, pck_curve.png, heldout_matches.png, "
         "live_trial_*.png: true grasp point green, found red)"

@@ -27,12 +27,10 @@ from nerf_descriptor_ros.ros.conversions import (
     stamp_to_ns,
 )
 from nerf_descriptor_ros.ros.demo_driver import DemoDriver, DemoError, Throttle
-from nerf_descriptor_ros.sim import hemisphere_views
+from nerf_descriptor_ros.sim.views import live_view_distance, random_live_view
 from nerf_descriptor_ros.srv import CaptureFrame, MoveCamera, SaveGroundTruth, SetObjectPose, StartCapture
 
 VIEW_ATTEMPTS = 12  # random viewpoints tried per trial until the grasp point is in view
-# Live views look down at the object from this elevation range (degrees above the table).
-LIVE_ELEVATION_RANGE_DEG = (45.0, 75.0)
 
 
 def capture_session(procs, name: str, num_views: int) -> dict:
@@ -128,8 +126,7 @@ def live_trials(
     truth = json.loads((dataset.root / "ground_truth.json").read_text())["object"]
     T_then = np.asarray(truth["T_base_object"])
     centre_then = (np.asarray(truth["bounds_base_min"]) + np.asarray(truth["bounds_base_max"])) / 2
-    # Look from as far as the capture did: the object fills the view as it did in training.
-    radius = float(np.median([np.linalg.norm(f.c2w[:3, 3] - centre_then) for f in dataset.frames]))
+    radius = live_view_distance(np.array([f.c2w[:3, 3] for f in dataset.frames]), centre_then)
     intrinsics = dataset.frames[0].intrinsics
     rng = np.random.default_rng(first_seed)
     results = []
@@ -161,10 +158,7 @@ def live_trials(
             point_now = transform_points(motion, point_then[None])[0]
             record = {"trial": trial, "seed": seed, "object_xyz": [round(float(x), 4) for x in T_now[:3, 3]]}
             for _attempt in range(VIEW_ATTEMPTS):
-                elevation = rng.uniform(*LIVE_ELEVATION_RANGE_DEG)
-                view = hemisphere_views(
-                    centre_now, 1, radius, elevation, elevation, start_azimuth_deg=rng.uniform(0.0, 360.0)
-                )[0]
+                view = random_live_view(centre_now, radius, rng)
                 if not in_view(point_now, view, intrinsics):
                     continue
                 moved = ros.call(move, MoveCamera.Request(target=PoseStamped(pose=matrix_to_pose_msg(view))))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from nerf_descriptor_ros.geometry import CameraIntrinsics, look_at
+from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, transform_points
+
+# Live views (the demo's trials, the any-point keypoint metric) look down at the object from this
+# elevation range (degrees above the table), from any azimuth, as far as the capture looked.
+LIVE_ELEVATION_RANGE_DEG = (45.0, 75.0)
 
 # A sweep visits its views one by one in real time; more than this is a mistake, and planning
 # billions of views (ViewSweep.num_views is a uint32) would hold the arm for hours.
@@ -86,3 +90,38 @@ def _split_proportionally(total: int, weights: np.ndarray) -> list[int]:
     for i in np.argsort(-(share - counts))[: extra - counts.sum()]:
         counts[i] += 1
     return (counts + 1).tolist()
+
+
+def live_view_distance(camera_positions: np.ndarray, center: np.ndarray) -> float:
+    """The live views' distance from the object: the capture's median, so the object fills the
+    view as it did in training."""
+    return float(np.median(np.linalg.norm(np.asarray(camera_positions) - np.asarray(center), axis=1)))
+
+
+def random_live_view(center, radius: float, rng: np.random.Generator) -> np.ndarray:
+    """A camera pose as the live trials draw it: elevation uniform in LIVE_ELEVATION_RANGE_DEG,
+    azimuth uniform, looking at ``center`` from ``radius``."""
+    elevation = rng.uniform(*LIVE_ELEVATION_RANGE_DEG)
+    return hemisphere_views(center, 1, radius, elevation, elevation, start_azimuth_deg=rng.uniform(0.0, 360.0))[0]
+
+
+def live_views_of_new_placements(
+    world, T_object_then: np.ndarray, center_then, radius: float, placements: int, views: int, seed: int
+):
+    """Yield (placement seed, object pose, rendered frame): the object of ``world`` (a SimWorld) at
+    ``placements`` random placements (seeds ``seed``, ``seed`` + 1, ...), each seen from ``views``
+    reachable live views of its moved ``center_then``. A view the arm cannot reach is drawn again,
+    at most 12 times per view."""
+    rng = np.random.default_rng(seed)
+    for placement in range(placements):
+        T_object_now = world.place_object_random(seed + placement)
+        center_now = transform_points(T_object_now @ invert(T_object_then), np.asarray(center_then)[None])[0]
+        reached = 0
+        for _ in range(12 * views):
+            if reached == views:
+                break
+            solution = world.solve_camera_ik(random_live_view(center_now, radius, rng))
+            if solution.success:
+                world.set_joint_positions(solution.joint_positions)
+                reached += 1
+                yield seed + placement, T_object_now, world.render()
