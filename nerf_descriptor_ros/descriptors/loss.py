@@ -52,6 +52,7 @@ class CorrespondenceBatch:
     nonmatch_b: torch.Tensor
     background_a: torch.Tensor  # object pixel in A vs. a background pixel in B
     background_b: torch.Tensor
+    support_b: torch.Tensor | None = None  # (H, W) bool: where the distributional loss looks in B; None = all
 
 
 def pixelwise_contrastive_loss(
@@ -85,22 +86,24 @@ def pixelwise_contrastive_loss(
 
 
 def distributional_loss(
-    desc_a: torch.Tensor, desc_b: torch.Tensor, match_a: torch.Tensor, match_b: torch.Tensor, sigma_px: float = 1.0
+    desc_a: torch.Tensor,
+    desc_b: torch.Tensor,
+    match_a: torch.Tensor,
+    match_b: torch.Tensor,
+    sigma_px: float = 1.0,
+    support: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean KL(target || predicted) of each match's distribution over all pixels of B.
+    """Mean KL(target || predicted) of each match's distribution over the pixels of B.
 
-    The prediction is ``softmax(-|d_a - d_b(u)|^2)`` over every pixel u of image B; the target a
-    Gaussian of ``sigma_px`` pixels around the true (sub-pixel) match, cut off at 3 sigma and
-    normalised over the pixels inside image B.
+    The prediction is ``softmax(-|d_a - d_b(u)|^2)`` over the pixels u of image B, or over the
+    (H, W) boolean ``support`` (such as B's object mask) joined with every target pixel: with
+    thousands of matches at 320x240 an all-pixel matrix would not fit. The target is a Gaussian
+    of ``sigma_px`` pixels around the true (sub-pixel) match, cut off at 3 sigma and normalised
+    over the pixels inside image B.
     """
     if match_a.shape[0] == 0:
         raise ValueError("no matches in this image pair: the distributional loss needs at least one")
     d, h, w = desc_b.shape
-    da = sample_descriptors(desc_a, match_a)  # (N, D)
-    flat_b = desc_b.reshape(d, h * w)  # (D, HW)
-    sq_dist = da.square().sum(1, keepdim=True) - 2.0 * da @ flat_b + flat_b.square().sum(0, keepdim=True)  # (N, HW)
-    log_normaliser = torch.logsumexp(-sq_dist, dim=1)  # (N,)
-
     radius = max(1, int(np.ceil(3.0 * sigma_px)))
     steps = torch.arange(-radius, radius + 1, device=desc_b.device)
     offsets = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1).reshape(-1, 2)  # (K, 2) u, v
@@ -109,7 +112,19 @@ def distributional_loss(
     pixel_sq = (pixels.to(match_b.dtype) - match_b[:, None, :]).square().sum(-1)
     target = torch.where(inside, torch.exp(-pixel_sq / (2.0 * sigma_px**2)), torch.zeros_like(pixel_sq))
     target = target / target.sum(1, keepdim=True).clamp(min=1e-12)
-    flat_index = pixels[..., 1].clamp(0, h - 1) * w + pixels[..., 0].clamp(0, w - 1)
+    flat_index = pixels[..., 1].clamp(0, h - 1) * w + pixels[..., 0].clamp(0, w - 1)  # (N, K) into H*W
+
+    flat_b = desc_b.reshape(d, h * w)
+    if support is not None:
+        keep = support.reshape(-1).to(torch.bool).clone()
+        keep[flat_index[inside]] = True
+        columns = keep.nonzero().squeeze(1)
+        column_of = torch.zeros(h * w, dtype=torch.long, device=desc_b.device)
+        column_of[columns] = torch.arange(columns.numel(), device=desc_b.device)
+        flat_b, flat_index = flat_b[:, columns], column_of[flat_index]
+    da = sample_descriptors(desc_a, match_a)  # (N, D)
+    sq_dist = da.square().sum(1, keepdim=True) - 2.0 * da @ flat_b + flat_b.square().sum(0, keepdim=True)  # (N, M)
+    log_normaliser = torch.logsumexp(-sq_dist, dim=1)  # (N,)
     cross_entropy = (target * sq_dist.gather(1, flat_index)).sum(1) + log_normaliser
     entropy = -(target * torch.log(target.clamp(min=1e-30))).sum(1)
     return (cross_entropy - entropy).mean()

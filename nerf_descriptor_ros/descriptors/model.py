@@ -27,7 +27,6 @@ MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "descriptor_net.pt"
 MANIFEST_FORMAT = "nerf_descriptor_ros.descriptor_model"
 MANIFEST_VERSION = 1
-IMAGENET_NORMALISATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 # Images whose aspect ratio differs from the model's input by more than this are refused.
 ASPECT_TOLERANCE = 0.02
 
@@ -48,7 +47,6 @@ def export_model(
     net: DescriptorNet,
     out_dir: str | Path,
     input_size: tuple[int, int],
-    normalisation: dict = IMAGENET_NORMALISATION,
     info: dict | None = None,
     report: ProgressCallback | None = None,
     cancel=None,
@@ -56,7 +54,8 @@ def export_model(
     """Write ``descriptor_net.pt`` and ``manifest.json`` into ``out_dir``; return the manifest path.
 
     ``input_size`` is (width, height) of the images the network was trained on; ``info`` is kept
-    in the manifest for people (dataset, training settings, metrics).
+    in the manifest for people (dataset, training settings, metrics). The input normalisation is
+    the encoder's.
     """
     check_cancelled(cancel)
     check_input_size(*input_size)
@@ -72,7 +71,7 @@ def export_model(
         "backbone": net.backbone_name,
         "decoder_channels": net.decoder_channels,
         "input_size": [int(input_size[0]), int(input_size[1])],
-        "normalisation": {"mean": list(normalisation["mean"]), "std": list(normalisation["std"])},
+        "normalisation": {"mean": list(net.normalisation["mean"]), "std": list(net.normalisation["std"])},
         "weights_file": WEIGHTS_NAME,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "info": info or {},

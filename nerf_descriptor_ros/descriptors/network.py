@@ -1,8 +1,8 @@
-"""The dense descriptor network: a fully-convolutional ResNet with a feature-pyramid decoder.
+"""The dense descriptor network: a fully-convolutional encoder with a feature-pyramid decoder.
 
 Dense Object Nets use a ResNet-34 whose stride-8 output is upsampled to the input resolution.
-Here the ResNet (18 or 34, written out so that torchvision is not needed) feeds a top-down
-decoder that merges every stage from stride 32 down to the stem (stride 2) and a small
+Here an encoder from ``backbones.py`` (EfficientNet-lite0 by default, or ResNet-18/34) feeds a
+top-down decoder that merges every stage from stride 32 down to the stem (stride 2) and a small
 full-resolution branch, so that the descriptor can change from one pixel to the next: a match
 must be found to about a pixel, and at reduced working resolutions a stride-4 descriptor
 interpolated bilinearly cannot be that sharp. The decoder narrows as it gets finer to stay cheap.
@@ -10,78 +10,17 @@ interpolated bilinearly cannot be that sharp. The decoder narrows as it gets fin
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.descriptors.backbones import DescriptorConfigError, backbone_spec, build_backbone
 
-# Blocks per stage of the two supported backbones (He et al. 2016, "basic" residual blocks).
-BACKBONE_STAGES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
-STAGE_CHANNELS = (64, 128, 256, 512)
+DEFAULT_BACKBONE = "efficientnet_lite0"
 # Five stride-2 steps down to the deepest stage: inputs are padded to a multiple of this.
 SIZE_MULTIPLE = 32
 # Smallest image side the network accepts (one cell of the deepest stage).
 MIN_SIZE = 32
-
-
-class DescriptorConfigError(NerfDescriptorError, ValueError):
-    """A descriptor size, image size or backbone that the network cannot use."""
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + identity, inplace=True)
-
-
-class ResNetBackbone(nn.Module):
-    """ResNet-18/34 without the classifier; returns the stem and the four stage outputs
-    (strides 2, 4, 8, 16, 32).
-
-    Parameter names follow the common ImageNet checkpoints (conv1, bn1, layer1..4), so such a
-    state dict loads with :func:`load_imagenet_weights`.
-    """
-
-    def __init__(self, name: str):
-        super().__init__()
-        if name not in BACKBONE_STAGES:
-            raise DescriptorConfigError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_STAGES)}")
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        in_channels = 64
-        for i, (blocks, channels) in enumerate(zip(BACKBONE_STAGES[name], STAGE_CHANNELS)):
-            stride = 1 if i == 0 else 2
-            layers = [BasicBlock(in_channels, channels, stride)]
-            layers += [BasicBlock(channels, channels, 1) for _ in range(blocks - 1)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
-            in_channels = channels
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        x = self.maxpool(stem)
-        features = [stem]
-        for i in range(1, 5):
-            x = getattr(self, f"layer{i}")(x)
-            features.append(x)
-        return features
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3) -> nn.Sequential:
@@ -95,7 +34,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3) -> nn.Se
 class DescriptorNet(nn.Module):
     """Image (N,3,H,W), normalised -> descriptors (N,D,H,W) at the same resolution."""
 
-    def __init__(self, descriptor_dim: int, backbone: str = "resnet18", decoder_channels: int = 128):
+    def __init__(self, descriptor_dim: int, backbone: str = DEFAULT_BACKBONE, decoder_channels: int = 128):
         super().__init__()
         if not isinstance(descriptor_dim, int) or descriptor_dim < 1:
             raise DescriptorConfigError(f"descriptor dimension must be a positive integer, got {descriptor_dim!r}")
@@ -103,13 +42,16 @@ class DescriptorNet(nn.Module):
             raise DescriptorConfigError(f"decoder_channels must be an integer >= 4, got {decoder_channels!r}")
         self.descriptor_dim = descriptor_dim
         self.backbone_name = backbone
-        self.backbone = ResNetBackbone(backbone)
+        spec = backbone_spec(backbone)
+        self.normalisation = spec.normalisation
+        self.backbone = build_backbone(backbone)
         c4, c2, c1 = decoder_channels, decoder_channels // 2, decoder_channels // 4
         # Strides 32..4: lateral 1x1 convolutions to c4 channels, summed top-down (FPN).
-        self.lateral = nn.ModuleList(nn.Conv2d(c, c4, 1) for c in STAGE_CHANNELS)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, c4, 1) for c in spec.channels[1:])
         self.smooth4 = _conv_bn_relu(c4, c4)
         # Stride 2 (the stem) and stride 1 (a small branch on the image itself).
-        self.reduce2, self.lateral2, self.smooth2 = nn.Conv2d(c4, c2, 1), nn.Conv2d(64, c2, 1), _conv_bn_relu(c2, c2)
+        self.reduce2, self.lateral2 = nn.Conv2d(c4, c2, 1), nn.Conv2d(spec.channels[0], c2, 1)
+        self.smooth2 = _conv_bn_relu(c2, c2)
         self.full_resolution = _conv_bn_relu(3, c1)
         self.reduce1, self.smooth1 = nn.Conv2d(c2, c1, 1), _conv_bn_relu(c1, c1)
         self.head = nn.Conv2d(c1, descriptor_dim, 1)
@@ -146,23 +88,3 @@ def check_input_size(width: int, height: int) -> None:
         raise DescriptorConfigError(
             f"image size {width}x{height} is too small for the network: both sides must be at least {MIN_SIZE} pixels"
         )
-
-
-def load_imagenet_weights(net: DescriptorNet, path: str | Path) -> list[str]:
-    """Initialise the backbone from a local ImageNet ResNet state dict; return the keys it lacked.
-
-    Loaded with ``weights_only=True``; the classifier (``fc.*``) is ignored. Never downloads.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"ImageNet weights {path} not found (the option is a local file)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    result = net.backbone.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise DescriptorConfigError(
-            f"{path} is not a {net.backbone_name} state dict (unexpected keys such as {result.unexpected_keys[:3]})"
-        )
-    return list(result.missing_keys)

@@ -81,6 +81,7 @@ def train_descriptor_model(
     report: ProgressCallback | None = None,
     cancel=None,
     resume: bool = True,
+    observe=None,
 ) -> tuple[Path, dict]:
     """Correspondences, training and export into ``out_dir/model``; returns (model dir, stats).
 
@@ -88,7 +89,8 @@ def train_descriptor_model(
     the NeRF checkpoint's hash, settings). With ``resume`` a model of the same inputs is up to
     date: returned untouched with its stats; otherwise the chain runs, resuming a training
     checkpoint of the same inputs, and the export replaces the model. ``up_to_date`` in the
-    stats says which happened. Without ``resume`` everything is trained afresh.
+    stats says which happened. Without ``resume`` everything is trained afresh. ``observe`` goes
+    to :func:`train_descriptors` (learning curves).
     """
     out_dir = Path(out_dir)
     model_dir = out_dir / "model"
@@ -114,7 +116,9 @@ def train_descriptor_model(
         report,
         cancel,
     )
-    result = train_descriptors(cache, dataset, out_dir / "training", settings.training, device, report, cancel, resume)
+    result = train_descriptors(
+        cache, dataset, out_dir / "training", settings.training, device, report, cancel, resume, observe
+    )
     info = {
         "dataset": str(dataset.root),
         "supervision": supervision,

@@ -26,23 +26,30 @@ from nerf_descriptor_ros.config import ConfigError, require_at_least, require_it
 from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_bytes
 from nerf_descriptor_ros.descriptors.augmentation import (
     AugmentationConfig,
+    crop_around,
     in_bounds,
     photometric,
     random_similarity,
     warp_image,
     warp_points,
 )
+from nerf_descriptor_ros.descriptors.backbones import freeze_batch_norm
 from nerf_descriptor_ros.descriptors.correspondence_cache import CorrespondenceCache
 from nerf_descriptor_ros.descriptors.correspondences import MODES, find_correspondences
 from nerf_descriptor_ros.descriptors.loss import CorrespondenceBatch, distributional_loss, pixelwise_contrastive_loss
-from nerf_descriptor_ros.descriptors.model import IMAGENET_NORMALISATION
-from nerf_descriptor_ros.descriptors.network import DescriptorConfigError, DescriptorNet, load_imagenet_weights
+from nerf_descriptor_ros.descriptors.network import DEFAULT_BACKBONE, MIN_SIZE, DescriptorConfigError, DescriptorNet
+from nerf_descriptor_ros.descriptors.pretrained import load_pretrained
 from nerf_descriptor_ros.descriptors.view_geometry import CorrespondenceError
 from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
 LOSSES = ("contrastive", "distributional", "both")
+INITS = ("imagenet", "random")
+SUPPORTS = ("object", "image")
+# The object support of the distributional loss reaches this far past B's mask, so that the
+# background next to the object, where wrong matches land, competes too.
+SUPPORT_DILATION_PX = 4
 CHECKPOINT_NAME = "training_checkpoint.pt"
 
 
@@ -53,7 +60,8 @@ class TrainingError(NerfDescriptorError):
 @dataclass
 class TrainingConfig:
     descriptor_dim: int = 16
-    backbone: str = "resnet18"
+    backbone: str = DEFAULT_BACKBONE
+    init: str = "imagenet"  # imagenet: the encoder starts from ImageNet weights | random
     decoder_channels: int = 128
     mode: str = "density_field"  # how correspondences are drawn: depth_map | density_field
     loss: str = "both"  # contrastive | distributional | both
@@ -61,29 +69,33 @@ class TrainingConfig:
     learning_rate: float = 3e-4
     weight_decay: float = 1e-4
     pairs_per_step: int = 2
-    matches_per_pair: int = 256
+    matches_per_pair: int = 256  # 0 = every valid correspondence of the pair (dense supervision)
+    crop_fraction: float = 1.0  # train on windows this fraction of each side, around the object, at full density
     nonmatches_per_match: int = 4  # object non-matches, and as many background ones
     nonmatch_min_distance_px: float = 3.0
     margin: float = 0.5
     background_weight: float = 1.0
     distributional_sigma_px: float = 1.0
     distributional_weight: float = 1.0
+    distributional_support: str = "object"  # object: B's object mask, dilated | image: every pixel of B
+    distributional_matches: int = 256  # queries of the distributional loss per pair (its cost grows with each)
     min_matches: int = 20  # a drawn pair with fewer matches is replaced by another
     checkpoint_every: int = 200
     seed: int = 0
-    imagenet_weights: str | None = None  # a local ResNet state dict; never downloaded
+    imagenet_weights: str | None = None  # a local state dict instead of the packaged weights; never downloaded
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ConfigError(f"mode: {self.mode!r} unknown; choose one of {MODES}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"loss: {self.loss!r} unknown; choose one of {LOSSES}")
+        for name, choices in (("mode", MODES), ("loss", LOSSES), ("init", INITS), ("distributional_support", SUPPORTS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} unknown; choose one of {choices}")
         if not isinstance(self.descriptor_dim, int) or self.descriptor_dim < 1:
             raise ConfigError(f"descriptor_dim: must be a positive integer, got {self.descriptor_dim!r}")
         require_iterations(self)
-        require_at_least(self, 1, "decoder_channels", "pairs_per_step", "matches_per_pair", "checkpoint_every")
-        require_at_least(self, 0, "nonmatches_per_match", "min_matches")
+        require_at_least(self, 1, "decoder_channels", "pairs_per_step", "checkpoint_every", "distributional_matches")
+        require_at_least(self, 0, "matches_per_pair", "nonmatches_per_match", "min_matches")
+        if not 0.1 <= self.crop_fraction <= 1.0:
+            raise ConfigError(f"crop_fraction: must be between 0.1 and 1, got {self.crop_fraction!r}")
 
 
 @dataclass
@@ -130,21 +142,27 @@ class PairSampler:
         uv_a, uv_b = find_correspondences(view_a, view_b, cfg.mode, rng, config=self.matching)
         if len(uv_a) < cfg.min_matches:
             return None
+        m_a = random_similarity(rng, *self.size, cfg.augmentation)
+        m_b = random_similarity(rng, *self.size, cfg.augmentation)
         width, height = self.size
-        m_a = random_similarity(rng, width, height, cfg.augmentation)
-        m_b = random_similarity(rng, width, height, cfg.augmentation)
+        if cfg.crop_fraction < 1.0:
+            width, height = (max(MIN_SIZE, round(side * cfg.crop_fraction)) for side in self.size)
+            m_a = crop_around(m_a, view_a.mask, (width, height), rng)
+            m_b = crop_around(m_b, view_b.mask, (width, height), rng)
+        size = (width, height)
         uv_a, uv_b = warp_points(uv_a, m_a), warp_points(uv_b, m_b)
         keep = in_bounds(uv_a, width, height) & in_bounds(uv_b, width, height)
         uv_a, uv_b = uv_a[keep], uv_b[keep]
         if len(uv_a) < cfg.min_matches:
             return None
-        chosen = rng.choice(len(uv_a), min(cfg.matches_per_pair, len(uv_a)), replace=False)
+        # In random order, so that the distributional loss's first queries are a random subset.
+        chosen = rng.permutation(len(uv_a))[: cfg.matches_per_pair or None]
         uv_a, uv_b = uv_a[chosen], uv_b[chosen]
 
-        mask_b = warp_image(view_b.mask.astype(np.uint8), m_b, nearest=True) > 0
+        mask_b = warp_image(view_b.mask.astype(np.uint8), m_b, nearest=True, size=size) > 0
         # Object pixels of B are everything inside the warped mask; background the rest of the
         # warped image (pixels from outside the source image are not background, so excluded).
-        valid_b = warp_image(np.ones((height, width), np.uint8), m_b, nearest=True) > 0
+        valid_b = warp_image(np.ones(self.size[::-1], np.uint8), m_b, nearest=True, size=size) > 0
         object_b = np.stack(np.nonzero(mask_b)[::-1], -1)
         background_b = np.stack(np.nonzero(valid_b & ~mask_b)[::-1], -1)
         k = cfg.nonmatches_per_match
@@ -158,21 +176,29 @@ class PairSampler:
             background_a = uv_a[query]
             background_b_uv = background_b[rng.integers(len(background_b), size=len(query))].astype(np.float64)
 
-        image_a = photometric(warp_image(self.images[a], m_a), rng, cfg.augmentation)
-        image_b = photometric(warp_image(self.images[b], m_b), rng, cfg.augmentation)
-        batch = CorrespondenceBatch(uv_a, uv_b, nonmatch_a, nonmatch_b, background_a, background_b_uv)
+        image_a = photometric(warp_image(self.images[a], m_a, size=size), rng, cfg.augmentation)
+        image_b = photometric(warp_image(self.images[b], m_b, size=size), rng, cfg.augmentation)
+        support_b = None
+        if cfg.distributional_support == "object":
+            kernel = np.ones((2 * SUPPORT_DILATION_PX + 1,) * 2, np.uint8)
+            support_b = cv2.dilate(mask_b.astype(np.uint8), kernel) > 0
+        batch = CorrespondenceBatch(uv_a, uv_b, nonmatch_a, nonmatch_b, background_a, background_b_uv, support_b)
         return image_a, image_b, batch
 
 
 def _to_tensor_batch(batch: CorrespondenceBatch, device) -> CorrespondenceBatch:
-    return CorrespondenceBatch(
-        *(torch.as_tensor(np.asarray(x, np.float32).reshape(-1, 2), device=device) for x in asdict(batch).values())
-    )
+    pixels = {
+        name: torch.as_tensor(np.asarray(value, np.float32).reshape(-1, 2), device=device)
+        for name, value in asdict(batch).items()
+        if name != "support_b"
+    }
+    support = None if batch.support_b is None else torch.as_tensor(batch.support_b, device=device)
+    return CorrespondenceBatch(**pixels, support_b=support)
 
 
-def _normalise(images: list[np.ndarray], device) -> torch.Tensor:
-    mean = np.array(IMAGENET_NORMALISATION["mean"], np.float32)
-    std = np.array(IMAGENET_NORMALISATION["std"], np.float32)
+def _normalise(images: list[np.ndarray], normalisation: dict, device) -> torch.Tensor:
+    mean = np.array(normalisation["mean"], np.float32)
+    std = np.array(normalisation["std"], np.float32)
     x = np.stack([(im - mean) / std for im in images]).transpose(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
@@ -185,8 +211,9 @@ def pair_loss(desc_a, desc_b, batch: CorrespondenceBatch, config: TrainingConfig
         contrastive, stats = pixelwise_contrastive_loss(desc_a, desc_b, batch, config.margin, config.background_weight)
         loss = loss + contrastive
     if config.loss in ("distributional", "both"):
+        k = config.distributional_matches
         distributional = distributional_loss(
-            desc_a, desc_b, batch.match_a, batch.match_b, config.distributional_sigma_px
+            desc_a, desc_b, batch.match_a[:k], batch.match_b[:k], config.distributional_sigma_px, batch.support_b
         )
         stats["distributional"] = distributional.item()
         loss = loss + config.distributional_weight * distributional
@@ -226,23 +253,33 @@ def train_descriptors(
     report: ProgressCallback | None = None,
     cancel=None,
     resume: bool = True,
+    observe=None,
 ) -> TrainingResult:
     """Train a descriptor network on ``cache``; checkpoints go to ``out_dir``.
 
     With ``resume`` a checkpoint in ``out_dir`` from the same settings and correspondences is
     continued (one that finished returns its network without a step); one from other settings or
     correspondences is replaced by a fresh run, never mixed in. Without ``resume`` the run starts afresh.
+    ``observe(net, steps_done, training_seconds)``, when given, sees the network in eval mode at every
+    checkpoint (for learning curves; its own time is not counted).
     """
     out_dir = Path(out_dir)
     torch_device = resolve_device(device)
     torch.manual_seed(config.seed)
     try:
         net = DescriptorNet(config.descriptor_dim, config.backbone, config.decoder_channels)
+        if config.init == "imagenet":
+            load_pretrained(net.backbone, config.backbone, config.imagenet_weights)
     except DescriptorConfigError as exc:
         raise TrainingError(str(exc)) from exc
-    if config.imagenet_weights:
-        load_imagenet_weights(net, config.imagenet_weights)
-    net.to(torch_device).train()
+
+    def train_mode():
+        net.train()
+        if config.init == "imagenet":
+            freeze_batch_norm(net.backbone)
+
+    net.to(torch_device)
+    train_mode()
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, config.iterations, eta_min=0.05 * config.learning_rate
@@ -267,7 +304,7 @@ def train_descriptors(
         check_cancelled(cancel)
         rng = np.random.default_rng([config.seed, iteration])
         samples = [sampler.draw(rng) for _ in range(config.pairs_per_step)]
-        images = _normalise([im for s in samples for im in s[:2]], torch_device)
+        images = _normalise([im for s in samples for im in s[:2]], net.normalisation, torch_device)
         descriptors = net(images)
         losses, step_stats = [], {}
         for i, (_, _, batch) in enumerate(samples):
@@ -289,6 +326,12 @@ def train_descriptors(
         done = iteration + 1
         if done % config.checkpoint_every == 0 or done == config.iterations:
             _save_checkpoint(checkpoint, net, optimizer, scheduler, done, config, cache_key, history)
+            if observe is not None:
+                observed = time.monotonic()
+                with torch.no_grad():
+                    observe(net.eval(), done, observed - started)
+                train_mode()
+                started += time.monotonic() - observed
         if report:
             elapsed = time.monotonic() - started
             eta = elapsed / (done - start) * (config.iterations - done)
