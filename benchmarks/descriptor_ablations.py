@@ -25,6 +25,8 @@ ABLATIONS = {
     "resolution_160x120": (160, {}),
     "loss_contrastive": (None, {"loss": "contrastive"}),
     "loss_distributional": (None, {"loss": "distributional"}),
+    "loss_contrastive_and_distributional": (None, {"loss": "both"}),
+    "loss_regression": (None, {"loss": "regression"}),
 }
 
 

@@ -113,3 +113,49 @@ def test_a_crop_keeps_the_object_and_its_correspondences(tmp_path):
         assert float((colours[0] - colours[1]).abs().mean()) < 0.06
         _, _, uncropped = PairSampler(cache, dataset, full).draw(np.random.default_rng(seed))
         assert len(uncropped.match_a) > 256 and len(batch.match_a) <= len(uncropped.match_a)
+
+
+def test_surface_targets_agree_across_views_and_the_regression_loss_is_zero_for_them(tmp_path):
+    """A surface point has one target whichever view sees it; descriptors equal to the targets
+    cost nothing, and the loss grows when they are swapped between pixels."""
+    from synthetic_scenes import orbit_poses, textured_objects_scene, write_scene_dataset
+
+    from nerf_descriptor_ros.data.dataset import Dataset
+    from nerf_descriptor_ros.descriptors.correspondence_cache import CorrespondenceConfig, generate_correspondences
+    from nerf_descriptor_ros.descriptors.correspondences import find_correspondences
+    from nerf_descriptor_ros.descriptors.depth_providers import DatasetDepthProvider
+    from nerf_descriptor_ros.descriptors.loss import SurfaceTargets, regression_loss
+    from nerf_descriptor_ros.descriptors.surface_targets import surface_frame, view_targets
+
+    dataset = Dataset.load(
+        write_scene_dataset(tmp_path / "scene", textured_objects_scene(), orbit_poses(12, 0.35), width=128, height=96)
+    )
+    cache = generate_correspondences(dataset, DatasetDepthProvider(dataset), tmp_path / "cache", CorrespondenceConfig())
+    frame = surface_frame(cache.views)
+    a, b, _ = cache.pairs[0]
+    rng = np.random.default_rng(0)
+    uv_a, uv_b = find_correspondences(cache.views[a], cache.views[b], "depth_map", rng)
+    targets = {}
+    for index in (a, b):
+        uv, t = view_targets(cache.views[index], frame, 5, "depth_map", rng)
+        targets[index] = {tuple(p): row for p, row in zip(uv.astype(int).tolist(), t)}
+    agree = [
+        np.linalg.norm(targets[a][tuple(p)] - targets[b][tuple(np.rint(q).astype(int))])
+        for p, q in zip(uv_a.astype(int).tolist(), uv_b)
+        if tuple(np.rint(q).astype(int)) in targets[b]
+    ]
+    assert len(agree) > 100 and np.median(agree) < 1.0  # within a pixel footprint of each other
+    assert np.all(np.array(list(targets[a].values()))[:, 3:] == 0)  # dimensions past the third: zero
+    background = frame.background(5)
+    assert np.linalg.norm(background) > 2 * frame.radius_units
+
+    uv, t = view_targets(cache.views[a], frame, 3, "depth_map", rng)
+    height, width = cache.views[a].mask.shape
+    image = torch.zeros(3, height, width)
+    image[:, uv[:, 1].astype(int), uv[:, 0].astype(int)] = torch.as_tensor(t).T
+    surface = SurfaceTargets(
+        torch.as_tensor(uv, dtype=torch.float32), torch.as_tensor(t), torch.zeros(0, 2), torch.zeros(3)
+    )
+    assert regression_loss(image, surface).item() == pytest.approx(0.0, abs=1e-6)
+    swapped = SurfaceTargets(surface.uv, surface.targets[torch.randperm(len(t))], surface.background_uv, torch.zeros(3))
+    assert regression_loss(image, swapped).item() > 0.5  # relative to the targets' size: zero output is 1

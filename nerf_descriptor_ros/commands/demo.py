@@ -32,7 +32,7 @@ from nerf_descriptor_ros.commands.arguments import add_device_option, command_pa
 # Sizes per device kind; each can be overridden on the command line. The CPU sizes keep the demo
 # within its time budget on a 2-core machine (the closing notes of the issues give the measurements).
 PROFILES = {
-    "cpu": {"views": 64, "width": 160, "height": 120, "nerf_seconds": 150.0, "descriptor_iterations": 600},
+    "cpu": {"views": 64, "width": 320, "height": 240, "nerf_seconds": 150.0, "descriptor_iterations": 600},
     "cuda": {"views": 100, "width": 640, "height": 480, "nerf_seconds": 120.0, "descriptor_iterations": 3000},
 }
 KEYPOINT_TOLERANCE_PX = 10.0
@@ -56,8 +56,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--trial-seed", type=int, default=1000, help="placement seed of the first trial")
     p.add_argument("--views", type=int, help="viewpoints in the capture sweep (CPU 64, GPU 100)")
-    p.add_argument("--width", type=int, help="image width (CPU 160, GPU 640)")
-    p.add_argument("--height", type=int, help="image height (CPU 120, GPU 480)")
+    p.add_argument("--width", type=int, help="image width, also the network's working width (CPU 320, GPU 640)")
+    p.add_argument("--height", type=int, help="image height (CPU 240, GPU 480)")
     p.add_argument("--nerf-seconds", type=float, help="NeRF training time (CPU 150, GPU 120)")
     p.add_argument("--descriptor-iterations", type=int, help="descriptor steps (CPU 600, GPU 3000)")
     add_device_option(p)

@@ -40,7 +40,7 @@ class CorrespondenceMatchingConfig:
     forward_backward_px: float = 1.0
 
 
-def _pixel_depths(
+def pixel_depths(
     view: ViewGeometry, rows: np.ndarray, cols: np.ndarray, mode: str, rng: np.random.Generator
 ) -> np.ndarray:
     """One depth per pixel: the expected depth, or a draw from the termination distribution."""
@@ -70,7 +70,7 @@ def find_correspondences(
         pixels_a = object_pixel_uv(view_a)
     pixels_a = np.asarray(pixels_a).reshape(-1, 2)
     cols, rows = pixels_a[:, 0].astype(int), pixels_a[:, 1].astype(int)
-    z_a = _pixel_depths(view_a, rows, cols, mode, rng)
+    z_a = pixel_depths(view_a, rows, cols, mode, rng)
     keep = np.isfinite(z_a) & (z_a > 0)
     uv_a = pixels_a[keep].astype(np.float64)
     uv_b, z_b = reproject(view_a, uv_a, z_a[keep], view_b)

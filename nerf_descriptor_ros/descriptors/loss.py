@@ -4,6 +4,8 @@
   matching pixels are pulled together (squared L2), non-matching ones pushed at least ``margin``
   apart with a squared hinge, averaged over the "hard" non-matches only (those still inside the
   margin) so that the many easy ones do not dilute the gradient.
+* :func:`regression_loss` regresses every pixel onto a target descriptor of its 3D point
+  (``surface_targets.py``): dense supervision of single images, no pairs needed.
 * :func:`distributional_loss` (Florence 2019, "Self-supervised correspondence in visuomotor policy
   learning") treats the match of a pixel as a distribution over the whole other image,
   ``softmax(-|d_a - d_b(u)|^2)``, and fits it to a narrow Gaussian around the true match; it
@@ -16,6 +18,7 @@ at non-integer positions are interpolated bilinearly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -43,6 +46,33 @@ def _hard_negative_hinge(desc_a: torch.Tensor, desc_b: torch.Tensor, margin: flo
 
 
 @dataclass
+class SurfaceTargets:
+    """One image's regression targets: object pixels (N, 2) with target descriptors (N, D), and
+    background pixels (M, 2) that share one target (D,)."""
+
+    uv: torch.Tensor
+    targets: torch.Tensor
+    background_uv: torch.Tensor
+    background_target: torch.Tensor
+
+
+def regression_loss(descriptors: torch.Tensor, surface: SurfaceTargets, background_weight: float = 1.0) -> torch.Tensor:
+    """Squared distance of each object pixel's descriptor to its surface point's target
+    (``surface_targets.py``), plus ``background_weight`` times that of the background pixels to
+    theirs, relative to the targets' own squared size: 0 for perfect descriptors, 1 for all-zero
+    ones, whatever the object's size, so that it adds to the other losses on an equal footing."""
+    if surface.uv.shape[0] == 0:
+        raise ValueError("no object pixels in this image: the regression loss needs at least one")
+    error = (sample_descriptors(descriptors, surface.uv) - surface.targets).square().sum(1).mean()
+    size = surface.targets.square().sum(1).mean()
+    if surface.background_uv.shape[0]:
+        background = sample_descriptors(descriptors, surface.background_uv) - surface.background_target
+        error = error + background_weight * background.square().sum(1).mean()
+        size = size + background_weight * surface.background_target.square().sum()
+    return error / size.clamp(min=1e-12)
+
+
+@dataclass
 class CorrespondenceBatch:
     """Pixel pairs for one image pair: matches and the two kinds of non-matches, (N, 2) each."""
 
@@ -53,6 +83,10 @@ class CorrespondenceBatch:
     background_a: torch.Tensor  # object pixel in A vs. a background pixel in B
     background_b: torch.Tensor
     support_b: torch.Tensor | None = None  # (H, W) bool: where the distributional loss looks in B; None = all
+    surface_a: SurfaceTargets | None = None  # regression targets of each image, when the loss uses them
+    surface_b: SurfaceTargets | None = None
+
+    PIXEL_FIELDS: ClassVar = ("match_a", "match_b", "nonmatch_a", "nonmatch_b", "background_a", "background_b")
 
 
 def pixelwise_contrastive_loss(

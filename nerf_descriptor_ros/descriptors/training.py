@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,15 +37,22 @@ from nerf_descriptor_ros.descriptors.augmentation import (
 from nerf_descriptor_ros.descriptors.backbones import freeze_batch_norm
 from nerf_descriptor_ros.descriptors.correspondence_cache import CorrespondenceCache
 from nerf_descriptor_ros.descriptors.correspondences import MODES, find_correspondences
-from nerf_descriptor_ros.descriptors.loss import CorrespondenceBatch, distributional_loss, pixelwise_contrastive_loss
+from nerf_descriptor_ros.descriptors.loss import (
+    CorrespondenceBatch,
+    SurfaceTargets,
+    distributional_loss,
+    pixelwise_contrastive_loss,
+    regression_loss,
+)
 from nerf_descriptor_ros.descriptors.network import DEFAULT_BACKBONE, MIN_SIZE, DescriptorConfigError, DescriptorNet
 from nerf_descriptor_ros.descriptors.pretrained import load_pretrained
+from nerf_descriptor_ros.descriptors.surface_targets import surface_frame, view_targets
 from nerf_descriptor_ros.descriptors.view_geometry import CorrespondenceError
 from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
-LOSSES = ("contrastive", "distributional", "both")
+LOSSES = ("contrastive", "distributional", "both", "regression", "regression+distributional")
 INITS = ("imagenet", "random")
 SUPPORTS = ("object", "image")
 # The object support of the distributional loss reaches this far past B's mask, so that the
@@ -64,13 +72,14 @@ class TrainingConfig:
     init: str = "imagenet"  # imagenet: the encoder starts from ImageNet weights | random
     decoder_channels: int = 128
     mode: str = "density_field"  # how correspondences are drawn: depth_map | density_field
-    loss: str = "both"  # contrastive | distributional | both
+    loss: str = "distributional"  # contrastive | distributional | both (the two) | regression | regression+distributional
     iterations: int = 1500
     learning_rate: float = 3e-4
+    decoder_learning_rate_factor: float = 1.0  # the decoder and head (new layers) learn this many times faster
     weight_decay: float = 1e-4
     pairs_per_step: int = 2
     matches_per_pair: int = 256  # 0 = every valid correspondence of the pair (dense supervision)
-    crop_fraction: float = 1.0  # train on windows this fraction of each side, around the object, at full density
+    crop_fraction: float = 0.5  # train on windows this fraction of each side, around the object, at full density
     nonmatches_per_match: int = 4  # object non-matches, and as many background ones
     nonmatch_min_distance_px: float = 3.0
     margin: float = 0.5
@@ -94,6 +103,7 @@ class TrainingConfig:
         require_iterations(self)
         require_at_least(self, 1, "decoder_channels", "pairs_per_step", "checkpoint_every", "distributional_matches")
         require_at_least(self, 0, "matches_per_pair", "nonmatches_per_match", "min_matches")
+        require_at_least(self, 0.0, "learning_rate", "decoder_learning_rate_factor")
         if not 0.1 <= self.crop_fraction <= 1.0:
             raise ConfigError(f"crop_fraction: must be between 0.1 and 1, got {self.crop_fraction!r}")
 
@@ -122,6 +132,7 @@ class PairSampler:
             size = (view.intrinsics.width, view.intrinsics.height)
             self.images[index] = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         self.size = size
+        self.surface = surface_frame(cache.views) if config.loss.startswith("regression") else None
 
     def draw(self, rng: np.random.Generator, attempts: int = 20):
         """One pair: (image_a, image_b float HxWx3, CorrespondenceBatch of numpy arrays)."""
@@ -183,17 +194,46 @@ class PairSampler:
             kernel = np.ones((2 * SUPPORT_DILATION_PX + 1,) * 2, np.uint8)
             support_b = cv2.dilate(mask_b.astype(np.uint8), kernel) > 0
         batch = CorrespondenceBatch(uv_a, uv_b, nonmatch_a, nonmatch_b, background_a, background_b_uv, support_b)
+        if self.surface is not None:
+            batch.surface_a = self._surface(view_a, m_a, size, rng)
+            batch.surface_b = self._surface(view_b, m_b, size, rng)
         return image_a, image_b, batch
+
+    def _surface(self, view, matrix: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> SurfaceTargets:
+        """Regression targets of one view's object pixels, and as many of its background pixels,
+        where the augmentation put them."""
+        dim = self.config.descriptor_dim
+        uv, targets = view_targets(view, self.surface, dim, self.config.mode, rng)
+        uv = warp_points(uv, matrix)
+        keep = in_bounds(uv, *size)
+        mask = warp_image(view.mask.astype(np.uint8), matrix, nearest=True, size=size) > 0
+        valid = warp_image(np.ones(self.size[::-1], np.uint8), matrix, nearest=True, size=size) > 0
+        background = np.stack(np.nonzero(valid & ~mask)[::-1], -1).astype(np.float64)
+        if len(background):
+            background = background[rng.integers(len(background), size=max(int(keep.sum()), 1))]
+        return SurfaceTargets(uv[keep], targets[keep], background.reshape(-1, 2), self.surface.background(dim))
 
 
 def _to_tensor_batch(batch: CorrespondenceBatch, device) -> CorrespondenceBatch:
-    pixels = {
-        name: torch.as_tensor(np.asarray(value, np.float32).reshape(-1, 2), device=device)
-        for name, value in asdict(batch).items()
-        if name != "support_b"
-    }
+    def tensor(value, columns=2):
+        return torch.as_tensor(np.asarray(value, np.float32).reshape(-1, columns), device=device)
+
+    def surface(targets: SurfaceTargets | None) -> SurfaceTargets | None:
+        if targets is None:
+            return None
+        dim = np.asarray(targets.targets).shape[1]
+        return SurfaceTargets(
+            tensor(targets.uv),
+            tensor(targets.targets, dim),
+            tensor(targets.background_uv),
+            torch.as_tensor(targets.background_target, device=device),
+        )
+
+    pixels = {name: tensor(getattr(batch, name)) for name in CorrespondenceBatch.PIXEL_FIELDS}
     support = None if batch.support_b is None else torch.as_tensor(batch.support_b, device=device)
-    return CorrespondenceBatch(**pixels, support_b=support)
+    return CorrespondenceBatch(
+        **pixels, support_b=support, surface_a=surface(batch.surface_a), surface_b=surface(batch.surface_b)
+    )
 
 
 def _normalise(images: list[np.ndarray], normalisation: dict, device) -> torch.Tensor:
@@ -210,7 +250,14 @@ def pair_loss(desc_a, desc_b, batch: CorrespondenceBatch, config: TrainingConfig
     if config.loss in ("contrastive", "both"):
         contrastive, stats = pixelwise_contrastive_loss(desc_a, desc_b, batch, config.margin, config.background_weight)
         loss = loss + contrastive
-    if config.loss in ("distributional", "both"):
+    if config.loss.startswith("regression"):
+        regression = 0.5 * (
+            regression_loss(desc_a, batch.surface_a, config.background_weight)
+            + regression_loss(desc_b, batch.surface_b, config.background_weight)
+        )
+        stats["regression"] = regression.item()
+        loss = loss + regression
+    if config.loss in ("distributional", "both", "regression+distributional"):
         k = config.distributional_matches
         distributional = distributional_loss(
             desc_a, desc_b, batch.match_a[:k], batch.match_b[:k], config.distributional_sigma_px, batch.support_b
@@ -280,10 +327,20 @@ def train_descriptors(
 
     net.to(torch_device)
     train_mode()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, config.iterations, eta_min=0.05 * config.learning_rate
+    encoder = list(net.backbone.parameters())
+    decoder = [p for name, p in net.named_parameters() if not name.startswith("backbone.")]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": encoder, "lr": config.learning_rate},
+            {"params": decoder, "lr": config.learning_rate * config.decoder_learning_rate_factor},
+        ],
+        weight_decay=config.weight_decay,
     )
+
+    def cosine(step: int) -> float:  # every group's rate decays to 5% of its own start
+        return 0.05 + 0.475 * (1.0 + math.cos(math.pi * min(step, config.iterations) / config.iterations))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     checkpoint = out_dir / CHECKPOINT_NAME
     cache_key = _cache_key(cache)
     start, history = 0, []

@@ -83,7 +83,11 @@ def train_through_action(procs, name: str, profile: dict) -> dict:
     """NeRF then descriptors through the trainer node's action, feedback as progress lines."""
     overrides = {
         "nerf": {"time_budget_s": float(profile["nerf_seconds"]), "iterations": 1_000_000},
-        "descriptors": {"training": {"iterations": int(profile["descriptor_iterations"])}},
+        "descriptors": {
+            # The network works at the capture's own size (at least 320x240 on a CPU, the camera's on a GPU).
+            "correspondences": {"width": int(profile["width"])},
+            "training": {"iterations": int(profile["descriptor_iterations"]), **profile.get("descriptor_training", {})},
+        },
     }
     segments: list[tuple[str, float]] = []  # (stage, when its feedback began), in order
     throttle = Throttle(10.0)
