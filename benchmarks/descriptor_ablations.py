@@ -18,37 +18,48 @@ from descriptor_quality import METRICS, prepare_object, summary, train_and_evalu
 from nerf_descriptor_ros.config import merged
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
 
-# Row -> (working width or None for the protocol's, training overrides).
+# Row -> (working width or None for the protocol's, training overrides). The reference is the
+# package's defaults: ImageNet init, 320x240 in half-size windows, the distributional loss.
 ABLATIONS = {
     "reference": (None, {}),
     "init_random": (None, {"init": "random"}),
-    "resolution_160x120": (160, {}),
+    "resolution_160x120_whole_image": (160, {"crop_fraction": 1.0}),
     "loss_contrastive": (None, {"loss": "contrastive"}),
-    "loss_distributional": (None, {"loss": "distributional"}),
     "loss_contrastive_and_distributional": (None, {"loss": "both"}),
     "loss_regression": (None, {"loss": "regression"}),
+    "loss_regression_and_distributional": (None, {"loss": "regression+distributional"}),
 }
 
 
-def run_ablations(protocol: dict, spec: str, work: Path, descriptor_dim: int, iterations: int) -> dict:
-    """The :data:`ABLATIONS` rows for one object; returns the JSON's ``ablations`` and its context."""
+def run_ablations(
+    protocol: dict,
+    spec: str,
+    work: Path,
+    descriptor_dim: int,
+    iterations: int,
+    supervision: str = "nerf_density_field",
+) -> dict:
+    """The :data:`ABLATIONS` rows for one object, trained on ``supervision`` (``nerf_density_field``
+    or ``gt_depth``); returns the JSON's ``ablations`` and its context."""
     training = {
         "descriptor_dim": descriptor_dim,
         "iterations": iterations,
         "backbone": protocol["backbone"],
-        "mode": "density_field",
+        "mode": "density_field" if supervision == "nerf_density_field" else "depth_map",
         **protocol.get("training", {}),
     }
     base = DescriptorSettings.load(None, {"correspondences": {"width": protocol["width"]}, "training": training})
     started = time.monotonic()
-    name, dataset, pairs, checkpoint, timings = prepare_object(spec, work, protocol, base)
+    name, dataset, pairs, checkpoint, timings = prepare_object(
+        spec, work, protocol, base, nerf=supervision == "nerf_density_field"
+    )
     rows = {}
     for row, (width, overrides) in ABLATIONS.items():
         changes = {"training": overrides, "correspondences": {"width": width or protocol["width"]}}
         settings = merged(base, changes, f"ablation {row}")
         row_started = time.monotonic()
         metrics, curve, _ = train_and_evaluate(
-            "nerf_density_field", settings, dataset, pairs, checkpoint, work / name / f"ablation_{row}", protocol
+            supervision, settings, dataset, pairs, checkpoint, work / name / f"ablation_{row}", protocol
         )
         rows[row] = {
             **summary(metrics),
@@ -60,6 +71,7 @@ def run_ablations(protocol: dict, spec: str, work: Path, descriptor_dim: int, it
         print(f"[{name}] ablation {row}: " + ", ".join(f"{k} {rows[row][k]}" for k in METRICS), flush=True)
     return {
         "object": name,
+        "supervision": supervision,
         "descriptor_dim": descriptor_dim,
         "descriptor_iterations": iterations,
         "train_resolution": [protocol["width"], protocol["height"]],

@@ -130,9 +130,9 @@ def summary(metrics: dict) -> dict:
     return {k: round(float(metrics[k]), 4) for k in METRICS}
 
 
-def prepare_object(spec: str, work: Path, protocol: dict, settings: DescriptorSettings):
-    """Capture (or reuse) and fit the NeRF for one ``NAME=SOURCE[@R,P,Y]``; returns
-    (name, dataset, ground-truth pairs, NeRF checkpoint, timings)."""
+def prepare_object(spec: str, work: Path, protocol: dict, settings: DescriptorSettings, nerf: bool = True):
+    """Capture (or reuse) and fit the NeRF (unless ``nerf`` is false) for one ``NAME=SOURCE[@R,P,Y]``;
+    returns (name, dataset, ground-truth pairs, NeRF checkpoint or None, timings)."""
     name, _, source = spec.partition("=")
     source, _, rpy = source.partition("@")
     # No rotation given: the simulator stands the object upright by itself.
@@ -169,6 +169,8 @@ def prepare_object(spec: str, work: Path, protocol: dict, settings: DescriptorSe
         f"{sum(len(p.uv_a) for p in pairs)} ground-truth correspondences in {len(pairs)} pairs",
         flush=True,
     )
+    if not nerf:
+        return name, dataset, pairs, None, timings
     started = time.monotonic()
     print(f"[{name}] NeRF ({protocol['nerf_seconds']:.0f} s budget)", flush=True)
     checkpoint = train_object_nerf(dataset, work / name / "nerf", protocol["nerf_seconds"], protocol["device"])
@@ -367,6 +369,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="instead: init, resolution and loss ablations on the first object, shorter schedules "
         "(benchmarks/descriptor_ablations.py)",
+    )
+    parser.add_argument(
+        "--ablation-supervision",
+        choices=("nerf_density_field", "gt_depth"),
+        default="nerf_density_field",
+        help="what the ablation rows train on; gt_depth (the simulator's exact depth) needs no NeRF "
+        "and isolates the learner (default: %(default)s)",
     )
     parser.add_argument(
         "--work-dir",
