@@ -43,6 +43,9 @@ def test_demo_runs_every_stage_and_writes_its_report(ros_domain, tmp_path, capsy
     report = json.loads(out.read_text())
     assert report["trials"] == 2 and len(report["per_trial"]) == 2
     assert 0.0 <= report["keypoint_within_10px"] <= 1.0 and 0.0 <= report["grasp_success_rate"] <= 1.0
+    assert 0.0 <= report["keypoint_within_10mm"] <= 1.0
+    measured = [t for t in report["per_trial"] if t.get("keypoint_error_px") is not None]
+    assert all(t.get("keypoint_error_mm") is None or t["keypoint_error_mm"] >= 0 for t in measured)
     assert set(report["stage_seconds"]) >= {
         "capture",
         "train_nerf",

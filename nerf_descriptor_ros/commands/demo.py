@@ -36,6 +36,7 @@ PROFILES = {
     "cuda": {"views": 100, "width": 640, "height": 480, "nerf_seconds": 120.0, "descriptor_iterations": 3000},
 }
 KEYPOINT_TOLERANCE_PX = 10.0
+KEYPOINT_TOLERANCE_MM = 10.0
 PICTURED_TRIALS = 4
 # The any-point keypoint metric: the first placements of the live trials, seen from this many
 # live views each, in an in-process simulator (few: the demo keeps to its time budget).
@@ -223,10 +224,14 @@ def _summarize_trials(trials: list[dict]) -> dict:
     """Keypoint success counts every trial (not found or hidden = a miss); so does the grasp."""
     errors = np.array([t["keypoint_error_px"] for t in trials if t.get("keypoint_error_px") is not None])
     within = int((errors <= KEYPOINT_TOLERANCE_PX).sum()) if errors.size else 0
+    errors_mm = np.array([t["keypoint_error_mm"] for t in trials if t.get("keypoint_error_mm") is not None])
+    within_mm = int((errors_mm <= KEYPOINT_TOLERANCE_MM).sum()) if errors_mm.size else 0
     return {
         "trials": len(trials),
         "keypoint_within_10px": round(within / len(trials), 4),
         "keypoint_median_px": round(float(np.median(errors)), 2) if errors.size else None,
+        "keypoint_within_10mm": round(within_mm / len(trials), 4),
+        "keypoint_median_mm": round(float(np.median(errors_mm)), 2) if errors_mm.size else None,
         "keypoint_found_rate": round(float(np.mean([t["found"] for t in trials])), 4),
         "grasp_success_rate": round(float(np.mean([t["grasp_success"] for t in trials])), 4),
     }
@@ -274,6 +279,11 @@ def _print_report(report: dict, out_dir: Path) -> None:
         lines.append(
             f"  live keypoint     within {KEYPOINT_TOLERANCE_PX:g} px in {100 * within:.0f}% of "
             f"{report['trials']} new placements, median " + (f"{median:.1f} px" if median is not None else "n/a")
+        )
+        median_mm, within_mm = report["keypoint_median_mm"], report["keypoint_within_10mm"]
+        lines.append(
+            f"                    within {KEYPOINT_TOLERANCE_MM:g} mm in {100 * within_mm:.0f}%, median "
+            + (f"{median_mm:.1f} mm" if median_mm is not None else "n/a")
         )
         lines.append(f"  grasp             {100 * report['grasp_success_rate']:.0f}% lifted")
         lines.append("  any-point         " + _any_point_line(report["any_point"]))

@@ -72,7 +72,7 @@ class TrainingConfig:
     init: str = "imagenet"  # imagenet: the encoder starts from ImageNet weights | random
     decoder_channels: int = 128
     mode: str = "density_field"  # how correspondences are drawn: depth_map | density_field
-    loss: str = "distributional"  # contrastive | distributional | both (the two) | regression | regression+distributional
+    loss: str = "distributional"  # contrastive | distributional | both | regression | regression+distributional
     iterations: int = 1500
     learning_rate: float = 3e-4
     decoder_learning_rate_factor: float = 1.0  # the decoder and head (new layers) learn this many times faster
