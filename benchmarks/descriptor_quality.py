@@ -415,7 +415,9 @@ def main(argv=None) -> int:
         iterations = args.iterations or protocol["iterations"] // ABLATION_SCHEDULE_DIVISOR
         result = {
             "protocol": protocol["name"],
-            **run_ablations(protocol, args.objects[0], work, args.descriptor_dim, iterations),
+            **run_ablations(
+                protocol, args.objects[0], work, args.descriptor_dim, iterations, args.ablation_supervision
+            ),
         }
         atomic_write_json(Path(args.out), result)
         print(json.dumps({k: {m: v[m] for m in METRICS} for k, v in result["ablations"].items()}, indent=1))
