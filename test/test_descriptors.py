@@ -45,7 +45,7 @@ def test_network_gives_d_channels_at_input_resolution_for_any_size():
         for width, height in ((64, 48), (70, 45), (33, 97)):
             assert net(torch.randn(1, 3, height, width)).shape == (1, 5, height, width)
     with pytest.raises(DescriptorConfigError, match="too small"):
-        net(torch.randn(1, 3, 20, 64))
+        net(torch.randn(1, 3, 10, 64))
     with pytest.raises(DescriptorConfigError, match="positive integer"):
         DescriptorNet(0)
     with pytest.raises(DescriptorConfigError, match="unknown backbone"):

@@ -157,7 +157,7 @@ def test_service_start_cancel_and_bad_requests(nodes, rclpy_node, data_root):
         ),
         (
             StartTraining.Request(
-                object_name="blocks", config_overrides_yaml="{descriptors: {correspondences: {width: 40}}}"
+                object_name="blocks", config_overrides_yaml="{descriptors: {correspondences: {width: 16}}}"
             ),
             "too small for the network",
         ),

@@ -30,13 +30,13 @@ CACHE_VERSION = 2
 
 @dataclass
 class CorrespondenceConfig:
-    width: int = 320  # working (training) resolution, at most the camera's (0 = the camera's); height keeps the aspect
+    width: int = 320  # working (training) resolution, at most the camera's; height keeps the aspect
     min_overlap: float = 0.3  # pairs share at least this fraction of object pixels
     seed: int = 0
     matching: CorrespondenceMatchingConfig = field(default_factory=CorrespondenceMatchingConfig)
 
     def __post_init__(self):
-        require_at_least(self, 0, "width")
+        require_at_least(self, 1, "width")
 
 
 @dataclass

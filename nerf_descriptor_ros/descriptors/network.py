@@ -19,8 +19,9 @@ from nerf_descriptor_ros.descriptors.backbones import DescriptorConfigError, bac
 DEFAULT_BACKBONE = "efficientnet_lite0"
 # Five stride-2 steps down to the deepest stage: inputs are padded to a multiple of this.
 SIZE_MULTIPLE = 32
-# Smallest image side the network accepts (one cell of the deepest stage).
-MIN_SIZE = 32
+# Smallest image side the network accepts: half a cell of the deepest stage (the input is padded
+# to whole cells; below this it would be mostly padding).
+MIN_SIZE = 16
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3) -> nn.Sequential:

@@ -107,8 +107,8 @@ def object_pixel_uv(view: ViewGeometry) -> np.ndarray:
 
 def working_intrinsics(frame: Frame, width: int) -> CameraIntrinsics:
     """The frame's camera resampled to ``width`` pixels wide, keeping its aspect ratio; never wider
-    than the camera (an upsampled image has no finer detail to learn from), and 0 = the camera's width."""
+    than the camera (an upsampled image has no finer detail to learn from)."""
     intr = frame.intrinsics
-    width = min(width, intr.width) if width else intr.width
+    width = min(width, intr.width)
     height = max(1, int(round(intr.height * width / intr.width)))
     return intr.scaled(width, height)
