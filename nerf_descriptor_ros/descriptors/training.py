@@ -52,7 +52,15 @@ from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
-LOSSES = ("contrastive", "distributional", "both", "regression", "regression+distributional")
+# Each loss setting and the terms it sums.
+LOSS_TERMS = {
+    "contrastive": ("contrastive",),
+    "distributional": ("distributional",),
+    "both": ("contrastive", "distributional"),
+    "regression": ("regression",),
+    "regression+distributional": ("regression", "distributional"),
+}
+LOSSES = tuple(LOSS_TERMS)
 INITS = ("imagenet", "random")
 SUPPORTS = ("object", "image")
 # The object support of the distributional loss reaches this far past B's mask, so that the
@@ -132,7 +140,8 @@ class PairSampler:
             size = (view.intrinsics.width, view.intrinsics.height)
             self.images[index] = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         self.size = size
-        self.surface = surface_frame(cache.views) if config.loss.startswith("regression") else None
+        self.terms = LOSS_TERMS[config.loss]
+        self.surface = surface_frame(cache.views) if "regression" in self.terms else None
 
     def draw(self, rng: np.random.Generator, attempts: int = 20):
         """One pair: (image_a, image_b float HxWx3, CorrespondenceBatch of numpy arrays)."""
@@ -170,10 +179,7 @@ class PairSampler:
         chosen = rng.permutation(len(uv_a))[: cfg.matches_per_pair or None]
         uv_a, uv_b = uv_a[chosen], uv_b[chosen]
 
-        mask_b = warp_image(view_b.mask.astype(np.uint8), m_b, nearest=True, size=size) > 0
-        # Object pixels of B are everything inside the warped mask; background the rest of the
-        # warped image (pixels from outside the source image are not background, so excluded).
-        valid_b = warp_image(np.ones(self.size[::-1], np.uint8), m_b, nearest=True, size=size) > 0
+        mask_b, valid_b = self._regions(view_b, m_b, size)
         object_b = np.stack(np.nonzero(mask_b)[::-1], -1)
         background_b = np.stack(np.nonzero(valid_b & ~mask_b)[::-1], -1)
         k = cfg.nonmatches_per_match
@@ -189,25 +195,30 @@ class PairSampler:
 
         image_a = photometric(warp_image(self.images[a], m_a, size=size), rng, cfg.augmentation)
         image_b = photometric(warp_image(self.images[b], m_b, size=size), rng, cfg.augmentation)
-        support_b = None
-        if cfg.distributional_support == "object":
+        batch = CorrespondenceBatch(uv_a, uv_b, nonmatch_a, nonmatch_b, background_a, background_b_uv)
+        if "distributional" in self.terms and cfg.distributional_support == "object":
             kernel = np.ones((2 * SUPPORT_DILATION_PX + 1,) * 2, np.uint8)
-            support_b = cv2.dilate(mask_b.astype(np.uint8), kernel) > 0
-        batch = CorrespondenceBatch(uv_a, uv_b, nonmatch_a, nonmatch_b, background_a, background_b_uv, support_b)
+            batch.support_b = cv2.dilate(mask_b.astype(np.uint8), kernel) > 0
         if self.surface is not None:
-            batch.surface_a = self._surface(view_a, m_a, size, rng)
-            batch.surface_b = self._surface(view_b, m_b, size, rng)
+            batch.surface_a = self._surface(view_a, m_a, size, self._regions(view_a, m_a, size), rng)
+            batch.surface_b = self._surface(view_b, m_b, size, (mask_b, valid_b), rng)
         return image_a, image_b, batch
 
-    def _surface(self, view, matrix: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> SurfaceTargets:
+    def _regions(self, view, matrix: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(object, valid) masks of a view where the augmentation put it: object pixels are the
+        warped mask; pixels from outside the source image are not valid, so not background either."""
+        mask = warp_image(view.mask.astype(np.uint8), matrix, nearest=True, size=size) > 0
+        valid = warp_image(np.ones(self.size[::-1], np.uint8), matrix, nearest=True, size=size) > 0
+        return mask, valid
+
+    def _surface(self, view, matrix, size, regions, rng: np.random.Generator) -> SurfaceTargets:
         """Regression targets of one view's object pixels, and as many of its background pixels,
-        where the augmentation put them."""
+        where the augmentation put them (``regions`` from :meth:`_regions`)."""
         dim = self.config.descriptor_dim
         uv, targets = view_targets(view, self.surface, dim, self.config.mode, rng)
         uv = warp_points(uv, matrix)
         keep = in_bounds(uv, *size)
-        mask = warp_image(view.mask.astype(np.uint8), matrix, nearest=True, size=size) > 0
-        valid = warp_image(np.ones(self.size[::-1], np.uint8), matrix, nearest=True, size=size) > 0
+        mask, valid = regions
         background = np.stack(np.nonzero(valid & ~mask)[::-1], -1).astype(np.float64)
         if len(background):
             background = background[rng.integers(len(background), size=max(int(keep.sum()), 1))]
@@ -247,17 +258,18 @@ def pair_loss(desc_a, desc_b, batch: CorrespondenceBatch, config: TrainingConfig
     """The configured loss for one pair of descriptor images."""
     loss = desc_a.new_zeros(())
     stats = {}
-    if config.loss in ("contrastive", "both"):
+    terms = LOSS_TERMS[config.loss]
+    if "contrastive" in terms:
         contrastive, stats = pixelwise_contrastive_loss(desc_a, desc_b, batch, config.margin, config.background_weight)
         loss = loss + contrastive
-    if config.loss.startswith("regression"):
+    if "regression" in terms:
         regression = 0.5 * (
             regression_loss(desc_a, batch.surface_a, config.background_weight)
             + regression_loss(desc_b, batch.surface_b, config.background_weight)
         )
         stats["regression"] = regression.item()
         loss = loss + regression
-    if config.loss in ("distributional", "both", "regression+distributional"):
+    if "distributional" in terms:
         k = config.distributional_matches
         distributional = distributional_loss(
             desc_a, desc_b, batch.match_a[:k], batch.match_b[:k], config.distributional_sigma_px, batch.support_b

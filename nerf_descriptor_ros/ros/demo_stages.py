@@ -17,7 +17,7 @@ from std_srvs.srv import Trigger
 from nerf_descriptor_ros.action import TrainObject, ViewSweep
 from nerf_descriptor_ros.data.dataset import write_png
 from nerf_descriptor_ros.geometry import invert, transform_points
-from nerf_descriptor_ros.keypoints.definition import AUTO_GRASP_NAME, KEYPOINTS_NAME, depth_at, moved_point_pixel
+from nerf_descriptor_ros.keypoints.definition import AUTO_GRASP_NAME, KEYPOINTS_NAME, moved_point_pixel
 from nerf_descriptor_ros.msg import KeypointMatches
 from nerf_descriptor_ros.ros.conversions import (
     image_to_depth_m,
@@ -203,11 +203,11 @@ def live_trials(
                     record["keypoint_error_px"] = round(
                         float(np.hypot(found.u - expected[0], found.v - expected[1])), 2
                     )
-                    # In metres on the object: the found pixel through the simulator's depth.
-                    z = depth_at(depth, found.u, found.v)
-                    seen = transform_points(T_base_cam, intrinsics.backproject(np.array([[found.u, found.v]]), [z]))
-                    error_m = float(np.linalg.norm(seen[0] - point_now))
-                    record["keypoint_error_mm"] = round(1000.0 * error_m, 2) if np.isfinite(error_m) else None
+                    # In metres on the object: the node's 3D point (its pixel through the depth image).
+                    record["keypoint_error_mm"] = None
+                    if found.has_point:
+                        seen = transform_points(T_base_cam, np.array([[found.point.x, found.point.y, found.point.z]]))
+                        record["keypoint_error_mm"] = round(1000.0 * float(np.linalg.norm(seen[0] - point_now)), 2)
                 else:
                     record["keypoint_error_px"] = None
             if trial < pictured_trials:
