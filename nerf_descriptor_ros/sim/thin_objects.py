@@ -5,11 +5,16 @@ which the background shows, where an expected depth smears foreground and backgr
 These generators build such objects from tubes swept along curves, with proportions varied by a
 seed so that evaluation does not hinge on one shape. Units are metres; the object rests on the
 plane z = 0 with its footprint centred on the origin.
+
+The URDF's visual is the mesh; its collision is one capsule per straight piece of wire (the
+swept curves simplified to within half a wire radius), so that the simulator's contacts see the
+gaps between the wires: a single mesh collision would be turned into its convex hull, a solid
+blob through which no finger fits between two tines.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +22,39 @@ import numpy as np
 from nerf_descriptor_ros.data.dataset import atomic_write_bytes, validate_object_name
 
 KINDS = ("fork", "whisk", "basket")
+# A wire's collision capsules follow its curve to within this fraction of its radius.
+SEGMENT_TOLERANCE = 0.5
 
 
 @dataclass
 class WireMesh:
     vertices: np.ndarray  # (V, 3) float
     faces: np.ndarray  # (F, 3) int, counter-clockwise seen from outside
+    # The wire's straight pieces, for collision shapes: end points (S, 2, 3) and radii (S,).
+    segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 3)))
+    radii: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.vertices.min(0), self.vertices.max(0)
+
+
+def simplify(path: np.ndarray, tolerance: float) -> np.ndarray:
+    """The points of polyline ``path`` to keep so that every dropped point lies within
+    ``tolerance`` of the straight piece that replaces it (greedy, from the start)."""
+    keep, start = [0], 0
+    while start < len(path) - 1:
+        end = start + 1
+        while end + 1 < len(path):
+            a, b = path[start], path[end + 1]
+            chord = b - a
+            inner = path[start + 1 : end + 1] - a
+            along = np.clip(inner @ chord / max(chord @ chord, 1e-24), 0.0, 1.0)
+            if np.linalg.norm(inner - along[:, None] * chord, axis=1).max() > tolerance:
+                break
+            end += 1
+        keep.append(end)
+        start = end
+    return path[keep]
 
 
 def tube(path: np.ndarray, radius: float, sides: int = 8, closed: bool = False) -> WireMesh:
@@ -62,7 +91,13 @@ def tube(path: np.ndarray, radius: float, sides: int = 8, closed: bool = False) 
         for j in range(sides):
             faces.append((first, (j + 1) % sides, j))
             faces.append((last, end + j, end + (j + 1) % sides))
-    return WireMesh(vertices, np.asarray(faces, dtype=np.int64))
+    pieces = simplify(path, SEGMENT_TOLERANCE * radius)
+    if not closed:  # a capsule's round end reaches its radius past its end point: end at the caps
+        for end, inner in ((0, 1), (-1, -2)):
+            step = pieces[inner] - pieces[end]
+            pieces[end] += step * min(radius / max(np.linalg.norm(step), 1e-12), 0.5)
+    segments = np.stack([pieces[:-1], pieces[1:]], axis=1)
+    return WireMesh(vertices, np.asarray(faces, dtype=np.int64), segments, np.full(len(segments), float(radius)))
 
 
 def merge(meshes: list[WireMesh]) -> WireMesh:
@@ -71,7 +106,10 @@ def merge(meshes: list[WireMesh]) -> WireMesh:
         vertices.append(mesh.vertices)
         faces.append(mesh.faces + offset)
         offset += len(mesh.vertices)
-    return WireMesh(np.concatenate(vertices), np.concatenate(faces))
+    segments = np.concatenate([mesh.segments for mesh in meshes])
+    return WireMesh(
+        np.concatenate(vertices), np.concatenate(faces), segments, np.concatenate([m.radii for m in meshes])
+    )
 
 
 def _line(a, b, n: int = 2) -> np.ndarray:
@@ -168,7 +206,7 @@ def make_thin_object(kind: str, seed: int = 0) -> WireMesh:
     mesh = GENERATORS[kind](np.random.default_rng(seed))
     lo, hi = mesh.bounds()
     shift = np.array([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]])
-    return WireMesh(mesh.vertices + shift, mesh.faces)
+    return WireMesh(mesh.vertices + shift, mesh.faces, mesh.segments + shift, mesh.radii)
 
 
 def obj_text(mesh: WireMesh) -> str:
@@ -178,7 +216,29 @@ def obj_text(mesh: WireMesh) -> str:
     return "\n".join(lines) + "\n"
 
 
-def urdf_text(name: str, mesh_file: str, rgba=(0.75, 0.75, 0.78, 1.0), mass: float = 0.05) -> str:
+def collision_xml(mesh: WireMesh) -> str:
+    """One URDF ``<collision>`` per segment of ``mesh``: a capsule (axis along its local z) from
+    one end point to the other, with the wire's radius."""
+    if not len(mesh.segments):
+        raise ValueError("the wire mesh has no segments to make collision shapes from")
+    elements = []
+    for (a, b), radius in zip(mesh.segments, mesh.radii):
+        d = b - a
+        length = float(np.linalg.norm(d))
+        if length < 1e-9:
+            continue
+        mid = (a + b) / 2
+        pitch = np.arctan2(np.hypot(d[0], d[1]), d[2])  # z turned onto d: about y, then about z
+        yaw = np.arctan2(d[1], d[0])
+        elements.append(
+            f'    <collision><origin xyz="{mid[0]:.6f} {mid[1]:.6f} {mid[2]:.6f}" rpy="0 {pitch:.6f} {yaw:.6f}"/>'
+            f'<geometry><capsule radius="{radius:.6f}" length="{length:.6f}"/></geometry></collision>'
+        )
+    return "\n".join(elements)
+
+
+def urdf_text(name: str, mesh_file: str, collisions: str, rgba=(0.75, 0.75, 0.78, 1.0), mass: float = 0.05) -> str:
+    """The URDF of a thin object: ``mesh_file`` as its visual, ``collisions`` (collision_xml) as its shape."""
     color = " ".join(f"{c:.3f}" for c in rgba)
     geometry = f'<geometry><mesh filename="{mesh_file}" scale="1 1 1"/></geometry>'
     return f"""<?xml version="1.0"?>
@@ -188,7 +248,7 @@ def urdf_text(name: str, mesh_file: str, rgba=(0.75, 0.75, 0.78, 1.0), mass: flo
       <inertia ixx="1e-4" ixy="0" ixz="0" iyy="1e-4" iyz="0" izz="1e-4"/></inertial>
     <visual><origin xyz="0 0 0"/>{geometry}
       <material name="{name}_material"><color rgba="{color}"/></material></visual>
-    <collision><origin xyz="0 0 0"/>{geometry}</collision>
+{collisions}
   </link>
 </robot>
 """
@@ -200,5 +260,5 @@ def write_thin_object(out_dir: str | Path, kind: str, seed: int = 0, rgba=(0.75,
     out_dir = Path(out_dir)
     mesh = make_thin_object(kind, seed)
     atomic_write_bytes(out_dir / f"{name}.obj", obj_text(mesh).encode())
-    atomic_write_bytes(out_dir / f"{name}.urdf", urdf_text(name, f"{name}.obj", rgba).encode())
+    atomic_write_bytes(out_dir / f"{name}.urdf", urdf_text(name, f"{name}.obj", collision_xml(mesh), rgba).encode())
     return out_dir / f"{name}.urdf"
