@@ -88,10 +88,11 @@ def test_declare_config_renames_and_refuses_with_the_parameter_name(context):
 
 
 def test_the_package_configs_round_trip(context):
+    from nerf_descriptor_ros.grasping.gripper import GripperConfig
     from nerf_descriptor_ros.grasping.planner import GraspConfig
     from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig
 
-    for config_cls in (SimConfig, GraspConfig, KeypointMatchingConfig, PoseSourceConfig):
+    for config_cls in (SimConfig, GraspConfig, GripperConfig, KeypointMatchingConfig, PoseSourceConfig):
         assert declare_config(_node(context), config_cls) == config_cls()
     rpy = declare_config(_node(context, {"object_rpy_deg": [90, 0, 0]}), SimConfig).object_rpy_deg
     assert rpy == (90.0, 0.0, 0.0)

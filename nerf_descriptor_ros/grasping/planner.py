@@ -72,11 +72,12 @@ class Grasp:
     closing_source: str  # "object_width" or "image_axis"
 
 
-def depth_points_near(
+def depth_window(
     depth: np.ndarray, intrinsics: CameraIntrinsics, u: float, v: float, centre_cam: np.ndarray, radius_m: float
 ) -> np.ndarray:
-    """(N, 3) camera-frame points of ``depth`` (z metres, NaN unknown; registered to the colour
-    camera, any resolution) within ``radius_m`` of ``centre_cam``, looked for around pixel (u, v)."""
+    """(h, w, 3) camera-frame points of the pixels of ``depth`` (z metres, NaN unknown; registered to
+    the colour camera, any resolution) around pixel (u, v) that can lie within ``radius_m`` of
+    ``centre_cam``, as an image (NaN where the depth is unknown); (0, 0, 3) when none."""
     height, width = depth.shape
     camera = intrinsics.scaled(width, height)  # the depth image's own camera
     sx, sy = width / intrinsics.width, height / intrinsics.height
@@ -87,10 +88,19 @@ def depth_points_near(
     c0, c1 = max(int(col) - half_u, 0), min(int(col) + half_u + 1, width)
     r0, r1 = max(int(row) - half_v, 0), min(int(row) + half_v + 1, height)
     if c0 >= c1 or r0 >= r1:
-        return np.zeros((0, 3))
+        return np.zeros((0, 0, 3))
     cols, rows = np.meshgrid(np.arange(c0, c1, dtype=np.float64), np.arange(r0, r1, dtype=np.float64))
     points = camera.backproject(np.stack([cols.ravel(), rows.ravel()], -1), depth[r0:r1, c0:c1])
-    points = points[np.isfinite(points).all(1)]  # unknown depth lifts to NaN
+    return points.reshape(r1 - r0, c1 - c0, 3)  # unknown depth lifts to NaN
+
+
+def depth_points_near(
+    depth: np.ndarray, intrinsics: CameraIntrinsics, u: float, v: float, centre_cam: np.ndarray, radius_m: float
+) -> np.ndarray:
+    """(N, 3) camera-frame points of ``depth`` (z metres, NaN unknown; registered to the colour
+    camera, any resolution) within ``radius_m`` of ``centre_cam``, looked for around pixel (u, v)."""
+    points = depth_window(depth, intrinsics, u, v, centre_cam, radius_m).reshape(-1, 3)
+    points = points[np.isfinite(points).all(1)]
     return points[np.linalg.norm(points - centre_cam, axis=1) <= radius_m]
 
 

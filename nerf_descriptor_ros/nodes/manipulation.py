@@ -11,7 +11,21 @@ PickAndLift.srv) in ``base_frame``, published on ``grasp/target``.
 ``~/grasp`` (std_srvs/Trigger) sends the newest target, if younger than ``max_target_age_s``, to
 the ``pick_service`` (PickAndLift, the simulator's ``/sim_robot/pick_and_lift``) and answers with
 its result; with ``execute: true`` the node does this once by itself, at the first target. While
-a pick runs, matches are ignored (the camera moves with the arm).
+a pick runs, matches are ignored (the camera moves with the arm). A pick that the service answers
+as failed is tried again, up to ``max_grasp_attempts`` picks in all: the node waits (at most
+``redetect_timeout_s``) for a grasp target from a match stamped after the failed pick ended, then
+picks there, unless that target is the failed grasp again (a refused pick leaves the camera where
+it was, and the same view gives the same grasp).
+
+``grasp_planner`` chooses how a match becomes a grasp: ``surface`` (grasping/planner.py: into the
+keypoint's surface, closing across the object's narrow side) or ``antipodal`` (grasping/
+depth_grasps.py: antipodal grasps sampled on the depth around the keypoint and checked against the
+gripper's fingers and palm, the ``gripper_`` parameters). With ``antipodal`` every match's
+candidates are published best first, as ``geometry_msgs/PoseArray`` on ``~/grasp_candidates``
+(base frame, the match's stamp), with their scores (in [0, 1], higher is better) in the same order as
+``std_msgs/Float32MultiArray`` on ``~/grasp_candidate_scores``, published just before them; the
+best is the grasp target. Where no candidate fits, both are published empty, a warning says why,
+and the target comes from the ``surface`` planner.
 """
 
 from __future__ import annotations
@@ -20,13 +34,18 @@ import threading
 import time
 
 import numpy as np
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseArray, PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 from std_srvs.srv import Trigger
 
 from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import pose_distance
+from nerf_descriptor_ros.grasping.antipodal import AntipodalConfig, AntipodalGrasps
+from nerf_descriptor_ros.grasping.depth_grasps import DepthSurfaceConfig, antipodal_grasps_from_depth
+from nerf_descriptor_ros.grasping.gripper import GripperConfig
 from nerf_descriptor_ros.grasping.planner import GraspConfig, plan_grasp
 from nerf_descriptor_ros.msg import KeypointMatches
 from nerf_descriptor_ros.ros import callback_boundary as boundary
@@ -35,6 +54,7 @@ from nerf_descriptor_ros.ros.conversions import (
     camera_info_to_intrinsics,
     image_to_depth_m,
     matrix_to_pose_msg,
+    pose_msg_to_matrix,
     stamp_to_ns,
 )
 from nerf_descriptor_ros.ros.depth_inputs import subscribe_depth_and_camera_info
@@ -47,10 +67,24 @@ from nerf_descriptor_ros.srv import PickAndLift
 # Matches arrive one network pass after their image: keep about a second of depth images.
 DEPTH_CACHE_SIZE = 30
 WARN_PERIOD_S = 2.0
+# A fresh target this close to a failed pick's is that grasp again: no retry there.
+SAME_GRASP_M = 0.002
+SAME_GRASP_DEG = 2.0
 
-# The node's own parameters; the grasp's are GraspConfig's fields, the pose source's PoseSourceConfig's.
+GRASP_PLANNERS = ("surface", "antipodal")
+
+# The node's own parameters; the surface planner's are GraspConfig's fields, the gripper's
+# GripperConfig's (with a gripper_ prefix), the antipodal sampler's AntipodalConfig's and
+# DepthSurfaceConfig's (with an antipodal_ prefix, but table_z_m), the pose source's PoseSourceConfig's.
 PARAMETERS = (
     ("grasp_keypoint", "grasp", "name of the keypoint to grasp at"),
+    (
+        "grasp_planner",
+        "surface",
+        "how a keypoint match becomes a grasp: surface (into the keypoint's surface, closing across the "
+        "object's narrow side) or antipodal (antipodal grasps sampled on the depth around the keypoint that fit "
+        "the gripper, published ranked on ~/grasp_candidates; surface where none fits)",
+    ),
     ("approach_keypoint", "", "approach 'keypoints': the keypoint the gripper comes from"),
     ("min_confidence", 0.0, "matches with a lower confidence make no target"),
     (
@@ -64,7 +98,14 @@ PARAMETERS = (
     ("pre_grasp_distance_m", 0.0, "approach length sent with a pick; 0 = the service's default"),
     ("lift_height_m", 0.0, "lift height sent with a pick; 0 = the service's default"),
     ("pick_timeout_s", 120.0, "how long a pick may take"),
-    ("execute", False, "pick at the first grasp target, once, by itself"),
+    (
+        "max_grasp_attempts",
+        1,
+        "picks per ~/grasp call (or execute): after a pick the service answers as failed, the node waits for "
+        "a fresh grasp target (a keypoint match stamped after that pick) and picks again, up to this many in all",
+    ),
+    ("redetect_timeout_s", 10.0, "after a failed pick, how long to wait for a fresh grasp target to try again"),
+    ("execute", False, "pick at the first grasp target, once (with its retries), by itself"),
 )
 
 
@@ -79,9 +120,20 @@ class ManipulationNode(Node):
         super().__init__("manipulation", **kwargs)
         p = declare_parameters(self, PARAMETERS)
         self.grasp_config = declare_config(self, GraspConfig)
+        self.gripper_config = declare_config(self, GripperConfig, "gripper_")  # gripper_max_opening_m, ...
+        self.antipodal_config = declare_config(self, AntipodalConfig, "antipodal_")
+        self.surface_config = declare_config(self, DepthSurfaceConfig, "antipodal_", names={"table_z_m": "table_z_m"})
         poses = declare_config(self, PoseSourceConfig)
         if not p["grasp_keypoint"]:
             raise ManipulationError("parameter grasp_keypoint must not be empty")
+        if p["grasp_planner"] not in GRASP_PLANNERS:
+            raise ManipulationError(f"grasp_planner {p['grasp_planner']!r} unknown; choose one of {GRASP_PLANNERS}")
+        if p["grasp_planner"] == "antipodal" and not p["use_depth"]:
+            raise ManipulationError(
+                "grasp_planner antipodal samples grasps on the depth image: it needs use_depth true"
+            )
+        if p["max_grasp_attempts"] < 1 or not p["redetect_timeout_s"] >= 0:
+            raise ManipulationError("max_grasp_attempts must be >= 1 and redetect_timeout_s >= 0")
         if self.grasp_config.approach == "keypoints" and not p["approach_keypoint"]:
             raise ManipulationError("approach 'keypoints' needs approach_keypoint: the keypoint the gripper comes from")
         self.grasp_keypoint = p["grasp_keypoint"]
@@ -96,14 +148,21 @@ class ManipulationNode(Node):
         self.lift_height_m = p["lift_height_m"]
         self.execute = p["execute"]
         self.use_depth = p["use_depth"]
+        self.grasp_planner = p["grasp_planner"]
+        self.max_grasp_attempts = p["max_grasp_attempts"]
+        self.redetect_timeout_s = p["redetect_timeout_s"]
 
         self._state = threading.Lock()
+        self._new_target = threading.Condition(self._state)  # notified when a target is stored
         self._depths = StampedCache(DEPTH_CACHE_SIZE)
         self._camera_info: CameraInfo | None = None
         self._target: PoseStamped | None = None
         self._target_received = 0.0  # monotonic time of the newest target
         self._why_no_target = f"no keypoint matches received on {self.resolve_topic_name(topics.KEYPOINT_MATCHES)}"
-        self._picking = False
+        self._picking = False  # the arm is moving: matches are ignored
+        self._busy = False  # a pick, with its retries, is running: ~/grasp refuses another
+        self._picks = 0  # picks started: a match planned across one makes no target
+        self._picked_until_ns = 0  # while busy, matches stamped before the last pick ended make no target
         self._executed = False
 
         self.pose_source = make_pose_source(self, poses, MutuallyExclusiveCallbackGroup())
@@ -119,15 +178,25 @@ class ManipulationNode(Node):
         if self.use_depth:
             subscribe_depth_and_camera_info(self, self._on_depth, self._on_camera_info)
         self._target_pub = self.create_publisher(PoseStamped, topics.GRASP_TARGET, 10)
+        if self.grasp_planner == "antipodal":
+            self._candidates_pub = self.create_publisher(PoseArray, "~/grasp_candidates", 10)
+            self._scores_pub = self.create_publisher(Float32MultiArray, "~/grasp_candidate_scores", 10)
         calls = ReentrantCallbackGroup()
         self._pick_client = self.create_client(PickAndLift, p["pick_service"], callback_group=calls)
         boundary.create_service(self, Trigger, "~/grasp", self._on_grasp, callback_group=calls)
         self.get_logger().info(
-            f"ready: grasping keypoint {self.grasp_keypoint!r} ({self.grasp_config.approach} approach) "
+            f"ready: grasping keypoint {self.grasp_keypoint!r} ({self._planner_description()}) "
             f"from {self.resolve_topic_name(topics.KEYPOINT_MATCHES)}; camera poses from "
             f"{self.pose_source.description}; picks through {self._pick_client.srv_name}"
             f"{'; executing the first target' if self.execute else ''}"
+            f"{f'; up to {self.max_grasp_attempts} picks per grasp' if self.max_grasp_attempts > 1 else ''}"
         )
+
+    def _planner_description(self) -> str:
+        surface = f"{self.grasp_config.approach} approach"
+        if self.grasp_planner == "surface":
+            return surface
+        return f"antipodal grasps for a {self.gripper_config.max_opening_m * 1000:.0f} mm gripper, else {surface}"
 
     # ---- inputs -----------------------------------------------------------------------------
 
@@ -145,9 +214,12 @@ class ManipulationNode(Node):
         self.get_logger().warning(why, throttle_duration_sec=WARN_PERIOD_S)
 
     def _on_matches(self, msg: KeypointMatches) -> None:
+        stamp_ns = stamp_to_ns(msg.header.stamp)
         with self._state:
-            if self._picking:
+            # While a pick runs the camera moves with the arm; a retry waits for an image from after it.
+            if self._picking or (self._busy and stamp_ns < self._picked_until_ns):
                 return
+            picks = self._picks
         by_name = {m.name: m for m in msg.keypoints}
         grasp = by_name.get(self.grasp_keypoint)
         if grasp is None:
@@ -174,41 +246,87 @@ class ManipulationNode(Node):
                 f"{grasp.confidence:.2f} < min_confidence {self.min_confidence:.2f}"
             )
             return
-        stamp_ns = stamp_to_ns(msg.header.stamp)
         try:
             T_base_cam = self.pose_source.pose_at(
                 stamp_ns, self.camera_frame or msg.header.frame_id, self.pose_timeout_s
             )
             depth, intrinsics = self._depth_at(stamp_ns)
-            second = by_name.get(self.approach_keypoint)
-            second_point = (
-                np.array([second.point.x, second.point.y, second.point.z])
-                if second is not None and second.found and second.has_point
-                else None
-            )
-            plan = plan_grasp(
-                np.array([grasp.point.x, grasp.point.y, grasp.point.z]),
-                T_base_cam,
-                self.grasp_config,
-                (grasp.u, grasp.v),
-                depth,
-                intrinsics,
-                second_point,
-            )
+            point_cam, uv = np.array([grasp.point.x, grasp.point.y, grasp.point.z]), (grasp.u, grasp.v)
+            T_base_tcp = None
+            if self.grasp_planner == "antipodal":
+                T_base_tcp = self._antipodal_grasp(msg.header, point_cam, T_base_cam, uv, depth, intrinsics)
+            if T_base_tcp is None:
+                second = by_name.get(self.approach_keypoint)
+                second_point = (
+                    np.array([second.point.x, second.point.y, second.point.z])
+                    if second is not None and second.found and second.has_point
+                    else None
+                )
+                plan = plan_grasp(point_cam, T_base_cam, self.grasp_config, uv, depth, intrinsics, second_point)
+                T_base_tcp = plan.T_base_tcp
         except (NerfDescriptorError, ValueError) as exc:
             self._no_target(f"no grasp target from the matches stamped {stamp_ns / 1e9:.3f} s: {exc}")
             return
         target = PoseStamped()
         target.header.stamp = msg.header.stamp
         target.header.frame_id = self.base_frame
-        target.pose = matrix_to_pose_msg(plan.T_base_tcp)
+        target.pose = matrix_to_pose_msg(T_base_tcp)
         with self._state:
+            if self._picking or self._picks != picks:
+                return  # a pick began while this match was planned
             self._target, self._target_received = target, time.monotonic()
+            self._new_target.notify_all()
             start_pick = self.execute and not self._executed
             self._executed |= start_pick
         self._target_pub.publish(target)
         if start_pick:
             threading.Thread(target=self._execute_once, daemon=True).start()
+
+    def _antipodal_grasp(self, header, point_cam, T_base_cam, uv, depth, intrinsics) -> np.ndarray | None:
+        """The best antipodal grasp's T_base_tcp, once every candidate is published; None (with a
+        warning, and no candidates published) where none fits the gripper."""
+        grasps = None
+        if depth is None:
+            why = f"no depth image or camera info for the matches' stamp ({topics.DEPTH}, {topics.CAMERA_INFO})"
+        else:
+            try:
+                grasps = antipodal_grasps_from_depth(
+                    point_cam,
+                    T_base_cam,
+                    uv,
+                    depth,
+                    intrinsics,
+                    self.surface_config,
+                    self.gripper_config,
+                    self.antipodal_config,
+                )
+            except (NerfDescriptorError, ValueError) as exc:
+                why = str(exc)
+        self._publish_candidates(header, grasps)
+        if grasps is None:
+            self.get_logger().warning(
+                f"antipodal: {why}; grasping where the surface planner says instead",
+                throttle_duration_sec=WARN_PERIOD_S,
+            )
+            return None
+        self.get_logger().info(
+            f"antipodal: {grasps.summary()}; the best: score {grasps.scores[0]:.2f}, "
+            f"{grasps.widths[0] * 1000:.0f} mm wide, {grasps.contact_points[0]} points between the fingers",
+            throttle_duration_sec=WARN_PERIOD_S,
+        )
+        return grasps.T_base_tcp[0]
+
+    def _publish_candidates(self, header, grasps: AntipodalGrasps | None) -> None:
+        """The candidates best first on ~/grasp_candidates, their scores just before (empty for none)."""
+        poses = PoseArray()
+        poses.header.stamp, poses.header.frame_id = header.stamp, self.base_frame
+        scores = Float32MultiArray()
+        if grasps is not None:
+            poses.poses = [matrix_to_pose_msg(T) for T in grasps.T_base_tcp]
+            scores.data = [float(x) for x in grasps.scores]
+        scores.layout.dim = [MultiArrayDimension(label="candidate", size=len(poses.poses), stride=len(poses.poses))]
+        self._scores_pub.publish(scores)
+        self._candidates_pub.publish(poses)
 
     def _depth_at(self, stamp_ns: int):
         if not self.use_depth:
@@ -233,9 +351,10 @@ class ManipulationNode(Node):
             self.get_logger().error(f"execute: {message}")
 
     def pick(self) -> tuple[bool, str]:
-        """Send the newest target to the pick service; (success, what happened)."""
+        """Send the newest target to the pick service and, while it answers with a failure, a fresh
+        target after each, up to ``max_grasp_attempts`` picks; (success, what happened)."""
         with self._state:
-            if self._picking:
+            if self._busy:
                 return False, "a pick is already running"
             target, age = self._target, time.monotonic() - self._target_received
             if target is None or age > self.max_target_age_s:
@@ -245,27 +364,76 @@ class ManipulationNode(Node):
                     else f"the newest target is {age:.1f} s old (max_target_age_s {self.max_target_age_s:.1f})"
                 )
                 return False, f"no grasp target: {why}"
+            self._busy = True
+        attempts, reports, failed = self.max_grasp_attempts, [], None
+        try:
+            for attempt in range(1, attempts + 1):
+                if attempt > 1:
+                    target = self._wait_for_fresh_target()
+                    if target is None:
+                        with self._state:
+                            why = self._why_no_target
+                        reports.append(
+                            f"no fresh grasp target within {self.redetect_timeout_s:g} s to try again ({why})"
+                        )
+                        break
+                    moved, turned = pose_distance(pose_msg_to_matrix(target.pose), failed)
+                    if moved <= SAME_GRASP_M and turned <= SAME_GRASP_DEG:
+                        # A refused pick leaves the camera where it was: the same view, the same grasp.
+                        reports.append("not tried again: the fresh grasp target is where the failed one was")
+                        break
+                success, message, answered = self._pick_once(target)
+                failed = pose_msg_to_matrix(target.pose)
+                reports.append(message if attempts == 1 else f"attempt {attempt}/{attempts}: {message}")
+                if success or not answered:
+                    return success, "; ".join(reports)
+                if attempt < attempts:
+                    self.get_logger().warning(f"pick failed ({message}); trying again at a fresh grasp target")
+            return False, "; ".join(reports)
+        finally:
+            with self._state:
+                self._busy = False
+
+    def _wait_for_fresh_target(self) -> PoseStamped | None:
+        """The first target stored after the last pick (see _on_matches), or None after redetect_timeout_s."""
+        deadline = time.monotonic() + self.redetect_timeout_s
+        with self._new_target:
+            while self._target is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._new_target.wait(left)
+            return self._target
+
+    def _pick_once(self, target: PoseStamped) -> tuple[bool, str, bool]:
+        """One call of the pick service at ``target``: (success, what happened, whether it answered)."""
+        with self._state:
             self._picking = True
+            self._picks += 1
+        called = False
         try:
             if not self._pick_client.wait_for_service(timeout_sec=2.0):
-                return False, f"the pick service {self._pick_client.srv_name} is not available"
+                return False, f"the pick service {self._pick_client.srv_name} is not available", False
             request = PickAndLift.Request(
                 grasp_pose=target, pre_grasp_distance_m=self.pre_grasp_distance_m, lift_height_m=self.lift_height_m
             )
             done = threading.Event()
             future = self._pick_client.call_async(request)
+            called = True
             future.add_done_callback(lambda _: done.set())
             if not done.wait(self.pick_timeout_s):
                 self._pick_client.remove_pending_request(future)
-                return False, f"no answer from {self._pick_client.srv_name} within {self.pick_timeout_s:.0f} s"
+                return False, f"no answer from {self._pick_client.srv_name} within {self.pick_timeout_s:.0f} s", False
             result = future.result()
             p = target.pose.position
             where = f"grasp at ({p.x:.3f}, {p.y:.3f}, {p.z:.3f}) in {self.base_frame}"
-            return bool(result.success), f"{where}: {result.message}"
+            return bool(result.success), f"{where}: {result.message}", True
         finally:
             with self._state:
                 self._picking = False
                 self._target = None  # the object has moved: wait for a fresh target
+                if called:  # the arm may have moved: only images from after this count
+                    self._picked_until_ns = self.get_clock().now().nanoseconds
 
 
 def main(args=None) -> int:

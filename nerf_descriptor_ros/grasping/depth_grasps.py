@@ -1,0 +1,132 @@
+"""Antipodal grasps at a keypoint seen in one depth image: the object's surface around it, then the sampler.
+
+The depth pixels around the keypoint (``planner.depth_window``) are lifted to points; each gets
+the normal of the surface through its neighbours on the pixel grid (``normal_step_px`` pixels to
+each side, across and down), facing the camera. Grid neighbours, not neighbours in space: a
+steep face seen from above is a few pixels wide with its rows of points far apart along the slope,
+and a radius search there finds only the row, a line with no normal, or the top face beside it.
+Normals more than ``max_grazing_deg`` from the line of sight are depth edges, not surface, and
+their points are left out, as are those farther than ``cloud_radius_m`` from the keypoint and
+those within ``table_margin_m`` of the table top (``table_z_m``; the sampler keeps the hand above
+the table plane itself). ``antipodal.sample_antipodal_grasps`` then samples grasps at the keypoint.
+
+One view shows only the surfaces that face the camera: an opposite contact is found where both
+sides of the object part are in view (a thin or tapering part seen from above, whose sides are
+within the friction cone of each other), so on a rounded or wide object there are none, and the
+caller falls back to ``planner.plan_grasp``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nerf_descriptor_ros.config import ConfigError, described
+from nerf_descriptor_ros.geometry import CameraIntrinsics, transform_points
+from nerf_descriptor_ros.grasping.antipodal import AntipodalConfig, AntipodalGrasps, sample_antipodal_grasps
+from nerf_descriptor_ros.grasping.gripper import GripperConfig
+from nerf_descriptor_ros.grasping.planner import GraspError, depth_window
+
+MIN_SURFACE_POINTS = 10  # fewer object points near the keypoint: no surface to grasp
+
+
+@dataclass
+class DepthSurfaceConfig:
+    cloud_radius_m: float = described(
+        0.06, "the object's surface for antipodal grasps: the depth points within this distance of the keypoint (m)"
+    )
+    table_z_m: float = described(
+        0.0,
+        "height of the table top in the base frame (m); 0 in the simulator, whose table top is the arm's "
+        "base plane. The hand stays above it",
+    )
+    table_margin_m: float = described(
+        0.002, "depth points up to this far above the table top are the table, not the object (m)"
+    )
+    normal_step_px: int = described(
+        1, "a point's normal from the points this many pixels to each side of it, across and down (more smooths noise)"
+    )
+    max_grazing_deg: float = described(
+        88.0, "points whose normal is more than this from the line of sight are depth edges, not surface (deg)"
+    )
+
+    def __post_init__(self):
+        if not self.cloud_radius_m > 0:
+            raise ConfigError(f"cloud_radius_m: must be > 0, got {self.cloud_radius_m!r}")
+        if not self.table_margin_m >= 0:
+            raise ConfigError(f"table_margin_m: must be >= 0, got {self.table_margin_m!r}")
+        if self.normal_step_px < 1:
+            raise ConfigError(f"normal_step_px: must be >= 1, got {self.normal_step_px!r}")
+        if not 0.0 < self.max_grazing_deg <= 90.0:
+            raise ConfigError(f"max_grazing_deg: must be in (0, 90], got {self.max_grazing_deg!r}")
+
+
+def grid_normals(grid: np.ndarray, step: int = 1) -> np.ndarray:
+    """(h, w, 3) unit normals of the camera-frame points ``grid`` (h, w, 3), an image of points, from
+    their neighbours ``step`` pixels across and down, facing the camera; NaN within ``step`` of the
+    border and next to unknown points."""
+    normals = np.full(grid.shape, np.nan)
+    if grid.shape[0] <= 2 * step or grid.shape[1] <= 2 * step:
+        return normals
+    across = grid[step:-step, 2 * step :] - grid[step:-step, : -2 * step]  # towards +u
+    down = grid[2 * step :, step:-step] - grid[: -2 * step, step:-step]  # towards +v
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = np.cross(down, across)  # +u x +v is the optical axis, away from the camera: this faces it
+        n /= np.linalg.norm(n, axis=2, keepdims=True)
+        n[np.einsum("ijk,ijk->ij", n, grid[step:-step, step:-step]) > 0] *= -1  # a fold: still the camera's side
+    normals[step:-step, step:-step] = n
+    return normals
+
+
+def depth_surface(
+    point_cam: np.ndarray,
+    T_base_cam: np.ndarray,
+    uv: tuple[float, float],
+    depth: np.ndarray,
+    intrinsics: CameraIntrinsics,
+    config: DepthSurfaceConfig = DepthSurfaceConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) base-frame points of the object around the keypoint at ``point_cam`` (pixel ``uv``)
+    and (N, 3) unit normals facing the camera; GraspError when too few are left."""
+    point_cam = np.asarray(point_cam, dtype=np.float64)
+    grid = depth_window(depth, intrinsics, uv[0], uv[1], point_cam, config.cloud_radius_m)
+    points = grid.reshape(-1, 3)
+    normals = grid_normals(grid, config.normal_step_px).reshape(-1, 3)
+    with np.errstate(invalid="ignore"):
+        sight = -points / np.linalg.norm(points, axis=1, keepdims=True)
+        keep = (
+            np.isfinite(normals).all(1)
+            & (np.einsum("ij,ij->i", normals, sight) >= np.cos(np.radians(config.max_grazing_deg)))
+            & (np.linalg.norm(points - point_cam, axis=1) <= config.cloud_radius_m)
+        )
+    points = transform_points(T_base_cam, points[keep]) if keep.any() else np.zeros((0, 3))
+    normals = normals[keep] @ T_base_cam[:3, :3].T
+    above = points[:, 2] > config.table_z_m + config.table_margin_m
+    points, normals = points[above], normals[above]
+    if len(points) < MIN_SURFACE_POINTS:
+        raise GraspError(
+            f"{len(points)} depth points of the object within cloud_radius_m {config.cloud_radius_m} m of the "
+            f"keypoint, above the table (table_z_m {config.table_z_m} + table_margin_m {config.table_margin_m})"
+        )
+    return points, normals
+
+
+def antipodal_grasps_from_depth(
+    point_cam: np.ndarray,
+    T_base_cam: np.ndarray,
+    uv: tuple[float, float],
+    depth: np.ndarray,
+    intrinsics: CameraIntrinsics,
+    surface: DepthSurfaceConfig = DepthSurfaceConfig(),
+    gripper: GripperConfig = GripperConfig(),
+    config: AntipodalConfig = AntipodalConfig(),
+) -> AntipodalGrasps:
+    """Antipodal grasps (best first, base frame) at the keypoint at ``point_cam`` (camera optical
+    frame, pixel ``uv``) seen in ``depth`` by a camera at ``T_base_cam``; GraspError when none fits."""
+    point_cam = np.asarray(point_cam, dtype=np.float64)
+    if point_cam.shape != (3,) or not np.all(np.isfinite(point_cam)):
+        raise GraspError(f"the grasp point {point_cam.tolist()} is not a finite 3D point")
+    points, normals = depth_surface(point_cam, T_base_cam, uv, depth, intrinsics, surface)
+    target = transform_points(T_base_cam, point_cam[None])[0]
+    return sample_antipodal_grasps(points, normals, target, gripper, config, table_z=surface.table_z_m)
