@@ -14,11 +14,14 @@ export FORMAT DATASET DEST   writes DEST (a new folder) as
     llff        poses_bounds.npy + images/ (+ masks/); bounds from the dataset, its depth or --bounds
     nerfstudio  a plain nerfstudio transforms.json + files
     colmap      images/ + sparse/0 (cameras and poses, no points: for point_triangulator)
+  export mesh|pointcloud DATASET OUT.ply writes the surface of the dataset's NeRF instead
+  (commands/export.py; its options are listed below)
 """
 
 from __future__ import annotations
 
 from nerf_descriptor_ros.commands.arguments import command_parser
+from nerf_descriptor_ros.commands.export import SURFACE_FORMATS, SURFACE_OPTIONS, add_surface_options
 
 _DESCRIPTION = __doc__
 
@@ -36,8 +39,10 @@ def register(subparsers) -> None:
     )
     imp.set_defaults(func=run_import, parser=imp)
 
-    exp = command_parser(subparsers, "export", "export a dataset to LLFF, nerfstudio or COLMAP", _DESCRIPTION)
-    exp.add_argument("format", choices=["llff", "nerfstudio", "colmap"])
+    exp = command_parser(
+        subparsers, "export", "export a dataset to LLFF, nerfstudio or COLMAP, or its NeRF's surface", _DESCRIPTION
+    )
+    exp.add_argument("format", choices=["llff", "nerfstudio", "colmap", *SURFACE_FORMATS])
     exp.add_argument("dataset")
     exp.add_argument("dest")
     exp.add_argument(
@@ -52,6 +57,7 @@ def register(subparsers) -> None:
         type=float,
         help="llff: accept a camera LLFF cannot hold exactly if no pixel moves more than this (default 0.5)",
     )
+    add_surface_options(exp)
     exp.set_defaults(func=run_export, parser=exp)
 
 
@@ -101,7 +107,12 @@ def run_export(args) -> int:
 
     exporters = {"llff": export_llff, "nerfstudio": export_nerfstudio, "colmap": export_colmap}
 
-    kwargs = _refuse_foreign_options(args, {"bounds": ("llff",), "max_pixel_shift": ("llff",)})
+    surface_options = {option: SURFACE_FORMATS for option in SURFACE_OPTIONS}
+    kwargs = _refuse_foreign_options(args, {"bounds": ("llff",), "max_pixel_shift": ("llff",), **surface_options})
+    if args.format in SURFACE_FORMATS:
+        from nerf_descriptor_ros.commands.export import run_surface_export
+
+        return run_surface_export(args)
     with ProgressBars() as bars:
         dest = exporters[args.format](args.dataset, args.dest, report=bars.update, **kwargs)
     print(f"wrote {args.format} to {dest}")

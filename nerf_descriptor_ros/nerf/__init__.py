@@ -3,7 +3,8 @@
 Layout (after nerfstudio): ``config`` (the settings), ``rays`` (camera rays, scene box),
 ``samplers`` (occupancy grid, stratified and importance sampling), ``fields`` (tri-plane and
 classic MLP fields), ``renderer`` (volume rendering, whole cameras), ``model`` (field + sampler +
-background), ``data`` (training rays), ``evaluation``, ``checkpoint``, ``trainer``.
+background), ``data`` (training rays), ``evaluation``, ``checkpoint``, ``trainer``, ``surface_export``
+(the object's surface as a mesh or point cloud).
 """
 
 from nerf_descriptor_ros.nerf.checkpoint import CheckpointError, load_nerf
