@@ -16,9 +16,9 @@ AEPE, PCK@3, PCK@5 at 504x378, the PCK@k area for k = 1..100 and the median erro
 
     ./env.sh python benchmarks/descriptor_quality.py --out FILE [--full] [--work-dir DIR]
 
-The default is the reduced CPU protocol (160x120 captures, short NeRF and descriptor training,
-under 40 minutes on 2 cores); ``--full`` runs the paper's 504x378 protocol with ResNet-34 and
-longer training, meant for a GPU. Timings on a shared CPU are noisy.
+The default is the reduced CPU protocol (320x240 captures, short NeRF and descriptor training,
+two objects in parallel, at most an hour on 2 cores); ``--full`` runs the paper's 504x378
+protocol with longer training, meant for a GPU. Timings on a shared CPU are noisy.
 
 :func:`run_protocol` is the protocol as a function, for a share of it under a time and iteration
 budget (``benchmarks/gpu_suite.py``): objects whose ``<work>/<name>/dataset`` exists are not

@@ -403,7 +403,7 @@ class TrainingPlan:
                     "checkpoint_every": self.descriptor_checkpoint_every,
                     "descriptor_dim": 3,
                     "decoder_channels": 16,
-                    "pairs_per_step": 1,
+                    "views_per_step": 2,
                     "matches_per_pair": 32,
                     "min_matches": 1,
                     "mode": "depth_map",

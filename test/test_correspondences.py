@@ -265,7 +265,7 @@ def test_the_nerf_supervised_chain_exports_a_model(scene_nerf, tmp_path, single_
                 "descriptor_dim": 3,
                 "decoder_channels": 16,
                 "iterations": 2,
-                "pairs_per_step": 1,
+                "views_per_step": 2,
                 "matches_per_pair": 32,
                 "mode": "density_field",
             },

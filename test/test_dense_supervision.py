@@ -103,7 +103,8 @@ def test_a_crop_keeps_the_object_and_its_correspondences(tmp_path):
     rng = np.random.default_rng(0)
     for _ in range(4):
         seed = int(rng.integers(1 << 30))
-        image_a, image_b, batch = PairSampler(cache, dataset, config).draw(np.random.default_rng(seed))
+        images, [(i, j, batch)] = PairSampler(cache, dataset, config).draw(np.random.default_rng(seed))
+        image_a, image_b = images[i], images[j]
         assert image_a.shape == image_b.shape == (48, 64, 3)
         assert batch.support_b.shape == (48, 64) and batch.support_b.mean() > 0.1  # the object is in view
         colours = [
@@ -111,8 +112,26 @@ def test_a_crop_keeps_the_object_and_its_correspondences(tmp_path):
             for im, uv in ((image_a, batch.match_a), (image_b, batch.match_b))
         ]
         assert float((colours[0] - colours[1]).abs().mean()) < 0.06
-        _, _, uncropped = PairSampler(cache, dataset, full).draw(np.random.default_rng(seed))
+        _, [(*_, uncropped)] = PairSampler(cache, dataset, full).draw(np.random.default_rng(seed))
         assert len(uncropped.match_a) > 256 and len(batch.match_a) <= len(uncropped.match_a)
+
+    # A group of four views: one image each, and a loss term for every pair of them that overlaps,
+    # each term's matches still matches.
+    sampler = PairSampler(cache, dataset, config)
+    terms_seen = 0
+    for seed in range(4):
+        images, terms = sampler.draw(np.random.default_rng(seed), views=4)
+        assert len(images) == 4 and len({(min(i, j), max(i, j)) for i, j, _ in terms}) == len(terms)
+        for i, j, group_batch in terms:
+            colours = [
+                sample_descriptors(
+                    torch.from_numpy(images[k].transpose(2, 0, 1)), torch.as_tensor(uv, dtype=torch.float32)
+                )
+                for k, uv in ((i, group_batch.match_a), (j, group_batch.match_b))
+            ]
+            assert float((colours[0] - colours[1]).abs().mean()) < 0.06
+        terms_seen += len(terms)
+    assert terms_seen >= 4 * 3  # a group of four overlapping views gives several pairs, not one
 
 
 def test_surface_targets_agree_across_views_and_the_regression_loss_is_zero_for_them(tmp_path):

@@ -220,7 +220,7 @@ def _tiny_config(**overrides):
         decoder_channels=16,
         iterations=6,
         checkpoint_every=2,
-        pairs_per_step=1,
+        views_per_step=2,
         matches_per_pair=64,
         loss="both",
         mode="depth_map",

@@ -140,7 +140,7 @@ def test_train_and_evaluate_commands(scene_dataset, tmp_path, capsys, single_tor
                     "descriptor_dim": 3,
                     "decoder_channels": 16,
                     "iterations": 3,
-                    "pairs_per_step": 1,
+                    "views_per_step": 2,
                     "matches_per_pair": 32,
                 },
                 "evaluation": {"per_pair": 30},

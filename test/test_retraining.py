@@ -39,7 +39,7 @@ DESCRIPTORS = {
         "decoder_channels": 16,
         "iterations": 2,
         "checkpoint_every": 1,
-        "pairs_per_step": 1,
+        "views_per_step": 2,
         "matches_per_pair": 32,
         "min_matches": 1,
         "mode": "depth_map",

@@ -1,9 +1,10 @@
 """Training a Dense Object Net on cached correspondences (the "descriptors" stage).
 
-Each step draws image pairs that overlap, fresh correspondences for them from the cached depth
+Each step draws a group of views that overlap (the network describes each once; every overlapping
+pair in the group is a loss term), fresh correspondences for each pair from the cached depth
 (in ``density_field`` mode a new depth sample per pixel every time, as NeRF-Supervision does),
-object and background non-matches, augments both images, and minimises the pixelwise contrastive
-loss and/or the distributional loss. Checkpoints are written atomically every few hundred steps,
+object and background non-matches, augments each view, and minimises the configured losses
+(``LOSS_TERMS``). Checkpoints are written atomically every few hundred steps,
 so a killed run resumes; randomness is derived from (seed, step), so a resumed run continues as
 the uninterrupted one would. A checkpoint records the settings and the correspondences' inputs
 (dataset hash, depth source such as the NeRF checkpoint's hash); one of other inputs is replaced
@@ -82,10 +83,12 @@ class TrainingConfig:
     mode: str = "density_field"  # how correspondences are drawn: depth_map | density_field
     loss: str = "distributional"  # contrastive | distributional | both | regression | regression+distributional
     iterations: int = 1500
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     decoder_learning_rate_factor: float = 1.0  # the decoder and head (new layers) learn this many times faster
     weight_decay: float = 1e-4
-    pairs_per_step: int = 2
+    views_per_step: int = (
+        4  # one forward pass of this many overlapping views; every overlapping pair of them is a loss term
+    )
     matches_per_pair: int = 256  # 0 = every valid correspondence of the pair (dense supervision)
     crop_fraction: float = 0.5  # train on windows this fraction of each side, around the object, at full density
     nonmatches_per_match: int = 4  # object non-matches, and as many background ones
@@ -109,7 +112,8 @@ class TrainingConfig:
         if not isinstance(self.descriptor_dim, int) or self.descriptor_dim < 1:
             raise ConfigError(f"descriptor_dim: must be a positive integer, got {self.descriptor_dim!r}")
         require_iterations(self)
-        require_at_least(self, 1, "decoder_channels", "pairs_per_step", "checkpoint_every", "distributional_matches")
+        require_at_least(self, 1, "decoder_channels", "checkpoint_every", "distributional_matches")
+        require_at_least(self, 2, "views_per_step")
         require_at_least(self, 0, "matches_per_pair", "nonmatches_per_match", "min_matches")
         require_at_least(self, 0.0, "learning_rate", "decoder_learning_rate_factor")
         if not 0.1 <= self.crop_fraction <= 1.0:
@@ -124,12 +128,28 @@ class TrainingResult:
     stats: dict
 
 
+@dataclass
+class AugmentedView:
+    """A training view as the network sees it this step, and where its pixels came from."""
+
+    image: np.ndarray  # float HxWx3 in [0, 1]
+    matrix: np.ndarray  # 2x3: source pixel -> this image's pixel
+    size: tuple[int, int]
+    mask: np.ndarray  # object pixels, warped
+    valid: np.ndarray  # pixels that came from inside the source image
+    surface: SurfaceTargets | None
+
+
 class PairSampler:
     """Draws augmented training pairs with their matches and non-matches from the cache."""
 
     def __init__(self, cache: CorrespondenceCache, dataset: Dataset, config: TrainingConfig):
         self.cache, self.config = cache, config
         self.pairs = cache.pairs
+        self.neighbours = {index: set() for index in cache.views}
+        for a, b, _ in self.pairs:
+            self.neighbours[a].add(b)
+            self.neighbours[b].add(a)
         self.matching = cache.matching
         by_index = {f.index: f for f in dataset.frames}
         self.images = {}
@@ -143,35 +163,57 @@ class PairSampler:
         self.terms = LOSS_TERMS[config.loss]
         self.surface = surface_frame(cache.views) if "regression" in self.terms else None
 
-    def draw(self, rng: np.random.Generator, attempts: int = 20):
-        """One pair: (image_a, image_b float HxWx3, CorrespondenceBatch of numpy arrays)."""
+    def draw(self, rng: np.random.Generator, views: int = 2, attempts: int = 20):
+        """Up to ``views`` views that overlap, augmented: (images float HxWx3, [(i, j, batch)]) with
+        a CorrespondenceBatch of numpy arrays for every overlapping pair (i, j) of them. The
+        network describes each view once and every pair adds a loss term: more supervision per
+        forward pass than disjoint pairs give."""
         for _ in range(attempts):
             a, b, _ = self.pairs[rng.integers(len(self.pairs))]
-            sample = self._make(a, b, rng)
-            if sample is not None:
-                return sample
+            group = [a, b]
+            others = [v for v in self.neighbours[a] | self.neighbours[b] if v not in group]
+            if others and views > 2:
+                group += [int(v) for v in rng.permutation(sorted(others))[: views - 2]]
+            linked = [(i, j) for i in range(len(group)) for j in range(i + 1, len(group))]
+            linked = [
+                (i, j) if rng.random() < 0.5 else (j, i) for i, j in linked if group[j] in self.neighbours[group[i]]
+            ]
+            augmented = [self._augment(v, rng) for v in group]
+            terms = []
+            for i, j in linked:
+                batch = self._pair(group[i], group[j], augmented[i], augmented[j], rng)
+                if batch is not None:
+                    terms.append((i, j, batch))
+            if terms:
+                return [view.image for view in augmented], terms
         raise CorrespondenceError(
             f"{attempts} drawn view pairs in a row gave fewer than {self.config.min_matches} "
             f"matches in {self.config.mode} mode: the cached depth does not support "
             "correspondences (check the NeRF or lower min_matches)"
         )
 
-    def _make(self, a: int, b: int, rng: np.random.Generator):
+    def _augment(self, index: int, rng: np.random.Generator) -> AugmentedView:
+        """One view warped (similarity, then a window around the object) and recoloured."""
         cfg = self.config
-        view_a, view_b = self.cache.views[a], self.cache.views[b]
-        uv_a, uv_b = find_correspondences(view_a, view_b, cfg.mode, rng, config=self.matching)
+        view = self.cache.views[index]
+        matrix = random_similarity(rng, *self.size, cfg.augmentation)
+        size = self.size
+        if cfg.crop_fraction < 1.0:
+            size = tuple(max(MIN_SIZE, round(side * cfg.crop_fraction)) for side in self.size)
+            matrix = crop_around(matrix, view.mask, size, rng)
+        image = photometric(warp_image(self.images[index], matrix, size=size), rng, cfg.augmentation)
+        mask, valid = self._regions(view, matrix, size)
+        surface = self._surface(view, matrix, size, (mask, valid), rng) if self.surface is not None else None
+        return AugmentedView(image, matrix, size, mask, valid, surface)
+
+    def _pair(self, a: int, b: int, view_a: AugmentedView, view_b: AugmentedView, rng: np.random.Generator):
+        """The batch of matches and non-matches from augmented view A to B, or None if too few."""
+        cfg = self.config
+        uv_a, uv_b = find_correspondences(self.cache.views[a], self.cache.views[b], cfg.mode, rng, config=self.matching)
         if len(uv_a) < cfg.min_matches:
             return None
-        m_a = random_similarity(rng, *self.size, cfg.augmentation)
-        m_b = random_similarity(rng, *self.size, cfg.augmentation)
-        width, height = self.size
-        if cfg.crop_fraction < 1.0:
-            width, height = (max(MIN_SIZE, round(side * cfg.crop_fraction)) for side in self.size)
-            m_a = crop_around(m_a, view_a.mask, (width, height), rng)
-            m_b = crop_around(m_b, view_b.mask, (width, height), rng)
-        size = (width, height)
-        uv_a, uv_b = warp_points(uv_a, m_a), warp_points(uv_b, m_b)
-        keep = in_bounds(uv_a, width, height) & in_bounds(uv_b, width, height)
+        uv_a, uv_b = warp_points(uv_a, view_a.matrix), warp_points(uv_b, view_b.matrix)
+        keep = in_bounds(uv_a, *view_a.size) & in_bounds(uv_b, *view_b.size)
         uv_a, uv_b = uv_a[keep], uv_b[keep]
         if len(uv_a) < cfg.min_matches:
             return None
@@ -179,9 +221,8 @@ class PairSampler:
         chosen = rng.permutation(len(uv_a))[: cfg.matches_per_pair or None]
         uv_a, uv_b = uv_a[chosen], uv_b[chosen]
 
-        mask_b, valid_b = self._regions(view_b, m_b, size)
-        object_b = np.stack(np.nonzero(mask_b)[::-1], -1)
-        background_b = np.stack(np.nonzero(valid_b & ~mask_b)[::-1], -1)
+        object_b = np.stack(np.nonzero(view_b.mask)[::-1], -1)
+        background_b = np.stack(np.nonzero(view_b.valid & ~view_b.mask)[::-1], -1)
         k = cfg.nonmatches_per_match
         query = np.repeat(np.arange(len(uv_a)), k)
         nonmatch_a = nonmatch_b = background_a = background_b_uv = np.zeros((0, 2))
@@ -193,16 +234,12 @@ class PairSampler:
             background_a = uv_a[query]
             background_b_uv = background_b[rng.integers(len(background_b), size=len(query))].astype(np.float64)
 
-        image_a = photometric(warp_image(self.images[a], m_a, size=size), rng, cfg.augmentation)
-        image_b = photometric(warp_image(self.images[b], m_b, size=size), rng, cfg.augmentation)
         batch = CorrespondenceBatch(uv_a, uv_b, nonmatch_a, nonmatch_b, background_a, background_b_uv)
         if "distributional" in self.terms and cfg.distributional_support == "object":
             kernel = np.ones((2 * SUPPORT_DILATION_PX + 1,) * 2, np.uint8)
-            batch.support_b = cv2.dilate(mask_b.astype(np.uint8), kernel) > 0
-        if self.surface is not None:
-            batch.surface_a = self._surface(view_a, m_a, size, self._regions(view_a, m_a, size), rng)
-            batch.surface_b = self._surface(view_b, m_b, size, (mask_b, valid_b), rng)
-        return image_a, image_b, batch
+            batch.support_b = cv2.dilate(view_b.mask.astype(np.uint8), kernel) > 0
+        batch.surface_a, batch.surface_b = view_a.surface, view_b.surface
+        return batch
 
     def _regions(self, view, matrix: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(object, valid) masks of a view where the augmentation put it: object pixels are the
@@ -372,17 +409,14 @@ def train_descriptors(
     for iteration in range(start, config.iterations):
         check_cancelled(cancel)
         rng = np.random.default_rng([config.seed, iteration])
-        samples = [sampler.draw(rng) for _ in range(config.pairs_per_step)]
-        images = _normalise([im for s in samples for im in s[:2]], net.normalisation, torch_device)
-        descriptors = net(images)
+        images, terms = sampler.draw(rng, config.views_per_step)
+        descriptors = net(_normalise(images, net.normalisation, torch_device))
         losses, step_stats = [], {}
-        for i, (_, _, batch) in enumerate(samples):
-            loss, stats = pair_loss(
-                descriptors[2 * i], descriptors[2 * i + 1], _to_tensor_batch(batch, torch_device), config
-            )
+        for i, j, batch in terms:
+            loss, stats = pair_loss(descriptors[i], descriptors[j], _to_tensor_batch(batch, torch_device), config)
             losses.append(loss)
             for key, value in stats.items():
-                step_stats[key] = step_stats.get(key, 0.0) + value / len(samples)
+                step_stats[key] = step_stats.get(key, 0.0) + value / len(terms)
         total = torch.stack(losses).mean()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
