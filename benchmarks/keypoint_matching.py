@@ -25,6 +25,18 @@ errors in mm and camera pixels. JSON key ``any_point``: the view ranges and ``pe
 
     ./env.sh python benchmarks/keypoint_matching.py --any-point --model M1 --dataset D1 \
         --model M2 --dataset D2 --out FILE
+
+With ``--pose`` (implies ``--any-point``) the same views also score the live object pose
+(``live/object_pose.py``) from ``--pose-points`` pose points, sampled as the descriptor node samples
+them, against the simulator's true motion of the object: the error of the object's frame in mm and
+degrees, within 5 mm and 3 degrees or not, for PnP alone (``pnp``), with the matches' depth
+(``depth_matches``) and with ICP against the depth image after that (``depth_matches_icp``, the
+node's default; ``_normals_1px``: its normals from adjacent pixels instead of 3 apart); the
+first three also with the pose points matched at full size (``_full_size``; the node pools by 2). The
+simulator's depth is exact; ``--pose-depth-noise-mm`` adds Gaussian noise to it, as a depth
+camera's, for the pose. JSON key ``object_pose`` in each ``per_object`` entry.
+
+    ./env.sh python benchmarks/keypoint_matching.py --pose --model M --dataset D --out FILE
 """
 
 from __future__ import annotations
@@ -101,7 +113,15 @@ def main() -> int:
     parser.add_argument(
         "--any-point", action="store_true", help="the any-point keypoint metric of every model/dataset pair instead"
     )
+    parser.add_argument(
+        "--pose", action="store_true", help="--any-point and the live object pose's error on the same views"
+    )
+    parser.add_argument("--pose-points", type=int, default=200, help="pose points the object pose is found from")
+    parser.add_argument(
+        "--pose-depth-noise-mm", type=float, default=0.0, help="Gaussian noise added to the exact simulated depth"
+    )
     args = parser.parse_args()
+    args.any_point = args.any_point or args.pose
     if len(args.model) != len(args.dataset) or (len(args.model) > 1 and not args.any_point):
         parser.error("give one --dataset per --model (several pairs only with --any-point)")
 
@@ -223,7 +243,13 @@ def any_point(args) -> int:
     for model_dir, dataset_dir in zip(args.model, args.dataset):
         began = time.monotonic()
         result = any_point_on_new_placements(
-            load_model(model_dir), Dataset.load(dataset_dir), args.placements, args.views, args.seed
+            load_model(model_dir),
+            Dataset.load(dataset_dir),
+            args.placements,
+            args.views,
+            args.seed,
+            pose_points=args.pose_points if args.pose else 0,
+            depth_noise_m=args.pose_depth_noise_mm / 1000.0,
         )
         result.update(model=str(Path(model_dir).resolve()), dataset=str(Path(dataset_dir).resolve()))
         result["seconds"] = round(time.monotonic() - began, 1)
@@ -235,6 +261,14 @@ def any_point(args) -> int:
             f"of {result['pairs']} (keypoint, view) pairs",
             flush=True,
         )
+        for method, pose in ((k, v) for k, v in result.get("object_pose", {}).items() if isinstance(v, dict)):
+            if "trials" in pose:
+                print(
+                    f"{name:24s} object pose {method:28s} within 5 mm and 3 deg {pose['within_tolerance']}  "
+                    f"median {pose['median_mm']} mm {pose['median_deg']} deg  refused {pose['refused']} "
+                    f"of {pose['trials']}",
+                    flush=True,
+                )
     within = [r["within_10mm"] for r in per_object.values() if r["within_10mm"] is not None]
     result = {
         "any_point": {

@@ -133,6 +133,61 @@ def rotation_vector(R: np.ndarray) -> np.ndarray:
     return Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_rotvec()
 
 
+def rotation_from_vector(rvec) -> np.ndarray:
+    """3x3 rotation of a rotation vector (axis times angle in radians), as OpenCV's PnP returns it."""
+    return Rotation.from_rotvec(np.asarray(rvec, dtype=np.float64).reshape(3)).as_matrix()
+
+
+def rigid_from_vector(rvec, tvec) -> np.ndarray:
+    """4x4 from a rotation vector and a translation (``cv2.solvePnP``'s output)."""
+    T = np.eye(4)
+    T[:3, :3] = rotation_from_vector(rvec)
+    T[:3, 3] = np.asarray(tvec, dtype=np.float64).reshape(3)
+    return T
+
+
+def fit_similarity(source, target, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """Least-squares ``target ~ s R source + t`` for N >= 3 point pairs (Umeyama 1991; Kabsch with
+    ``with_scale=False``, s = 1): returns (s, R, t), or None when the source points are (nearly) on
+    one line, which leaves the rotation about it undetermined."""
+    source, target = np.asarray(source, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if len(source) < 3:
+        return None
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    xs, xt = source - mu_s, target - mu_t
+    spread = np.linalg.svd(xs, compute_uv=False)
+    if spread[1] <= 1e-6 * spread[0]:
+        return None
+    U, D, Vt = np.linalg.svd(xt.T @ xs / len(source))
+    S = np.eye(3)
+    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
+        S[2, 2] = -1.0
+    R = U @ S @ Vt
+    scale = float(np.trace(np.diag(D) @ S) / (xs**2).sum(1).mean()) if with_scale else 1.0
+    return scale, R, mu_t - scale * R @ mu_s
+
+
+def grid_normals(grid: np.ndarray, step: int = 1, max_gap_m: float | None = None) -> np.ndarray:
+    """(h, w, 3) unit normals of an image of camera-frame points ``grid`` (h, w, 3; NaN unknown),
+    from their neighbours ``step`` pixels across and down, facing the camera. NaN within ``step`` of
+    the border, next to unknown points and, with ``max_gap_m``, across depth edges (neighbours more
+    than ``max_gap_m`` per pixel of ``step`` apart)."""
+    normals = np.full(grid.shape, np.nan)
+    if grid.shape[0] <= 2 * step or grid.shape[1] <= 2 * step:
+        return normals
+    across = grid[step:-step, 2 * step :] - grid[step:-step, : -2 * step]  # towards +u
+    down = grid[2 * step :, step:-step] - grid[: -2 * step, step:-step]  # towards +v
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = np.cross(down, across)  # +u x +v is the optical axis, away from the camera: this faces it
+        n /= np.linalg.norm(n, axis=2, keepdims=True)
+        n[np.einsum("ijk,ijk->ij", n, grid[step:-step, step:-step]) > 0] *= -1  # a fold: still the camera's side
+        if max_gap_m is not None:
+            gap = 2 * step * max_gap_m
+            n[(np.linalg.norm(across, axis=2) > gap) | (np.linalg.norm(down, axis=2) > gap)] = np.nan
+    normals[step:-step, step:-step] = n
+    return normals
+
+
 def pose_distance(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:
     """(translation distance in metres, rotation angle in degrees) between two poses."""
     return (float(np.linalg.norm(T_a[:3, 3] - T_b[:3, 3])), rotation_angle_deg(T_a[:3, :3], T_b[:3, :3]))

@@ -22,7 +22,7 @@ from message_inbox import Inbox
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Header, String
+from std_msgs.msg import Float32, Header, String
 from synthetic_scenes import Scene, orbit_poses, textured_objects_scene, write_scene_dataset
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -34,8 +34,15 @@ from nerf_descriptor_ros.geometry import invert, transform_points
 from nerf_descriptor_ros.keypoints.definition import KEYPOINTS_NAME, KeypointSet, KeypointSpec, define_keypoints
 from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints
 from nerf_descriptor_ros.keypoints.matching import locate_keypoints
+from nerf_descriptor_ros.live.pose_points import POSE_POINTS_NAME
 from nerf_descriptor_ros.msg import KeypointMatches
-from nerf_descriptor_ros.ros.conversions import array_to_image, image_to_array, intrinsics_to_camera_info, ns_to_stamp
+from nerf_descriptor_ros.ros.conversions import (
+    array_to_image,
+    image_to_array,
+    intrinsics_to_camera_info,
+    ns_to_stamp,
+    pose_msg_to_matrix,
+)
 from nerf_descriptor_ros.srv import LoadModel, SetGraspPoint
 
 pytestmark = pytest.mark.ros
@@ -135,6 +142,8 @@ def test_outputs_have_their_encodings_and_the_source_header_and_keypoints_their_
     dense = Inbox(node, Image, "descriptors/image", qos_profile_sensor_data)
     visual = Inbox(node, Image, "descriptors/visualization", qos_profile_sensor_data)
     markers = Inbox(node, MarkerArray, "keypoints/markers")
+    poses = Inbox(node, PoseStamped, "/descriptor/object_pose")
+    confidences = Inbox(node, Float32, "/descriptor/object_pose_confidence")
     camera = Camera(node)
     frame, keypoints = scene_model["frame"], scene_model["keypoints"]
     rgb, depth = frame.load_image(), frame.load_depth()
@@ -172,6 +181,18 @@ def test_outputs_have_their_encodings_and_the_source_header_and_keypoints_their_
             np.linalg.norm([match.point.x - expected[0], match.point.y - expected[1], match.point.z - expected[2]])
             < 0.006
         )
+    # The object's pose in the same optical frame: a training view, so where it was at capture (the
+    # pose points' centroid, base-frame axes), within what a random network's matches and ICP give.
+    pose = poses.wait_for(lambda m: m.header.stamp == header.stamp, what="object pose")
+    assert pose.header == header
+    T_cam_object = pose_msg_to_matrix(pose.pose)  # refuses NaN
+    stored = json.loads((scene_model["model_dir"] / POSE_POINTS_NAME).read_text())["keypoints"]
+    T_then = np.eye(4)
+    T_then[:3, 3] = np.mean([p["point"] for p in stored], axis=0)
+    expected = invert(frame.c2w) @ T_then
+    assert np.linalg.norm(T_cam_object[:3, 3] - expected[:3, 3]) < 0.01
+    assert np.allclose(T_cam_object[:3, :3], expected[:3, :3], atol=0.1)
+    confidences.wait_for(lambda c: 0.0 < c.data <= 1.0, what="a pose's confidence")
     array = markers.wait_for(lambda m: m.markers and m.markers[0].header.stamp == header.stamp)
     spheres = [m for m in array.markers if m.type == Marker.SPHERE]
     assert len(spheres) == 2 and all(m.action == Marker.ADD and m.header.frame_id == FRAME_ID for m in spheres)

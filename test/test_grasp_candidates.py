@@ -17,14 +17,16 @@ from std_srvs.srv import Trigger
 from synthetic_scenes import Scene
 from synthetic_scenes import box_mesh as axis_aligned_box
 
-from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, pose_to_matrix, transform_points
-from nerf_descriptor_ros.grasping.antipodal import AntipodalConfig
-from nerf_descriptor_ros.grasping.depth_grasps import (
-    DepthSurfaceConfig,
-    antipodal_grasps_from_depth,
-    depth_surface,
+from nerf_descriptor_ros.geometry import (
+    CameraIntrinsics,
     grid_normals,
+    invert,
+    look_at,
+    pose_to_matrix,
+    transform_points,
 )
+from nerf_descriptor_ros.grasping.antipodal import AntipodalConfig
+from nerf_descriptor_ros.grasping.depth_grasps import DepthSurfaceConfig, antipodal_grasps_from_depth, depth_surface
 from nerf_descriptor_ros.grasping.gripper import GripperConfig
 from nerf_descriptor_ros.grasping.planner import GraspConfig, GraspError, plan_grasp
 from nerf_descriptor_ros.msg import KeypointMatch, KeypointMatches

@@ -4,6 +4,10 @@ Shared by the demo's report and ``benchmarks/keypoint_matching.py --any-point``:
 by area on the model's training views, the object put at new random placements in a ``SimWorld``
 built as the dataset's capture was, and seen from live views drawn as the demo's live trials draw
 them (``sim.views.random_live_view``).
+
+With ``pose_points`` the same views also score the live object pose (``live/object_pose.py``,
+from the model's pose points as the live node builds them) against the simulator's true motion of
+the object, without and with the view's depth (:func:`object_pose_scores`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from nerf_descriptor_ros.geometry import CameraIntrinsics
+from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, pose_distance
 from nerf_descriptor_ros.keypoints.any_point import (
     ANY_POINT_COUNT,
     ANY_POINT_SEED,
@@ -22,7 +26,14 @@ from nerf_descriptor_ros.keypoints.any_point import (
     summarize,
 )
 from nerf_descriptor_ros.keypoints.definition import KeypointSet
-from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig
+from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig, model_max_distance
+from nerf_descriptor_ros.live.object_pose import (
+    ObjectPoseConfig,
+    ObjectPoseError,
+    match_pose_points,
+    pose_from_locations,
+)
+from nerf_descriptor_ros.live.pose_points import build_pose_points
 from nerf_descriptor_ros.sim.config import SimConfig
 from nerf_descriptor_ros.sim.ground_truth import GROUND_TRUTH_NAME
 from nerf_descriptor_ros.sim.views import LIVE_ELEVATION_RANGE_DEG, live_view_distance, live_views_of_new_placements
@@ -48,9 +59,13 @@ def any_point_on_new_placements(
     config: KeypointMatchingConfig = KeypointMatchingConfig(),
     count: int = ANY_POINT_COUNT,
     keypoint_seed: int = ANY_POINT_SEED,
+    pose_points: int = 0,
+    depth_noise_m: float = 0.0,
 ) -> dict:
     """The metric's summary (``keypoints.any_point.summarize``) for ``model`` (a DescriptorModel)
-    trained on ``dataset`` (simulated, with its ground truth), with how it was measured."""
+    trained on ``dataset`` (simulated, with its ground truth), with how it was measured; with
+    ``pose_points`` > 0 also ``object_pose`` (:func:`object_pose_scores` on the same views, its depth
+    with ``depth_noise_m`` of Gaussian noise)."""
     from nerf_descriptor_ros.sim.world import SimWorld
 
     truth = json.loads((dataset.root / GROUND_TRUTH_NAME).read_text())["object"]
@@ -63,8 +78,14 @@ def any_point_on_new_placements(
     intrinsics = dataset.frames[0].intrinsics
     with SimWorld(sim_config_for(truth, intrinsics)) as world:
         placed = live_views_of_new_placements(world, T_then, centre_then, radius, placements, views, seed)
-        rendered = ((T_now, frame.rgb, frame.depth, frame.T_base_cam) for _, T_now, frame in placed)
-        records = score_views(model.describe, keypoints, rendered, T_then, world.intrinsics, config)
+        rendered = [(T_now, frame.rgb, frame.depth, frame.T_base_cam) for _, T_now, frame in placed]
+        live_intrinsics = world.intrinsics
+    records = score_views(model.describe, keypoints, rendered, T_then, live_intrinsics, config)
+    extra = {}
+    if pose_points > 0:
+        extra["object_pose"] = object_pose_scores(
+            model, dataset, rendered, T_then, live_intrinsics, pose_points, depth_noise_m
+        )
     return {
         "object": truth.get("name") or truth["source"],
         "keypoints": count,
@@ -79,6 +100,92 @@ def any_point_on_new_placements(
         "symmetry": "none declared",
         "matching": asdict(config),
         **summarize(records),
+        **extra,
+    }
+
+
+POSE_TOLERANCE_MM = 5.0
+POSE_TOLERANCE_DEG = 3.0
+POSE_METHODS = (  # label: ObjectPoseConfig settings; the node's default last
+    ("pnp_full_size", {"use_depth": False, "match_stride": 1}),
+    ("depth_matches_full_size", {"icp": False, "match_stride": 1}),
+    ("depth_matches_icp_full_size", {"match_stride": 1}),
+    ("pnp", {"use_depth": False}),
+    ("depth_matches", {"icp": False}),
+    ("depth_matches_icp_normals_1px", {"icp_normal_step_px": 1}),  # sharper normals, noisier
+    ("depth_matches_icp", {}),
+)
+
+
+def object_pose_scores(
+    model,
+    dataset,
+    views,
+    T_object_then: np.ndarray,
+    intrinsics: CameraIntrinsics,
+    count: int,
+    depth_noise_m: float = 0.0,
+) -> dict:
+    """The live object pose in every view ``(T_object_now, rgb, true depth, T_base_cam)``, from
+    ``count`` pose points, against the true motion ``T_object_now @ inv(T_object_then)``: the error
+    of the object's frame (its pose points' centroid) in mm and degrees, PnP alone, with the
+    matches' depth, and with ICP against the depth image after that (the node's default).
+    A refused pose is a miss (outside every tolerance, an infinite error in the medians). The
+    simulator's depth is exact: ``depth_noise_m`` adds Gaussian noise (fixed seed) as a sensor's."""
+    points = build_pose_points(model.describe, dataset, model, count)
+    matching = KeypointMatchingConfig(max_distance=model_max_distance(model.manifest))
+    size = (intrinsics.width, intrinsics.height)
+    rows = {label: [] for label, _ in POSE_METHODS}
+    configs = {label: ObjectPoseConfig(**settings) for label, settings in POSE_METHODS}
+    rng = np.random.default_rng(0)
+    for T_now, rgb, depth, T_base_cam in views:
+        if depth_noise_m > 0:
+            depth = (depth + rng.normal(0.0, depth_noise_m, depth.shape)).astype(np.float32)
+        descriptors = model.describe(rgb)
+        located = {
+            stride: match_pose_points(descriptors, points, size, depth, intrinsics, matching, stride)
+            for stride in {config.match_stride for config in configs.values()}
+        }
+        motion = T_now @ invert(T_object_then)
+        for label, config in configs.items():
+            locations = located[config.match_stride]
+            try:
+                pose = pose_from_locations(points, locations, intrinsics, config, T_base_cam, depth)
+            except ObjectPoseError:
+                rows[label].append((np.inf, np.inf, 0.0, 0))
+                continue
+            mm, deg = pose_distance(pose.T_base_object, motion @ pose.T_base_object_then)
+            rows[label].append((1000.0 * mm, deg, pose.confidence, pose.inlier_count))
+    return {
+        "pose_points": len(points),
+        "depth_noise_m": depth_noise_m,
+        "tolerance": {"mm": POSE_TOLERANCE_MM, "deg": POSE_TOLERANCE_DEG},
+        "error_of": "the object's frame (its pose points' centroid), moved by the estimated vs. the true motion",
+        **{label: _pose_summary(np.array(rows[label], dtype=np.float64).reshape(-1, 4)) for label in rows},
+    }
+
+
+def _pose_summary(rows: np.ndarray) -> dict:
+    mm, deg, confidence, inliers = rows.T
+    within = (mm <= POSE_TOLERANCE_MM) & (deg <= POSE_TOLERANCE_DEG)
+    confident = confidence >= np.median(confidence) if len(rows) else np.zeros(0, bool)
+    confident_within = round(float(within[confident].mean()), 4) if confident.any() else None
+
+    def stat(values, q):
+        value = float(np.percentile(values, q)) if len(values) else float("nan")
+        return round(value, 3) if np.isfinite(value) else None
+
+    return {
+        "trials": len(rows),
+        "refused": int(np.isinf(mm).sum()),
+        "within_tolerance": round(float(within.mean()), 4) if len(rows) else None,
+        "median_mm": stat(mm, 50),
+        "p90_mm": stat(mm, 90),
+        "median_deg": stat(deg, 50),
+        "p90_deg": stat(deg, 90),
+        "median_inliers": stat(inliers, 50),
+        "median_confidence": stat(confidence, 50),
+        "within_tolerance_confidence_above_median": confident_within,
     }
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nerf_descriptor_ros.config import ConfigError, described
-from nerf_descriptor_ros.geometry import CameraIntrinsics, transform_points
+from nerf_descriptor_ros.geometry import CameraIntrinsics, grid_normals, transform_points
 from nerf_descriptor_ros.grasping.antipodal import AntipodalConfig, AntipodalGrasps, sample_antipodal_grasps
 from nerf_descriptor_ros.grasping.gripper import GripperConfig
 from nerf_descriptor_ros.grasping.planner import GraspError, depth_window
@@ -60,23 +60,6 @@ class DepthSurfaceConfig:
             raise ConfigError(f"normal_step_px: must be >= 1, got {self.normal_step_px!r}")
         if not 0.0 < self.max_grazing_deg <= 90.0:
             raise ConfigError(f"max_grazing_deg: must be in (0, 90], got {self.max_grazing_deg!r}")
-
-
-def grid_normals(grid: np.ndarray, step: int = 1) -> np.ndarray:
-    """(h, w, 3) unit normals of the camera-frame points ``grid`` (h, w, 3), an image of points, from
-    their neighbours ``step`` pixels across and down, facing the camera; NaN within ``step`` of the
-    border and next to unknown points."""
-    normals = np.full(grid.shape, np.nan)
-    if grid.shape[0] <= 2 * step or grid.shape[1] <= 2 * step:
-        return normals
-    across = grid[step:-step, 2 * step :] - grid[step:-step, : -2 * step]  # towards +u
-    down = grid[2 * step :, step:-step] - grid[: -2 * step, step:-step]  # towards +v
-    with np.errstate(invalid="ignore", divide="ignore"):
-        n = np.cross(down, across)  # +u x +v is the optical axis, away from the camera: this faces it
-        n /= np.linalg.norm(n, axis=2, keepdims=True)
-        n[np.einsum("ijk,ijk->ij", n, grid[step:-step, step:-step]) > 0] *= -1  # a fold: still the camera's side
-    normals[step:-step, step:-step] = n
-    return normals
 
 
 def depth_surface(

@@ -1,8 +1,8 @@
-"""One camera image through the live pipeline: describe, then match, then the images to publish.
+"""One camera image through the live pipeline: describe, then match, then the outputs to publish.
 
 Each output is computed when asked, so that the node publishes the keypoint matches (what a
-robot waits for) before it packages the dense and colour images. The frame keeps the model and
-the keypoint set it started with: a model or keypoints replaced meanwhile apply from the next frame.
+robot waits for) before the object pose and the dense and colour images. The frame keeps the
+model, keypoints and pose points it started with: ones replaced meanwhile apply from the next frame.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ import torch.nn.functional as F
 from nerf_descriptor_ros.geometry import CameraIntrinsics
 from nerf_descriptor_ros.keypoints.matching import KeypointLocation, match_keypoints
 from nerf_descriptor_ros.live.model import LiveModel
+from nerf_descriptor_ros.live.object_pose import (
+    ObjectPose,
+    ObjectPoseConfig,
+    ObjectPoseError,
+    match_pose_points,
+    pose_from_locations,
+)
 
 
 def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -27,6 +34,7 @@ class DescribedFrame:
     def __init__(self, live: LiveModel, rgb: np.ndarray):
         self.live = live
         self.keypoints = live.keypoints
+        self.pose_points = live.pose_points
         self.image_size = (rgb.shape[1], rgb.shape[0])
         self.descriptors = live.engine.describe(rgb)  # (D, h, w) at the model's input size
 
@@ -37,6 +45,28 @@ class DescribedFrame:
         if len(self.keypoints) == 0:
             return []
         return match_keypoints(self.descriptors, self.keypoints, self.image_size, depth, intrinsics, self.live.matching)
+
+    def object_pose(
+        self,
+        intrinsics: CameraIntrinsics,
+        depth: np.ndarray | None = None,
+        config: ObjectPoseConfig = ObjectPoseConfig(),
+        T_base_cam: np.ndarray | None = None,
+    ) -> ObjectPose:
+        """The object's pose from the pose points' matches (``live/object_pose.py``); ObjectPoseError
+        when the model has no pose points or the matches give no trustworthy pose."""
+        if self.pose_points is None:
+            raise ObjectPoseError("object pose: the model has no pose points (see the warning at its loading)")
+        locations = match_pose_points(
+            self.descriptors,
+            self.pose_points,
+            self.image_size,
+            depth,
+            intrinsics,
+            self.live.matching,
+            config.match_stride,
+        )
+        return pose_from_locations(self.pose_points, locations, intrinsics, config, T_base_cam, depth)
 
     def dense(self, scale: float) -> np.ndarray:
         """(h, w, D) float32, C-contiguous, at ``scale`` times the camera image's size."""

@@ -1,8 +1,9 @@
 """The model the live descriptor node runs, loaded and checked as one unit so that it can be swapped.
 
 A :class:`LiveModel` is an exported descriptor model on its engine with everything that belongs to
-its weights: the keypoints (``keypoints.json`` beside it, made with these weights), the matcher's
-settings (the not-found distance defaults to the model's training margin) and the colour
+its weights: the keypoints (``keypoints.json`` beside it, made with these weights), the pose points
+the object's 6-DoF pose is found from (``pose_points.json``, see ``live/pose_points.py``), the
+matcher's settings (the not-found distance defaults to the model's training margin) and the colour
 projection (``visualization.json``). Loading another model builds a complete new one first; a
 model that cannot be loaded is refused with the reason and the running one is untouched.
 """
@@ -38,6 +39,7 @@ from nerf_descriptor_ros.keypoints.definition import (
 )
 from nerf_descriptor_ros.keypoints.grasp_point import auto_grasp_keypoints
 from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig, model_max_distance
+from nerf_descriptor_ros.live.pose_points import POSE_POINTS_COUNT, pose_points_for
 
 PROJECTION_FIT_IMAGES = 8
 
@@ -67,12 +69,15 @@ class LiveSettings:
     dataset: str = ""  # '' = the model manifest's
     nerf_checkpoint: str = ""  # '' = the model manifest's
     visualization: bool = True
+    pose_points: int = POSE_POINTS_COUNT  # 0 = no object pose estimation
     # KeypointMatchingConfig's fields; max_distance 0 = each keypoint's own, else the model's margin
     matching: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.compile not in COMPILE_MODES:
             raise LiveModelError(f"parameter compile is {self.compile!r}; use one of {COMPILE_MODES}")
+        if self.pose_points < 0:
+            raise LiveModelError(f"parameter pose_points is {self.pose_points}; use 0 (off) or more")
 
     def for_another_model(self) -> LiveSettings:
         """The settings for a model loaded later: the dataset, NeRF and keypoints.json named for the
@@ -145,15 +150,17 @@ class LiveModel:
     sources: ModelSources
     keypoints: KeypointSet
     projection: DescriptorProjection | None
+    pose_points: KeypointSet | None = None  # None: no object pose estimation
 
     @property
     def weights_sha256(self) -> str:
         return self.engine.model.manifest["weights_sha256"]
 
     def summary(self) -> str:
+        pose = f"{len(self.pose_points)} pose points" if self.pose_points is not None else "no object pose"
         return (
             f"{self.model_dir}: {self.engine.description}; keypoints {self.keypoints.names or 'none yet'}; "
-            f"not found beyond descriptor distance {self.matching.max_distance:.3f}"
+            f"{pose}; not found beyond descriptor distance {self.matching.max_distance:.3f}"
         )
 
     def add_keypoint(self, spec: KeypointSpec) -> tuple[Keypoint, Path]:
@@ -208,6 +215,7 @@ def load_live_model(
             "keypoints belong to its own weights: define them for this model first (auto_keypoints, a YAML "
             "keypoints_file, or ~/set_grasp_point on a node running it)"
         )
+    live.pose_points = pose_points_for(live, settings.pose_points, logger)
     if settings.visualization:
         live.projection = _load_projection(live, logger)
     return live

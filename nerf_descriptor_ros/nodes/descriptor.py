@@ -11,6 +11,10 @@ last 1) and, when ``use_depth``, ``camera/depth/image_raw`` (paired by exact sta
 * ``keypoints/matches`` (KeypointMatches): every keypoint's pixel, descriptor distance,
   confidence, found flag and, with depth and CameraInfo, its 3D point in the optical frame;
 * ``keypoints/markers`` (visualization_msgs/MarkerArray) for RViz;
+* ``~/object_pose`` (geometry_msgs/PoseStamped, the image's header: its optical frame),
+  ``~/object_pose_confidence`` (std_msgs/Float32) and TF ``optical frame -> object_frame``: the
+  object's 6-DoF pose from the model's pose points (``live/object_pose.py``,
+  ``ros/object_pose_outputs.py``; needs CameraInfo, uses depth when there is some);
 * ``~/errors`` (std_msgs/String): why an image was refused (wrong encoding or size, ...).
 
 Services: ``~/set_grasp_point`` (SetGraspPoint) defines a keypoint on a training view and stores it
@@ -41,6 +45,8 @@ from nerf_descriptor_ros.keypoints.definition import KeypointSpec
 from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig
 from nerf_descriptor_ros.live.frame import DescribedFrame
 from nerf_descriptor_ros.live.model import LiveSettings, load_live_model, set_network_threads
+from nerf_descriptor_ros.live.object_pose import ObjectPoseConfig
+from nerf_descriptor_ros.live.pose_points import POSE_POINTS_COUNT
 from nerf_descriptor_ros.msg import KeypointMatch, KeypointMatches
 from nerf_descriptor_ros.ros import callback_boundary as boundary
 from nerf_descriptor_ros.ros import topics
@@ -55,7 +61,8 @@ from nerf_descriptor_ros.ros.conversions import (
 from nerf_descriptor_ros.ros.depth_inputs import subscribe_depth_and_camera_info
 from nerf_descriptor_ros.ros.newest_message import NewestMessage
 from nerf_descriptor_ros.ros.node_runner import run_node
-from nerf_descriptor_ros.ros.parameters import declare_config_values, declare_parameters
+from nerf_descriptor_ros.ros.object_pose_outputs import ObjectPoseOutputs
+from nerf_descriptor_ros.ros.parameters import declare_config, declare_config_values, declare_parameters
 from nerf_descriptor_ros.ros.stamp_cache import StampedCache
 from nerf_descriptor_ros.srv import LoadModel, SetGraspPoint
 
@@ -104,6 +111,14 @@ PARAMETERS = (
         "how long to wait for the depth image with the colour image's stamp before matching without 3D points",
     ),
     ("marker_scale_m", 0.01, "keypoint marker diameter in metres"),
+    (
+        "pose_points",
+        POSE_POINTS_COUNT,
+        "points sampled over the object in the training views that its 6-DoF pose (~/object_pose) is found "
+        "from; stored beside the model (pose_points.json), built at start-up when missing (needs the dataset's "
+        "depth and masks); 0 = no object pose",
+    ),
+    ("object_frame", "object", "TF child frame of the object pose; its parent is the camera image's frame"),
 )
 MATCHING_PARAMETERS = {
     "names": {"window_px": "soft_argmax_window_px", "max_distance": "max_descriptor_distance"},
@@ -129,6 +144,7 @@ class DescriptorNode(Node):
         super().__init__("descriptor", **kwargs)
         p = declare_parameters(self, PARAMETERS)
         matching = declare_config_values(self, KeypointMatchingConfig, **MATCHING_PARAMETERS)
+        object_pose = declare_config(self, ObjectPoseConfig, "object_pose_")
         if not 0.0 < p["dense_scale"] <= 1.0:
             raise DescriptorNodeError(f"dense_scale must be in (0, 1], got {p['dense_scale']}")
         self._settings = LiveSettings(
@@ -141,6 +157,7 @@ class DescriptorNode(Node):
             dataset=p["dataset"],
             nerf_checkpoint=p["nerf_checkpoint"],
             visualization=p["publish_visualization"],
+            pose_points=p["pose_points"],
             matching=matching,
         )
         threads = set_network_threads(p["cpu_threads"])
@@ -173,6 +190,7 @@ class DescriptorNode(Node):
         self._matches_pub = self.create_publisher(KeypointMatches, topics.KEYPOINT_MATCHES, 10)
         self._markers_pub = self.create_publisher(MarkerArray, topics.KEYPOINT_MARKERS, 10)
         self._errors_pub = self.create_publisher(String, "~/errors", 10)
+        self._object_pose = ObjectPoseOutputs(self, p["object_frame"], object_pose) if p["pose_points"] > 0 else None
         # One group: a keypoint is never defined on a model that is being replaced.
         model_services = MutuallyExclusiveCallbackGroup()
         boundary.create_service(
@@ -227,7 +245,7 @@ class DescriptorNode(Node):
                     break
                 self._state.wait(remaining)
             depth_msg, info = self._depths.get(stamp), self._camera_info
-        if depth_msg is None or info is None:
+        if info is None:
             return None, None
         try:
             intrinsics = camera_info_to_intrinsics(info)
@@ -237,7 +255,8 @@ class DescriptorNode(Node):
                     f"{intrinsics.height} images, the colour image is "
                     f"{image.width}x{image.height}"
                 )
-            return image_to_depth_m(depth_msg), intrinsics
+            # Without the depth image of this stamp: keypoints without 3D points, the pose from PnP.
+            return (None if depth_msg is None else image_to_depth_m(depth_msg)), intrinsics
         except (ValueError, NerfDescriptorError) as exc:
             self._report_error(f"matching without 3D points: {exc}")
             return None, None
@@ -248,9 +267,12 @@ class DescriptorNode(Node):
         except (ValueError, NerfDescriptorError) as exc:
             self._report_error(f"image {image.width}x{image.height} {image.encoding!r} refused: {exc}")
             return
-        locations = frame.locate(*self._depth_for(image))
+        depth, intrinsics = self._depth_for(image)
+        locations = frame.locate(depth, intrinsics)
         self._matches_pub.publish(self._matches_msg(image.header, locations))
         self._markers_pub.publish(self._markers_msg(image.header, frame.keypoints.names, locations))
+        if self._object_pose is not None:
+            self._object_pose.publish(frame, image.header, depth, intrinsics)
         if self._dense_pub is not None:
             dense = frame.dense(self.dense_scale)
             self._dense_pub.publish(array_to_image(dense, f"32FC{dense.shape[2]}", image.header))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nerf_descriptor_ros.errors import NerfDescriptorError
-from nerf_descriptor_ros.geometry import pose_to_matrix, rotation_angle_deg
+from nerf_descriptor_ros.geometry import fit_similarity, pose_to_matrix, rotation_angle_deg
 
 
 class AlignmentError(NerfDescriptorError):
@@ -48,21 +48,13 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> Similarity:
         raise AlignmentError(f"a similarity needs at least 3 camera centres, got {len(src)}")
     if not (np.all(np.isfinite(src)) and np.all(np.isfinite(dst))):
         raise AlignmentError("camera centres contain NaN or infinite values")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    spread = np.linalg.svd(xs, compute_uv=False)
-    if spread[1] <= 1e-6 * spread[0]:
+    fit = fit_similarity(src, dst)
+    if fit is None:
         raise AlignmentError(
             "the camera centres are (nearly) on one line, which leaves the "
             "rotation about it undetermined: move the camera along a curve"
         )
-    U, D, Vt = np.linalg.svd(xd.T @ xs / len(src))
-    S = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        S[2, 2] = -1.0
-    R = U @ S @ Vt
-    scale = float(np.trace(np.diag(D) @ S) / (xs**2).sum(1).mean())
-    return Similarity(scale, R, mu_d - scale * R @ mu_s)
+    return Similarity(*fit)
 
 
 def robust_umeyama(
