@@ -49,7 +49,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--object",
         default="duck_vhacd.urdf",
-        help="pybullet_data URDF, or a path to a URDF/.obj/.stl (default: %(default)s)",
+        help="pybullet_data URDF, a path to a URDF/.obj/.stl, or thin:KIND:SEED for a generated fork, whisk or "
+        "basket (written to DATA_ROOT/objects) (default: %(default)s)",
     )
     p.add_argument("--object-seed", type=int, default=-1, help="placement seed for the capture; -1 = nominal pose")
     p.add_argument(
@@ -66,6 +67,23 @@ def register(subparsers) -> None:
     p.add_argument("--name", help="dataset name (default: demo-<object>-<time>)")
     p.add_argument("--log-dir", help="node logs (default: DATA_ROOT/logs/NAME)")
     p.add_argument("--out", help="also write the report JSON here")
+    p.add_argument(
+        "--sim-param",
+        action="append",
+        default=[],
+        metavar="NAME=YAML",
+        help="a sim_robot parameter for capture and live, e.g. distractors=cube_small.urdf (repeatable)",
+    )
+    p.add_argument(
+        "--live-sim-param",
+        action="append",
+        default=[],
+        metavar="NAME=YAML",
+        help="a sim_robot parameter for the live trials only, e.g. light_color=[1.0,0.8,0.6] (repeatable)",
+    )
+    p.add_argument(
+        "--progress-out", help="write the report so far here after each stage and live trial (kept when one fails)"
+    )
     p.set_defaults(func=run)
 
 
@@ -83,19 +101,30 @@ def run(args) -> int:
         if getattr(args, key) is not None:
             profile[key] = getattr(args, key)
     data_root = Path(args.data_root).expanduser().resolve()
-    object_stem = Path(args.object).name.split(".")[0].replace("_vhacd", "")
+    object_source = _object_source(args.object, data_root)
+    object_stem = Path(object_source).name.split(".")[0].replace("_vhacd", "")
     name = validate_object_name(args.name or f"demo-{object_stem}-{datetime.now():%Y%m%d-%H%M%S}")
     log_dir = Path(args.log_dir) if args.log_dir else data_root / "logs" / name
     config = package_share() / "config"
+    scene, live_scene = _sim_params(args.sim_param), _sim_params(args.live_sim_param)
     sim_params = {
-        "object": args.object,
+        "object": object_source,
         "object_seed": args.object_seed,
         "width": profile["width"],
         "height": profile["height"],
         "data_root": str(data_root),
+        **scene,
     }
     stage_seconds: dict[str, float] = {}
     report: dict = {"object": args.object, "device": str(device), "sizes": profile}
+    if scene or live_scene:
+        report["scene"] = {"sim_params": scene, "live_sim_params": live_scene}
+
+    def progress(**extra) -> None:
+        if args.progress_out:
+            seconds = {k: round(v, 1) for k, v in stage_seconds.items()}
+            atomic_write_json(Path(args.progress_out), {**report, **extra, "stage_seconds": seconds})
+
     print(
         f"[demo] {args.object} on {device}: {profile['views']} views at {profile['width']}x"
         f"{profile['height']}, NeRF {profile['nerf_seconds']:.0f} s, {profile['descriptor_iterations']} "
@@ -111,6 +140,8 @@ def run(args) -> int:
         frames = capture_session(procs, name, profile["views"])
     dataset = Dataset.load(data_root / name)
     stage_seconds["capture"] = time.monotonic() - started
+    report["capture"] = {"views_requested": profile["views"], "frames": len(dataset), **frames}
+    progress()
     print(
         f"[demo] capture: {len(dataset)} frames ({frames['unreachable']} views unreachable) in "
         f"{stage_seconds['capture']:.0f} s",
@@ -125,6 +156,7 @@ def run(args) -> int:
     report["heldout_psnr_db"] = trained["metrics"]["nerf"].get("psnr")
     report["depth_median_abs_err_m"] = trained["metrics"]["nerf"].get("depth_median_abs_err_m")
     model_dir = Path(trained["model_path"])
+    progress()
     print(
         f"[demo] train: NeRF held-out PSNR {report['heldout_psnr_db']:.2f} dB; descriptor model "
         f"in {model_dir} ({time.monotonic() - started:.0f} s)",
@@ -136,6 +168,7 @@ def run(args) -> int:
     evaluation = _evaluate(dataset, model_dir, out_dir, str(device))
     stage_seconds["evaluate"] = time.monotonic() - started
     report["descriptors"] = evaluation
+    progress()
     print(
         f"[demo] evaluate: held-out AEPE {evaluation['aepe_px']:.1f} px, PCK@5 "
         f"{evaluation['pck5']:.3f}, AUC(1..100 px) {evaluation['auc_1_100']:.3f} at {_eval_size()}",
@@ -145,17 +178,27 @@ def run(args) -> int:
     if args.trials > 0:
         started = time.monotonic()
         with NodeProcesses(log_dir / "live") as procs:
-            procs.start("sim_robot", config / "sim_robot.yaml", sim_params)
+            procs.start("sim_robot", config / "sim_robot.yaml", {**sim_params, **live_scene})
             procs.start(
                 "descriptor",
                 config / "descriptor.yaml",
                 {"model_dir": str(model_dir), "device": str(device), "auto_keypoints": 1},
             )
             procs.start("manipulation", config / "manipulation.yaml", {})
-            trials = live_trials(procs, dataset, model_dir, args.trials, args.trial_seed, out_dir, PICTURED_TRIALS)
+            trials = live_trials(
+                procs,
+                dataset,
+                model_dir,
+                args.trials,
+                args.trial_seed,
+                out_dir,
+                PICTURED_TRIALS,
+                on_trial=lambda done: progress(per_trial=done),
+            )
         stage_seconds["live"] = time.monotonic() - started
         report.update(_summarize_trials(trials))
         report["per_trial"] = trials
+        progress()
         started = time.monotonic()
         report["any_point"] = _any_point(
             dataset, model_dir, str(device), min(args.trials, ANY_POINT_PLACEMENTS), args.trial_seed
@@ -171,6 +214,42 @@ def run(args) -> int:
 
 
 # ---- stages --------------------------------------------------------------------------------
+
+
+def _object_source(spec: str, data_root: Path) -> str:
+    """``--object`` as the simulator takes it: a generated thin object (thin:KIND:SEED) is written first."""
+    if not spec.startswith("thin:"):
+        return spec
+    from nerf_descriptor_ros.errors import NerfDescriptorError
+    from nerf_descriptor_ros.sim.thin_objects import KINDS, write_thin_object
+
+    kind, _, seed = spec.removeprefix("thin:").partition(":")
+    if kind not in KINDS or not seed.isdigit():
+        raise NerfDescriptorError(f"--object {spec!r}: expected thin:KIND:SEED with KIND one of {', '.join(KINDS)}")
+    return str(write_thin_object(data_root / "objects", kind, int(seed)))
+
+
+def _sim_params(items: list[str]) -> dict:
+    """``NAME=YAML`` pairs as sim_robot parameters: the simulated world's settings (SimConfig's
+    fields but the object, which is --object); the node checks the values."""
+    from dataclasses import fields
+
+    import yaml
+
+    from nerf_descriptor_ros.errors import NerfDescriptorError
+    from nerf_descriptor_ros.sim.config import SimConfig
+
+    known = sorted(f.name for f in fields(SimConfig) if f.name != "object_source")
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in known:
+            raise NerfDescriptorError(f"sim parameter {item!r}: expected NAME=VALUE, NAME one of {', '.join(known)}")
+        try:
+            params[name.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise NerfDescriptorError(f"sim parameter {item!r}: the value is not YAML: {exc}") from exc
+    return params
 
 
 def _evaluate(dataset, model_dir: Path, out_dir: Path, device: str) -> dict:

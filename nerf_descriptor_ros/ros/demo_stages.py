@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -124,9 +125,17 @@ def train_through_action(procs, name: str, profile: dict) -> dict:
 
 
 def live_trials(
-    procs, dataset, model_dir: Path, trials: int, first_seed: int, out_dir: Path, pictured_trials: int
+    procs,
+    dataset,
+    model_dir: Path,
+    trials: int,
+    first_seed: int,
+    out_dir: Path,
+    pictured_trials: int,
+    on_trial: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
-    """Place the object anew, look at it, compare the live grasp keypoint with the truth, pick."""
+    """Place the object anew, look at it, compare the live grasp keypoint with the truth, pick;
+    ``on_trial`` is given the records so far after each trial."""
     truth = json.loads((dataset.root / "ground_truth.json").read_text())["object"]
     T_then = np.asarray(truth["T_base_object"])
     centre_then = (np.asarray(truth["bounds_base_min"]) + np.asarray(truth["bounds_base_max"])) / 2
@@ -177,6 +186,8 @@ def live_trials(
                 )
                 results.append(record)
                 print(f"[demo] trial {trial + 1}/{trials}: no reachable view of the grasp point", flush=True)
+                if on_trial:
+                    on_trial(list(results))
                 continue
             # A frame rendered after the move, and the descriptor node's answer to it.
             settled = ros.now_ns() + 200_000_000
@@ -233,6 +244,8 @@ def live_trials(
             record["grasp_success"] = bool(answer.success)
             record["grasp_message"] = answer.message
             results.append(record)
+            if on_trial:
+                on_trial(list(results))
             error = record.get("keypoint_error_px")
             print(
                 f"[demo] trial {trial + 1}/{trials} (seed {seed}): keypoint "

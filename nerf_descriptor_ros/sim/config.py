@@ -69,6 +69,16 @@ class SimConfig:
         0.8, "the object's friction coefficient during picks (pybullet multiplies it with the finger pads' 1.0)"
     )
     grasp_speed_m_s: float = described(0.1, "peak gripper speed on a pick's straight approach, lift and retreat (m/s)")
+    light_direction: tuple[float, float, float] = described(
+        (0.4, -0.3, 1.0), "direction towards the renderer's light (x, y, z in the base frame; need not be unit length)"
+    )
+    light_color: tuple[float, float, float] = described((1.0, 1.0, 1.0), "the light's colour (r, g, b, each 0..1)")
+    distractors: str = described(
+        "",
+        "clutter: comma-separated URDFs or .obj/.stl meshes (as object) set around the object, static, "
+        "apart from it and from each other, placed again wherever the object is placed; empty = none",
+    )
+    distractor_seed: int = described(0, "seed of where the distractors stand around the object")
 
     def __post_init__(self):
         for name in ("joint_speed_rad_s", "grasp_speed_m_s"):
@@ -76,6 +86,14 @@ class SimConfig:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
         if not self.object_friction >= 0:
             raise ConfigError(f"object_friction: must be >= 0, got {self.object_friction!r}")
+        if not all(0.0 <= c <= 1.0 for c in self.light_color):
+            raise ConfigError(f"light_color: each channel must be within 0..1, got {self.light_color!r}")
+        if not np.linalg.norm(self.light_direction) > 0:
+            raise ConfigError(f"light_direction: must not be zero, got {self.light_direction!r}")
+
+    @property
+    def distractor_sources(self) -> list[str]:
+        return [s.strip() for s in self.distractors.split(",") if s.strip()]
 
     @property
     def intrinsics(self) -> CameraIntrinsics:

@@ -166,10 +166,10 @@ class ArmIk:
 
     def collision(self, with_object: bool = True) -> str:
         """Name of what the arm (any link but its base, which stands on the table) penetrates at
-        its current joints, or ''; the object only counts ``with_object``."""
+        its current joints, or ''; the object only counts ``with_object`` (distractors always do)."""
         world = self.world
-        bodies = ((world.table_id, "table"), (world.object_id, "object"))
-        for body, name in bodies[: 2 if with_object else 1]:
+        bodies = [(world.table_id, "table"), *((body, "distractor") for body in world.distractor_ids)]
+        for body, name in bodies + ([(world.object_id, "object")] if with_object else []):
             for contact in world.bullet.getClosestPoints(world.robot.id, body, distance=0.0):
                 if contact[3] >= 0 and contact[8] < -1e-3:  # linkIndexA, contact distance
                     return name

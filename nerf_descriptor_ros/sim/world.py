@@ -9,8 +9,8 @@ thread-safe: callers that share a world between threads hold one lock around eve
 
 :class:`SimWorld` holds the pybullet client and the world's state and composes the parts, each in
 its own module: the scene's bodies and the object's resting poses (:mod:`.scene`), inverse
-kinematics (:mod:`.ik`), pick and lift (:mod:`.pick`) and the ground-truth record
-(:mod:`.ground_truth`).
+kinematics (:mod:`.ik`), pick and lift (:mod:`.pick`), the ground-truth record
+(:mod:`.ground_truth`) and, when configured, static clutter around the object (:mod:`.distractors`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pybullet_utils.bullet_client import BulletClient
 from nerf_descriptor_ros.geometry import transform_points, validate_rigid_transform
 from nerf_descriptor_ros.sim.camera import depth_buffer_to_metres, projection_matrix, to_gl_list, view_matrix
 from nerf_descriptor_ros.sim.config import SimConfig
+from nerf_descriptor_ros.sim.distractors import load_distractors, place_distractors
 from nerf_descriptor_ros.sim.ground_truth import ground_truth_record, write_ground_truth
 from nerf_descriptor_ros.sim.ik import ArmIk, IkResult
 from nerf_descriptor_ros.sim.objects import (
@@ -51,8 +52,6 @@ from nerf_descriptor_ros.sim.scene import (
     set_friction,
     upright_pose,
 )
-
-_LIGHT_DIRECTION = (0.4, -0.3, 1.0)
 
 
 @dataclass
@@ -106,6 +105,8 @@ class SimWorld:
             self.object_model: ObjectModel | None = None
             self.object_id: int | None = None
             self.object_seed: int | None = None
+            self.distractors = load_distractors(self.bullet, self.config.distractor_sources)
+            self.distractor_ids = [d.body for d in self.distractors]
             self.load_object(model)
         except BaseException:
             self.close()
@@ -142,6 +143,9 @@ class SimWorld:
         T = validate_rigid_transform(T_base_object, "object pose")
         set_body_frame_pose(self.bullet, self.object_id, T)
         self.object_seed = None
+        place_distractors(
+            self.bullet, self.distractors, transform_points(T, self._object_vertices), self.config.distractor_seed
+        )
         return T
 
     @property
@@ -200,7 +204,8 @@ class SimWorld:
             viewMatrix=to_gl_list(view_matrix(T_base_cam)),
             projectionMatrix=self._projection,
             renderer=pybullet.ER_TINY_RENDERER,
-            lightDirection=list(_LIGHT_DIRECTION),
+            lightDirection=list(cfg.light_direction),
+            lightColor=list(cfg.light_color),
         )
         shape = (self.intrinsics.height, self.intrinsics.width)
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(*shape, 4)[:, :, :3].copy()
