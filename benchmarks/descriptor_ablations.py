@@ -1,7 +1,8 @@
 """Ablations of the descriptor learner on one object, with shorter schedules than the protocol.
 
 Each row changes one thing against ``reference`` (the CPU protocol's settings, NeRF density-field
-supervision): the encoder's initialisation, the working resolution, the loss. Every row trains on
+supervision): the encoder's initialisation, the working resolution, the loss, and the two
+augmentations that stand in for a moved object (relighting, background swap). Every row trains on
 the same capture, the same NeRF and the same correspondence seeds, and is evaluated on the same
 held-out ground-truth pairs, at 504x378, with a learning curve.
 
@@ -28,6 +29,8 @@ ABLATIONS = {
     "loss_contrastive_and_distributional": (None, {"loss": "both"}),
     "loss_regression": (None, {"loss": "regression"}),
     "loss_regression_and_distributional": (None, {"loss": "regression+distributional"}),
+    "augmentation_relight": (None, {"augmentation": {"relight_probability": 0.8}}),
+    "augmentation_background_swap": (None, {"augmentation": {"background_probability": 0.5}}),
 }
 
 

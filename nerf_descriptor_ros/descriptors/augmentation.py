@@ -4,6 +4,18 @@ Each image of a pair gets its own random similarity transform (scale, rotation, 
 centre) and its own photometric change. The warp is applied to the image and its mask, and the
 same 2x3 matrix to every pixel coordinate attached to that image, so a match stays a match; the
 photometric changes do not move pixels at all.
+
+Two changes act on the object and its surroundings, because a capture sees the object in one
+place under one light and the robot later finds it elsewhere:
+
+* **Relighting** (:func:`relight`): when the object is moved, the light falls on each part from
+  another direction. Lambertian shading ``n . l`` then changes by ``n . (l' - l)``, a linear
+  function of the surface normal, so each object pixel is multiplied by ``1 + n . v`` for a random
+  vector ``v``, the normals coming from the view's depth. Without it the network learns where a
+  part is from how bright it is under the capture's light.
+* **Background swap** (:func:`swap_background`): the pixels around the object are replaced by
+  another view's, flipped and shifted, so that what lies next to the object in the capture is no
+  cue to which part of the object a pixel is.
 """
 
 from __future__ import annotations
@@ -26,6 +38,9 @@ class AugmentationConfig:
     saturation: float = 0.3
     noise_std: float = 0.02
     blur_probability: float = 0.2
+    relight_probability: float = 0.0  # off: see benchmarks/descriptor_ablations.py
+    relight_strength: float = 0.5  # |v| of the shading gain 1 + n . v is drawn up to this
+    background_probability: float = 0.0  # off: see benchmarks/descriptor_ablations.py
 
 
 def random_similarity(rng: np.random.Generator, width: int, height: int, config: AugmentationConfig) -> np.ndarray:
@@ -93,3 +108,30 @@ def photometric(image: np.ndarray, rng: np.random.Generator, config: Augmentatio
         out = cv2.GaussianBlur(out.astype(np.float32), (3, 3), 0)
     out = out + rng.normal(0.0, config.noise_std, out.shape)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def relight(image: np.ndarray, normals: np.ndarray, rng: np.random.Generator, config: AugmentationConfig) -> np.ndarray:
+    """``image`` (HxWx3 float in [0, 1]) with each pixel scaled by ``1 + n . v``: ``n`` its unit
+    surface normal (HxWx3, NaN where unknown: those pixels are kept), ``v`` a random direction of
+    random length up to ``relight_strength``, as a change of the light's direction shades it."""
+    if config.relight_strength <= 0 or rng.random() >= config.relight_probability:
+        return image
+    direction = rng.normal(size=3)
+    direction *= rng.uniform(0.0, config.relight_strength) / np.linalg.norm(direction)
+    gain = 1.0 + np.nan_to_num(normals @ direction, nan=0.0)
+    return np.clip(image * gain[..., None].astype(np.float32), 0.0, 1.0)
+
+
+def swap_background(
+    image: np.ndarray, mask: np.ndarray, donor: np.ndarray, rng: np.random.Generator, config: AugmentationConfig
+) -> np.ndarray:
+    """``image`` with its pixels outside ``mask`` (the object) taken from ``donor`` (an image of the
+    same size), randomly flipped and circularly shifted."""
+    if rng.random() >= config.background_probability:
+        return image
+    if rng.random() < 0.5:
+        donor = donor[:, ::-1]
+    if rng.random() < 0.5:
+        donor = donor[::-1]
+    donor = np.roll(donor, (int(rng.integers(donor.shape[0])), int(rng.integers(donor.shape[1]))), axis=(0, 1))
+    return np.where(mask[..., None], image, donor)

@@ -32,6 +32,8 @@ from nerf_descriptor_ros.descriptors.augmentation import (
     in_bounds,
     photometric,
     random_similarity,
+    relight,
+    swap_background,
     warp_image,
     warp_points,
 )
@@ -51,6 +53,7 @@ from nerf_descriptor_ros.descriptors.surface_targets import surface_frame, view_
 from nerf_descriptor_ros.descriptors.view_geometry import CorrespondenceError
 from nerf_descriptor_ros.device import resolve_device
 from nerf_descriptor_ros.errors import NerfDescriptorError
+from nerf_descriptor_ros.geometry import grid_normals
 from nerf_descriptor_ros.progress import ProgressCallback, ProgressReport, check_cancelled
 
 # Each loss setting and the terms it sums.
@@ -140,6 +143,17 @@ class AugmentedView:
     surface: SurfaceTargets | None
 
 
+def world_normals(view) -> np.ndarray:
+    """(h, w, 3) float32 unit surface normals of a view's object pixels in the world frame, from
+    its depth (NaN elsewhere and across depth edges): what :func:`relight` shades by."""
+    grid = view.intrinsics.backproject_image(view.depth)
+    grid[~view.mask] = np.nan
+    # Neighbours further apart than a few pixel footprints are across an edge, not on one surface.
+    footprint = float(np.nanmedian(view.depth[view.mask])) / view.intrinsics.fx if view.mask.any() else 0.0
+    normals = grid_normals(grid, step=2, max_gap_m=4.0 * footprint if footprint > 0 else None)
+    return (normals @ view.c2w[:3, :3].T).astype(np.float32)
+
+
 class PairSampler:
     """Draws augmented training pairs with their matches and non-matches from the cache."""
 
@@ -160,6 +174,8 @@ class PairSampler:
             size = (view.intrinsics.width, view.intrinsics.height)
             self.images[index] = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         self.size = size
+        self.indices = sorted(self.images)
+        self.normals = {index: world_normals(view) for index, view in cache.views.items()}
         self.terms = LOSS_TERMS[config.loss]
         self.surface = surface_frame(cache.views) if "regression" in self.terms else None
 
@@ -201,7 +217,10 @@ class PairSampler:
         if cfg.crop_fraction < 1.0:
             size = tuple(max(MIN_SIZE, round(side * cfg.crop_fraction)) for side in self.size)
             matrix = crop_around(matrix, view.mask, size, rng)
-        image = photometric(warp_image(self.images[index], matrix, size=size), rng, cfg.augmentation)
+        image = relight(self.images[index], self.normals[index], rng, cfg.augmentation)
+        donor = self.images[self.indices[rng.integers(len(self.indices))]]
+        image = swap_background(image, view.mask, donor, rng, cfg.augmentation)
+        image = photometric(warp_image(image, matrix, size=size), rng, cfg.augmentation)
         mask, valid = self._regions(view, matrix, size)
         surface = self._surface(view, matrix, size, (mask, valid), rng) if self.surface is not None else None
         return AugmentedView(image, matrix, size, mask, valid, surface)
