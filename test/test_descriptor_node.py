@@ -192,7 +192,14 @@ def test_outputs_have_their_encodings_and_the_source_header_and_keypoints_their_
     expected = invert(frame.c2w) @ T_then
     assert np.linalg.norm(T_cam_object[:3, 3] - expected[:3, 3]) < 0.01
     assert np.allclose(T_cam_object[:3, :3], expected[:3, :3], atol=0.1)
-    confidences.wait_for(lambda c: 0.0 < c.data <= 1.0, what="a pose's confidence")
+    confidence = confidences.wait_for(lambda c: 0.0 < c.data <= 1.0, what="a pose's confidence")
+    # keypoint_source pose (the default): the keypoints are their capture points moved by that pose
+    # (T_cam_object @ inv(T_then)), with its confidence, not their own matches.
+    T_cam_capture = T_cam_object @ invert(T_then)
+    for match in msg.keypoints:
+        moved = transform_points(T_cam_capture, keypoints[match.name].point_base[None])[0]
+        assert np.allclose([match.point.x, match.point.y, match.point.z], moved, atol=1e-5)
+        assert match.confidence == pytest.approx(confidence.data, abs=1e-6)
     array = markers.wait_for(lambda m: m.markers and m.markers[0].header.stamp == header.stamp)
     spheres = [m for m in array.markers if m.type == Marker.SPHERE]
     assert len(spheres) == 2 and all(m.action == Marker.ADD and m.header.frame_id == FRAME_ID for m in spheres)

@@ -5,6 +5,12 @@ by area on the model's training views, the object put at new random placements i
 built as the dataset's capture was, and seen from live views drawn as the demo's live trials draw
 them (``sim.views.random_live_view``).
 
+Each keypoint is placed two ways on the same descriptors, as the descriptor node can place it
+(``keypoint_source``): ``match``, its own descriptor match, and ``pose``, its 3D point moved by
+the object pose from the model's pose points and the view's depth (``live/pose_keypoints.py``,
+its own match where there is no pose). The headline figures are the node's default's; both are
+under ``by_source``.
+
 With ``pose_points`` the same views also score the live object pose (``live/object_pose.py``,
 from the model's pose points as the live node builds them) against the simulator's true motion of
 the object, without and with the view's depth (:func:`object_pose_scores`).
@@ -33,10 +39,13 @@ from nerf_descriptor_ros.live.object_pose import (
     match_pose_points,
     pose_from_locations,
 )
-from nerf_descriptor_ros.live.pose_points import build_pose_points
+from nerf_descriptor_ros.live.pose_keypoints import PoseKeypointConfig, keypoints_through_pose
+from nerf_descriptor_ros.live.pose_points import POSE_POINTS_COUNT, build_pose_points
 from nerf_descriptor_ros.sim.config import SimConfig
 from nerf_descriptor_ros.sim.ground_truth import GROUND_TRUTH_NAME
 from nerf_descriptor_ros.sim.views import LIVE_ELEVATION_RANGE_DEG, live_view_distance, live_views_of_new_placements
+
+DEFAULT_SOURCE = PoseKeypointConfig().source  # the descriptor node's keypoint_source
 
 
 def sim_config_for(truth_object: dict, intrinsics: CameraIntrinsics) -> SimConfig:
@@ -63,9 +72,11 @@ def any_point_on_new_placements(
     depth_noise_m: float = 0.0,
 ) -> dict:
     """The metric's summary (``keypoints.any_point.summarize``) for ``model`` (a DescriptorModel)
-    trained on ``dataset`` (simulated, with its ground truth), with how it was measured; with
-    ``pose_points`` > 0 also ``object_pose`` (:func:`object_pose_scores` on the same views, its depth
-    with ``depth_noise_m`` of Gaussian noise)."""
+    trained on ``dataset`` (simulated, with its ground truth), with how it was measured: the
+    headline for the node's default ``keypoint_source``, both sources under ``by_source``, the pose
+    from ``pose_points`` pose points (0: the node's default count). With ``pose_points`` > 0 also
+    ``object_pose`` (:func:`object_pose_scores` on the same views). The pose sees the views' depth
+    with ``depth_noise_m`` of Gaussian noise; the scores use the true depth."""
     from nerf_descriptor_ros.sim.world import SimWorld
 
     truth = json.loads((dataset.root / GROUND_TRUTH_NAME).read_text())["object"]
@@ -80,12 +91,13 @@ def any_point_on_new_placements(
         placed = live_views_of_new_placements(world, T_then, centre_then, radius, placements, views, seed)
         rendered = [(T_now, frame.rgb, frame.depth, frame.T_base_cam) for _, T_now, frame in placed]
         live_intrinsics = world.intrinsics
-    records = score_views(model.describe, keypoints, rendered, T_then, live_intrinsics, config)
+    points = build_pose_points(model.describe, dataset, model, pose_points or POSE_POINTS_COUNT)
+    locators = {"pose": pose_locator(points, keypoints, model, live_intrinsics, depth_noise_m)}
+    records = score_views(model.describe, keypoints, rendered, T_then, live_intrinsics, config, locators=locators)
+    by_source = {source: summarize([r for r in records if r["source"] == source]) for source in ("match", "pose")}
     extra = {}
     if pose_points > 0:
-        extra["object_pose"] = object_pose_scores(
-            model, dataset, rendered, T_then, live_intrinsics, pose_points, depth_noise_m
-        )
+        extra["object_pose"] = object_pose_scores(model, points, rendered, T_then, live_intrinsics, depth_noise_m)
     return {
         "object": truth.get("name") or truth["source"],
         "keypoints": count,
@@ -99,9 +111,39 @@ def any_point_on_new_placements(
         "image_size": [intrinsics.width, intrinsics.height],
         "symmetry": "none declared",
         "matching": asdict(config),
-        **summarize(records),
+        "keypoint_source": DEFAULT_SOURCE,
+        **by_source[DEFAULT_SOURCE],
+        "by_source": {source: _without_per_keypoint(summary) for source, summary in by_source.items()},
         **extra,
     }
+
+
+def pose_locator(
+    points: KeypointSet, keypoints: KeypointSet, model, intrinsics: CameraIntrinsics, depth_noise_m: float = 0.0
+):
+    """The ``pose`` way to place ``keypoints`` in a view, as the descriptor node does by default:
+    the object pose from ``points`` (matched with the node's settings) and the view's depth, with
+    ``depth_noise_m`` of Gaussian noise (fixed seed) as a sensor's."""
+    matching = KeypointMatchingConfig(max_distance=model_max_distance(model.manifest))
+    pose_config, placing = ObjectPoseConfig(), PoseKeypointConfig()
+    size = (intrinsics.width, intrinsics.height)
+    rng = np.random.default_rng(0)
+
+    def locate(descriptors, matched, depth):
+        if depth_noise_m > 0:
+            depth = (depth + rng.normal(0.0, depth_noise_m, depth.shape)).astype(np.float32)
+        located = match_pose_points(descriptors, points, size, depth, intrinsics, matching, pose_config.match_stride)
+        try:
+            pose = pose_from_locations(points, located, intrinsics, pose_config, None, depth)
+        except ObjectPoseError:
+            pose = None
+        return keypoints_through_pose(keypoints, matched, pose, intrinsics, depth, placing)
+
+    return locate
+
+
+def _without_per_keypoint(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "per_keypoint"}
 
 
 POSE_TOLERANCE_MM = 5.0
@@ -119,20 +161,18 @@ POSE_METHODS = (  # label: ObjectPoseConfig settings; the node's default last
 
 def object_pose_scores(
     model,
-    dataset,
+    points: KeypointSet,
     views,
     T_object_then: np.ndarray,
     intrinsics: CameraIntrinsics,
-    count: int,
     depth_noise_m: float = 0.0,
 ) -> dict:
     """The live object pose in every view ``(T_object_now, rgb, true depth, T_base_cam)``, from
-    ``count`` pose points, against the true motion ``T_object_now @ inv(T_object_then)``: the error
+    the pose ``points``, against the true motion ``T_object_now @ inv(T_object_then)``: the error
     of the object's frame (its pose points' centroid) in mm and degrees, PnP alone, with the
     matches' depth, and with ICP against the depth image after that (the node's default).
     A refused pose is a miss (outside every tolerance, an infinite error in the medians). The
     simulator's depth is exact: ``depth_noise_m`` adds Gaussian noise (fixed seed) as a sensor's."""
-    points = build_pose_points(model.describe, dataset, model, count)
     matching = KeypointMatchingConfig(max_distance=model_max_distance(model.manifest))
     size = (intrinsics.width, intrinsics.height)
     rows = {label: [] for label, _ in POSE_METHODS}

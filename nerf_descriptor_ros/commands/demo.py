@@ -333,11 +333,17 @@ def _any_point_line(result: dict) -> str:
         "a miss" if result[key] is None else f"{result[key]:.1f} {unit}"
         for key, unit in (("median_mm", "mm"), ("median_px", "px"))
     )
-    return (
+    line = (
         f"{result['keypoints']} keypoints sampled by area, {result['visible']} visible in {result['views']} views "
-        f"of {result['placements']} new placements: within 10 mm {within}, median {median_mm} ({median_px}), "
-        f"found {found}"
+        f"of {result['placements']} new placements, placed by {result['keypoint_source']}: within 10 mm {within}, "
+        f"median {median_mm} ({median_px}), found {found}"
     )
+    match = result.get("by_source", {}).get("match")
+    if match and result["keypoint_source"] != "match":
+        within = "n/a" if match["within_10mm"] is None else f"{100 * match['within_10mm']:.0f}%"
+        median = "a miss" if match["median_mm"] is None else f"{match['median_mm']:.1f} mm"
+        line += f"; by their own matches alone: within 10 mm {within}, median {median}"
+    return line
 
 
 def _print_report(report: dict, out_dir: Path) -> None:

@@ -26,7 +26,7 @@ surface, never by how well they match, and scores where each is found in new vie
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -147,6 +147,10 @@ def score_view(
     return records
 
 
+# Another way to place the keypoints in a view: (descriptors, their own matches, the view's depth) -> locations.
+Locator = Callable[[object, list[KeypointLocation], np.ndarray], list[KeypointLocation]]
+
+
 def score_views(
     describe: DescribeFn,
     keypoints: KeypointSet,
@@ -155,17 +159,24 @@ def score_views(
     intrinsics: CameraIntrinsics,
     config: KeypointMatchingConfig = KeypointMatchingConfig(),
     symmetries: Sequence[np.ndarray] = (),
+    locators: Mapping[str, Locator] | None = None,
 ) -> list[dict]:
     """Match and score every keypoint in every view ``(T_object_now, rgb, true depth, T_base_cam)``;
-    records carry the view's number as ``view``."""
+    records carry the view's number as ``view`` and how the keypoint was placed as ``source``:
+    ``match`` (its own match), and each of ``locators`` on the same descriptors and matches."""
     records = []
     size = (intrinsics.width, intrinsics.height)
     for number, (T_object_now, rgb, depth, T_base_cam) in enumerate(views):
-        locations = match_keypoints(describe(rgb), keypoints, size, depth, intrinsics, config)
-        for record in score_view(
-            keypoints, locations, T_object_then, T_object_now, T_base_cam, intrinsics, depth, symmetries
-        ):
-            records.append({"view": number, **record})
+        descriptors = describe(rgb)
+        matched = match_keypoints(descriptors, keypoints, size, depth, intrinsics, config)
+        placed = {"match": matched}
+        for source, locate in (locators or {}).items():
+            placed[source] = locate(descriptors, matched, depth)
+        for source, locations in placed.items():
+            for record in score_view(
+                keypoints, locations, T_object_then, T_object_now, T_base_cam, intrinsics, depth, symmetries
+            ):
+                records.append({"view": number, "source": source, **record})
     return records
 
 

@@ -9,7 +9,10 @@ last 1) and, when ``use_depth``, ``camera/depth/image_raw`` (paired by exact sta
 * ``descriptors/visualization``: ``rgb8``, descriptors through the model's fixed colour
   projection (``visualization.json`` beside the model, fitted once on the training images);
 * ``keypoints/matches`` (KeypointMatches): every keypoint's pixel, descriptor distance,
-  confidence, found flag and, with depth and CameraInfo, its 3D point in the optical frame;
+  confidence, found flag and, with depth and CameraInfo, its 3D point in the optical frame. With
+  ``keypoint_source: pose`` (the default) a keypoint is where the object pose refined with depth
+  puts its 3D point (``live/pose_keypoints.py``: far more precise than its own match on a rigid
+  object; hidden ones are not found), and its own match when there is no such pose;
 * ``keypoints/markers`` (visualization_msgs/MarkerArray) for RViz;
 * ``~/object_pose`` (geometry_msgs/PoseStamped, the image's header: its optical frame),
   ``~/object_pose_confidence`` (std_msgs/Float32) and TF ``optical frame -> object_frame``: the
@@ -46,6 +49,7 @@ from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig
 from nerf_descriptor_ros.live.frame import DescribedFrame
 from nerf_descriptor_ros.live.model import LiveSettings, load_live_model, set_network_threads
 from nerf_descriptor_ros.live.object_pose import ObjectPoseConfig
+from nerf_descriptor_ros.live.pose_keypoints import PoseKeypointConfig, keypoints_through_pose
 from nerf_descriptor_ros.live.pose_points import POSE_POINTS_COUNT
 from nerf_descriptor_ros.msg import KeypointMatch, KeypointMatches
 from nerf_descriptor_ros.ros import callback_boundary as boundary
@@ -145,6 +149,7 @@ class DescriptorNode(Node):
         p = declare_parameters(self, PARAMETERS)
         matching = declare_config_values(self, KeypointMatchingConfig, **MATCHING_PARAMETERS)
         object_pose = declare_config(self, ObjectPoseConfig, "object_pose_")
+        self._pose_keypoints = declare_config(self, PoseKeypointConfig, "keypoint_")
         if not 0.0 < p["dense_scale"] <= 1.0:
             raise DescriptorNodeError(f"dense_scale must be in (0, 1], got {p['dense_scale']}")
         self._settings = LiveSettings(
@@ -191,6 +196,8 @@ class DescriptorNode(Node):
         self._markers_pub = self.create_publisher(MarkerArray, topics.KEYPOINT_MARKERS, 10)
         self._errors_pub = self.create_publisher(String, "~/errors", 10)
         self._object_pose = ObjectPoseOutputs(self, p["object_frame"], object_pose) if p["pose_points"] > 0 else None
+        if self._pose_keypoints.source == "pose" and self._object_pose is None:
+            self.get_logger().warning("keypoint_source is pose but pose_points is 0: keypoints are their own matches")
         # One group: a keypoint is never defined on a model that is being replaced.
         model_services = MutuallyExclusiveCallbackGroup()
         boundary.create_service(
@@ -269,10 +276,19 @@ class DescriptorNode(Node):
             return
         depth, intrinsics = self._depth_for(image)
         locations = frame.locate(depth, intrinsics)
+        # Keypoints placed by the pose wait for it; matched ones are published first (less latency).
+        pose_first = self._object_pose is not None and self._pose_keypoints.source == "pose"
+        pose = self._object_pose.estimate(frame, image.header, depth, intrinsics) if pose_first else None
+        if pose is not None:
+            locations = keypoints_through_pose(
+                frame.keypoints, locations, pose, intrinsics, depth, self._pose_keypoints
+            )
         self._matches_pub.publish(self._matches_msg(image.header, locations))
         self._markers_pub.publish(self._markers_msg(image.header, frame.keypoints.names, locations))
         if self._object_pose is not None:
-            self._object_pose.publish(frame, image.header, depth, intrinsics)
+            if not pose_first:
+                pose = self._object_pose.estimate(frame, image.header, depth, intrinsics)
+            self._object_pose.publish(image.header, pose)
         if self._dense_pub is not None:
             dense = frame.dense(self.dense_scale)
             self._dense_pub.publish(array_to_image(dense, f"32FC{dense.shape[2]}", image.header))

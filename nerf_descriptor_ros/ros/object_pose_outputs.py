@@ -54,22 +54,26 @@ class ObjectPoseOutputs:
     def _warn(self, message: str) -> None:
         self._node.get_logger().warning(" ".join(message.split()), throttle_duration_sec=WARN_PERIOD_S)
 
-    def publish(self, frame, header, depth, intrinsics) -> ObjectPose | None:
-        """Estimate the pose of ``frame`` (a DescribedFrame) and publish it with ``header``; the pose,
-        or None (said in a throttled warning, confidence 0 published) when there is none."""
+    def estimate(self, frame, header, depth, intrinsics) -> ObjectPose | None:
+        """The pose of ``frame`` (a DescribedFrame), or None (said in a throttled warning) when there
+        is none; :meth:`publish` then publishes it."""
         if frame.pose_points is None:  # said once when the model was loaded
             return None
         if intrinsics is None:
             self._warn("no object pose: it needs the camera's CameraInfo (use_depth: true, camera_info published)")
-            self._confidence_pub.publish(Float32(data=0.0))
             return None
         try:
-            pose = frame.object_pose(intrinsics, depth, self.config)
-            msg = PoseStamped(header=header, pose=matrix_to_pose_msg(pose.T_cam_object))
+            return frame.object_pose(intrinsics, depth, self.config)
         except Exception as exc:  # ObjectPoseError (too few matches), or a bug: a pose is never worth the node
             self._warn(f"no object pose in the image stamped {_seconds(header)}: {describe(exc)}")
-            self._confidence_pub.publish(Float32(data=0.0))
             return None
+
+    def publish(self, header, pose: ObjectPose | None) -> None:
+        """``pose`` (from :meth:`estimate`) with ``header``; None publishes confidence 0 alone."""
+        if pose is None:
+            self._confidence_pub.publish(Float32(data=0.0))
+            return
+        msg = PoseStamped(header=header, pose=matrix_to_pose_msg(pose.T_cam_object))
         self._pose_pub.publish(msg)
         self._confidence_pub.publish(Float32(data=float(pose.confidence)))
         if self._tf is not None and header.frame_id:
@@ -79,7 +83,6 @@ class ObjectPoseOutputs:
             transform.transform.translation.z = msg.pose.position.z
             transform.transform.rotation = msg.pose.orientation
             self._tf.sendTransform(transform)
-        return pose
 
 
 def _seconds(header) -> str:
