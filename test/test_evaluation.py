@@ -168,6 +168,13 @@ def test_train_and_evaluate_commands(scene_dataset, tmp_path, capsys, single_tor
     manifest = json.loads((out / "model" / "manifest.json").read_text())
     assert manifest["descriptor_dim"] == 3 and manifest["input_size"] == [64, 48]
     assert manifest["info"]["supervision"] == "gt_depth"
+    # The pose points are stored with the model, matching it, so the descriptor node starts at once.
+    from nerf_descriptor_ros.descriptors.model import load_model
+    from nerf_descriptor_ros.live.pose_points import POSE_POINTS_COUNT, POSE_POINTS_SEED, load_pose_points
+
+    points = load_pose_points(load_model(out / "model"), out / "model", POSE_POINTS_COUNT, POSE_POINTS_SEED)
+    assert points is not None and len(points) >= 12 and all(p.point_base is not None for p in points)
+    assert "pose points (the live object pose)" in capsys.readouterr().out
     assert (
         cli.main(
             [

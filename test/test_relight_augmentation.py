@@ -56,6 +56,11 @@ def test_relight_shades_by_the_normal_and_keeps_pixels_without_one():
     # Off, or with no strength, nothing changes.
     for config in (AugmentationConfig(relight_probability=0.0), AugmentationConfig(relight_strength=0.0)):
         np.testing.assert_array_equal(relight(image, normals, rng, config), image)
+    # Off, they draw nothing: the random stream of the other augmentations is as without them.
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    relight(image, normals, a, AugmentationConfig())
+    swap_background(image, view.mask, [image], a, AugmentationConfig())
+    assert a.random() == b.random()
 
 
 def test_swap_background_keeps_the_object_and_takes_the_rest_from_the_donor():
@@ -64,11 +69,11 @@ def test_swap_background_keeps_the_object_and_takes_the_rest_from_the_donor():
     mask[10:25, 15:30] = True
     image = rng.uniform(size=(40, 50, 3)).astype(np.float32)
     donor = rng.uniform(size=(40, 50, 3)).astype(np.float32)
-    out = swap_background(image, mask, donor, rng, ALWAYS)
+    out = swap_background(image, mask, [donor], rng, ALWAYS)
     np.testing.assert_array_equal(out[mask], image[mask])
     donor_colours = {tuple(c) for c in donor.reshape(-1, 3)}
     assert all(tuple(c) in donor_colours for c in out[~mask])
     assert not np.array_equal(out[~mask], image[~mask])
     np.testing.assert_array_equal(
-        swap_background(image, mask, donor, rng, AugmentationConfig(background_probability=0.0)), image
+        swap_background(image, mask, [donor], rng, AugmentationConfig(background_probability=0.0)), image
     )

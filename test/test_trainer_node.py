@@ -9,6 +9,7 @@ import pytest
 import torch
 from synthetic_scenes import orbit_poses, textured_objects_scene, write_scene_dataset
 
+from nerf_descriptor_ros.live.pose_points import POSE_POINTS_NAME
 from nerf_descriptor_ros.progress import ProgressReport
 
 pytestmark = pytest.mark.ros
@@ -125,6 +126,7 @@ def test_action_trains_reports_and_refuses_a_second_job(nodes, rclpy_node, data_
 
     model = load_model(result.model_path)
     assert model.manifest["descriptor_dim"] == 3
+    assert (Path(result.model_path) / POSE_POINTS_NAME).is_file()  # the node need not build them
     assert model.manifest["info"]["nerf_checkpoint"] == result.nerf_checkpoint
     assert metrics["descriptors"]["iterations"] == 30
     # Stages in order of their first progress (the action sends the newest report at 10 Hz, so

@@ -48,6 +48,8 @@ def run(args) -> int:
     from nerf_descriptor_ros.data.dataset import Dataset
     from nerf_descriptor_ros.descriptors.pipeline import train_descriptor_model
     from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
+    from nerf_descriptor_ros.device import resolve_device
+    from nerf_descriptor_ros.live.pose_points import export_pose_points
 
     training = {
         k: v
@@ -82,6 +84,12 @@ def run(args) -> int:
     print(
         f"[train-descriptors] model in {model_dir} {state} ({stats['iterations']} steps, final loss "
         f"{stats['mean_loss_last_100']:.4f}, {stats['pairs']} view pairs)",
+        flush=True,
+    )
+    pose_points = export_pose_points(model_dir, dataset, resolve_device(args.device))
+    print(
+        "[train-descriptors] pose points (the live object pose): "
+        + (str(pose_points) if pose_points else "none, the dataset has no depth or masks to sample them on"),
         flush=True,
     )
     return 0

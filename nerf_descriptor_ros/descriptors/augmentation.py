@@ -20,6 +20,7 @@ place under one light and the robot later finds it elsewhere:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -114,8 +115,8 @@ def relight(image: np.ndarray, normals: np.ndarray, rng: np.random.Generator, co
     """``image`` (HxWx3 float in [0, 1]) with each pixel scaled by ``1 + n . v``: ``n`` its unit
     surface normal (HxWx3, NaN where unknown: those pixels are kept), ``v`` a random direction of
     random length up to ``relight_strength``, as a change of the light's direction shades it."""
-    if config.relight_strength <= 0 or rng.random() >= config.relight_probability:
-        return image
+    if config.relight_probability <= 0 or config.relight_strength <= 0 or rng.random() >= config.relight_probability:
+        return image  # off draws nothing: the other augmentations' random stream stays as it was
     direction = rng.normal(size=3)
     direction *= rng.uniform(0.0, config.relight_strength) / np.linalg.norm(direction)
     gain = 1.0 + np.nan_to_num(normals @ direction, nan=0.0)
@@ -123,12 +124,17 @@ def relight(image: np.ndarray, normals: np.ndarray, rng: np.random.Generator, co
 
 
 def swap_background(
-    image: np.ndarray, mask: np.ndarray, donor: np.ndarray, rng: np.random.Generator, config: AugmentationConfig
+    image: np.ndarray,
+    mask: np.ndarray,
+    donors: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    config: AugmentationConfig,
 ) -> np.ndarray:
-    """``image`` with its pixels outside ``mask`` (the object) taken from ``donor`` (an image of the
-    same size), randomly flipped and circularly shifted."""
-    if rng.random() >= config.background_probability:
+    """``image`` with its pixels outside ``mask`` (the object) taken from one of ``donors`` (images
+    of the same size), randomly flipped and circularly shifted."""
+    if config.background_probability <= 0 or rng.random() >= config.background_probability:
         return image
+    donor = donors[int(rng.integers(len(donors)))]
     if rng.random() < 0.5:
         donor = donor[:, ::-1]
     if rng.random() < 0.5:

@@ -174,7 +174,7 @@ class PairSampler:
             size = (view.intrinsics.width, view.intrinsics.height)
             self.images[index] = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         self.size = size
-        self.indices = sorted(self.images)
+        self.donors = [self.images[index] for index in sorted(self.images)]
         self.normals = {index: world_normals(view) for index, view in cache.views.items()}
         self.terms = LOSS_TERMS[config.loss]
         self.surface = surface_frame(cache.views) if "regression" in self.terms else None
@@ -218,8 +218,7 @@ class PairSampler:
             size = tuple(max(MIN_SIZE, round(side * cfg.crop_fraction)) for side in self.size)
             matrix = crop_around(matrix, view.mask, size, rng)
         image = relight(self.images[index], self.normals[index], rng, cfg.augmentation)
-        donor = self.images[self.indices[rng.integers(len(self.indices))]]
-        image = swap_background(image, view.mask, donor, rng, cfg.augmentation)
+        image = swap_background(image, view.mask, self.donors, rng, cfg.augmentation)
         image = photometric(warp_image(image, matrix, size=size), rng, cfg.augmentation)
         mask, valid = self._regions(view, matrix, size)
         surface = self._surface(view, matrix, size, (mask, valid), rng) if self.surface is not None else None

@@ -7,9 +7,12 @@ area over the object's surface as the any-point metric samples them
 beside the model as ``pose_points.json`` (the keypoints.json format, with the count and seed asked
 for), apart from ``keypoints.json`` so that the matches the node publishes stay the named keypoints.
 
-A model without the file (exported before pose estimation existed, or with other weights since)
-gets it built when it is loaded, from its dataset's depth and masks; a model whose dataset is not
-at hand or has no depth or masks runs without pose estimation (``LiveModel.pose_points`` None).
+Training writes the file beside the model it exports (:func:`export_pose_points`, from the trainer
+node and ``nerf-descriptor train-descriptors``), so the descriptor node starts at once. A model
+without it (exported before pose estimation existed, or with other weights since, or asked for
+another count) gets it built when it is loaded, from its dataset's depth and masks; a model whose
+dataset is not at hand or has no depth or masks runs without pose estimation
+(``LiveModel.pose_points`` None).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 
 from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
-from nerf_descriptor_ros.descriptors.model import DescriptorModel
+from nerf_descriptor_ros.descriptors.model import DescriptorModel, load_model
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.keypoints.any_point import surface_keypoint_specs
 from nerf_descriptor_ros.keypoints.definition import DescribeFn, KeypointError, KeypointSet, define_keypoints
@@ -75,6 +78,26 @@ def load_pose_points(model: DescriptorModel, model_dir: str | Path, count: int, 
         return KeypointSet.load(model, path)
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, AttributeError, KeypointError):
         return None
+
+
+def export_pose_points(
+    model_dir: str | Path,
+    dataset: Dataset,
+    device: str = "cpu",
+    count: int = POSE_POINTS_COUNT,
+    seed: int = POSE_POINTS_SEED,
+) -> Path | None:
+    """Build and store the pose points of the model in ``model_dir`` (trained on ``dataset``) unless
+    they are stored already; their path, or None when the dataset has no depth or masks to sample
+    them on (the descriptor node then runs without an object pose, as it says)."""
+    model = load_model(model_dir, device)
+    if load_pose_points(model, model_dir, count, seed) is not None:
+        return Path(model_dir) / POSE_POINTS_NAME
+    try:
+        points = build_pose_points(model.describe, dataset, model, count, seed)
+    except KeypointError:
+        return None
+    return save_pose_points(points, model_dir, count, seed)
 
 
 def pose_points_for(live, count: int, logger, seed: int = POSE_POINTS_SEED) -> KeypointSet | None:

@@ -106,6 +106,8 @@ def check_descriptors_stage(ctx: JobContext) -> None:
 def run_descriptors_stage(ctx: JobContext, report: ProgressCallback, cancel: threading.Event) -> None:
     """NeRF correspondences, then a Dense Object Net trained on them and exported."""
     from nerf_descriptor_ros.descriptors.pipeline import train_descriptor_model
+    from nerf_descriptor_ros.device import resolve_device
+    from nerf_descriptor_ros.live.pose_points import export_pose_points
 
     settings = _descriptor_settings(ctx)
     checkpoint = Path(ctx.results.get("nerf_checkpoint") or ctx.dataset.root / "nerf" / "nerf.pt")
@@ -125,6 +127,8 @@ def run_descriptors_stage(ctx: JobContext, report: ProgressCallback, cancel: thr
         resume=True,
     )
     ctx.results["model_path"] = str(model_dir)
+    report(ProgressReport("descriptors", 1, 1, message="sampling the pose points over the object"))
+    export_pose_points(model_dir, ctx.dataset, resolve_device(ctx.device))
     keys = ("iterations", "mean_loss_last_100", "pairs", "seconds", "up_to_date")
     ctx.metrics["descriptors"] = {k: stats[k] for k in keys}
 
