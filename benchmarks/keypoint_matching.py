@@ -61,6 +61,7 @@ from nerf_descriptor_ros.keypoints.matching import (
     match_keypoints,
     model_max_distance,
 )
+from nerf_descriptor_ros.sim.views import PLACEMENTS
 
 REFINEMENTS = (
     ("argmin", "none", 0),
@@ -120,6 +121,13 @@ def main() -> int:
         "--pose", action="store_true", help="--any-point and the live object pose's error on the same views"
     )
     parser.add_argument("--pose-points", type=int, default=200, help="pose points the object pose is found from")
+    parser.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="new",
+        help="with --any-point: new placements (the metric), the capture's placement, or new placements with the "
+        "light turned as the object turned (diagnostics: what the move costs, and how much of it is the light)",
+    )
     parser.add_argument(
         "--pose-depth-noise-mm", type=float, default=0.0, help="Gaussian noise added to the exact simulated depth"
     )
@@ -253,6 +261,7 @@ def any_point(args) -> int:
             args.seed,
             pose_points=args.pose_points if args.pose else 0,
             depth_noise_m=args.pose_depth_noise_mm / 1000.0,
+            placement=args.placement,
         )
         result.update(model=str(Path(model_dir).resolve()), dataset=str(Path(dataset_dir).resolve()))
         result["seconds"] = round(time.monotonic() - began, 1)

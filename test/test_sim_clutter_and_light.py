@@ -88,3 +88,32 @@ def test_the_light_changes_colours_but_not_depth_or_mask():
 def test_a_light_out_of_range_is_refused(field, value):
     with pytest.raises(ConfigError, match=field):
         SimConfig(**{field: value})
+
+
+def test_live_view_placements_leave_the_object_or_turn_the_light_with_it_and_restore_the_light():
+    from nerf_descriptor_ros.sim.views import live_views_of_new_placements
+
+    with SimWorld(SimConfig(width=64, height=48)) as world:
+        T_then = world.object_pose
+        centre = world.object_center()
+        light = tuple(world.config.light_direction)
+        seen = list(live_views_of_new_placements(world, T_then, centre, 0.3, 2, 1, 7, "capture"))
+        assert len(seen) == 2 and all(np.allclose(T_now, T_then, atol=1e-6) for _, T_now, _ in seen)
+        lights, moved = [], []
+        for _, T_now, _ in live_views_of_new_placements(world, T_then, centre, 0.3, 2, 1, 7, "new_light_follows"):
+            lights.append(np.array(world.config.light_direction))
+            moved.append(T_now)
+        assert len(moved) == 2 and tuple(world.config.light_direction) == light  # restored
+        for T_now, turned in zip(moved, lights):
+            R = T_now[:3, :3] @ T_then[:3, :3].T
+            yaw = np.arctan2(R[1, 0], R[0, 0])
+            expected = np.array(
+                [
+                    np.cos(yaw) * light[0] - np.sin(yaw) * light[1],
+                    np.sin(yaw) * light[0] + np.cos(yaw) * light[1],
+                    light[2],
+                ]
+            )
+            assert abs(yaw) > 0.05 and np.allclose(turned, expected)
+        with pytest.raises(ValueError, match="placement"):
+            next(live_views_of_new_placements(world, T_then, centre, 0.3, 1, 1, 7, "elsewhere"))

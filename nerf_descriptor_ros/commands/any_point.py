@@ -70,13 +70,15 @@ def any_point_on_new_placements(
     keypoint_seed: int = ANY_POINT_SEED,
     pose_points: int = 0,
     depth_noise_m: float = 0.0,
+    placement: str = "new",
 ) -> dict:
     """The metric's summary (``keypoints.any_point.summarize``) for ``model`` (a DescriptorModel)
     trained on ``dataset`` (simulated, with its ground truth), with how it was measured: the
     headline for the node's default ``keypoint_source``, both sources under ``by_source``, the pose
     from ``pose_points`` pose points (0: the node's default count). With ``pose_points`` > 0 also
     ``object_pose`` (:func:`object_pose_scores` on the same views). The pose sees the views' depth
-    with ``depth_noise_m`` of Gaussian noise; the scores use the true depth."""
+    with ``depth_noise_m`` of Gaussian noise; the scores use the true depth. ``placement``: see ``sim.views.PLACEMENTS``
+    (``new`` is the metric; the others are diagnostics)."""
     from nerf_descriptor_ros.sim.world import SimWorld
 
     truth = json.loads((dataset.root / GROUND_TRUTH_NAME).read_text())["object"]
@@ -88,7 +90,7 @@ def any_point_on_new_placements(
     )
     intrinsics = dataset.frames[0].intrinsics
     with SimWorld(sim_config_for(truth, intrinsics)) as world:
-        placed = live_views_of_new_placements(world, T_then, centre_then, radius, placements, views, seed)
+        placed = live_views_of_new_placements(world, T_then, centre_then, radius, placements, views, seed, placement)
         rendered = [(T_now, frame.rgb, frame.depth, frame.T_base_cam) for _, T_now, frame in placed]
         live_intrinsics = world.intrinsics
     points = build_pose_points(model.describe, dataset, model, pose_points or POSE_POINTS_COUNT)
@@ -104,6 +106,7 @@ def any_point_on_new_placements(
         "keypoint_seed": keypoint_seed,
         "sampling": "uniform over voxels of the training views' back-projected object pixels (each voxel once)",
         "placements": placements,
+        "placement": placement,
         "placement_seeds": [seed, seed + placements - 1],
         "views": len({r["view"] for r in records}),
         "views_per_placement": views,

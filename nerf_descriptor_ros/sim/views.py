@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, transform_points
@@ -105,23 +107,56 @@ def random_live_view(center, radius: float, rng: np.random.Generator) -> np.ndar
     return hemisphere_views(center, 1, radius, elevation, elevation, start_azimuth_deg=rng.uniform(0.0, 360.0))[0]
 
 
+# Where live_views_of_new_placements puts the object: at new random placements (what the live
+# trials do); left where it was captured; or at new placements with the light turned about the
+# vertical as the object turned, so its shading is the capture's. The last two tell how much of a
+# keypoint's error the placement costs, and how much of that is the light.
+PLACEMENTS = ("new", "capture", "new_light_follows")
+
+
 def live_views_of_new_placements(
-    world, T_object_then: np.ndarray, center_then, radius: float, placements: int, views: int, seed: int
+    world,
+    T_object_then: np.ndarray,
+    center_then,
+    radius: float,
+    placements: int,
+    views: int,
+    seed: int,
+    placement: str = "new",
 ):
     """Yield (placement seed, object pose, rendered frame): the object of ``world`` (a SimWorld) at
-    ``placements`` random placements (seeds ``seed``, ``seed`` + 1, ...), each seen from ``views``
-    reachable live views of its moved ``center_then``. A view the arm cannot reach is drawn again,
-    at most 12 times per view."""
+    ``placements`` random placements (seeds ``seed``, ``seed`` + 1, ...; see :data:`PLACEMENTS` for
+    ``placement``), each seen from ``views`` reachable live views of its moved ``center_then``. A
+    view the arm cannot reach is drawn again, at most 12 times per view."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement {placement!r} unknown; choose one of {PLACEMENTS}")
     rng = np.random.default_rng(seed)
-    for placement in range(placements):
-        T_object_now = world.place_object_random(seed + placement)
-        center_now = transform_points(T_object_now @ invert(T_object_then), np.asarray(center_then)[None])[0]
-        reached = 0
-        for _ in range(12 * views):
-            if reached == views:
-                break
-            solution = world.solve_camera_ik(random_live_view(center_now, radius, rng))
-            if solution.success:
-                world.set_joint_positions(solution.joint_positions)
-                reached += 1
-                yield seed + placement, T_object_now, world.render()
+    light = tuple(world.config.light_direction)
+    try:
+        for number in range(placements):
+            if placement == "capture":
+                T_object_now = world.set_object_pose(T_object_then)
+            else:
+                T_object_now = world.place_object_random(seed + number)
+            if placement == "new_light_follows":
+                turned = T_object_now[:3, :3] @ T_object_then[:3, :3].T
+                world.config = replace(world.config, light_direction=tuple(_about_vertical(turned) @ light))
+            center_now = transform_points(T_object_now @ invert(T_object_then), np.asarray(center_then)[None])[0]
+            reached = 0
+            for _ in range(12 * views):
+                if reached == views:
+                    break
+                solution = world.solve_camera_ik(random_live_view(center_now, radius, rng))
+                if solution.success:
+                    world.set_joint_positions(solution.joint_positions)
+                    reached += 1
+                    yield seed + number, T_object_now, world.render()
+    finally:
+        world.config = replace(world.config, light_direction=light)
+
+
+def _about_vertical(rotation: np.ndarray) -> np.ndarray:
+    """The turn about the base frame's z axis that ``rotation`` makes (its yaw), as a 3x3 matrix."""
+    yaw = np.arctan2(rotation[1, 0], rotation[0, 0])
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
