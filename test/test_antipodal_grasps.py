@@ -212,3 +212,23 @@ def test_thin_objects_collide_per_wire_segment_and_a_grasp_clears_them(tmp_path)
         assert crossing[0][0] == body  # the fingers close on the fork
     finally:
         pybullet.disconnect(client)
+
+
+def test_a_grasp_backs_off_from_the_floor_only_as_far_as_its_centre_stays_between_the_pads():
+    from nerf_descriptor_ros.grasping.gripper import clear_of_floor
+
+    down = np.eye(4)
+    down[:3, :3] = np.diag([1.0, -1.0, -1.0])  # approach straight down
+    tip = PANDA.tip_past_tcp_m
+    for depth, tcp_z, expected in ((0.0, 0.0, True), (0.0, 0.005, True), (0.0, 0.05, True), (0.0, -0.001, False)):
+        T = down.copy()[None]
+        T[0, 2, 3] = tcp_z
+        clear = clear_of_floor(T, np.array([0.04]), PANDA, 0.0, depth)[0]
+        assert clear == expected, (depth, tcp_z)
+        if clear:
+            assert T[0, 2, 3] == pytest.approx(max(tcp_z, tip))  # fingertips down to the floor, no further
+    # A TCP planned 2 cm past its grasp centre may back off 2 cm more.
+    T = down.copy()[None]
+    T[0, 2, 3] = -0.02
+    assert not clear_of_floor(T.copy(), np.array([0.04]), PANDA, 0.0)[0]
+    assert clear_of_floor(T, np.array([0.04]), PANDA, 0.0, 0.02)[0] and T[0, 2, 3] == pytest.approx(tip)

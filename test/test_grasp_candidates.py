@@ -27,7 +27,7 @@ from nerf_descriptor_ros.geometry import (
 )
 from nerf_descriptor_ros.grasping.antipodal import AntipodalConfig
 from nerf_descriptor_ros.grasping.depth_grasps import DepthSurfaceConfig, antipodal_grasps_from_depth, depth_surface
-from nerf_descriptor_ros.grasping.gripper import GripperConfig
+from nerf_descriptor_ros.grasping.gripper import GripperConfig, gripper_boxes, lowest_z
 from nerf_descriptor_ros.grasping.planner import GraspConfig, GraspError, plan_grasp
 from nerf_descriptor_ros.msg import KeypointMatch, KeypointMatches
 from nerf_descriptor_ros.ros.conversions import (
@@ -322,3 +322,35 @@ def test_a_failed_pick_is_tried_again_at_a_fresh_target(nodes, ros):
     finally:
         stopped.set()
         publisher.join(timeout=5)
+
+
+@pytest.mark.ros
+def test_a_surface_grasp_on_a_flat_object_backs_off_until_the_hand_clears_the_table(nodes, ros):
+    """A 5 mm flat bar: the surface planner alone puts the TCP 2 cm past its top, under the table."""
+    intrinsics = CameraIntrinsics.from_fov(160, 120, 50.0)
+    mesh = axis_aligned_box([0.45, 0.05, 0.0025], [0.09, 0.03, 0.005])
+    scene = Scene([WireMesh(mesh.vertices, mesh.faces)], table_half_size=2.0)
+    top = np.array([0.45, 0.05, 0.005])
+    T_base_cam = look_at([0.44, 0.04, 0.30], top)
+    _, depth, _ = scene.render(T_base_cam, intrinsics)
+    point_cam = transform_points(invert(T_base_cam), top[None])[0]
+    uv = tuple(intrinsics.project(point_cam[None])[0][0])
+    proc = nodes.start(
+        "manipulation", "config/manipulation.yaml", {"pick_service": "/nobody/pick_and_lift", "max_target_age_s": 30.0}
+    )
+    camera = Camera(ros.node, intrinsics)
+    targets = Inbox(ros.node, PoseStamped, "grasp/target")
+
+    target = _until(camera, (T_base_cam, depth.astype(np.float32), uv, point_cam), targets, what="grasp target")
+    T = pose_msg_to_matrix(target.pose)
+    planned = plan_grasp(point_cam, T_base_cam, GraspConfig(), uv, depth, intrinsics).T_base_tcp
+    assert planned[2, 3] < 0.0  # what the planner alone asks: the TCP under the table top
+    np.testing.assert_allclose(T[:3, :3], planned[:3, :3], atol=1e-6)  # the same hand orientation ...
+    back = T[:3, 3] - planned[:3, 3]
+    assert np.linalg.norm(np.cross(back, T[:3, 2])) < 1e-6 and back @ T[:3, 2] < 0  # ... backed off along it
+    opening = PANDA.max_opening_m
+    lowest = min(float(lowest_z(T, box)) for box in gripper_boxes(PANDA, opening).values())
+    clearance = AntipodalConfig().table_clearance_m
+    assert lowest == pytest.approx(clearance, abs=1e-6)  # down to the clearance, no further
+    assert 0.0 <= (top - T[:3, 3]) @ T[:3, 2] <= PANDA.tip_past_tcp_m + 1e-9  # the bar's top between the pads
+    assert proc.poll() is None

@@ -44,7 +44,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from nerf_descriptor_ros.config import ConfigError, described
-from nerf_descriptor_ros.grasping.gripper import Box, GripperConfig, gripper_boxes, lowest_z
+from nerf_descriptor_ros.grasping.gripper import GripperConfig, clear_of_floor, gripper_boxes
 from nerf_descriptor_ros.grasping.planner import GraspError
 
 # Rejection causes, in the order they are checked, with the words a log line uses for each.
@@ -182,7 +182,7 @@ def sample_antipodal_grasps(
 
     keep = np.ones(len(pair), dtype=bool)
     if table_z is not None:
-        keep = _clear_of_table(T, opening, gripper, float(table_z) + config.table_clearance_m)
+        keep = clear_of_floor(T, opening, gripper, float(table_z) + config.table_clearance_m)
         rejections["table_collision"] = int((~keep).sum())
     T, opening, pair = T[keep], opening[keep], pair[keep]
     collides, count, span = _hand_against_points(T, opening, gripper, points)
@@ -300,24 +300,6 @@ def _approaches(closing: np.ndarray, K: int, max_tilt_deg: float) -> tuple[np.nd
         phi[full] = np.linspace(-math.pi, math.pi, K, endpoint=False)
     approach = np.cos(phi)[..., None] * best[:, None] + np.sin(phi)[..., None] * side[:, None]
     return approach, ok
-
-
-def _clear_of_table(T: np.ndarray, opening: np.ndarray, gripper: GripperConfig, floor_z: float) -> np.ndarray:
-    """Whether each hand clears ``floor_z``; where the fingertips would not, the TCP in ``T`` is
-    moved back along the approach (in place), as far as the grasp centre may stay between the pads."""
-    lowest = np.full(len(T), np.inf)
-    for name, box in gripper_boxes(gripper, 0.0).items():  # the fingers shut ...
-        centre = np.repeat(box.centre[None], len(T), 0)
-        if name != "palm":  # ... then opened to each candidate's opening
-            centre[:, 1] += np.sign(box.centre[1]) * opening / 2
-        lowest = np.minimum(lowest, lowest_z(T, Box(centre, box.half)))
-    approach_z = T[:, 2, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        back = np.where(lowest < floor_z, (floor_z - lowest) / approach_z, 0.0)  # <= 0 when feasible
-    clear = (lowest >= floor_z) | ((approach_z < -1e-9) & (back >= -gripper.tip_past_tcp_m - 1e-12))
-    shift = np.where(clear, np.minimum(back, 0.0), 0.0)
-    T[:, :3, 3] += shift[:, None] * T[:, :3, 2]
-    return clear
 
 
 def _hand_against_points(T, opening, gripper: GripperConfig, points):

@@ -113,3 +113,27 @@ def lowest_z(T_base_tcp: np.ndarray, box: Box) -> np.ndarray:
     R = T_base_tcp[..., :3, :3]
     centre_z = (R[..., 2, :] * box.centre).sum(-1) + T_base_tcp[..., 2, 3]
     return centre_z - (np.abs(R[..., 2, :]) * box.half).sum(-1)
+
+
+def clear_of_floor(
+    T: np.ndarray, opening: np.ndarray, gripper: GripperConfig, floor_z: float, grasp_depth_m: float = 0.0
+) -> np.ndarray:
+    """Whether each hand (TCP poses ``T`` (N, 4, 4), fingers ``opening`` (N,) apart) clears
+    ``floor_z``; where the fingertips would not, the TCP in ``T`` is moved back along the approach
+    (in place), as far as the grasp centre, ``grasp_depth_m`` short of the TCP along the
+    approach, may stay between the pads (``tip_past_tcp_m`` past the TCP). The table rule of every
+    grasp planner."""
+    lowest = np.full(len(T), np.inf)
+    for name, box in gripper_boxes(gripper, 0.0).items():  # the fingers shut ...
+        centre = np.repeat(box.centre[None], len(T), 0)
+        if name != "palm":  # ... then opened to each candidate's opening
+            centre[:, 1] += np.sign(box.centre[1]) * opening / 2
+        lowest = np.minimum(lowest, lowest_z(T, Box(centre, box.half)))
+    approach_z = T[:, 2, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        back = np.where(lowest < floor_z, (floor_z - lowest) / approach_z, 0.0)  # <= 0 when feasible
+    reach = gripper.tip_past_tcp_m + grasp_depth_m
+    clear = (lowest >= floor_z) | ((approach_z < -1e-9) & (back >= -reach - 1e-12))
+    shift = np.where(clear, np.minimum(back, 0.0), 0.0)
+    T[:, :3, 3] += shift[:, None] * T[:, :3, 2]
+    return clear

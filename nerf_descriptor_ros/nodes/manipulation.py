@@ -25,7 +25,9 @@ candidates are published best first, as ``geometry_msgs/PoseArray`` on ``~/grasp
 (base frame, the match's stamp), with their scores (in [0, 1], higher is better) in the same order as
 ``std_msgs/Float32MultiArray`` on ``~/grasp_candidate_scores``, published just before them; the
 best is the grasp target. Where no candidate fits, both are published empty, a warning says why,
-and the target comes from the ``surface`` planner.
+and the target comes from the ``surface`` planner. Either way the open hand stays
+``antipodal_table_clearance_m`` above the table (``table_z_m``): a surface grasp on a flat object
+backs off along its approach as far as the fingers still hold the grasp point.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.geometry import pose_distance
 from nerf_descriptor_ros.grasping.antipodal import AntipodalConfig, AntipodalGrasps
 from nerf_descriptor_ros.grasping.depth_grasps import DepthSurfaceConfig, antipodal_grasps_from_depth
-from nerf_descriptor_ros.grasping.gripper import GripperConfig
-from nerf_descriptor_ros.grasping.planner import GraspConfig, plan_grasp
+from nerf_descriptor_ros.grasping.gripper import GripperConfig, clear_of_floor
+from nerf_descriptor_ros.grasping.planner import GraspConfig, GraspError, plan_grasp
 from nerf_descriptor_ros.msg import KeypointMatches
 from nerf_descriptor_ros.ros import callback_boundary as boundary
 from nerf_descriptor_ros.ros import topics
@@ -263,7 +265,7 @@ class ManipulationNode(Node):
                     else None
                 )
                 plan = plan_grasp(point_cam, T_base_cam, self.grasp_config, uv, depth, intrinsics, second_point)
-                T_base_tcp = plan.T_base_tcp
+                T_base_tcp = self._above_table(plan.T_base_tcp)
         except (NerfDescriptorError, ValueError) as exc:
             self._no_target(f"no grasp target from the matches stamped {stamp_ns / 1e9:.3f} s: {exc}")
             return
@@ -281,6 +283,21 @@ class ManipulationNode(Node):
         self._target_pub.publish(target)
         if start_pick:
             threading.Thread(target=self._execute_once, daemon=True).start()
+
+    def _above_table(self, T_base_tcp: np.ndarray) -> np.ndarray:
+        """The surface planner's grasp backed off along its approach until the open hand clears the
+        table by ``antipodal_table_clearance_m`` (the antipodal sampler's rule): a flat object's
+        grasp point is closer to the table than the planner's grasp depth. GraspError when the
+        grasp point would then be beyond the fingertips."""
+        T = np.array(T_base_tcp, dtype=np.float64)[None]
+        floor = self.surface_config.table_z_m + self.antipodal_config.table_clearance_m
+        opening = np.array([self.gripper_config.max_opening_m])
+        if not clear_of_floor(T, opening, self.gripper_config, floor, self.grasp_config.grasp_depth_m)[0]:
+            raise GraspError(
+                f"the grasp point is too close to the table (table_z_m {self.surface_config.table_z_m}) for the "
+                "fingertips to reach it without touching the table"
+            )
+        return T[0]
 
     def _antipodal_grasp(self, header, point_cam, T_base_cam, uv, depth, intrinsics) -> np.ndarray | None:
         """The best antipodal grasp's T_base_tcp, once every candidate is published; None (with a
