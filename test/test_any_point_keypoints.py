@@ -52,7 +52,7 @@ def _view(found_at: dict[int, tuple[int, int]]):
     return image, (SHIFT, rgb, depth, np.eye(4))
 
 
-def _score(keypoints: KeypointSet, found_at: dict, symmetries=()) -> list[dict]:
+def _score(keypoints: KeypointSet, found_at: dict, symmetries=(), locators=None) -> list[dict]:
     image, view = _view(found_at)
     return score_views(
         lambda _rgb: image,
@@ -62,6 +62,7 @@ def _score(keypoints: KeypointSet, found_at: dict, symmetries=()) -> list[dict]:
         INTR,
         KeypointMatchingConfig(refinement="none", calibrated=False),
         symmetries,
+        locators,
     )
 
 
@@ -187,23 +188,14 @@ def test_live_views_of_new_placements_keep_to_the_live_trials_ranges():
 
 def test_each_locator_is_scored_on_the_same_views_as_the_matches():
     keypoints = KeypointSet("x", DIM, keypoints=[_keypoint(f"k{i}", i, _on_plane(*uv)) for i, uv in enumerate(PIXELS)])
-    image, view = _view({i: (u + 5, v) for i, (u, v) in enumerate(PIXELS)})  # every match 5 px off
     seen = []
 
     def exact(descriptors, matched, depth):
-        seen.append((descriptors is image, [m.name for m in matched], depth.shape))
+        seen.append((tuple(descriptors.shape), [m.name for m in matched], depth.shape))
         return [replace(m, u=float(u), v=float(v), point_cam=_on_plane(u, v)) for m, (u, v) in zip(matched, PIXELS)]
 
-    records = score_views(
-        lambda _rgb: image,
-        keypoints,
-        [view],
-        np.eye(4),
-        INTR,
-        KeypointMatchingConfig(refinement="none", calibrated=False),
-        locators={"exact": exact},
-    )
-    assert seen == [(True, keypoints.names, (INTR.height, INTR.width))]
+    records = _score(keypoints, {i: (u + 5, v) for i, (u, v) in enumerate(PIXELS)}, locators={"exact": exact})
+    assert seen == [((DIM, INTR.height, INTR.width), keypoints.names, (INTR.height, INTR.width))]
     by_source = {s: summarize([r for r in records if r["source"] == s]) for s in ("match", "exact")}
     assert by_source["exact"]["median_px"] == 0.0 and by_source["exact"]["visible"] == 4
     assert by_source["match"]["median_px"] == pytest.approx(5.0)
