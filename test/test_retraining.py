@@ -17,6 +17,7 @@ from nerf_descriptor_ros.data.dataset import Dataset, DatasetWriter
 from nerf_descriptor_ros.descriptors.model import load_model
 from nerf_descriptor_ros.descriptors.pipeline import correspondence_cache, train_descriptor_model
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
+from nerf_descriptor_ros.live.pose_points import export_pose_points
 from nerf_descriptor_ros.nerf import train_nerf
 from nerf_descriptor_ros.nerf.config import config_from_dict
 
@@ -56,7 +57,7 @@ def _stages(root, nerf_overrides=None, reports=None):
     report = reports.append if reports is not None else None
     config = config_from_dict({**NERF, **(nerf_overrides or {})})
     checkpoint, metrics = train_nerf(dataset, config, root / "nerf", "cpu", report)
-    _, stats = train_descriptor_model(
+    model_dir, stats = train_descriptor_model(
         dataset,
         root / "descriptors" / "nerf_depth_map",
         DescriptorSettings.load(None, DESCRIPTORS),
@@ -66,6 +67,7 @@ def _stages(root, nerf_overrides=None, reports=None):
         device="cpu",
         report=report,
     )
+    export_pose_points(model_dir, dataset)  # as the node's descriptor stage does after the export
     return metrics, stats
 
 
