@@ -262,6 +262,7 @@ def any_point(args) -> int:
             pose_points=args.pose_points if args.pose else 0,
             depth_noise_m=args.pose_depth_noise_mm / 1000.0,
             placement=args.placement,
+            model_dir=model_dir,
         )
         result.update(model=str(Path(model_dir).resolve()), dataset=str(Path(dataset_dir).resolve()))
         result["seconds"] = round(time.monotonic() - began, 1)

@@ -270,6 +270,19 @@ class CameraIntrinsics:
             uv = points_cam[:, :2] / z[:, None] * [self.fx, self.fy] + [self.cx, self.cy]
         return uv, z
 
+    def project_distorted(self, points_cam) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`project` into the raw (distorted) image: the lens distortion applied to points
+        in front of the camera (``cv2.projectPoints``); the same as :meth:`project` without one."""
+        uv, z = self.project(points_cam)
+        front = z > 0
+        if self.has_distortion and front.any():
+            points = np.asarray(points_cam, dtype=np.float64).reshape(-1, 3)[front]
+            distorted, _ = cv2.projectPoints(
+                points, np.zeros(3), np.zeros(3), self.K, np.asarray(self.distortion, np.float64)
+            )
+            uv[front] = distorted.reshape(-1, 2)
+        return uv, z
+
     def backproject(self, uv, depth) -> np.ndarray:
         """Nx2 pixels and their N depths (metres along z) -> Nx3 camera-frame points.
 

@@ -40,7 +40,12 @@ from nerf_descriptor_ros.live.object_pose import (
     pose_from_locations,
 )
 from nerf_descriptor_ros.live.pose_keypoints import PoseKeypointConfig, keypoints_through_pose
-from nerf_descriptor_ros.live.pose_points import POSE_POINTS_COUNT, build_pose_points
+from nerf_descriptor_ros.live.pose_points import (
+    POSE_POINTS_COUNT,
+    POSE_POINTS_SEED,
+    build_pose_points,
+    load_pose_points,
+)
 from nerf_descriptor_ros.sim.config import SimConfig
 from nerf_descriptor_ros.sim.ground_truth import GROUND_TRUTH_NAME
 from nerf_descriptor_ros.sim.views import LIVE_ELEVATION_RANGE_DEG, live_view_distance, live_views_of_new_placements
@@ -71,6 +76,7 @@ def any_point_on_new_placements(
     pose_points: int = 0,
     depth_noise_m: float = 0.0,
     placement: str = "new",
+    model_dir=None,
 ) -> dict:
     """The metric's summary (``keypoints.any_point.summarize``) for ``model`` (a DescriptorModel)
     trained on ``dataset`` (simulated, with its ground truth), with how it was measured: the
@@ -78,7 +84,8 @@ def any_point_on_new_placements(
     from ``pose_points`` pose points (0: the node's default count). With ``pose_points`` > 0 also
     ``object_pose`` (:func:`object_pose_scores` on the same views). The pose sees the views' depth
     with ``depth_noise_m`` of Gaussian noise; the scores use the true depth. ``placement``: see ``sim.views.PLACEMENTS``
-    (``new`` is the metric; the others are diagnostics)."""
+    (``new`` is the metric; the others are diagnostics).
+    ``model_dir``: the model's folder, whose stored pose points are used when they match."""
     from nerf_descriptor_ros.sim.world import SimWorld
 
     truth = json.loads((dataset.root / GROUND_TRUTH_NAME).read_text())["object"]
@@ -93,7 +100,9 @@ def any_point_on_new_placements(
         placed = live_views_of_new_placements(world, T_then, centre_then, radius, placements, views, seed, placement)
         rendered = [(T_now, frame.rgb, frame.depth, frame.T_base_cam) for _, T_now, frame in placed]
         live_intrinsics = world.intrinsics
-    points = build_pose_points(model.describe, dataset, model, pose_points or POSE_POINTS_COUNT)
+    count = pose_points or POSE_POINTS_COUNT
+    stored = load_pose_points(model, model_dir, count, POSE_POINTS_SEED) if model_dir else None
+    points = stored or build_pose_points(model.describe, dataset, model, count)
     locators = {"pose": pose_locator(points, keypoints, model, live_intrinsics, depth_noise_m)}
     records = score_views(model.describe, keypoints, rendered, T_then, live_intrinsics, config, locators=locators)
     by_source = {source: summarize([r for r in records if r["source"] == source]) for source in ("match", "pose")}
@@ -127,7 +136,7 @@ def pose_locator(
     """The ``pose`` way to place ``keypoints`` in a view, as the descriptor node does by default:
     the object pose from ``points`` (matched with the node's settings) and the view's depth, with
     ``depth_noise_m`` of Gaussian noise (fixed seed) as a sensor's."""
-    matching = KeypointMatchingConfig(max_distance=model_max_distance(model.manifest))
+    matching = node_matching(model)
     pose_config, placing = ObjectPoseConfig(), PoseKeypointConfig()
     size = (intrinsics.width, intrinsics.height)
     rng = np.random.default_rng(0)
@@ -143,6 +152,11 @@ def pose_locator(
         return keypoints_through_pose(keypoints, matched, pose, intrinsics, depth, placing)
 
     return locate
+
+
+def node_matching(model) -> KeypointMatchingConfig:
+    """The matching settings the descriptor node uses for ``model`` by default (its margin)."""
+    return KeypointMatchingConfig(max_distance=model_max_distance(model.manifest))
 
 
 def _without_per_keypoint(summary: dict) -> dict:
@@ -176,7 +190,7 @@ def object_pose_scores(
     matches' depth, and with ICP against the depth image after that (the node's default).
     A refused pose is a miss (outside every tolerance, an infinite error in the medians). The
     simulator's depth is exact: ``depth_noise_m`` adds Gaussian noise (fixed seed) as a sensor's."""
-    matching = KeypointMatchingConfig(max_distance=model_max_distance(model.manifest))
+    matching = node_matching(model)
     size = (intrinsics.width, intrinsics.height)
     rows = {label: [] for label, _ in POSE_METHODS}
     configs = {label: ObjectPoseConfig(**settings) for label, settings in POSE_METHODS}

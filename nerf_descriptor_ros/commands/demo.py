@@ -290,7 +290,7 @@ def _any_point(dataset, model_dir: Path, device: str, placements: int, seed: int
     torch.set_num_threads(1)
     try:
         model = load_model(model_dir, resolve_device(device))
-        result = any_point_on_new_placements(model, dataset, placements, ANY_POINT_VIEWS, seed)
+        result = any_point_on_new_placements(model, dataset, placements, ANY_POINT_VIEWS, seed, model_dir=model_dir)
     except NerfDescriptorError as exc:  # the report of the other stages stands
         return {"skipped": str(exc)}
     finally:

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from nerf_descriptor_ros.config import ConfigError, described, require_at_least
@@ -80,7 +79,8 @@ def keypoints_through_pose(
             located.append(match)
             continue
         point = transform_points(pose.T_cam_capture, np.asarray(keypoint.point_base, np.float64)[None])
-        u, v, z = _image_pixel(point[0], intrinsics)
+        uv, depth_z = intrinsics.project_distorted(point)
+        u, v, z = float(uv[0, 0]), float(uv[0, 1]), float(depth_z[0])
         inside = z > 0 and 0 <= u <= intrinsics.width - 1 and 0 <= v <= intrinsics.height - 1
         if inside and depth is not None:
             seen = depth_at(depth, u, v)
@@ -97,15 +97,3 @@ def keypoints_through_pose(
             )
         )
     return located
-
-
-def _image_pixel(point_cam: np.ndarray, intrinsics: CameraIntrinsics) -> tuple[float, float, float]:
-    """(u, v, z) of a camera-frame point in the raw camera image, its lens distortion applied."""
-    z = float(point_cam[2])
-    if not intrinsics.has_distortion or z <= 0:
-        uv, _ = intrinsics.project(point_cam[None])
-        return float(uv[0, 0]), float(uv[0, 1]), z
-    uv, _ = cv2.projectPoints(
-        point_cam[None], np.zeros(3), np.zeros(3), intrinsics.K, np.asarray(intrinsics.distortion, np.float64)
-    )
-    return float(uv[0, 0, 0]), float(uv[0, 0, 1]), z

@@ -137,14 +137,8 @@ def _project(points_cam: torch.Tensor, intr) -> torch.Tensor:
     z = points_cam[:, 2:].clamp(min=1e-6)
     if intr.has_distortion:
         normalized = (points_cam[:, :2] / z).double().numpy()
-        uv, _ = cv2.projectPoints(
-            np.concatenate([normalized, np.ones((len(normalized), 1))], 1),
-            np.zeros(3),
-            np.zeros(3),
-            intr.K,
-            np.asarray(intr.distortion, dtype=np.float64),
-        )
-        return torch.from_numpy(uv.reshape(-1, 2)).float()
+        uv, _ = intr.project_distorted(np.concatenate([normalized, np.ones((len(normalized), 1))], 1))
+        return torch.from_numpy(uv).float()
     return points_cam[:, :2] / z * torch.tensor([intr.fx, intr.fy]) + torch.tensor([intr.cx, intr.cy])
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, transform_points
+from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, look_at, rpy_deg_to_matrix, transform_points
 
 # Live views (the demo's trials, the any-point keypoint metric) look down at the object from this
 # elevation range (degrees above the table), from any azimuth, as far as the capture looked.
@@ -157,6 +157,5 @@ def live_views_of_new_placements(
 
 def _about_vertical(rotation: np.ndarray) -> np.ndarray:
     """The turn about the base frame's z axis that ``rotation`` makes (its yaw), as a 3x3 matrix."""
-    yaw = np.arctan2(rotation[1, 0], rotation[0, 0])
-    c, s = np.cos(yaw), np.sin(yaw)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    yaw = np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0]))
+    return rpy_deg_to_matrix([0.0, 0.0, 0.0], [0.0, 0.0, yaw])[:3, :3]
