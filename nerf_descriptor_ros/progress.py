@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 @dataclass
 class ProgressReport:
-    stage: str  # "nerf", "correspondences", "descriptors", "export", ...
+    stage: str  # "nerf", "correspondences", "descriptors", "pose_points", ...
     iteration: int
     total_iterations: int
     loss: float = float("nan")

@@ -127,7 +127,7 @@ def run_descriptors_stage(ctx: JobContext, report: ProgressCallback, cancel: thr
         resume=True,
     )
     ctx.results["model_path"] = str(model_dir)
-    report(ProgressReport("descriptors", 1, 1, message="sampling the pose points over the object"))
+    report(ProgressReport("pose_points", 0, 1, message="sampling the pose points over the object"))
     export_pose_points(model_dir, ctx.dataset, resolve_device(ctx.device))
     keys = ("iterations", "mean_loss_last_100", "pairs", "seconds", "up_to_date")
     ctx.metrics["descriptors"] = {k: stats[k] for k in keys}
