@@ -57,6 +57,7 @@ from nerf_descriptor_ros.descriptors.pipeline import correspondence_cache, train
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
 from nerf_descriptor_ros.descriptors.training import TrainingConfig
 from nerf_descriptor_ros.descriptors.view_geometry import working_intrinsics
+from nerf_descriptor_ros.sim.views import SWEEP_FILL_FRACTION, SWEEP_RADIUS_RANGE_M
 
 METHODS = ("gt_depth", "nerf_depth_map", "nerf_density_field", "classical_baseline")
 # The density-field row again at the package's default descriptor size (the rows above use the paper's D = 3).
@@ -338,6 +339,11 @@ def run_protocol(
     return {
         "eval_resolution": list(EVAL_RESOLUTION),
         "train_resolution": [protocol["width"], protocol["height"]],
+        "capture": {
+            "views": protocol["views"],
+            "fill_fraction": SWEEP_FILL_FRACTION,
+            "radius_range_m": list(SWEEP_RADIUS_RANGE_M),
+        },
         "objects": list(per_object),
         "descriptor_dim": descriptor_dim,
         "default_descriptor_dim": TrainingConfig().descriptor_dim,

@@ -38,7 +38,7 @@ from nerf_descriptor_ros.grasping.depth_grasps import DepthSurfaceConfig, antipo
 from nerf_descriptor_ros.grasping.gripper import GripperConfig
 from nerf_descriptor_ros.grasping.planner import GraspConfig, GraspError, plan_grasp
 from nerf_descriptor_ros.sim import SimConfig, SimWorld
-from nerf_descriptor_ros.sim.views import framing_distance, hemisphere_views, random_live_view
+from nerf_descriptor_ros.sim.views import hemisphere_views, random_live_view, sweep_distance
 
 PLANNERS = ("surface", "antipodal", "antipodal_fused")
 PRE_GRASP_M = LIFT_M = 0.1  # the sim node's defaults (pick_pre_grasp_distance_m, pick_lift_height_m)
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
             world.place_object_random(seed)
             point_base = top_centre(world)
             centre = world.object_center()
-            radius = float(np.clip(framing_distance(world.object_radius(), world.intrinsics, 0.5), 0.15, 0.4))
+            radius = sweep_distance(world.object_radius(), world.intrinsics)
             record = {"seed": seed, "keypoint": np.round(point_base, 4).tolist()}
             view = reachable_view(world, centre, radius, np.random.default_rng(seed), point_base)
             if view is None:

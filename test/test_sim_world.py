@@ -20,7 +20,7 @@ from nerf_descriptor_ros.geometry import (
     pose_to_matrix,
     transform_points,
 )
-from nerf_descriptor_ros.sim import SimConfig, SimWorld, framing_distance, hemisphere_views
+from nerf_descriptor_ros.sim import SimConfig, SimWorld, framing_distance, hemisphere_views, sweep_distance
 from nerf_descriptor_ros.sim.camera import depth_buffer_to_metres, projection_matrix, to_gl_list, view_matrix
 from nerf_descriptor_ros.sim.objects import ObjectModelError, read_mesh_vertices, resolve_object_model
 
@@ -489,3 +489,11 @@ def test_framing_distance_makes_the_object_span_the_asked_fraction_of_the_view()
     assert framing_distance(0.1, intr, 0.5) == pytest.approx(2 * distance)
     with pytest.raises(ValueError):
         framing_distance(0.05, intr, 0.0)
+
+
+def test_the_sweep_distance_frames_the_object_within_the_reachable_range():
+    intr = CameraIntrinsics.from_fov(160, 120, 50.0)
+    assert sweep_distance(0.05, intr) == pytest.approx(framing_distance(0.05, intr, 0.5))
+    assert sweep_distance(0.001, intr) == pytest.approx(0.15)  # a tiny object: no closer than the arm can circle
+    assert sweep_distance(1.0, intr) == pytest.approx(0.4)
+    assert sweep_distance(0.05, intr, 0.25, (0.1, 1.0)) == pytest.approx(framing_distance(0.05, intr, 0.25))

@@ -51,7 +51,8 @@ from nerf_descriptor_ros.ros.conversions import (
 )
 from nerf_descriptor_ros.ros.node_runner import run_node
 from nerf_descriptor_ros.ros.parameters import declare_config, declare_parameters
-from nerf_descriptor_ros.sim import SimConfig, SimWorld, framing_distance, hemisphere_views
+from nerf_descriptor_ros.sim import SimConfig, SimWorld, hemisphere_views, sweep_distance
+from nerf_descriptor_ros.sim.views import SWEEP_FILL_FRACTION, SWEEP_RADIUS_RANGE_M
 from nerf_descriptor_ros.srv import MoveCamera, PickAndLift, SaveGroundTruth, SetObjectPose
 
 # Arm moves advance in steps of this many (simulated and wall-clock) seconds.
@@ -86,10 +87,10 @@ class RequestDefaults:
         0.0, "camera distance from the object centre when the goal says 0; 0 = frame the object (sweep_fill_fraction)"
     )
     sweep_fill_fraction: float = _default(
-        0.5, "automatic radius: the object's bounding sphere spans this fraction of the narrower field of view"
+        SWEEP_FILL_FRACTION, "automatic radius: the object's bounding sphere spans this fraction of the narrower field of view"
     )
     sweep_radius_range_m: tuple[float, float] = _default(
-        (0.15, 0.4), "the automatic radius is clamped to this range (m), where the arm can still circle the object"
+        SWEEP_RADIUS_RANGE_M, "the automatic radius is clamped to this range (m), where the arm can still circle the object"
     )
     sweep_min_elevation_deg: float = _default(25.0, "lowest view elevation when the goal gives none")
     sweep_max_elevation_deg: float = _default(70.0, "highest view elevation when the goal gives none")
@@ -314,11 +315,8 @@ class SimRobotNode(Node):
             object_radius = self.world.object_radius()
         radius = goal.radius or d.sweep_radius_m
         if radius == 0.0:
-            radius = float(
-                np.clip(
-                    framing_distance(object_radius, self.world.intrinsics, d.sweep_fill_fraction),
-                    *d.sweep_radius_range_m,
-                )
+            radius = sweep_distance(
+                object_radius, self.world.intrinsics, d.sweep_fill_fraction, tuple(d.sweep_radius_range_m)
             )
         self.get_logger().info(
             f"view sweep: {num_views} views at {radius:.3f} m, elevation {elevations[0]:g} to {elevations[1]:g} deg"

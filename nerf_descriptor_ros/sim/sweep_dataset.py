@@ -14,7 +14,7 @@ import numpy as np
 from nerf_descriptor_ros.data.dataset import Dataset, DatasetWriter, atomic_write_json
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.sim.config import SimConfig
-from nerf_descriptor_ros.sim.views import framing_distance, hemisphere_views
+from nerf_descriptor_ros.sim.views import SWEEP_FILL_FRACTION, hemisphere_views, sweep_distance
 from nerf_descriptor_ros.sim.world import SimWorld
 
 # Each retry asks for this much more than the shortfall, so that one more pass usually suffices.
@@ -28,7 +28,7 @@ def capture_sweep_dataset(
     num_views: int,
     placement_seed: int | None = None,
     radius_m: float | None = None,
-    fill_fraction: float = 0.85,
+    fill_fraction: float = SWEEP_FILL_FRACTION,
     min_elevation_deg: float = 25.0,
     max_elevation_deg: float = 70.0,
     metadata: dict | None = None,
@@ -36,17 +36,18 @@ def capture_sweep_dataset(
     """Render exactly ``num_views`` viewpoints the arm can reach on a hemisphere cap; write a dataset.
 
     The object stands at its nominal pose, or at the random placement ``placement_seed``. The
-    cap's radius is ``radius_m``, or (None) the distance at which the object spans
-    ``fill_fraction`` of the view. Viewpoints the arm cannot reach are skipped; the cap is
-    sampled more densely until ``num_views`` are reachable, then thinned evenly to exactly that
-    many, in sweep order. Every frame has RGB, metric depth and the object mask.
+    cap's radius is ``radius_m``, or (None) the sim robot's sweep distance (:func:`sweep_distance`:
+    the object spans ``fill_fraction`` of the view, at a distance the arm can circle), so that a
+    benchmark sees what the capture node records. Viewpoints the arm cannot reach are skipped; the
+    cap is sampled more densely until ``num_views`` are reachable, then thinned evenly to exactly
+    that many, in sweep order. Every frame has RGB, metric depth and the object mask.
     """
     if num_views < 1:
         raise NerfDescriptorError(f"a sweep needs at least one view, got {num_views}")
     with SimWorld(sim_config) as world:
         if placement_seed is not None:
             world.place_object_random(placement_seed)
-        radius = radius_m or framing_distance(world.object_radius(), world.intrinsics, fill_fraction)
+        radius = radius_m or sweep_distance(world.object_radius(), world.intrinsics, fill_fraction)
         requested, reachable = num_views, []
         for _ in range(_MAX_PASSES):
             reachable = [

@@ -17,6 +17,23 @@ LIVE_ELEVATION_RANGE_DEG = (45.0, 75.0)
 MAX_VIEWS = 10_000
 
 
+# How the sim robot's view sweep frames an object unless told otherwise: its bounding sphere spans
+# this fraction of the narrower field of view, at a distance clamped to the range, where the arm
+# can still circle the object. The sweep capture of the benchmarks frames objects the same way.
+SWEEP_FILL_FRACTION = 0.5
+SWEEP_RADIUS_RANGE_M = (0.15, 0.4)
+
+
+def sweep_distance(
+    object_radius: float,
+    intrinsics: CameraIntrinsics,
+    fill_fraction: float = SWEEP_FILL_FRACTION,
+    radius_range_m: tuple[float, float] = SWEEP_RADIUS_RANGE_M,
+) -> float:
+    """The view sweep's camera distance: :func:`framing_distance`, clamped to ``radius_range_m``."""
+    return float(np.clip(framing_distance(object_radius, intrinsics, fill_fraction), *radius_range_m))
+
+
 def framing_distance(object_radius: float, intrinsics: CameraIntrinsics, fill_fraction: float) -> float:
     """Distance at which a sphere of ``object_radius`` spans ``fill_fraction`` of the narrower view."""
     if not 0.0 < fill_fraction <= 1.0:
