@@ -20,11 +20,13 @@ from nerf_descriptor_ros.config import merged
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
 
 # Row -> (working width or None for the protocol's, training overrides). The reference is the
-# package's defaults: ImageNet init, 320x240 in half-size windows, the distributional loss.
+# package's defaults: ImageNet init, 320x240 in half-size windows, the distributional loss over
+# every pixel of the other window.
 ABLATIONS = {
     "reference": (None, {}),
     "init_random": (None, {"init": "random"}),
     "resolution_160x120_whole_image": (160, {"crop_fraction": 1.0}),
+    "distributional_over_object_mask": (None, {"distributional_support": "object"}),
     "loss_contrastive": (None, {"loss": "contrastive"}),
     "loss_contrastive_and_distributional": (None, {"loss": "both"}),
     "loss_regression": (None, {"loss": "regression"}),

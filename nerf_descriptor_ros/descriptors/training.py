@@ -100,7 +100,9 @@ class TrainingConfig:
     background_weight: float = 1.0
     distributional_sigma_px: float = 1.0
     distributional_weight: float = 1.0
-    distributional_support: str = "object"  # object: B's object mask, dilated | image: every pixel of B
+    # image: every pixel of B (of its training window), so that the background is pushed away from
+    # the object as the arg-min over the whole image needs | object: B's object mask, dilated.
+    distributional_support: str = "image"
     distributional_matches: int = 256  # queries of the distributional loss per pair (its cost grows with each)
     min_matches: int = 20  # a drawn pair with fewer matches is replaced by another
     checkpoint_every: int = 200
