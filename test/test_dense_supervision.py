@@ -98,7 +98,13 @@ def test_a_crop_keeps_the_object_and_its_correspondences(tmp_path):
         dataset, DatasetDepthProvider(dataset), tmp_path / "cache", CorrespondenceConfig(width=128)
     )
     no_augmentation = AugmentationConfig(geometric_probability=0.0, photometric_probability=0.0)
-    config = TrainingConfig(crop_fraction=0.5, matches_per_pair=0, augmentation=no_augmentation, mode="depth_map")
+    config = TrainingConfig(
+        crop_fraction=0.5,
+        matches_per_pair=0,
+        augmentation=no_augmentation,
+        mode="depth_map",
+        distributional_support="object",  # the support is B's object mask: it shows the object is in view
+    )
     full = TrainingConfig(matches_per_pair=0, augmentation=no_augmentation, mode="depth_map")
     rng = np.random.default_rng(0)
     for _ in range(4):
