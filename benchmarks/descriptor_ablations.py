@@ -20,8 +20,8 @@ from nerf_descriptor_ros.config import merged
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
 
 # Row -> (working width or None for the protocol's, training overrides). The reference is the
-# package's defaults: ImageNet init, 320x240 in half-size windows, the distributional loss over
-# every pixel of the other window.
+# protocol's settings: the package's defaults (ImageNet init, 320x240 in half-size windows, the
+# distributional loss) with the paper-D support over every pixel of the other window.
 ABLATIONS = {
     "reference": (None, {}),
     "init_random": (None, {"init": "random"}),

@@ -57,7 +57,6 @@ from nerf_descriptor_ros.descriptors.pipeline import correspondence_cache, train
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
 from nerf_descriptor_ros.descriptors.training import TrainingConfig
 from nerf_descriptor_ros.descriptors.view_geometry import working_intrinsics
-from nerf_descriptor_ros.sim.views import SWEEP_FILL_FRACTION, SWEEP_RADIUS_RANGE_M
 
 METHODS = ("gt_depth", "nerf_depth_map", "nerf_density_field", "classical_baseline")
 # The density-field row again at the package's default descriptor size (the rows above use the paper's D = 3).
@@ -78,6 +77,11 @@ ABLATION_SCHEDULE_DIVISOR = 2
 # Learning curves: the held-out metrics at every checkpoint, on this many ground-truth pairs.
 CURVE_PAIRS = 12
 
+# The rows at the paper's D = 3 spread the distributional loss over every pixel of the other
+# window: in three dimensions nothing else keeps the background apart from the object. The
+# default-D row keeps the package's default support.
+PAPER_D_TRAINING = {"distributional_support": "image"}
+
 PROTOCOLS = {
     "cpu": {
         "name": "cpu",
@@ -88,7 +92,7 @@ PROTOCOLS = {
         "iterations": 600,
         "backbone": "efficientnet_lite0",
         "device": "cpu",
-        "training": {},
+        "training": PAPER_D_TRAINING,
     },
     "full": {
         "name": "full",
@@ -99,9 +103,19 @@ PROTOCOLS = {
         "iterations": 3500,
         "backbone": "efficientnet_lite0",
         "device": "auto",
-        "training": {},
+        "training": PAPER_D_TRAINING,
     },
 }
+
+
+def sweep_framing() -> dict:
+    """How the sweep capture frames the objects, for the JSON; a machine without the simulator
+    (the GPU machine) runs on captures prepared elsewhere and says so."""
+    try:
+        from nerf_descriptor_ros.sim.views import SWEEP_FILL_FRACTION, SWEEP_RADIUS_RANGE_M
+    except ImportError:
+        return {"framing": "captures prepared on a machine with the simulator"}
+    return {"fill_fraction": SWEEP_FILL_FRACTION, "radius_range_m": list(SWEEP_RADIUS_RANGE_M)}
 
 
 def train_object_nerf(dataset: Dataset, out_dir: Path, seconds: float, device: str) -> Path:
@@ -246,6 +260,7 @@ def run_object(
             method_settings.training.mode = "density_field" if method.startswith("nerf_density_field") else "depth_map"
             if method == DEFAULT_D_METHOD:
                 method_settings.training.descriptor_dim = TrainingConfig().descriptor_dim
+                method_settings.training.distributional_support = TrainingConfig().distributional_support
             metrics, curve, details = train_and_evaluate(
                 method, method_settings, dataset, pairs, checkpoint, work / name / method, protocol
             )
@@ -339,11 +354,7 @@ def run_protocol(
     return {
         "eval_resolution": list(EVAL_RESOLUTION),
         "train_resolution": [protocol["width"], protocol["height"]],
-        "capture": {
-            "views": protocol["views"],
-            "fill_fraction": SWEEP_FILL_FRACTION,
-            "radius_range_m": list(SWEEP_RADIUS_RANGE_M),
-        },
+        "capture": {"views": protocol["views"], **sweep_framing()},
         "objects": list(per_object),
         "descriptor_dim": descriptor_dim,
         "default_descriptor_dim": TrainingConfig().descriptor_dim,
