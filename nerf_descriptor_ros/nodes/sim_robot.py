@@ -87,10 +87,12 @@ class RequestDefaults:
         0.0, "camera distance from the object centre when the goal says 0; 0 = frame the object (sweep_fill_fraction)"
     )
     sweep_fill_fraction: float = _default(
-        SWEEP_FILL_FRACTION, "automatic radius: the object's bounding sphere spans this fraction of the narrower field of view"
+        SWEEP_FILL_FRACTION,
+        "automatic radius: the object's bounding sphere spans this fraction of the narrower field of view",
     )
     sweep_radius_range_m: tuple[float, float] = _default(
-        SWEEP_RADIUS_RANGE_M, "the automatic radius is clamped to this range (m), where the arm can still circle the object"
+        SWEEP_RADIUS_RANGE_M,
+        "the automatic radius is clamped to this range (m), where the arm can still circle the object",
     )
     sweep_min_elevation_deg: float = _default(25.0, "lowest view elevation when the goal gives none")
     sweep_max_elevation_deg: float = _default(70.0, "highest view elevation when the goal gives none")

@@ -6,4 +6,13 @@ from nerf_descriptor_ros.sim.pick import PickResult
 from nerf_descriptor_ros.sim.views import framing_distance, hemisphere_views, sweep_distance
 from nerf_descriptor_ros.sim.world import RenderedFrame, SimWorld
 
-__all__ = ["IkResult", "PickResult", "RenderedFrame", "SimConfig", "SimWorld", "framing_distance", "hemisphere_views", "sweep_distance"]
+__all__ = [
+    "IkResult",
+    "PickResult",
+    "RenderedFrame",
+    "SimConfig",
+    "SimWorld",
+    "framing_distance",
+    "hemisphere_views",
+    "sweep_distance",
+]
