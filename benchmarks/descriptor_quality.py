@@ -259,8 +259,9 @@ def run_object(
             method_settings = copy.deepcopy(settings)
             method_settings.training.mode = "density_field" if method.startswith("nerf_density_field") else "depth_map"
             if method == DEFAULT_D_METHOD:
-                method_settings.training.descriptor_dim = TrainingConfig().descriptor_dim
-                method_settings.training.distributional_support = TrainingConfig().distributional_support
+                defaults = TrainingConfig()
+                method_settings.training.descriptor_dim = defaults.descriptor_dim
+                method_settings.training.distributional_support = defaults.distributional_support
             metrics, curve, details = train_and_evaluate(
                 method, method_settings, dataset, pairs, checkpoint, work / name / method, protocol
             )

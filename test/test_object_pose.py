@@ -180,6 +180,12 @@ def test_nan_pixels_points_and_depth_are_left_out():
         estimate_object_pose(X, uv, INTRINSICS, cam)
 
 
+def test_a_non_finite_estimate_is_refused():
+    X, _, _, cam, uv = _scene(count=60)
+    with pytest.raises(ObjectPoseError, match="not finite"):
+        estimate_object_pose(X, uv, INTRINSICS, cam, T_base_object_then=np.full((4, 4), np.nan))
+
+
 def test_nan_descriptors_match_nothing_and_give_the_one_line_refusal():
     from nerf_descriptor_ros.keypoints.definition import Keypoint, KeypointSet, KeypointSpec
     from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig

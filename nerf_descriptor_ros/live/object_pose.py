@@ -214,6 +214,8 @@ def estimate_object_pose(
     result_inliers = np.zeros(len(X), dtype=bool)
     result_inliers[index] = inliers
     then = object_reference_pose(X[usable]) if T_base_object_then is None else np.asarray(T_base_object_then, float)
+    if not (np.isfinite(T).all() and np.isfinite(then).all()):  # never published, never placing keypoints
+        raise ObjectPoseError("object pose: the estimate is not finite")
     pose = ObjectPose(
         T_cam_capture=T,
         T_cam_object=T @ then,

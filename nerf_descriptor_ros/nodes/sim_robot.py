@@ -51,8 +51,8 @@ from nerf_descriptor_ros.ros.conversions import (
 )
 from nerf_descriptor_ros.ros.node_runner import run_node
 from nerf_descriptor_ros.ros.parameters import declare_config, declare_parameters
-from nerf_descriptor_ros.sim import SimConfig, SimWorld, hemisphere_views, sweep_distance
-from nerf_descriptor_ros.sim.views import SWEEP_FILL_FRACTION, SWEEP_RADIUS_RANGE_M
+from nerf_descriptor_ros.sim import SimConfig, SimWorld
+from nerf_descriptor_ros.sim.views import SWEEP_FILL_FRACTION, SWEEP_RADIUS_RANGE_M, hemisphere_views, sweep_distance
 from nerf_descriptor_ros.srv import MoveCamera, PickAndLift, SaveGroundTruth, SetObjectPose
 
 # Arm moves advance in steps of this many (simulated and wall-clock) seconds.
@@ -317,9 +317,7 @@ class SimRobotNode(Node):
             object_radius = self.world.object_radius()
         radius = goal.radius or d.sweep_radius_m
         if radius == 0.0:
-            radius = sweep_distance(
-                object_radius, self.world.intrinsics, d.sweep_fill_fraction, tuple(d.sweep_radius_range_m)
-            )
+            radius = sweep_distance(object_radius, self.world.intrinsics, d.sweep_fill_fraction, d.sweep_radius_range_m)
         self.get_logger().info(
             f"view sweep: {num_views} views at {radius:.3f} m, elevation {elevations[0]:g} to {elevations[1]:g} deg"
         )

@@ -18,11 +18,10 @@ Nothing here ends the node: a frame without a pose is a throttled one-line warni
 
 from __future__ import annotations
 
-import numpy as np
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from std_msgs.msg import Float32
 
-from nerf_descriptor_ros.live.object_pose import ObjectPose, ObjectPoseConfig, ObjectPoseError
+from nerf_descriptor_ros.live.object_pose import ObjectPose, ObjectPoseConfig
 from nerf_descriptor_ros.ros.callback_boundary import describe
 from nerf_descriptor_ros.ros.conversions import matrix_to_pose_msg
 
@@ -64,10 +63,7 @@ class ObjectPoseOutputs:
             self._warn("no object pose: it needs the camera's CameraInfo (use_depth: true, camera_info published)")
             return None
         try:
-            pose = frame.object_pose(intrinsics, depth, self.config)
-            if not (np.isfinite(pose.T_cam_capture).all() and np.isfinite(pose.T_cam_object).all()):
-                raise ObjectPoseError("the estimate is not finite")  # neither published nor placing keypoints
-            return pose
+            return frame.object_pose(intrinsics, depth, self.config)
         except Exception as exc:  # ObjectPoseError (too few matches), or a bug: a pose is never worth the node
             self._warn(f"no object pose in the image stamped {_seconds(header)}: {describe(exc)}")
             return None
