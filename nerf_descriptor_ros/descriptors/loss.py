@@ -157,8 +157,11 @@ def distributional_loss(
         column_of[columns] = torch.arange(columns.numel(), device=desc_b.device)
         flat_b, flat_index = flat_b[:, columns], column_of[flat_index]
     da = sample_descriptors(desc_a, match_a)  # (N, D)
-    sq_dist = da.square().sum(1, keepdim=True) - 2.0 * da @ flat_b + flat_b.square().sum(0, keepdim=True)  # (N, M)
-    log_normaliser = torch.logsumexp(-sq_dist, dim=1)  # (N,)
-    cross_entropy = (target * sq_dist.gather(1, flat_index)).sum(1) + log_normaliser
+    # The (N, M) matrix is built in one fused step as -|d_a - d_b|^2 + |d_a|^2 (a constant per
+    # row, taken out again after the log-sum-exp): it dominates the loss's time and memory.
+    logits = torch.addmm(flat_b.square().sum(0, keepdim=True), da, flat_b, beta=-1.0, alpha=2.0)
+    log_normaliser = torch.logsumexp(logits, dim=1) - da.square().sum(1)  # (N,)
+    near_sq = (da[:, None, :] - flat_b.T[flat_index]).square().sum(-1)  # (N, K): distances to the target's pixels
+    cross_entropy = (target * near_sq).sum(1) + log_normaliser
     entropy = -(target * torch.log(target.clamp(min=1e-30))).sum(1)
     return (cross_entropy - entropy).mean()
