@@ -23,10 +23,12 @@ of every ``--model``/``--dataset`` pair given (one per object): keypoints sample
 object's surface, found in live views of new placements drawn as the demo's live trials draw them;
 errors in mm and camera pixels, for each keypoint's own match and for the keypoint moved by the
 object pose (the descriptor node's default). JSON key ``any_point``: the view ranges and
-``per_object`` (headline: the node's default; both under ``by_source``).
+``per_object`` (headline: the node's default; both under ``by_source``). ``--symmetry`` declares
+each object's symmetry in its model frame, in the order of ``--model`` (``none``, ``z`` for a body
+of revolution about its z axis, ``z:N`` for N-fold): the headline scores it, ``strict`` does not.
 
     ./env.sh python benchmarks/keypoint_matching.py --any-point --model M1 --dataset D1 \
-        --model M2 --dataset D2 --out FILE
+        --model M2 --dataset D2 [--symmetry none --symmetry z] --out FILE
 
 With ``--pose`` (implies ``--any-point``) the same views also score the live object pose
 (``live/object_pose.py``) from ``--pose-points`` pose points, sampled as the descriptor node samples
@@ -131,10 +133,18 @@ def main() -> int:
     parser.add_argument(
         "--pose-depth-noise-mm", type=float, default=0.0, help="Gaussian noise added to the exact simulated depth"
     )
+    parser.add_argument(
+        "--symmetry",
+        action="append",
+        help="with --any-point, one per --model: the object's symmetry in its model frame (none, z, z:N; default none)",
+    )
     args = parser.parse_args()
     args.any_point = args.any_point or args.pose
     if len(args.model) != len(args.dataset) or (len(args.model) > 1 and not args.any_point):
         parser.error("give one --dataset per --model (several pairs only with --any-point)")
+    args.symmetry = args.symmetry or ["none"] * len(args.model)
+    if len(args.symmetry) != len(args.model):
+        parser.error("give one --symmetry per --model, or none at all")
 
     import torch
 
@@ -251,7 +261,7 @@ def any_point(args) -> int:
 
     started = time.monotonic()
     per_object = {}
-    for model_dir, dataset_dir in zip(args.model, args.dataset):
+    for model_dir, dataset_dir, symmetry in zip(args.model, args.dataset, args.symmetry):
         began = time.monotonic()
         result = any_point_on_new_placements(
             load_model(model_dir),
@@ -263,18 +273,21 @@ def any_point(args) -> int:
             depth_noise_m=args.pose_depth_noise_mm / 1000.0,
             placement=args.placement,
             model_dir=model_dir,
+            symmetry=symmetry,
         )
         result.update(model=str(Path(model_dir).resolve()), dataset=str(Path(dataset_dir).resolve()))
         result["seconds"] = round(time.monotonic() - began, 1)
         name = result["object"] if result["object"] not in per_object else f"{result['object']}#{len(per_object)}"
         per_object[name] = result
-        for source, summary in result["by_source"].items():
-            print(
-                f"{name:24s} {source:6s} within 10 mm {summary['within_10mm']}  median {summary['median_mm']} mm "
-                f"({summary['median_px']} px)  found {summary['found_rate']}  visible {summary['visible']} "
-                f"of {summary['pairs']} (keypoint, view) pairs",
-                flush=True,
-            )
+        scored = {"": result["by_source"], **({"strict ": result["strict"]} if "strict" in result else {})}
+        for label, summaries in scored.items():
+            for source, summary in summaries.items():
+                print(
+                    f"{name:24s} {label}{source:6s} within 10 mm {summary['within_10mm']}  median "
+                    f"{summary['median_mm']} mm ({summary['median_px']} px)  found {summary['found_rate']}  "
+                    f"visible {summary['visible']} of {summary['pairs']} (keypoint, view) pairs",
+                    flush=True,
+                )
         for method, pose in ((k, v) for k, v in result.get("object_pose", {}).items() if isinstance(v, dict)):
             if "trials" in pose:
                 print(
@@ -289,7 +302,7 @@ def any_point(args) -> int:
     result = {
         "any_point": {
             "view_ranges": next(iter(per_object.values()))["view_ranges"],
-            "symmetry": "none declared",
+            "symmetry": {name: r["symmetry"] for name, r in per_object.items()},
             "keypoint_source": next(iter(per_object.values()))["keypoint_source"],
             "mean_within_10mm": round(float(np.mean(within)), 4) if within else None,
             "mean_within_10mm_by_match": round(float(np.mean(within_by_match)), 4) if within_by_match else None,

@@ -60,7 +60,8 @@ LIVE_LIGHT = {"light_direction": [-0.6, 0.5, 0.6], "light_color": [1.0, 0.75, 0.
 
 OBJECTS = [
     {"name": "duck", "kind": "pybullet_data duck, textured, rounded", "object": "duck_vhacd.urdf"},
-    {"name": "mug", "kind": "mug with a handle", "object": "objects/mug.urdf"},
+    # Plain red: its body looks the same turned about its axis, so the any-point scores declare it.
+    {"name": "mug", "kind": "mug with a handle", "object": "objects/mug.urdf", "symmetry": "z"},
     {"name": "teddy", "kind": "teddy bear, small and untextured", "object": "teddy_vhacd.urdf"},
     {"name": "torus", "kind": "torus lying flat (collision: its convex hull)", "object": "torus"},
     {"name": "flat_block", "kind": "flat block (jenga brick, 15x5x3 cm)", "object": "jenga/jenga.urdf"},
@@ -125,7 +126,7 @@ def demo_command(entry: dict, folder: Path, settings: dict, args) -> list[str]:
     cmd = [executable, "demo", "--object", source, "--name", entry["name"], "--device", args.device]
     cmd += ["--data-root", str(folder / "data"), "--log-dir", str(folder / "logs")]
     cmd += ["--out", str(folder / "report.json"), "--progress-out", str(folder / "progress.json")]
-    cmd += ["--trial-seed", str(args.trial_seed)]
+    cmd += ["--trial-seed", str(args.trial_seed), "--symmetry", entry.get("symmetry", "none")]
     for key, value in settings.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     for option, params in (

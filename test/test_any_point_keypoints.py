@@ -9,14 +9,15 @@ import torch
 from synthetic_scenes import orbit_poses, textured_objects_scene, write_scene_dataset
 
 from nerf_descriptor_ros.data.dataset import Dataset
-from nerf_descriptor_ros.geometry import CameraIntrinsics, pose_to_matrix, rpy_deg_to_matrix
+from nerf_descriptor_ros.geometry import CameraIntrinsics, pose_to_matrix, rpy_deg_to_matrix, transform_points
 from nerf_descriptor_ros.keypoints.any_point import (
     any_point_keypoints,
     score_views,
     summarize,
     surface_keypoint_specs,
+    symmetry_transforms,
 )
-from nerf_descriptor_ros.keypoints.definition import Keypoint, KeypointSet, KeypointSpec
+from nerf_descriptor_ros.keypoints.definition import Keypoint, KeypointError, KeypointSet, KeypointSpec
 from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig
 
 INTR = CameraIntrinsics(50.0, 50.0, 31.5, 23.5, 64, 48)
@@ -126,10 +127,28 @@ def test_a_declared_symmetry_scores_the_nearest_symmetric_point():
     half_turn = rpy_deg_to_matrix(centre_then.tolist(), [0.0, 0.0, 180.0])
     symmetry = half_turn @ pose_to_matrix(-centre_then, [0.0, 0.0, 0.0, 1.0])  # object frame = base frame
     keypoints = KeypointSet("x", DIM, keypoints=[_keypoint("k", 0, point_now)])
-    plain = _score(keypoints, {0: (43, 23)})[0]
-    aware = _score(keypoints, {0: (43, 23)}, [symmetry])[0]
-    assert plain["error_mm"] == pytest.approx(1000.0 * 23 * PLANE_Z / INTR.fx)
+    plain = _score(keypoints, {0: (43, 23)})
+    strict, aware = _score(keypoints, {0: (43, 23)}, [symmetry])
+    assert len(plain) == 1 and not plain[0]["symmetric"]
+    assert plain[0]["error_mm"] == strict["error_mm"] == pytest.approx(1000.0 * 23 * PLANE_Z / INTR.fx)
+    assert aware["symmetric"] and not strict["symmetric"]
     assert aware["error_mm"] == pytest.approx(0.0, abs=1e-6) and aware["error_px"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_body_of_revolution_declared_about_z_forgives_a_turn_about_its_axis_only():
+    turns = symmetry_transforms("z")
+    assert len(turns) == 359 and all(np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3)) for T in turns)
+    assert all(np.allclose(T[2], [0, 0, 1, 0]) and np.allclose(T[:3, 3], 0) for T in turns)
+    point = np.array([0.04, 0.0, 0.05])  # on a mug's wall, 4 cm from its axis
+    moved = [transform_points(T, point[None])[0] for T in turns]
+    # The wall point turned 37 degrees about the axis is a symmetric twin; lifted 2 cm it is not.
+    turned = transform_points(rpy_deg_to_matrix([0, 0, 0], [0, 0, 37.0]), point[None])[0]
+    assert min(np.linalg.norm(m - turned) for m in moved) < 1e-3
+    assert min(np.linalg.norm(m - (turned + [0, 0, 0.02])) for m in moved) == pytest.approx(0.02, abs=1e-6)
+    assert len(symmetry_transforms("x:4")) == 3 and symmetry_transforms("none") == []
+    for bad in ("w", "z:1", "z:two", "zz"):
+        with pytest.raises(KeypointError, match="symmetry"):
+            symmetry_transforms(bad)
 
 
 @pytest.fixture(scope="module")

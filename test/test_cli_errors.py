@@ -51,6 +51,12 @@ def test_the_installed_command_prints_one_line_and_exits_2(dataset):
     assert _one_error_line(done.stderr) == "error: --set: iterations: expected an integer, got 1.5"
 
 
+def test_a_mistyped_symmetry_stops_the_demo_before_it_starts_anything(tmp_path, capsys):
+    assert main(["demo", "--symmetry", "zz", "--data-root", str(tmp_path), "--device", "cpu"]) == 2
+    assert _one_error_line(capsys.readouterr().err).startswith("error: symmetry 'zz': declare none, AXIS or AXIS:N")
+    assert not any(tmp_path.iterdir())  # no dataset, no logs
+
+
 def test_the_demo_errors_are_user_errors():
     from nerf_descriptor_ros.ros.demo_driver import DemoError, DemoTimeout
     from nerf_descriptor_ros.ros.processes import NodeExitedError

@@ -257,6 +257,10 @@ def test_demo_command_is_an_argument_list_with_the_objects_scene(tmp_path, monke
     cmd = suite_mod.demo_command(clutter, tmp_path / "duck_clutter", {"trials": 3, "nerf_seconds": 30.0}, args)
     assert cmd[:2] == ["/bin/nerf-descriptor", "demo"] and "--trials" in cmd and "--nerf-seconds" in cmd
     assert cmd[cmd.index("--sim-param") + 1] == f'distractors="{suite_mod.DISTRACTORS}"'
+    assert cmd[cmd.index("--symmetry") + 1] == "none"
+    mug = next(e for e in suite_mod.OBJECTS if e["name"] == "mug")
+    mug_cmd = suite_mod.demo_command(mug, tmp_path / "mug", {}, args)
+    assert mug_cmd[mug_cmd.index("--symmetry") + 1] == "z"  # scored as the body of revolution it looks like
     torus = next(e for e in suite_mod.OBJECTS if e["name"] == "torus")
     source = Path(suite_mod.demo_command(torus, tmp_path / "torus", {}, args)[3])
     assert source.suffix == ".urdf" and "torus_textured.obj" in source.read_text()

@@ -27,9 +27,11 @@ from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, pose_distance
 from nerf_descriptor_ros.keypoints.any_point import (
     ANY_POINT_COUNT,
     ANY_POINT_SEED,
+    SYMMETRY_STEP_DEG,
     any_point_keypoints,
     score_views,
     summarize,
+    symmetry_transforms,
 )
 from nerf_descriptor_ros.keypoints.definition import KeypointSet
 from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig, model_max_distance
@@ -77,6 +79,7 @@ def any_point_on_new_placements(
     depth_noise_m: float = 0.0,
     placement: str = "new",
     model_dir=None,
+    symmetry: str = "none",
 ) -> dict:
     """The metric's summary (``keypoints.any_point.summarize``) for ``model`` (a DescriptorModel)
     trained on ``dataset`` (simulated, with its ground truth), with how it was measured: the
@@ -85,8 +88,12 @@ def any_point_on_new_placements(
     ``object_pose`` (:func:`object_pose_scores` on the same views). The pose sees the views' depth
     with ``depth_noise_m`` of Gaussian noise; the scores use the true depth. ``placement``: see ``sim.views.PLACEMENTS``
     (``new`` is the metric; the others are diagnostics).
-    ``model_dir``: the model's folder, whose stored pose points are used when they match."""
+    ``model_dir``: the model's folder, whose stored pose points are used when they match.
+    ``symmetry`` (``keypoints.any_point.symmetry_transforms``, in the object's model frame): when
+    one is declared, the headline scores it and ``strict`` keeps the score without it."""
     from nerf_descriptor_ros.sim.world import SimWorld
+
+    symmetries = symmetry_transforms(symmetry)
 
     truth = json.loads((dataset.root / GROUND_TRUTH_NAME).read_text())["object"]
     T_then = np.asarray(truth["T_base_object"])
@@ -104,9 +111,19 @@ def any_point_on_new_placements(
     stored = load_pose_points(model, model_dir, count, POSE_POINTS_SEED) if model_dir else None
     points = stored or build_pose_points(model.describe, dataset, model, count)
     locators = {"pose": pose_locator(points, keypoints, model, live_intrinsics, depth_noise_m)}
-    records = score_views(model.describe, keypoints, rendered, T_then, live_intrinsics, config, locators=locators)
-    by_source = {source: summarize([r for r in records if r["source"] == source]) for source in ("match", "pose")}
+    records = score_views(
+        model.describe, keypoints, rendered, T_then, live_intrinsics, config, symmetries, locators=locators
+    )
+
+    def by_source(symmetric: bool) -> dict:
+        chosen = [r for r in records if r["symmetric"] == symmetric]
+        return {source: summarize([r for r in chosen if r["source"] == source]) for source in ("match", "pose")}
+
+    headline = by_source(bool(symmetries))
     extra = {}
+    if symmetries:
+        strict = by_source(False)
+        extra["strict"] = {source: _without_per_keypoint(summary) for source, summary in strict.items()}
     if pose_points > 0:
         extra["object_pose"] = object_pose_scores(model, points, rendered, T_then, live_intrinsics, depth_noise_m)
     return {
@@ -121,13 +138,22 @@ def any_point_on_new_placements(
         "views_per_placement": views,
         "view_ranges": live_view_ranges(radius),
         "image_size": [intrinsics.width, intrinsics.height],
-        "symmetry": "none declared",
+        "symmetry": symmetry_description(symmetry),
         "matching": asdict(config),
         "keypoint_source": DEFAULT_SOURCE,
-        **by_source[DEFAULT_SOURCE],
-        "by_source": {source: _without_per_keypoint(summary) for source, summary in by_source.items()},
+        **headline[DEFAULT_SOURCE],
+        "by_source": {source: _without_per_keypoint(summary) for source, summary in headline.items()},
         **extra,
     }
+
+
+def symmetry_description(symmetry: str) -> str:
+    """How the JSON says which symmetry the headline scores."""
+    if not symmetry_transforms(symmetry):
+        return "none declared: scored strictly"
+    axis, _, fold = symmetry.partition(":")
+    kind = f"{fold}-fold" if fold else f"continuous, sampled every {SYMMETRY_STEP_DEG:g} deg"
+    return f"rotation about the model's {axis} axis ({kind}): scored symmetry-aware; 'strict' without it"
 
 
 def pose_locator(

@@ -20,8 +20,10 @@ surface, never by how well they match, and scores where each is found in new vie
   depth has no surface. Otherwise the error is the 3D distance between the matched pixel
   back-projected through the true depth and the keypoint's true point moved with the object, and
   in pixels between the matched pixel and that point's projection.
-* **Symmetry.** Given the object's symmetries (rigid transforms in its model frame), the error
-  is the minimum over them; with none declared, the identity alone.
+* **Symmetry.** Given the object's symmetries (rigid transforms in its model frame, or a
+  declaration such as ``z``, a body of revolution about the model's z axis: :func:`symmetry_transforms`),
+  the error is also scored as the minimum over them; the strict score (the identity alone) is
+  always there beside it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from nerf_descriptor_ros.data.dataset import Dataset
-from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, transform_points
+from nerf_descriptor_ros.geometry import CameraIntrinsics, invert, rpy_deg_to_matrix, transform_points
 from nerf_descriptor_ros.keypoints.definition import (
     DescribeFn,
     KeypointError,
@@ -47,8 +49,27 @@ ANY_POINT_COUNT = 24
 ANY_POINT_SEED = 0
 ANY_POINT_PREFIX = "any_"
 TOLERANCE_MM = 10.0
+# A continuous symmetry is scored at rotations this far apart (at 10 cm from the axis, at most 0.9 mm off).
+SYMMETRY_STEP_DEG = 1.0
+AXES = {"x": 0, "y": 1, "z": 2}
 TOLERANCE_PX = 10.0
 DEPTH_TOLERANCE_M = 0.005  # a pixel whose true depth is this close to a point's shows that point
+
+
+def symmetry_transforms(declaration: str) -> list[np.ndarray]:
+    """The rigid transforms of an object's model frame that leave it looking the same, other than
+    the identity, from a declaration: ``none``; ``z`` (a body of revolution about the model's z axis
+    through its origin, sampled every :data:`SYMMETRY_STEP_DEG`); ``z:N`` (N-fold about it); also x, y."""
+    axis, _, fold = str(declaration).strip().partition(":")
+    if axis == "none" and not fold:
+        return []
+    try:
+        folds = round(360.0 / SYMMETRY_STEP_DEG) if not fold else int(fold)
+    except ValueError:
+        folds = 0
+    if axis not in AXES or folds < 2:
+        raise KeypointError(f"symmetry {declaration!r}: declare none, AXIS or AXIS:N (AXIS x, y or z; N >= 2)")
+    return [rpy_deg_to_matrix([0.0] * 3, 360.0 * k / folds * np.eye(3)[AXES[axis]]) for k in range(1, folds)]
 
 
 def surface_keypoint_specs(
@@ -162,8 +183,10 @@ def score_views(
     locators: Mapping[str, Locator] | None = None,
 ) -> list[dict]:
     """Match and score every keypoint in every view ``(T_object_now, rgb, true depth, T_base_cam)``;
-    records carry the view's number as ``view`` and how the keypoint was placed as ``source``:
-    ``match`` (its own match), and each of ``locators`` on the same descriptors and matches."""
+    records carry the view's number as ``view``, how the keypoint was placed as ``source``:
+    ``match`` (its own match), and each of ``locators`` on the same descriptors and matches, and
+    ``symmetric``: False for the strict score, True for the same placement scored with ``symmetries``
+    (only when some are given)."""
     records = []
     size = (intrinsics.width, intrinsics.height)
     for number, (T_object_now, rgb, depth, T_base_cam) in enumerate(views):
@@ -173,10 +196,18 @@ def score_views(
         for source, locate in (locators or {}).items():
             placed[source] = locate(descriptors, matched, depth)
         for source, locations in placed.items():
-            for record in score_view(
-                keypoints, locations, T_object_then, T_object_now, T_base_cam, intrinsics, depth, symmetries
-            ):
-                records.append({"view": number, "source": source, **record})
+            for symmetric in (False, True) if symmetries else (False,):
+                for record in score_view(
+                    keypoints,
+                    locations,
+                    T_object_then,
+                    T_object_now,
+                    T_base_cam,
+                    intrinsics,
+                    depth,
+                    symmetries if symmetric else (),
+                ):
+                    records.append({"view": number, "source": source, "symmetric": symmetric, **record})
     return records
 
 
