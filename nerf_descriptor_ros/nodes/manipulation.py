@@ -32,6 +32,7 @@ backs off along its approach as far as the fingers still hold the grasp point.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -68,6 +69,11 @@ from nerf_descriptor_ros.srv import PickAndLift
 
 # Matches arrive one network pass after their image: keep about a second of depth images.
 DEPTH_CACHE_SIZE = 30
+# The matches of a frame are computed from its colour image and can overtake its depth image on
+# the way here: they wait this long for it, while the depth stream is live (an image within
+# DEPTH_STREAM_LIVE_S) and has not yet passed their stamp.
+DEPTH_WAIT_S = 0.5
+DEPTH_STREAM_LIVE_S = 2.0
 WARN_PERIOD_S = 2.0
 # A fresh target this close to a failed pick's is that grasp again: no retry there.
 SAME_GRASP_M = 0.002
@@ -156,6 +162,8 @@ class ManipulationNode(Node):
 
         self._state = threading.Lock()
         self._new_target = threading.Condition(self._state)  # notified when a target is stored
+        self._depth_arrived = threading.Condition(self._state)
+        self._depth_received_at = -math.inf  # monotonic time of the newest depth image
         self._depths = StampedCache(DEPTH_CACHE_SIZE)
         self._camera_info: CameraInfo | None = None
         self._target: PoseStamped | None = None
@@ -205,6 +213,23 @@ class ManipulationNode(Node):
     def _on_depth(self, msg: Image) -> None:
         with self._state:
             self._depths.add(msg)
+            self._depth_received_at = time.monotonic()
+            self._depth_arrived.notify_all()
+
+    def _wait_for_depth(self, stamp_ns: int) -> None:
+        """Give the depth image of the matches' frame a moment to arrive (see DEPTH_WAIT_S); a
+        frame whose depth does not come is planned without it, as before."""
+        if not self.use_depth:
+            return
+        deadline = time.monotonic() + DEPTH_WAIT_S
+        with self._depth_arrived:
+            while stamp_ns not in self._depths:
+                newest = self._depths.newest_stamp()
+                now = time.monotonic()
+                live = now - self._depth_received_at < DEPTH_STREAM_LIVE_S
+                if newest is None or newest >= stamp_ns or not live or now >= deadline:
+                    return
+                self._depth_arrived.wait(deadline - now)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         with self._state:
@@ -248,6 +273,7 @@ class ManipulationNode(Node):
                 f"{grasp.confidence:.2f} < min_confidence {self.min_confidence:.2f}"
             )
             return
+        self._wait_for_depth(stamp_ns)
         try:
             T_base_cam = self.pose_source.pose_at(
                 stamp_ns, self.camera_frame or msg.header.frame_id, self.pose_timeout_s
