@@ -69,10 +69,7 @@ from nerf_descriptor_ros.srv import PickAndLift
 
 # Matches arrive one network pass after their image: keep about a second of depth images.
 DEPTH_CACHE_SIZE = 30
-# The matches of a frame are computed from its colour image and can overtake its depth image on
-# the way here: they wait this long for it, while the depth stream is live (an image within
-# DEPTH_STREAM_LIVE_S) and has not yet passed their stamp.
-DEPTH_WAIT_S = 0.5
+# Matches wait for their depth image (depth_wait_s) only while the depth stream is live: an image within this.
 DEPTH_STREAM_LIVE_S = 2.0
 WARN_PERIOD_S = 2.0
 # A fresh target this close to a failed pick's is that grasp again: no retry there.
@@ -100,6 +97,12 @@ PARAMETERS = (
         True,
         f"subscribe {topics.DEPTH} and {topics.CAMERA_INFO} for the surface normal and the object's width "
         "(else top-down, fingers along the image's x axis)",
+    ),
+    (
+        "depth_wait_s",
+        0.5,
+        "how long matches wait for the depth image of their stamp when it has not come yet (while the depth "
+        "stream is live): a frame's matches can overtake its depth image on the way",
     ),
     ("max_target_age_s", 2.0, "~/grasp refuses a target older than this"),
     ("pick_service", "/sim_robot/pick_and_lift", "the PickAndLift service that executes grasps"),
@@ -151,6 +154,7 @@ class ManipulationNode(Node):
         self.camera_frame = poses.camera_frame
         self.pose_timeout_s = poses.pose_timeout_s
         self.max_target_age_s = p["max_target_age_s"]
+        self.depth_wait_s = p["depth_wait_s"]
         self.pick_timeout_s = p["pick_timeout_s"]
         self.pre_grasp_distance_m = p["pre_grasp_distance_m"]
         self.lift_height_m = p["lift_height_m"]
@@ -217,11 +221,11 @@ class ManipulationNode(Node):
             self._depth_arrived.notify_all()
 
     def _wait_for_depth(self, stamp_ns: int) -> None:
-        """Give the depth image of the matches' frame a moment to arrive (see DEPTH_WAIT_S); a
-        frame whose depth does not come is planned without it, as before."""
+        """Give the depth image of the matches' frame ``depth_wait_s`` to arrive; a frame whose
+        depth does not come is planned without it."""
         if not self.use_depth:
             return
-        deadline = time.monotonic() + DEPTH_WAIT_S
+        deadline = time.monotonic() + self.depth_wait_s
         with self._depth_arrived:
             while stamp_ns not in self._depths:
                 newest = self._depths.newest_stamp()
