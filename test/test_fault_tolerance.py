@@ -52,8 +52,11 @@ def test_hostile_requests_are_answered_in_time_and_no_node_exits(nodes, ros, tmp
     result = fuzz(cluster, 100, 4, np.random.default_rng(SEED), object_pixels)
 
     assert result["requests"] >= 100, result
-    assert result["unanswered"] == 0 and result["node_exits"] == 0, result
-    assert result["wrong_answers"] == 0 and result["hostile_accepted"] == 0, result
+    # As a string: pytest shortens an object's repr in the message, and the examples are what a failure is read by.
+    kinds_of_example = ("unanswered_examples", "wrong_answer_examples", "hostile_accepted_examples")
+    examples = str({k: result[k] for k in kinds_of_example})
+    assert result["unanswered"] == 0 and result["node_exits"] == 0, examples
+    assert result["wrong_answers"] == 0 and result["hostile_accepted"] == 0, examples
     assert result["written_outside_data_root"] == [], result
     kinds = result["requests_per_node_and_kind"]
     assert set(kinds) == {"capture", "trainer", "descriptor", "manipulation", "sim_robot"}, kinds
