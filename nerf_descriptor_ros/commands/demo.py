@@ -32,7 +32,7 @@ from nerf_descriptor_ros.commands.arguments import add_device_option, command_pa
 # Sizes per device kind; each can be overridden on the command line. The CPU sizes keep the demo
 # within its time budget on a 2-core machine (the closing notes of the issues give the measurements).
 PROFILES = {
-    "cpu": {"views": 64, "width": 320, "height": 240, "nerf_seconds": 150.0, "descriptor_iterations": 600},
+    "cpu": {"views": 64, "width": 320, "height": 240, "nerf_seconds": 150.0, "descriptor_iterations": 800},
     "cuda": {"views": 100, "width": 640, "height": 480, "nerf_seconds": 120.0, "descriptor_iterations": 3000},
 }
 KEYPOINT_TOLERANCE_PX = 10.0
@@ -67,7 +67,7 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=int, help="image width, also the network's working width (CPU 320, GPU 640)")
     p.add_argument("--height", type=int, help="image height (CPU 240, GPU 480)")
     p.add_argument("--nerf-seconds", type=float, help="NeRF training time (CPU 150, GPU 120)")
-    p.add_argument("--descriptor-iterations", type=int, help="descriptor steps (CPU 600, GPU 3000)")
+    p.add_argument("--descriptor-iterations", type=int, help="descriptor steps (CPU 800, GPU 3000)")
     add_device_option(p)
     p.add_argument("--data-root", default="data", help="datasets go to DATA_ROOT/NAME (default: %(default)s)")
     p.add_argument("--name", help="dataset name (default: demo-<object>-<time>)")
