@@ -7,6 +7,7 @@ import json
 import pytest
 
 from nerf_descriptor_ros.cli import main
+from nerf_descriptor_ros.keypoints.any_point import ANY_POINT_COUNT
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -57,7 +58,10 @@ def test_demo_runs_every_stage_and_writes_its_report(ros_domain, tmp_path, capsy
     assert report["heldout_psnr_db"] > 10 and 0.0 <= report["descriptors"]["auc_1_100"] <= 1.0
     any_point = report["any_point"]
     assert "skipped" in any_point or (
-        any_point["placements"] == 2 and any_point["view_ranges"]["elevation_deg"] == [45.0, 75.0]
+        any_point["placements"] == 2
+        and any_point["view_ranges"]["elevation_deg"] == [45.0, 75.0]
+        and any_point["keypoints"] == ANY_POINT_COUNT  # the sampled keypoints, not the pose points
+        and any_point["symmetry"].startswith("none declared")
     ), any_point
     for trial in report["per_trial"]:
         assert isinstance(trial["grasp_success"], bool) and trial["grasp_message"]

@@ -107,9 +107,9 @@ def any_point_on_new_placements(
         placed = live_views_of_new_placements(world, T_then, centre_then, radius, placements, views, seed, placement)
         rendered = [(T_now, frame.rgb, frame.depth, frame.T_base_cam) for _, T_now, frame in placed]
         live_intrinsics = world.intrinsics
-    count = pose_points or POSE_POINTS_COUNT
-    stored = load_pose_points(model, model_dir, count, POSE_POINTS_SEED) if model_dir else None
-    points = stored or build_pose_points(model.describe, dataset, model, count)
+    pose_count = pose_points or POSE_POINTS_COUNT
+    stored = load_pose_points(model, model_dir, pose_count, POSE_POINTS_SEED) if model_dir else None
+    points = stored or build_pose_points(model.describe, dataset, model, pose_count)
     locators = {"pose": pose_locator(points, keypoints, model, live_intrinsics, depth_noise_m)}
     records = score_views(
         model.describe, keypoints, rendered, T_then, live_intrinsics, config, symmetries, locators=locators
