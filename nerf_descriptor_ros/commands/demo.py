@@ -356,7 +356,7 @@ def _any_point_line(result: dict) -> str:
     strict = result.get("strict", {}).get(result["keypoint_source"])
     if strict:
         within = "n/a" if strict["within_10mm"] is None else f"{100 * strict['within_10mm']:.0f}%"
-        line += f"; scored with the declared symmetry ({result['symmetry']}), strictly: within 10 mm {within}"
+        line += f"; scored symmetry-aware (--symmetry), and strictly: within 10 mm {within}"
     return line
 
 
