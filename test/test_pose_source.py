@@ -16,6 +16,7 @@ from ros2_tools import ros2_tools  # noqa: F401  (fixture)
 from nerf_descriptor_ros.config import ConfigError
 from nerf_descriptor_ros.geometry import InvalidPoseError, interpolate_pose, look_at, matrix_to_pose, pose_distance
 from nerf_descriptor_ros.ros.pose_sources import (
+    FAR_AHEAD_S,
     PoseBuffer,
     PoseLookupError,
     PoseNotYetAvailable,
@@ -141,6 +142,15 @@ def test_wait_for_times_out_with_the_reason():
     with pytest.raises(PoseNotYetAvailable, match="pose source late or stopped"):
         buffer.wait_for(int(2.0 * S), timeout_s=0.2)
     assert 0.15 < time.monotonic() - started < 3.0
+
+
+def test_a_stamp_far_in_the_future_is_answered_at_once():
+    buffer = filled_buffer([1.0])
+    for stamp in (int(1.0 * S + FAR_AHEAD_S * 1.01e9), 2**62):  # just past the limit, and a hostile stamp
+        started = time.monotonic()
+        with pytest.raises(PoseNotYetAvailable, match="pose source late or stopped"):
+            buffer.wait_for(stamp, timeout_s=0.5)
+        assert time.monotonic() - started < 0.1
 
 
 class _FakeNode:

@@ -27,6 +27,8 @@ from nerf_descriptor_ros.geometry import InvalidPoseError, interpolate_pose, val
 
 POSE_SOURCES = ("topic", "tf")
 _NS = 1_000_000_000
+# A stamp this far past the newest camera pose is not waited for (see PoseBuffer.wait_for).
+FAR_AHEAD_S = 10.0
 _MAX_REFUSED_REMEMBERED = 256
 
 
@@ -145,9 +147,15 @@ class PoseBuffer:
             return self._lookup(stamp_ns)
 
     def wait_for(self, stamp_ns: int, timeout_s: float) -> np.ndarray:
-        """Like :meth:`lookup`, first waiting up to ``timeout_s`` for a sample at or after the stamp."""
+        """Like :meth:`lookup`, first waiting up to ``timeout_s`` for a sample at or after the stamp.
+
+        A stamp more than FAR_AHEAD_S past the newest pose seen is answered at once: no stream that
+        is merely late gets there, and a message stamped far in the future does not hold up the
+        node's callback."""
         deadline = time.monotonic() + max(0.0, timeout_s)
         with self._changed:
+            if self._newest_seen_ns is not None and stamp_ns - self._newest_seen_ns > FAR_AHEAD_S * 1e9:
+                deadline = time.monotonic()
             while self._newest_seen_ns is None or self._newest_seen_ns < stamp_ns:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
