@@ -21,3 +21,24 @@ def test_keeps_the_newest_received_messages_by_stamp():
     assert list(cache) == [10, 20, 40] and cache.get(20) is messages[2] and cache.get(30) is None
     assert cache.newest_stamp() == 40
     assert cache.newest_after(10) is messages[3] and cache.newest_after(40) is None
+
+
+def test_wait_for_returns_a_message_that_arrives_and_gives_up_when_told():
+    import threading
+    import time
+
+    cache, condition = StampedCache(), threading.Condition()
+
+    def add_later():
+        time.sleep(0.1)
+        with condition:
+            cache.add(_Msg(7))
+            condition.notify_all()
+
+    threading.Thread(target=add_later).start()
+    with condition:
+        assert cache.wait_for(7, condition, 5.0, lambda: True) is not None
+        started = time.monotonic()
+        assert cache.wait_for(8, condition, 5.0, lambda: False) is None  # told not to wait
+        assert cache.wait_for(9, condition, 0.1, lambda: True) is None  # the timeout
+    assert time.monotonic() - started < 1.0

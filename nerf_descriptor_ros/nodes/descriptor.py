@@ -32,7 +32,6 @@ the next, so a camera faster than the network makes the node skip frames, never 
 from __future__ import annotations
 
 import threading
-import time
 
 from geometry_msgs.msg import Point
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -243,15 +242,12 @@ class DescriptorNode(Node):
         if not self.use_depth:
             return None, None
         stamp = stamp_to_ns(image.header.stamp)
-        deadline = time.monotonic() + self.depth_wait_s
         with self._state:
             # Wait only for a depth stream that exists: a colour-only camera costs no latency.
-            while self._depths and stamp not in self._depths and self._running:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._state.wait(remaining)
-            depth_msg, info = self._depths.get(stamp), self._camera_info
+            depth_msg = self._depths.wait_for(
+                stamp, self._state, self.depth_wait_s, lambda: bool(self._depths) and self._running
+            )
+            info = self._camera_info
         if info is None:
             return None, None
         try:

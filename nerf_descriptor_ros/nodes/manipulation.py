@@ -225,15 +225,14 @@ class ManipulationNode(Node):
         depth does not come is planned without it."""
         if not self.use_depth:
             return
-        deadline = time.monotonic() + self.depth_wait_s
+
+        def may_still_come() -> bool:  # the stream is live and has not passed the stamp
+            newest = self._depths.newest_stamp()
+            live = time.monotonic() - self._depth_received_at < DEPTH_STREAM_LIVE_S
+            return newest is not None and newest < stamp_ns and live
+
         with self._depth_arrived:
-            while stamp_ns not in self._depths:
-                newest = self._depths.newest_stamp()
-                now = time.monotonic()
-                live = now - self._depth_received_at < DEPTH_STREAM_LIVE_S
-                if newest is None or newest >= stamp_ns or not live or now >= deadline:
-                    return
-                self._depth_arrived.wait(deadline - now)
+            self._depths.wait_for(stamp_ns, self._depth_arrived, self.depth_wait_s, may_still_come)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         with self._state:

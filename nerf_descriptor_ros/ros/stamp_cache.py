@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from nerf_descriptor_ros.ros.conversions import stamp_to_ns
 
@@ -35,6 +37,20 @@ class StampedCache:
     def __iter__(self) -> Iterator[int]:
         """The stamps held, in the order received."""
         return iter(self.by_stamp)
+
+    def wait_for(
+        self, stamp_ns: int, condition: threading.Condition, timeout_s: float, keep_waiting: Callable[[], bool]
+    ):
+        """The message stamped ``stamp_ns``, waiting up to ``timeout_s`` for it while
+        ``keep_waiting()``; None if it does not come. The caller holds ``condition`` (the lock of
+        this cache), which whoever adds messages notifies."""
+        deadline = time.monotonic() + timeout_s
+        while stamp_ns not in self.by_stamp and keep_waiting():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            condition.wait(remaining)
+        return self.by_stamp.get(stamp_ns)
 
     def newest_stamp(self) -> int | None:
         return max(self.by_stamp, default=None)
