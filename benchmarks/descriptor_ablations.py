@@ -2,7 +2,8 @@
 
 Each row changes one thing against ``reference`` (the CPU protocol's settings, NeRF density-field
 supervision): the encoder's initialisation, the working resolution, the loss, and the two
-augmentations that stand in for a moved object (relighting, background swap). Every row trains on
+augmentations that stand in for a moved object (relighting, background swap) and the learning
+rate (half and double the default). Every row trains on
 the same capture, the same NeRF and the same correspondence seeds, and is evaluated on the same
 held-out ground-truth pairs, at 504x378, with a learning curve.
 
@@ -18,6 +19,9 @@ from descriptor_quality import METRICS, prepare_object, summary, train_and_evalu
 
 from nerf_descriptor_ros.config import merged
 from nerf_descriptor_ros.descriptors.settings import DescriptorSettings
+from nerf_descriptor_ros.descriptors.training import TrainingConfig
+
+LEARNING_RATE = TrainingConfig().learning_rate
 
 # Row -> (working width or None for the protocol's, training overrides). The reference is the
 # protocol's settings: the package's defaults (ImageNet init, 320x240 in half-size windows, the
@@ -33,6 +37,8 @@ ABLATIONS = {
     "loss_regression_and_distributional": (None, {"loss": "regression+distributional"}),
     "augmentation_relight": (None, {"augmentation": {"relight_probability": 0.8}}),
     "augmentation_background_swap": (None, {"augmentation": {"background_probability": 0.5}}),
+    "learning_rate_half": (None, {"learning_rate": LEARNING_RATE / 2}),
+    "learning_rate_double": (None, {"learning_rate": LEARNING_RATE * 2}),
 }
 
 

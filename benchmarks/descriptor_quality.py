@@ -89,7 +89,7 @@ PROTOCOLS = {
         "height": 240,
         "views": 64,
         "nerf_seconds": 240.0,
-        "iterations": 900,
+        "iterations": 1100,
         "backbone": "efficientnet_lite0",
         "device": "cpu",
         "training": PAPER_D_TRAINING,

@@ -86,7 +86,7 @@ class TrainingConfig:
     mode: str = "density_field"  # how correspondences are drawn: depth_map | density_field
     loss: str = "distributional"  # contrastive | distributional | both | regression | regression+distributional
     iterations: int = 1500
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4  # benchmarks/descriptor_ablations.py rows learning_rate_*
     decoder_learning_rate_factor: float = 1.0  # the decoder and head (new layers) learn this many times faster
     weight_decay: float = 1e-4
     views_per_step: int = (
