@@ -1,8 +1,14 @@
 """Relighting and background swap: the augmentations that stand in for a moved object."""
 
+import cv2
 import numpy as np
 
-from nerf_descriptor_ros.descriptors.augmentation import AugmentationConfig, relight, swap_background
+from nerf_descriptor_ros.descriptors.augmentation import (
+    AugmentationConfig,
+    object_free_background,
+    relight,
+    swap_background,
+)
 from nerf_descriptor_ros.descriptors.training import world_normals
 from nerf_descriptor_ros.descriptors.view_geometry import ViewGeometry
 from nerf_descriptor_ros.geometry import CameraIntrinsics
@@ -77,3 +83,27 @@ def test_swap_background_keeps_the_object_and_takes_the_rest_from_the_donor():
     np.testing.assert_array_equal(
         swap_background(image, mask, [donor], rng, AugmentationConfig(background_probability=0.0)), image
     )
+
+
+def test_a_background_donor_has_its_own_object_painted_out():
+    """A donor that still showed its object would paste a copy of the object beside it: a
+    background that looks exactly like the object (for a wire basket, wires across the window)."""
+    rng = np.random.default_rng(1)
+    height, width = 60, 80
+    rows, cols = np.mgrid[0:height, 0:width]
+    table = np.stack([0.3 + 0.2 * cols / width, 0.4 + 0.1 * rows / height, np.full((height, width), 0.5)], -1)
+    table = (table + rng.normal(0, 0.01, table.shape)).astype(np.float32)
+    wires = (np.abs(cols - 2 * rows) < 2) | (np.abs(rows - 30) < 1)  # thin red wires
+    donor = np.where(wires[..., None], np.float32([1.0, 0.0, 0.0]), table)
+    cleaned = object_free_background(donor, wires)
+    redness = cleaned[..., 0] - cleaned[..., 1:].max(axis=-1)
+    assert redness.max() < 0.2, "the wires were not painted out of the donor"
+    far = cv2.dilate(wires.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0  # untouched away from the wires
+    np.testing.assert_allclose(cleaned[far], donor[far], atol=1e-6)
+    # Through the swap, no pixel around the object comes from the donor's object.
+    mask = np.zeros((height, width), bool)
+    mask[20:40, 30:50] = True
+    image = np.full((height, width, 3), 0.5, np.float32)
+    out = swap_background(image, mask, [cleaned], rng, ALWAYS)
+    out_redness = out[..., 0] - out[..., 1:].max(axis=-1)
+    assert out_redness[~mask].max() < 0.2

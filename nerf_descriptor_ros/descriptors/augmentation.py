@@ -15,7 +15,10 @@ place under one light and the robot later finds it elsewhere:
   part is from how bright it is under the capture's light.
 * **Background swap** (:func:`swap_background`): the pixels around the object are replaced by
   another view's, flipped and shifted, so that what lies next to the object in the capture is no
-  cue to which part of the object a pixel is.
+  cue to which part of the object a pixel is. The donor views have their own object painted out
+  first (:func:`object_free_background`): a copy of the object pasted beside it would be a
+  background that looks exactly like the object, and for a wire basket the copy's wires would fill
+  the window.
 """
 
 from __future__ import annotations
@@ -123,6 +126,20 @@ def relight(image: np.ndarray, normals: np.ndarray, rng: np.random.Generator, co
     return np.clip(image * gain[..., None].astype(np.float32), 0.0, 1.0)
 
 
+# The object is painted out of a donor view over its mask grown by this many pixels, so that no
+# antialiased edge of it is left behind; cv2.inpaint's neighbourhood radius is the same.
+DONOR_MASK_GROWTH_PX = 3
+
+
+def object_free_background(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image`` (float RGB in [0, 1]) with the object under ``mask`` painted out from the
+    surrounding background (OpenCV's Telea inpainting), for use as a background donor."""
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((2 * DONOR_MASK_GROWTH_PX + 1,) * 2, np.uint8))
+    rgb8 = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    filled = cv2.inpaint(rgb8, grown, DONOR_MASK_GROWTH_PX, cv2.INPAINT_TELEA)
+    return np.where(grown[..., None] > 0, filled.astype(np.float32) / 255.0, image).astype(image.dtype)
+
+
 def swap_background(
     image: np.ndarray,
     mask: np.ndarray,
@@ -131,7 +148,8 @@ def swap_background(
     config: AugmentationConfig,
 ) -> np.ndarray:
     """``image`` with its pixels outside ``mask`` (the object) taken from one of ``donors`` (images
-    of the same size), randomly flipped and circularly shifted."""
+    of the same size without the object: :func:`object_free_background`), randomly flipped and
+    circularly shifted."""
     if config.background_probability <= 0 or rng.random() >= config.background_probability:
         return image
     donor = donors[int(rng.integers(len(donors)))]

@@ -30,6 +30,7 @@ from nerf_descriptor_ros.descriptors.augmentation import (
     AugmentationConfig,
     crop_around,
     in_bounds,
+    object_free_background,
     photometric,
     random_similarity,
     relight,
@@ -178,7 +179,11 @@ class PairSampler:
             size = (view.intrinsics.width, view.intrinsics.height)
             self.images[index] = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         self.size = size
-        self.donors = [self.images[index] for index in sorted(self.images)]
+        self.donors = (
+            [object_free_background(self.images[i], cache.views[i].mask) for i in sorted(self.images)]
+            if config.augmentation.background_probability > 0
+            else []
+        )
         self.normals = {index: world_normals(view) for index, view in cache.views.items()}
         self.terms = LOSS_TERMS[config.loss]
         self.surface = surface_frame(cache.views) if "regression" in self.terms else None
