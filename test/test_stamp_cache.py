@@ -1,5 +1,8 @@
 """StampedCache: the per-stream message caches of the nodes and the demo driver."""
 
+import threading
+import time
+
 from std_msgs.msg import Header
 
 from nerf_descriptor_ros.ros.conversions import ns_to_stamp
@@ -24,9 +27,6 @@ def test_keeps_the_newest_received_messages_by_stamp():
 
 
 def test_wait_for_returns_a_message_that_arrives_and_gives_up_when_told():
-    import threading
-    import time
-
     cache, condition = StampedCache(), threading.Condition()
 
     def add_later():

@@ -152,10 +152,9 @@ class PoseBuffer:
         A stamp more than FAR_AHEAD_S past the newest pose seen is answered at once: no stream that
         is merely late gets there, and a message stamped far in the future does not hold up the
         node's callback."""
-        deadline = time.monotonic() + max(0.0, timeout_s)
         with self._changed:
-            if self._newest_seen_ns is not None and stamp_ns - self._newest_seen_ns > FAR_AHEAD_S * 1e9:
-                deadline = time.monotonic()
+            far_ahead = self._newest_seen_ns is not None and stamp_ns - self._newest_seen_ns > FAR_AHEAD_S * 1e9
+            deadline = time.monotonic() + (0.0 if far_ahead else max(0.0, timeout_s))
             while self._newest_seen_ns is None or self._newest_seen_ns < stamp_ns:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
