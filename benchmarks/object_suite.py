@@ -63,7 +63,7 @@ OBJECTS = [
     # Plain red: its body looks the same turned about its axis, so the any-point scores declare it.
     {"name": "mug", "kind": "mug with a handle", "object": "objects/mug.urdf", "symmetry": "z"},
     {"name": "teddy", "kind": "teddy bear, small and untextured", "object": "teddy_vhacd.urdf"},
-    {"name": "torus", "kind": "torus lying flat (collision: its convex hull)", "object": "torus"},
+    {"name": "torus", "kind": "torus lying flat", "object": "torus"},
     {"name": "flat_block", "kind": "flat block (jenga brick, 15x5x3 cm)", "object": "jenga/jenga.urdf"},
     {"name": "random_017", "kind": "random_urdfs 017, blocky", "object": "random_urdfs/017/017.urdf"},
     {"name": "random_123", "kind": "random_urdfs 123, lumpy", "object": "random_urdfs/123/123.urdf"},
@@ -92,7 +92,8 @@ LIMITATIONS = [
     "any-point keypoints (the demo's in-process simulator, rebuilt from ground_truth.json) see neither the "
     "distractors nor the live light: for duck_clutter and duck_light they measure the plain scene",
     "distractors are static (fixed bodies): a pick may touch them but never moves them",
-    "the torus collides as its convex hull (pybullet's dynamic mesh), so no finger fits through its hole",
+    "the mug and the torus collide as V-HACD parts of their visual meshes (sim/collision_fidelity.py), "
+    "a little fatter than the meshes",
 ]
 
 

@@ -87,16 +87,22 @@ def resolve_object_model(source: str, scale: float = 1.0) -> ObjectModel:
 
 
 def load_object(bullet, model: ObjectModel) -> int:
-    """Create the object body at the origin; return its pybullet id."""
+    """Create the object body at the origin, colliding as it looks (:mod:`collision_fidelity`);
+    return its pybullet id."""
+    # Imported here: collision_fidelity builds on this module's readers.
+    from nerf_descriptor_ros.sim.collision_fidelity import faithful_mesh_collision, faithful_urdf
+
     if model.kind == "urdf":
+        urdf = faithful_urdf(model)
         try:
-            return bullet.loadURDF(str(model.path), globalScaling=model.scale)
+            return bullet.loadURDF(str(urdf), globalScaling=model.scale)
         except Exception as exc:  # pybullet.error carries only "Cannot load URDF file."
             raise ObjectModelError(f"pybullet cannot load the URDF {model.path}: {exc}") from exc
     scale = [model.scale] * 3
+    collision_file = faithful_mesh_collision(model)
     try:
         visual = bullet.createVisualShape(bullet.GEOM_MESH, fileName=str(model.path), meshScale=scale)
-        collision = bullet.createCollisionShape(bullet.GEOM_MESH, fileName=str(model.path), meshScale=scale)
+        collision = bullet.createCollisionShape(bullet.GEOM_MESH, fileName=str(collision_file), meshScale=scale)
     except Exception as exc:
         raise ObjectModelError(f"pybullet cannot load the mesh {model.path}: {exc}") from exc
     if visual < 0 or collision < 0:
@@ -225,23 +231,49 @@ def _link_mesh_vertices(bullet, body: int, link: int, meshes) -> np.ndarray:
 
 def read_mesh_vertices(path: Path) -> np.ndarray:
     """The vertices (Nx3) of a Wavefront .obj or an STL (binary or ASCII) file."""
+    return read_mesh_triangles(path)[0]
+
+
+def read_mesh_triangles(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices Nx3, triangles Mx3 vertex indices) of a Wavefront .obj (polygons split into fans)
+    or an STL (binary or ASCII) file. Written here because open3d's reader drops an .obj's quads."""
     if not path.is_file():
-        raise ObjectModelError(f"collision mesh {str(path)!r} cannot be read for its geometry")
+        raise ObjectModelError(f"mesh {str(path)!r} cannot be read for its geometry")
     suffix = path.suffix.lower()
     try:
         if suffix == ".obj":
-            with path.open(errors="replace") as lines:
-                rows = [line.split()[1:4] for line in lines if line.startswith("v ")]
-            vertices = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+            vertices, triangles = _obj_triangles(path)
         elif suffix == ".stl":
             vertices = _stl_vertices(path.read_bytes())
+            triangles = np.arange(len(vertices) // 3 * 3).reshape(-1, 3)
         else:
-            raise ObjectModelError(f"collision mesh {path}: only .obj and .stl files can be read")
-    except ValueError as exc:
-        raise ObjectModelError(f"collision mesh {path} cannot be parsed: {exc}") from exc
+            raise ObjectModelError(f"mesh {path}: only .obj and .stl files can be read")
+    except (ValueError, IndexError) as exc:
+        raise ObjectModelError(f"mesh {path} cannot be parsed: {exc}") from exc
     if len(vertices) == 0:
-        raise ObjectModelError(f"collision mesh {path} has no vertices")
-    return vertices
+        raise ObjectModelError(f"mesh {path} has no vertices")
+    return vertices, triangles
+
+
+def _obj_triangles(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows, triangles = [], []
+    with path.open(errors="replace") as lines:
+        for line in lines:
+            words = line.split()
+            if not words:
+                continue
+            if words[0] == "v":
+                rows.append(words[1:4])
+            elif words[0] == "f":
+                # "f 1/2/3 4/5/6 ...": vertex numbers count from 1, negative ones back from the last.
+                corners = [int(word.split("/")[0]) for word in words[1:]]
+                corners = [c - 1 if c > 0 else len(rows) + c for c in corners]
+                triangles += [(corners[0], corners[k], corners[k + 1]) for k in range(1, len(corners) - 1)]
+    vertices = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    faces = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    if len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
+        raise ValueError("a face names a vertex that does not exist")
+    return vertices, faces
 
 
 def _stl_vertices(data: bytes) -> np.ndarray:
