@@ -97,7 +97,8 @@ def test_grid_normals_find_the_steep_sides_of_a_bar_seen_from_above():
     """Seen from above, a side leaning 8.5 deg in from vertical is a few pixels wide, its rows of
     points 13 mm apart along the slope: grid neighbours give its normal, and table points are out."""
     T_base_cam, depth, uv, point_cam, _ = bar_view()
-    points, normals = depth_surface(point_cam, T_base_cam, uv, depth, INTR, DepthSurfaceConfig())
+    # Without the walls assumed under low edges: the seen surface alone.
+    points, normals = depth_surface(point_cam, T_base_cam, uv, depth, INTR, DepthSurfaceConfig(fill_to_table_m=0.0))
     assert np.all(points[:, 2] > 0.002)  # the table top (z = 0) and the table margin are left out
     np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-9)
     local = points - CENTRE
@@ -115,6 +116,33 @@ def test_grid_normals_find_the_steep_sides_of_a_bar_seen_from_above():
     assert np.isnan(normals[0]).all() and np.isnan(normals[:, -1]).all()  # the border has no neighbours
     expected = np.array([0.3, 0.0, -1.0]) / np.linalg.norm([0.3, 0.0, -1.0])
     np.testing.assert_allclose(normals[1:-1, 1:-1].reshape(-1, 3), np.tile(expected, (35, 1)), atol=1e-9)
+
+
+def test_a_flat_bar_lying_on_the_table_is_held_by_its_unseen_sides():
+    """An 8 mm handle, 6 mm high, seen obliquely from above: its sides face away from the camera,
+    so only the walls assumed under its outline (down to the table) give an opposite contact."""
+    width, height = 0.008, 0.006
+    scene = Scene([tapered_bar(0.15, width, width, height=height)], table_half_size=2.0)
+    top = CENTRE + [0.0, 0.0, height]
+    T_base_cam = look_at(top + [-0.12, 0.05, 0.3], top)
+    _, depth, _ = scene.render(T_base_cam, INTR)
+    point_cam = transform_points(invert(T_base_cam), top[None])[0]
+    uv = tuple(INTR.project(point_cam[None])[0][0])
+    args = (point_cam, T_base_cam, uv, depth.astype(np.float32), INTR)
+    with pytest.raises(GraspError, match="no opposite contact"):
+        antipodal_grasps_from_depth(*args, DepthSurfaceConfig(fill_to_table_m=0.0), PANDA, SEARCH)
+    points, normals = depth_surface(*args, DepthSurfaceConfig())
+    walls = np.abs(normals[:, 2]) < 1e-9
+    assert walls.sum() > 20 and np.all(points[walls, 2] <= height + 1e-6)
+    off_across = np.degrees(np.arccos(np.clip(np.abs(normals[walls] @ NARROW), 0, 1)))
+    assert np.median(off_across) < 10.0, "wall normals face across the bar, not along the pixel grid"
+    grasps = antipodal_grasps_from_depth(*args, DepthSurfaceConfig(), PANDA, SEARCH)
+    T = grasps.T_base_tcp[0]
+    assert min(_angle_deg(T[:3, 1], NARROW), _angle_deg(T[:3, 1], -NARROW)) < 15.0
+    assert abs((T[:3, 3] - CENTRE) @ NARROW) < 0.004
+    lowest = min(float(lowest_z(T, box)) for box in gripper_boxes(PANDA, grasps.openings[0]).values())
+    assert lowest >= SEARCH.table_clearance_m - 1e-9, "the fingertips stay above the table"
+    assert lowest < height / 2, "the pads reach below the bar's middle"
 
 
 def test_antipodal_grasps_from_one_view_close_across_the_bar_or_say_why_not():

@@ -14,6 +14,12 @@ One view shows only the surfaces that face the camera: an opposite contact is fo
 sides of the object part are in view (a thin or tapering part seen from above, whose sides are
 within the friction cone of each other), so on a rounded or wide object there are none, and the
 caller falls back to ``planner.plan_grasp``.
+
+A flat object lying on the table (a fork, a wire) shows only its top: its sides, where the
+fingers would hold it, face away from the camera. So an object point whose grid neighbour is the
+table, at most ``fill_to_table_m`` above it, is taken to stand on the table: a side wall of
+points from the table up to it is added, with the horizontal normal that faces that neighbour.
+Objects rest on the table, so the only error is under an overhang this low.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from nerf_descriptor_ros.config import ConfigError, described
 from nerf_descriptor_ros.geometry import CameraIntrinsics, grid_normals, transform_points
@@ -50,12 +57,19 @@ class DepthSurfaceConfig:
     max_grazing_deg: float = described(
         88.0, "points whose normal is more than this from the line of sight are depth edges, not surface (deg)"
     )
+    fill_to_table_m: float = described(
+        0.02,
+        "an object point next to the table and at most this high above it gets a side wall down to the table "
+        "(the unseen sides of a flat object lying there); 0 turns this off (m)",
+    )
 
     def __post_init__(self):
         if not self.cloud_radius_m > 0:
             raise ConfigError(f"cloud_radius_m: must be > 0, got {self.cloud_radius_m!r}")
         if not self.table_margin_m >= 0:
             raise ConfigError(f"table_margin_m: must be >= 0, got {self.table_margin_m!r}")
+        if not self.fill_to_table_m >= 0:
+            raise ConfigError(f"fill_to_table_m: must be >= 0, got {self.fill_to_table_m!r}")
         if self.normal_step_px < 1:
             raise ConfigError(f"normal_step_px: must be >= 1, got {self.normal_step_px!r}")
         if not 0.0 < self.max_grazing_deg <= 90.0:
@@ -87,12 +101,57 @@ def depth_surface(
     normals = normals[keep] @ T_base_cam[:3, :3].T
     above = points[:, 2] > config.table_z_m + config.table_margin_m
     points, normals = points[above], normals[above]
+    if config.fill_to_table_m > 0 and grid.size:
+        walls, outward = side_walls(transform_points(T_base_cam, grid.reshape(-1, 3)).reshape(grid.shape), config)
+        near = np.linalg.norm(walls - transform_points(T_base_cam, point_cam[None]), axis=1) <= config.cloud_radius_m
+        points, normals = np.concatenate([points, walls[near]]), np.concatenate([normals, outward[near]])
     if len(points) < MIN_SURFACE_POINTS:
         raise GraspError(
             f"{len(points)} depth points of the object within cloud_radius_m {config.cloud_radius_m} m of the "
             f"keypoint, above the table (table_z_m {config.table_z_m} + table_margin_m {config.table_margin_m})"
         )
     return points, normals
+
+
+WALL_SPACING_M = 0.001  # side-wall points every millimetre from the table up
+WALL_NORMAL_RADIUS_M = 0.005  # a wall's normal from the object's outline within this distance
+
+
+def side_walls(grid_base: np.ndarray, config: DepthSurfaceConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(points, horizontal outward normals) of the side walls under the low object points of the
+    base-frame point image ``grid_base`` (h, w, 3; NaN unknown) that border the table. A wall's
+    normal is across the object's outline there: perpendicular, in the table plane, to the main
+    direction of the object points within ``WALL_NORMAL_RADIUS_M``, away from their middle (the
+    pixel grid alone would give only its four directions)."""
+    height = grid_base[..., 2] - config.table_z_m
+    with np.errstate(invalid="ignore"):
+        table = np.isfinite(height) & (height <= config.table_margin_m)
+        above = np.isfinite(height) & (height > config.table_margin_m)
+    low = above & (height <= config.fill_to_table_m)
+    edge = np.zeros_like(low)
+    edge[:, :-1] |= low[:, :-1] & table[:, 1:]
+    edge[:, 1:] |= low[:, 1:] & table[:, :-1]
+    edge[:-1] |= low[:-1] & table[1:]
+    edge[1:] |= low[1:] & table[:-1]
+    tops = grid_base[edge]
+    if not len(tops):
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    outline = grid_base[above][:, :2]
+    neighbours = cKDTree(outline).query_ball_point(tops[:, :2], WALL_NORMAL_RADIUS_M)
+    points, normals = [], []
+    for top, near in zip(tops, neighbours):
+        local = outline[near] - outline[near].mean(0)
+        if len(near) < 3:
+            continue
+        along = np.linalg.svd(local, full_matrices=False)[2][0]
+        across = np.array([-along[1], along[0]])
+        outward = across if np.dot(top[:2] - outline[near].mean(0), across) >= 0 else -across
+        heights = np.arange(config.table_z_m + config.table_margin_m + WALL_SPACING_M, top[2], WALL_SPACING_M)
+        points.append(np.column_stack([np.full_like(heights, top[0]), np.full_like(heights, top[1]), heights]))
+        normals.append(np.broadcast_to([outward[0], outward[1], 0.0], (len(heights), 3)))
+    if not points:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    return np.concatenate(points), np.concatenate(normals)
 
 
 def antipodal_grasps_from_depth(
