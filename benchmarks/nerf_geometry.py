@@ -33,7 +33,6 @@ import json
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +41,10 @@ from scipy.spatial import cKDTree
 
 from nerf_descriptor_ros.data.dataset import Dataset, atomic_write_json
 from nerf_descriptor_ros.device import resolve_device
-from nerf_descriptor_ros.geometry import rpy_deg_to_matrix, transform_points
+from nerf_descriptor_ros.geometry import transform_points
 from nerf_descriptor_ros.nerf import load_nerf
 from nerf_descriptor_ros.nerf.surface_export import SurfaceSettings, extract_surface, write_ply
+from nerf_descriptor_ros.sim.objects import ObjectModel, ObjectModelError, model_visual_mesh
 
 OBJECTS = ["duck=duck_vhacd.urdf", "fork=thin:fork:0"]
 # The issue's targets: Chamfer distance (mm) on the duck and on a thin object.
@@ -73,34 +73,13 @@ def capture(spec: str, work: Path, width: int, height: int, views: int) -> tuple
 
 def visual_mesh(truth: dict) -> o3d.geometry.TriangleMesh:
     """The URDF's (or mesh file's) visual geometry at its scale, at ``T_base_object`` in the world."""
-    path = Path(truth["model_path"])
-    scale = float(truth["scale"])
-    parts = []
-    if truth["model_kind"] == "mesh":
-        parts.append((path, np.eye(4), np.ones(3)))
-    else:
-        links = ET.parse(path).getroot().findall("link")
-        if sum(1 for link in links if link.find("visual") is not None) != 1:
-            raise SystemExit(f"{path}: only single-link URDFs with visual geometry are measured")
-        for visual in (v for link in links for v in link.findall("visual")):
-            mesh = visual.find("geometry/mesh")
-            if mesh is None:
-                raise SystemExit(f"{path}: a visual that is not a mesh is not measured")
-            origin = visual.find("origin")
-            xyz = [float(v) for v in (origin.get("xyz", "0 0 0") if origin is not None else "0 0 0").split()]
-            rpy = [float(v) for v in (origin.get("rpy", "0 0 0") if origin is not None else "0 0 0").split()]
-            T = rpy_deg_to_matrix(np.asarray(xyz) * scale, np.degrees(rpy))
-            parts.append((path.parent / mesh.get("filename"), T, np.array(mesh.get("scale", "1 1 1").split(), float)))
-    combined = o3d.geometry.TriangleMesh()
-    for file, T_origin, mesh_scale in parts:
-        mesh = o3d.io.read_triangle_mesh(str(file))
-        if len(mesh.triangles) == 0:
-            raise SystemExit(f"{file}: no triangles")
-        local = np.asarray(mesh.vertices) * mesh_scale * scale
-        world = transform_points(np.asarray(truth["T_base_object"]) @ T_origin, local)
-        part = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(world), mesh.triangles)
-        combined += part
-    return combined
+    model = ObjectModel(truth["source"], Path(truth["model_path"]), truth["model_kind"], float(truth["scale"]))
+    try:
+        vertices, triangles = model_visual_mesh(model)
+    except ObjectModelError as exc:
+        raise SystemExit(f"the object's visual mesh is not measured: {exc}") from exc
+    world = transform_points(np.asarray(truth["T_base_object"]), vertices)
+    return o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(world), o3d.utility.Vector3iVector(triangles))
 
 
 def area_samples(mesh: o3d.geometry.TriangleMesh, count: int, seed: int) -> np.ndarray:

@@ -33,8 +33,8 @@ import pybullet
 from pybullet_utils.bullet_client import BulletClient
 
 from nerf_descriptor_ros.data.dataset import atomic_write_bytes, atomic_write_json
-from nerf_descriptor_ros.geometry import invert, rpy_deg_to_matrix, transform_points
-from nerf_descriptor_ros.sim.objects import MESH_SUFFIXES, ObjectModel, body_frame_pose, read_mesh_triangles
+from nerf_descriptor_ros.geometry import invert, transform_points
+from nerf_descriptor_ros.sim.objects import ObjectModel, ObjectModelError, body_frame_pose, model_visual_mesh
 
 CHECK_VERSION = "1"  # part of every cache key: bump when the check or the decomposition changes
 MISMATCH_FRACTION = 0.01
@@ -56,29 +56,32 @@ def cache_dir() -> Path:
 def faithful_urdf(model: ObjectModel) -> Path:
     """``model``'s URDF, or a cached copy whose one link collides as its visual mesh looks."""
     link = _single_link(model.path)
-    visuals = _visual_meshes(model.path, link) if link is not None and _meshes_only(link) else None
-    if not visuals:
+    if link is None or not _meshes_only(link):
         return model.path
-    key = _cache_key(model, [f for f, _, _ in visuals] + _collision_files(model.path, link))
+    try:
+        vertices, triangles = model_visual_mesh(model)
+    except ObjectModelError:
+        return model.path  # visuals that cannot be compared (a primitive, another format)
+    key = _cache_key(model, vertices, triangles, _collision_files(model.path, link))
     folder = cache_dir()
     replaced = folder / f"{key}.urdf"
     if replaced.is_file():
         return replaced
-    vertices, triangles = _merged(visuals)
 
     def load(client):
         return client.loadURDF(str(model.path), globalScaling=model.scale)
 
-    if _verdict(folder / f"{key}.json", load, (vertices * model.scale, triangles))["faithful"]:
+    if _verdict(folder / f"{key}.json", load, (vertices, triangles))["faithful"]:
         return model.path
-    collision = _decompose(vertices, triangles, folder / f"{key}_collision.obj")
+    collision = _decompose(vertices / model.scale, triangles, folder / f"{key}_collision.obj")
     atomic_write_bytes(replaced, _urdf_with_collision(model.path, collision))
     return replaced
 
 
 def faithful_mesh_collision(model: ObjectModel) -> Path:
     """The mesh file to collide with for a bare mesh object: itself, or its cached decomposition."""
-    key = _cache_key(model, [model.path])
+    vertices, triangles = model_visual_mesh(model)
+    key = _cache_key(model, vertices, triangles, [])
     folder = cache_dir()
     decomposed = folder / f"{key}_collision.obj"
     if decomposed.is_file():
@@ -89,10 +92,9 @@ def faithful_mesh_collision(model: ObjectModel) -> Path:
         shape = client.createCollisionShape(client.GEOM_MESH, fileName=str(model.path), meshScale=scale)
         return client.createMultiBody(baseMass=1.0, baseCollisionShapeIndex=shape)
 
-    vertices, triangles = read_mesh_triangles(model.path)
-    if _verdict(folder / f"{key}.json", load, (vertices * model.scale, triangles))["faithful"]:
+    if _verdict(folder / f"{key}.json", load, (vertices, triangles))["faithful"]:
         return model.path
-    return _decompose(vertices, triangles, decomposed)
+    return _decompose(vertices / model.scale, triangles, decomposed)
 
 
 def mismatch_fraction(client, body: int, vertices: np.ndarray, triangles: np.ndarray) -> tuple[float, float]:
@@ -146,23 +148,6 @@ def _verdict(path: Path, load, visual: tuple[np.ndarray, np.ndarray]) -> dict:
     return verdict
 
 
-def _merged(visuals) -> tuple[np.ndarray, np.ndarray]:
-    """One mesh of a link's visuals, in the link frame (origins and mesh scales applied)."""
-    parts = []
-    for filename, T_link_visual, mesh_scale in visuals:
-        vertices, triangles = read_mesh_triangles(filename)
-        parts.append((transform_points(T_link_visual, vertices * mesh_scale), triangles))
-    return _stack(parts)
-
-
-def _stack(parts) -> tuple[np.ndarray, np.ndarray]:
-    offsets = np.cumsum([0] + [len(v) for v, _ in parts])[:-1]
-    return (
-        np.concatenate([v for v, _ in parts]),
-        np.concatenate([t + offset for (_, t), offset in zip(parts, offsets)]),
-    )
-
-
 def _decompose(vertices: np.ndarray, triangles: np.ndarray, out: Path) -> Path:
     """V-HACD of a triangle mesh into ``out`` (an .obj of convex parts), written atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,23 +187,6 @@ def _single_link(urdf: Path):
     return links[0] if len(links) == 1 else None
 
 
-def _visual_meshes(urdf: Path, link) -> list[tuple[Path, np.ndarray, np.ndarray]] | None:
-    """(file, T_link_visual, mesh scale) of each visual of ``link``; None where one is not an .obj
-    or .stl file beside the URDF (a primitive, a package:// name, another format)."""
-    visuals = []
-    for visual in link.findall("visual"):
-        mesh = visual.find("geometry/mesh")
-        name = mesh.get("filename", "") if mesh is not None else ""
-        if not name or "://" in name or Path(name).suffix.lower() not in MESH_SUFFIXES:
-            return None
-        origin = visual.find("origin")
-        xyz = [float(v) for v in (origin.get("xyz", "0 0 0") if origin is not None else "0 0 0").split()]
-        rpy = [float(v) for v in (origin.get("rpy", "0 0 0") if origin is not None else "0 0 0").split()]
-        scale = np.array(mesh.get("scale", "1 1 1").split(), float)
-        visuals.append((urdf.parent / name, rpy_deg_to_matrix(xyz, np.degrees(rpy)), scale))
-    return visuals
-
-
 def _meshes_only(link) -> bool:
     """Whether ``link`` moves (mass above 0) and every collision of it is a mesh. Primitives (a
     box, a cylinder) collide exactly as declared, and so do a static body's concave meshes, so
@@ -237,10 +205,13 @@ def _collision_files(urdf: Path, link) -> list[Path]:
     return [urdf.parent / f for f in files if "://" not in f and (urdf.parent / f).is_file()]
 
 
-def _cache_key(model: ObjectModel, files: list[Path]) -> str:
+def _cache_key(model: ObjectModel, vertices: np.ndarray, triangles: np.ndarray, files: list[Path]) -> str:
     digest = hashlib.sha256(f"{CHECK_VERSION}|{model.scale!r}|".encode())
-    for path in [model.path, *files]:
-        digest.update(Path(path).read_bytes())
+    digest.update(model.path.read_bytes())
+    digest.update(np.ascontiguousarray(vertices, np.float64).tobytes())
+    digest.update(np.ascontiguousarray(triangles, np.int64).tobytes())
+    for path in files:
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:32]
 
 

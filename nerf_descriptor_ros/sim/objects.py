@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pybullet_data
 
 from nerf_descriptor_ros.errors import NerfDescriptorError
-from nerf_descriptor_ros.geometry import matrix_to_pose, pose_to_matrix, transform_points
+from nerf_descriptor_ros.geometry import matrix_to_pose, pose_to_matrix, rpy_deg_to_matrix, transform_points
 
 MESH_SUFFIXES = (".obj", ".stl")
 URDF_SUFFIX = ".urdf"
@@ -253,6 +254,37 @@ def read_mesh_triangles(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(vertices) == 0:
         raise ObjectModelError(f"mesh {path} has no vertices")
     return vertices, triangles
+
+
+def model_visual_mesh(model: ObjectModel) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices, triangles) of what the camera sees of ``model``, in its URDF (or mesh) frame at
+    its scale: a mesh object's file, or a URDF's visual meshes with their origins and scales.
+    ObjectModelError for a URDF whose visuals are on several links or are not .obj/.stl files."""
+    if model.kind == "mesh":
+        vertices, triangles = read_mesh_triangles(model.path)
+        return vertices * model.scale, triangles
+    try:
+        links = ET.parse(model.path).getroot().findall("link")
+    except ET.ParseError as exc:
+        raise ObjectModelError(f"{model.path}: not XML ({exc})") from exc
+    visuals = [visual for link in links for visual in link.findall("visual")]
+    if sum(1 for link in links if link.find("visual") is not None) != 1:
+        raise ObjectModelError(f"{model.path}: the visual geometry is not on exactly one link")
+    parts = []
+    for visual in visuals:
+        mesh = visual.find("geometry/mesh")
+        name = mesh.get("filename", "") if mesh is not None else ""
+        if not name or "://" in name or Path(name).suffix.lower() not in MESH_SUFFIXES:
+            raise ObjectModelError(f"{model.path}: a visual is not an .obj or .stl file beside the URDF")
+        origin = visual.find("origin")
+        xyz = [float(v) for v in (origin.get("xyz", "0 0 0") if origin is not None else "0 0 0").split()]
+        rpy = [float(v) for v in (origin.get("rpy", "0 0 0") if origin is not None else "0 0 0").split()]
+        vertices, triangles = read_mesh_triangles(model.path.parent / name)
+        vertices = vertices * np.array(mesh.get("scale", "1 1 1").split(), float)
+        parts.append((transform_points(rpy_deg_to_matrix(xyz, np.degrees(rpy)), vertices), triangles))
+    offsets = np.cumsum([0] + [len(v) for v, _ in parts])[:-1]
+    vertices = np.concatenate([v for v, _ in parts]) * model.scale
+    return vertices, np.concatenate([t + offset for (_, t), offset in zip(parts, offsets)])
 
 
 def _obj_triangles(path: Path) -> tuple[np.ndarray, np.ndarray]:
