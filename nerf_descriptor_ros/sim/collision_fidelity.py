@@ -12,9 +12,9 @@ author declared them.
 
 An object's collision is taken as faithful when at most :data:`MISMATCH_FRACTION` of its surface
 (ray hits from the six axis directions) lies farther than :func:`surface_tolerance_m` (a tenth
-of its size) from the visual surface; such objects, and any that cannot be compared (several links, primitive
-visuals), load unchanged. Verdicts and decompositions are cached by content in
-:func:`cache_dir`, so the check costs a file hash after the first load.
+of its size) from the visual surface; such objects, and any that cannot be compared (several
+links, primitive visuals), load unchanged. Verdicts and decompositions are cached by content in
+:func:`cache_dir`, so after the first load the check costs reading the model's files.
 """
 
 from __future__ import annotations
