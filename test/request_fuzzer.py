@@ -781,7 +781,10 @@ def start_nodes(cluster: Cluster) -> dict[int, list]:
         ("capture", {"data_root": str(root)}),
         ("trainer", {"data_root": str(root), "cpu_threads": 1, "device": "cpu"}),
         ("descriptor", {**descriptor, "publish_visualization": False}),
-        ("manipulation", {"pick_service": PICK_SERVICE, "use_depth": False, "max_target_age_s": 30.0}),
+        (
+            "manipulation",
+            {"pick_service": PICK_SERVICE, "use_depth": False, "grasp_planner": "surface", "max_target_age_s": 30.0},
+        ),
     ]:
         if name not in cluster.live:
             cluster.start(name, params)

@@ -384,9 +384,8 @@ def test_a_surface_grasp_on_a_flat_object_backs_off_until_the_hand_clears_the_ta
     _, depth, _ = scene.render(T_base_cam, intrinsics)
     point_cam = transform_points(invert(T_base_cam), top[None])[0]
     uv = tuple(intrinsics.project(point_cam[None])[0][0])
-    proc = nodes.start(
-        "manipulation", "config/manipulation.yaml", {"pick_service": "/nobody/pick_and_lift", "max_target_age_s": 30.0}
-    )
+    params = {"pick_service": "/nobody/pick_and_lift", "max_target_age_s": 30.0, "grasp_planner": "surface"}
+    proc = nodes.start("manipulation", "config/manipulation.yaml", params)
     camera = Camera(ros.node, intrinsics)
     targets = Inbox(ros.node, PoseStamped, "grasp/target")
 

@@ -85,10 +85,10 @@ PARAMETERS = (
     ("grasp_keypoint", "grasp", "name of the keypoint to grasp at"),
     (
         "grasp_planner",
-        "surface",
-        "how a keypoint match becomes a grasp: surface (into the keypoint's surface, closing across the "
-        "object's narrow side) or antipodal (antipodal grasps sampled on the depth around the keypoint that fit "
-        "the gripper, published ranked on ~/grasp_candidates; surface where none fits)",
+        "antipodal",
+        "how a keypoint match becomes a grasp: antipodal (antipodal grasps sampled on the depth around the "
+        "keypoint that fit the gripper, published ranked on ~/grasp_candidates; surface where none fits; needs "
+        "use_depth) or surface (into the keypoint's surface, closing across the object's narrow side)",
     ),
     ("approach_keypoint", "", "approach 'keypoints': the keypoint the gripper comes from"),
     ("min_confidence", 0.0, "matches with a lower confidence make no target"),
@@ -141,7 +141,8 @@ class ManipulationNode(Node):
             raise ManipulationError(f"grasp_planner {p['grasp_planner']!r} unknown; choose one of {GRASP_PLANNERS}")
         if p["grasp_planner"] == "antipodal" and not p["use_depth"]:
             raise ManipulationError(
-                "grasp_planner antipodal samples grasps on the depth image: it needs use_depth true"
+                "grasp_planner antipodal samples grasps on the depth image: it needs use_depth true "
+                "(or set grasp_planner surface)"
             )
         if p["max_grasp_attempts"] < 1 or not p["redetect_timeout_s"] >= 0:
             raise ManipulationError("max_grasp_attempts must be >= 1 and redetect_timeout_s >= 0")
