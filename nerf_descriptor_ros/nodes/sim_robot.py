@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +54,13 @@ from nerf_descriptor_ros.ros.conversions import (
 from nerf_descriptor_ros.ros.node_runner import run_node
 from nerf_descriptor_ros.ros.parameters import declare_config, declare_parameters
 from nerf_descriptor_ros.sim import SimConfig, SimWorld
-from nerf_descriptor_ros.sim.views import SWEEP_FILL_FRACTION, SWEEP_RADIUS_RANGE_M, hemisphere_views, sweep_distance
+from nerf_descriptor_ros.sim.views import (
+    SWEEP_FILL_FRACTION,
+    SWEEP_RADIUS_RANGE_M,
+    hemisphere_views,
+    replanned_views,
+    sweep_distance,
+)
 from nerf_descriptor_ros.srv import MoveCamera, PickAndLift, SaveGroundTruth, SetObjectPose
 
 # Arm moves advance in steps of this many (simulated and wall-clock) seconds.
@@ -305,7 +313,8 @@ class SimRobotNode(Node):
 
     # ---- view sweep --------------------------------------------------------------------------
 
-    def _sweep_plan(self, goal) -> list[np.ndarray]:
+    def _sweep_plan(self, goal) -> tuple[list[np.ndarray], Callable[[np.ndarray], list[np.ndarray]]]:
+        """The sweep's views, and what replaces one of them that the arm cannot reach."""
         d = self.defaults
         num_views = goal.num_views or d.sweep_num_views
         if goal.min_elevation_deg == 0.0 and goal.max_elevation_deg == 0.0:
@@ -321,7 +330,9 @@ class SimRobotNode(Node):
         self.get_logger().info(
             f"view sweep: {num_views} views at {radius:.3f} m, elevation {elevations[0]:g} to {elevations[1]:g} deg"
         )
-        return hemisphere_views(center, num_views, radius, *elevations)
+        return hemisphere_views(center, num_views, radius, *elevations), partial(
+            replanned_views, center=center, min_elevation_deg=elevations[0], max_elevation_deg=elevations[1]
+        )
 
     def _execute_sweep(self, goal_handle):
         goal = goal_handle.request
@@ -333,7 +344,7 @@ class SimRobotNode(Node):
             return result
         try:
             try:
-                views = self._sweep_plan(goal)
+                views, replan = self._sweep_plan(goal)
             except ValueError as exc:
                 result.message = f"refused: {exc}"
                 goal_handle.abort()
@@ -341,8 +352,11 @@ class SimRobotNode(Node):
             dwell_s = goal.dwell_s or self.defaults.dwell_s
             cancelled = lambda: goal_handle.is_cancel_requested  # noqa: E731
             try:
+                replanned = 0
                 for index, target in enumerate(views):
-                    self._sweep_one_view(goal_handle, index, len(views), target, dwell_s, cancelled, result)
+                    replanned += self._sweep_one_view(
+                        goal_handle, index, len(views), (target, replan), dwell_s, cancelled, result
+                    )
             except _Cancelled:
                 result.message = (
                     f"cancelled after {result.views_reached} reached and {result.views_unreachable} unreachable views"
@@ -354,7 +368,8 @@ class SimRobotNode(Node):
                 return result
             result.success = result.views_reached > 0
             result.message = (
-                f"{result.views_reached} of {len(views)} views reached, {result.views_unreachable} unreachable"
+                f"{result.views_reached} of {len(views)} views reached ({replanned} of them moved or turned "
+                f"to be reachable), {result.views_unreachable} unreachable"
             )
             if not result.success:
                 result.message += " (try a smaller radius or other elevations)"
@@ -368,25 +383,43 @@ class SimRobotNode(Node):
             self._arm_lock.release()
 
     def _sweep_one_view(
-        self, goal_handle, index: int, num_views: int, target: np.ndarray, dwell_s: float, cancelled, result
-    ) -> None:
+        self, goal_handle, index: int, num_views: int, planned, dwell_s: float, cancelled, result
+    ) -> bool:
+        """Go to the view ``planned`` = (pose, replan), or to the first of ``replan(pose)`` the arm
+        reaches; return whether it was replanned."""
         if cancelled():
             raise _Cancelled()
+        target, replan = planned
         with self._world_lock:
             solution = self.world.solve_camera_ik(target)
+        first_failure = solution.message
+        replanned = not solution.success
+        if replanned:
+            for alternative in replan(target):
+                if cancelled():
+                    raise _Cancelled()
+                with self._world_lock:  # one solve at a time: the camera keeps publishing between them
+                    solution = self.world.solve_camera_ik(alternative)
+                if solution.success:
+                    break
         feedback = ViewSweep.Feedback(view_index=index, num_views=num_views, reached=solution.success)
         if not solution.success:
             result.views_unreachable += 1
             feedback.camera_pose = self._pose_stamped(target)  # the view that was skipped
-            self.get_logger().info(f"view {index + 1}/{num_views} skipped: {solution.message}")
+            self.get_logger().info(f"view {index + 1}/{num_views} skipped, nor could it be moved: {first_failure}")
             goal_handle.publish_feedback(feedback)
-            return
+            return False
+        if replanned:
+            self.get_logger().info(
+                f"view {index + 1}/{num_views}: as planned {first_failure}; moved or turned to one the arm reaches"
+            )
         self._move_arm(solution.joint_positions, cancelled)
         with self._world_lock:
             feedback.camera_pose = self._pose_stamped(self.world.camera_pose())
         result.views_reached += 1
         goal_handle.publish_feedback(feedback)
         self._wait(dwell_s, cancelled)
+        return replanned
 
     # ---- pick and lift -----------------------------------------------------------------------
 
