@@ -99,7 +99,7 @@ def test_a_tiny_model_overfits_a_handful_of_correspondences(single_torch_thread)
     match_b = torch.as_tensor(rng.uniform([4, 4], [59, 43], (12, 2)), dtype=torch.float32)
     net = DescriptorNet(3, "resnet18", decoder_channels=32)
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for _step in range(120):
+    for _step in range(160):  # 120 left a match at the edge of the 2 px bound on some CPUs (rounding)
         desc = net(images)
         loss = distributional_loss(desc[0], desc[1], match_a, match_b, sigma_px=1.0)
         optimizer.zero_grad()
