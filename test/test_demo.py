@@ -39,8 +39,9 @@ def test_demo_runs_every_stage_and_writes_its_report(ros_domain, tmp_path, capsy
             str(out),
         ]
     )
-    printed = capsys.readouterr().out
-    assert code == 0, printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0, printed + captured.err  # the error line goes to stderr
     report = json.loads(out.read_text())
     assert report["trials"] == 2 and len(report["per_trial"]) == 2
     assert 0.0 <= report["keypoint_within_10px"] <= 1.0 and 0.0 <= report["grasp_success_rate"] <= 1.0
