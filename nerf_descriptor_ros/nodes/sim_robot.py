@@ -12,7 +12,8 @@ where it was afterwards). Action: ``~/view_sweep`` (ViewSweep); goal fields left
 ``sweep_*`` / ``dwell_s`` parameters.
 
 Parameters: one per field of :class:`SimConfig` (``object`` is its object_source) and of
-:class:`RequestDefaults`, plus the node's own (:data:`PARAMETERS`); see config/sim_robot.yaml.
+:class:`RequestDefaults` (sim/config.py), plus the node's own (:data:`PARAMETERS`); see
+config/sim_robot.yaml.
 
 Threads: pybullet is not thread-safe, so one lock guards the world. Rendering has its own callback
 group; services and the action share a reentrant one, so frames keep coming while the arm moves.
@@ -25,7 +26,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -39,7 +39,6 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Header
 
 from nerf_descriptor_ros.action import ViewSweep
-from nerf_descriptor_ros.config import ConfigError, described
 from nerf_descriptor_ros.data.dataset import DatasetError
 from nerf_descriptor_ros.errors import NerfDescriptorError
 from nerf_descriptor_ros.geometry import InvalidPoseError, pose_distance, validate_rigid_transform
@@ -54,13 +53,8 @@ from nerf_descriptor_ros.ros.conversions import (
 from nerf_descriptor_ros.ros.node_runner import run_node
 from nerf_descriptor_ros.ros.parameters import declare_config, declare_parameters
 from nerf_descriptor_ros.sim import SimConfig, SimWorld
-from nerf_descriptor_ros.sim.views import (
-    SWEEP_FILL_FRACTION,
-    SWEEP_RADIUS_RANGE_M,
-    hemisphere_views,
-    replanned_views,
-    sweep_distance,
-)
+from nerf_descriptor_ros.sim.config import RequestDefaults
+from nerf_descriptor_ros.sim.views import hemisphere_views, replanned_views, sweep_distance
 from nerf_descriptor_ros.srv import MoveCamera, PickAndLift, SaveGroundTruth, SetObjectPose
 
 # Arm moves advance in steps of this many (simulated and wall-clock) seconds.
@@ -80,38 +74,6 @@ PARAMETERS = (
 
 class SimRobotError(NerfDescriptorError):
     """A parameter or request the simulated robot cannot honour; the message says why."""
-
-
-def _default(value, description: str):
-    return described(value, description)
-
-
-@dataclass
-class RequestDefaults:
-    """What ~/view_sweep and ~/pick_and_lift use where a goal's or request's field is 0."""
-
-    sweep_num_views: int = _default(48, "views in a sweep when the goal says 0")
-    sweep_radius_m: float = _default(
-        0.0, "camera distance from the object centre when the goal says 0; 0 = frame the object (sweep_fill_fraction)"
-    )
-    sweep_fill_fraction: float = _default(
-        SWEEP_FILL_FRACTION,
-        "automatic radius: the object's bounding sphere spans this fraction of the narrower field of view",
-    )
-    sweep_radius_range_m: tuple[float, float] = _default(
-        SWEEP_RADIUS_RANGE_M,
-        "the automatic radius is clamped to this range (m), where the arm can still circle the object",
-    )
-    sweep_min_elevation_deg: float = _default(25.0, "lowest view elevation when the goal gives none")
-    sweep_max_elevation_deg: float = _default(70.0, "highest view elevation when the goal gives none")
-    dwell_s: float = _default(0.5, "time the camera holds still at each reached view when the goal says 0")
-    pick_pre_grasp_distance_m: float = _default(0.1, "pick approach length when the request says 0 (m)")
-    pick_lift_height_m: float = _default(0.1, "pick lift height when the request says 0 (m)")
-
-    def __post_init__(self):
-        for name in ("pick_pre_grasp_distance_m", "pick_lift_height_m"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
 
 
 class _Cancelled(Exception):

@@ -1,4 +1,5 @@
-"""The simulated world's settings: one dataclass, shared by the world, the node and the benchmarks.
+"""The simulated world's settings (shared by the world, the node and the benchmarks) and the sim
+robot's defaults for requests that leave fields at 0.
 
 Each field's description is what the sim_robot node's parameter of that name says about it.
 """
@@ -11,6 +12,7 @@ import numpy as np
 
 from nerf_descriptor_ros.config import ConfigError, described
 from nerf_descriptor_ros.geometry import CameraIntrinsics, rpy_deg_to_matrix
+from nerf_descriptor_ros.sim.views import SWEEP_FILL_FRACTION, SWEEP_RADIUS_RANGE_M
 
 
 @dataclass
@@ -102,3 +104,31 @@ class SimConfig:
     @property
     def T_hand_cam(self) -> np.ndarray:
         return rpy_deg_to_matrix(self.camera_mount_xyz, self.camera_mount_rpy_deg)
+
+
+@dataclass
+class RequestDefaults:
+    """What ~/view_sweep and ~/pick_and_lift use where a goal's or request's field is 0."""
+
+    sweep_num_views: int = described(48, "views in a sweep when the goal says 0")
+    sweep_radius_m: float = described(
+        0.0, "camera distance from the object centre when the goal says 0; 0 = frame the object (sweep_fill_fraction)"
+    )
+    sweep_fill_fraction: float = described(
+        SWEEP_FILL_FRACTION,
+        "automatic radius: the object's bounding sphere spans this fraction of the narrower field of view",
+    )
+    sweep_radius_range_m: tuple[float, float] = described(
+        SWEEP_RADIUS_RANGE_M,
+        "the automatic radius is clamped to this range (m), where the arm can still circle the object",
+    )
+    sweep_min_elevation_deg: float = described(25.0, "lowest view elevation when the goal gives none")
+    sweep_max_elevation_deg: float = described(70.0, "highest view elevation when the goal gives none")
+    dwell_s: float = described(0.5, "time the camera holds still at each reached view when the goal says 0")
+    pick_pre_grasp_distance_m: float = described(0.1, "pick approach length when the request says 0 (m)")
+    pick_lift_height_m: float = described(0.1, "pick lift height when the request says 0 (m)")
+
+    def __post_init__(self):
+        for name in ("pick_pre_grasp_distance_m", "pick_lift_height_m"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
