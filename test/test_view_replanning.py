@@ -1,5 +1,5 @@
-"""A sweep view the arm cannot reach is replaced by the nearest one it can: the same viewpoint
-turned about the optical axis, or moved a little along the cap, at the same distance."""
+"""A sweep view the arm cannot reach is replaced by the nearest one it can: the viewpoint moved a
+little along the cap at the same distance, upright, or else turned about the optical axis."""
 
 import numpy as np
 
@@ -29,12 +29,15 @@ def test_replanned_views_keep_the_distance_and_the_target_and_come_nearest_first
         to_center = (CENTER - T[:3, 3]) / np.linalg.norm(CENTER - T[:3, 3])
         np.testing.assert_allclose(T[:3, 2], to_center, atol=1e-9)  # still looking at the object
         assert 25.0 - 1e-6 <= _elevation_deg(T, CENTER) <= 45.0 + 1e-6  # within the sweep's range
-    # First the same viewpoint turned about its optical axis, then moved ever further.
-    np.testing.assert_allclose(alternatives[0][:3, 3], view[:3, 3], atol=1e-12)
-    assert abs(alternatives[0][:3, 0] @ view[:3, 0]) < 1e-9  # turned 90 degrees
+    # First the viewpoint moved ever further, upright (image x level); then turned about the axis.
+    level = [abs(T[:3, 0] @ [0.0, 0.0, 1.0]) < 1e-9 for T in alternatives]
+    upright = level.index(False)
+    assert upright > 4 and not any(level[upright:]), "every upright view comes before every turned one"
     steps = [abs(_elevation_deg(T, CENTER) - 30.0) + abs(_azimuth_deg(T, CENTER) - 40.0) for T in alternatives]
-    assert np.all(np.diff(steps) > -1e-6), "nearest first"
+    assert np.all(np.diff(steps[:upright]) > -1e-6), "nearest first"
     assert max(steps) <= 40.0 + 1e-6  # at most 20 degrees in elevation and in azimuth
+    np.testing.assert_allclose(alternatives[upright][:3, 3], view[:3, 3], atol=1e-12)  # the view itself, turned
+    assert abs(alternatives[upright][:3, 0] @ view[:3, 0]) < 1e-9  # by 90 degrees
     assert not any(np.allclose(T, view) for T in alternatives)
     # At the top of the range, no alternative goes above it.
     top = hemisphere_views(CENTER, 1, 0.35, 45.0, 45.0)[0]

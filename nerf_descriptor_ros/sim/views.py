@@ -100,17 +100,19 @@ def hemisphere_views(
     return poses
 
 
-# A view the arm cannot reach is replaced by the nearest one it can among these: the same
-# viewpoint turned about the optical axis (the wrist's limits), then the viewpoint moved along the
-# cap by these steps, at the same distance, so the object stays framed as planned.
-REPLAN_ROLLS_DEG = (0.0, 90.0, -90.0)
+# A view the arm cannot reach is replaced by the nearest one it can among these: the viewpoint
+# moved along the cap by these steps, at the same distance, so the object stays framed as planned
+# and the image stays upright; only then the same viewpoints turned about the optical axis (the
+# wrist's limits), whose images a descriptor network trained on upright views matches less well.
+REPLAN_ROLLS_DEG = (90.0, -90.0)
 REPLAN_STEPS_DEG = (0.0, 10.0, -10.0, 20.0, -20.0)
 
 
 def replanned_views(view: np.ndarray, center, min_elevation_deg: float, max_elevation_deg: float) -> list[np.ndarray]:
-    """Alternatives to the camera pose ``view`` looking at ``center``, nearest first: turned about
-    its optical axis, then moved in azimuth and elevation (staying in the elevation range) by
-    :data:`REPLAN_STEPS_DEG`, at its distance; ``view`` itself is not among them."""
+    """Alternatives to the camera pose ``view`` looking at ``center``, at its distance: moved in
+    azimuth and elevation (staying in the elevation range) by :data:`REPLAN_STEPS_DEG`, nearest
+    first, upright; then ``view`` and those turned about their optical axes by
+    :data:`REPLAN_ROLLS_DEG`. ``view`` itself is not among them."""
     center = np.asarray(center, dtype=np.float64)
     offset = view[:3, 3] - center
     radius = float(np.linalg.norm(offset))
@@ -120,18 +122,15 @@ def replanned_views(view: np.ndarray, center, min_elevation_deg: float, max_elev
         ((de, da) for de in REPLAN_STEPS_DEG for da in REPLAN_STEPS_DEG),
         key=lambda move: (abs(move[0]) + abs(move[1]), abs(move[0])),
     )
-    views = []
+    upright = []
     for de, da in moves:
         if not min_elevation_deg <= elevation + de <= max_elevation_deg:
             continue
         e, a = np.radians(elevation + de), np.radians(azimuth + da)
         eye = center + radius * np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
-        base = view if de == da == 0.0 else look_at(eye, center)
-        for roll in REPLAN_ROLLS_DEG:
-            if de == da == roll == 0.0:
-                continue
-            views.append(base @ rpy_deg_to_matrix((0.0, 0.0, 0.0), (0.0, 0.0, roll)))
-    return views
+        upright.append(view if de == da == 0.0 else look_at(eye, center))
+    turned = [T @ rpy_deg_to_matrix((0.0, 0.0, 0.0), (0.0, 0.0, roll)) for T in upright for roll in REPLAN_ROLLS_DEG]
+    return upright[1:] + turned  # upright[0] is view itself
 
 
 def _split_proportionally(total: int, weights: np.ndarray) -> list[int]:
