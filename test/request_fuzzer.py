@@ -572,13 +572,22 @@ def _hostile_image(h: Hostile) -> Image:
     return image
 
 
+GRASPABLE_POINT_BASE = np.array([0.45, 0.0, 0.2, 1.0])  # in reach, well above the table
+
+
 def manipulation_grasp(f: Fuzzer) -> Case:
-    """A valid match at a stamp the arm's pose exists for, its grasp target, and ~/grasp."""
+    """A valid match at a stamp the arm's pose exists for, its grasp target, and ~/grasp.
+
+    The match's point is a fixed graspable point of the base frame seen from that stamp's camera:
+    a point at a fixed depth ahead of a camera that looks down from close by lies under the table,
+    and the node rightly refuses it."""
 
     def run(fz: Fuzzer):
-        stamp = ns_to_stamp(fz.cluster.newest_sim_stamp())
+        stamp_ns = fz.cluster.newest_sim_stamp()
+        stamp = ns_to_stamp(stamp_ns)
+        x, y, z, _ = np.linalg.inv(fz.cluster.sim_pose(stamp_ns)) @ GRASPABLE_POINT_BASE
         match = KeypointMatch(name="grasp", found=True, u=32.0, v=24.0, confidence=1.0, has_point=True)
-        match.point.z = 0.3
+        match.point = Point(x=float(x), y=float(y), z=float(z))
         since = len(fz.targets)
         fz.count("manipulation", "message")
         fz.matches.publish(KeypointMatches(header=Header(stamp=stamp, frame_id=CAMERA_FRAME), keypoints=[match]))
