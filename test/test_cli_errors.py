@@ -1,8 +1,14 @@
 """What the user sees when a command cannot go on: one ``error: ...`` line and exit status 2, no
-traceback; for the demo also when one of its node processes exits (the node and its log named)."""
+traceback; for the demo also when one of its node processes exits (the node and its log named).
+A terminated demo ends its node processes, as an interrupted one does."""
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from synthetic_scenes import orbit_poses, textured_objects_scene, write_scene_dataset
@@ -105,3 +111,55 @@ def test_the_demo_driver_reports_an_exited_node(nodes, tmp_path):
     message = str(raised.value)
     assert "\n" not in message and message.startswith("node descriptor-0 exited with code 1"), message
     assert "model_dir is empty" in message and message.endswith(f"its log: {nodes.log_dir / 'descriptor-0.log'}")
+
+
+def _processes_naming(text: str) -> list[int]:
+    """The pids whose command line contains ``text``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # ended meanwhile
+            pass
+    return pids
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_a_terminated_demo_ends_the_node_processes_it_started(ros_domain, tmp_path):
+    """The nodes run in process groups of their own, so SIGTERM to the demo alone reaches none of
+    them: the demo has to end them, as it does on Ctrl-C, or they run on without it."""
+    exe = shutil.which("nerf-descriptor")
+    assert exe, "nerf-descriptor is not on PATH: run the tests through ./env.sh"
+    data = tmp_path / "data"
+    args = ["demo", "--views", "4", "--width", "64", "--height", "48", "--trials", "0", "--device", "cpu"]
+    demo = subprocess.Popen(
+        [exe, *args, "--data-root", str(data), "--name", "toy"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        capture_log = data / "logs" / "toy" / "capture" / "capture-1.log"
+        deadline = time.monotonic() + 60
+        while not (capture_log.is_file() and "ready" in capture_log.read_text(errors="replace")):
+            assert demo.poll() is None and time.monotonic() < deadline, "the demo's capture node never got ready"
+            time.sleep(0.2)
+        nodes = [pid for pid in _processes_naming(str(data)) if pid != demo.pid]
+        assert len(nodes) >= 2, nodes  # the simulator and the capture node
+        demo.send_signal(signal.SIGTERM)
+        _, err = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    deadline = time.monotonic() + 10
+    while _processes_naming(str(data)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left_running = _processes_naming(str(data))
+    for pid in left_running:  # this test ends what it started, even when the demo does not
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert left_running == []
+    assert demo.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "terminated", err
