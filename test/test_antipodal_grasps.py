@@ -95,6 +95,31 @@ def test_grasps_whose_hand_would_go_below_the_table_are_rejected():
     assert min(hand_lowest_z(T, o) for T, o in zip(free.T_base_tcp, free.openings)) < 0.0
 
 
+def test_a_knob_is_held_deep_between_the_pads_down_to_what_it_stands_on():
+    """Contacts near a knob's top edge are pushed down the approach until the fingertips would
+    touch the block under the knob: held by its last millimetres, the object turns out of the pads."""
+    block_top, knob_top = 0.04, 0.07
+    block, block_normals = box_cloud([0.12, 0.12, block_top], [0.0, 0.0, block_top / 2])
+    knob, knob_normals = box_cloud([0.02, 0.02, knob_top - block_top], [0.0, 0.0, (block_top + knob_top) / 2], 5_000)
+    under_knob = (np.abs(block[:, :2]).max(1) < 0.01) & (block[:, 2] > block_top - 1e-9)
+    knob_bottom = knob[:, 2] < block_top + 1e-9
+    points = np.concatenate([block[~under_knob], knob[~knob_bottom]])
+    normals = np.concatenate([block_normals[~under_knob], knob_normals[~knob_bottom]])
+    target = np.array([0.0, 0.0, knob_top])
+    config = AntipodalConfig(max_tilt_deg=0.0)  # straight down: the fingertips are the lowest part
+
+    shallow = sample_antipodal_grasps(
+        points, normals, target, PANDA, AntipodalConfig(max_tilt_deg=0.0, grasp_depth_m=0.0), 0.0
+    )
+    deep = sample_antipodal_grasps(points, normals, target, PANDA, config, table_z=0.0)
+    assert shallow.T_base_tcp[0, 2, 3] > block_top + 0.015  # the best contacts are near the top edge
+    np.testing.assert_allclose(deep.widths[0], 0.02, atol=0.002)  # still across the knob
+    fingertips = deep.T_base_tcp[0, 2, 3] - PANDA.tip_past_tcp_m
+    assert block_top < fingertips < block_top + config.grasp_depth_m / 4 + 0.001  # as deep as one step allows
+    assert deep.T_base_tcp[0, 2, 3] < shallow.T_base_tcp[0, 2, 3] - 0.005
+    assert deep.candidates == shallow.candidates == 100 * 5  # every candidate a grasp or counted by its cause
+
+
 def test_a_3mm_wire_lying_on_the_table_is_grasped_across_from_above():
     radius = 0.0015
     points, normals = cylinder_cloud(radius, 0.10, radius)  # lying flat, touching the table at z = 0

@@ -20,6 +20,11 @@ optionally the height of the table plane. Steps, all vectorised:
    approach is within the tilt limit, when it collides with the table, when a finger or the
    palm holds object points, or when fewer than ``min_contact_points`` object points lie between
    the finger pads.
+5. The hand is also tried pushed further along the approach, up to ``grasp_depth_m`` past the
+   grasp centre (GPD's "push until contact"), and each candidate keeps the deepest placement that
+   passes every check: contacts found near a top edge (a knob, a rim) are otherwise held by the
+   last millimetres of the pads, and the object turns out of them. A candidate none of whose
+   placements passes is counted under the shallowest one's rejection.
 
 The table rule: every part of the hand stays ``table_clearance_m`` above the table plane. When
 the fingertips (which reach ``GripperConfig.tip_past_tcp_m`` past the TCP) would go lower, the
@@ -63,6 +68,7 @@ OPPOSITE_REACH = 2.0  # opposite contacts are looked for up to this many max ope
 MIN_WIDTH_M = 5e-4  # an opposite contact closer than this is the same surface
 COLLISION_TOLERANCE_M = 5e-4  # object points this close inside a box's faces are surface noise
 CHUNK_ELEMENTS = 2_000_000  # (candidates x points) per vectorised block, to bound memory
+GRASP_DEPTH_STEPS = 4  # placements past the grasp centre tried besides it, evenly up to grasp_depth_m
 DOWN = np.array([0.0, 0.0, -1.0])
 
 
@@ -88,6 +94,11 @@ class AntipodalConfig:
         "grasp's width plus twice finger_clearance_m",
     )
     table_clearance_m: float = described(0.001, "the hand, fingertips included, stays this far above the table (m)")
+    grasp_depth_m: float = described(
+        0.02,
+        "the hand is also tried up to this far past the contacts' midpoint along the approach, in "
+        "a few even steps; the deepest placement free of collisions is kept (m)",
+    )
     seed: int = described(0, "seed of the contact sampling")
 
     def __post_init__(self):
@@ -97,7 +108,7 @@ class AntipodalConfig:
         for name in ("num_samples", "approaches_per_contact"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
-        for name in ("min_contact_points", "finger_clearance_m", "table_clearance_m"):
+        for name in ("min_contact_points", "finger_clearance_m", "table_clearance_m", "grasp_depth_m"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
         if not self.friction_cone_deg < 90.0:
@@ -180,16 +191,7 @@ def sample_antipodal_grasps(
     else:
         opening = np.minimum(width[pair] + 2 * config.finger_clearance_m, gripper.max_opening_m)
 
-    keep = np.ones(len(pair), dtype=bool)
-    if table_z is not None:
-        keep = clear_of_floor(T, opening, gripper, float(table_z) + config.table_clearance_m)
-        rejections["table_collision"] = int((~keep).sum())
-    T, opening, pair = T[keep], opening[keep], pair[keep]
-    collides, count, span = _hand_against_points(T, opening, gripper, points)
-    rejections["object_collision"] = int(collides.sum())
-    enough = ~collides & (count >= config.min_contact_points)
-    rejections["few_contacts"] = int((~collides & ~enough).sum())
-    T, opening, pair, count, span = T[enough], opening[enough], pair[enough], count[enough], span[enough]
+    T, opening, pair, count, span = _deepest_placements(T, opening, pair, points, gripper, config, table_z, rejections)
     if not len(T):
         cause = max(rejections, key=rejections.get)
         raise GraspError(
@@ -210,6 +212,39 @@ def sample_antipodal_grasps(
     return AntipodalGrasps(
         T[order], score[order], span[order], opening[order], count[order], centre[pair][order], rejections
     )
+
+
+def _deepest_placements(T, opening, pair, points, gripper, config, table_z, rejections):
+    """Each candidate at its deepest placement (step 5 of the module docstring) that clears the
+    table, holds no object point in the hand and enough between the pads: (T, opening, pair,
+    contact count, span) of the candidates that have one; ``rejections`` counts the others."""
+    depths = np.linspace(0.0, config.grasp_depth_m, GRASP_DEPTH_STEPS + 1 if config.grasp_depth_m > 0 else 1)
+    n = len(T)
+    placed = np.repeat(T[None], len(depths), 0)  # (depths, n, 4, 4)
+    placed[..., :3, 3] += depths[:, None, None] * T[None, :, :3, 2]
+    placed = placed.reshape(-1, 4, 4)
+    placed_opening = np.tile(opening, len(depths))
+    floor = np.ones(len(placed), dtype=bool)
+    if table_z is not None:
+        floor_z = float(table_z) + config.table_clearance_m
+        floor = clear_of_floor(placed, placed_opening, gripper, floor_z, np.repeat(depths, n))
+    collides = np.ones(len(placed), dtype=bool)
+    count = np.zeros(len(placed), dtype=np.int64)
+    span = np.zeros(len(placed))
+    collides[floor], count[floor], span[floor] = _hand_against_points(
+        placed[floor], placed_opening[floor], gripper, points
+    )
+    passes = (floor & ~collides & (count >= config.min_contact_points)).reshape(len(depths), n)
+    shallowest = slice(0, n)
+    if table_z is not None:
+        rejections["table_collision"] = int((~floor[shallowest] & ~passes.any(0)).sum())
+    failed = floor[shallowest] & ~passes.any(0)
+    rejections["object_collision"] = int((failed & collides[shallowest]).sum())
+    rejections["few_contacts"] = int((failed & ~collides[shallowest]).sum())
+    ok = passes.any(0)
+    deepest = len(depths) - 1 - np.argmax(passes[::-1], axis=0)  # per candidate, where ok
+    index = deepest[ok] * n + np.flatnonzero(ok)
+    return placed[index], placed_opening[index], pair[ok], count[index], span[index]
 
 
 def _clean(points, normals) -> tuple[np.ndarray, np.ndarray]:

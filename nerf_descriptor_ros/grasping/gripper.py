@@ -116,7 +116,7 @@ def lowest_z(T_base_tcp: np.ndarray, box: Box) -> np.ndarray:
 
 
 def clear_of_floor(
-    T: np.ndarray, opening: np.ndarray, gripper: GripperConfig, floor_z: float, grasp_depth_m: float = 0.0
+    T: np.ndarray, opening: np.ndarray, gripper: GripperConfig, floor_z: float, grasp_depth_m: float | np.ndarray = 0.0
 ) -> np.ndarray:
     """Whether each hand (TCP poses ``T`` (N, 4, 4), fingers ``opening`` (N,) apart) clears
     ``floor_z``; where the fingertips would not, the TCP in ``T`` is moved back along the approach
