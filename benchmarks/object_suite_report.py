@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from nerf_descriptor_ros.commands.demo import node_object_pose
+
 RESULT_NAME = "result.json"  # per object, in <work>/<name>/: written once its demo has ended
 # The demo's stages in order, each with the report key that its success leaves behind.
 STAGES = (
@@ -41,7 +43,7 @@ GRASP_CAUSES = (
     ("slipped", r"slipped out of the fingers"),
     ("lift_failed", r"did not rise with the gripper"),
 )
-TILE_HEIGHT = 150
+TILE_HEIGHT = 176
 LABEL_WIDTH = 300
 
 
@@ -155,6 +157,11 @@ def object_result(entry: dict, report: dict | None, exit_code: int, output: str,
     if "any_point" in report:
         keys = ("visible", "found_rate", "within_10mm", "median_mm", "within_10px", "median_px", "skipped")
         result["any_point"] = {k: report["any_point"][k] for k in keys if k in report["any_point"]}
+        pose = node_object_pose(report["any_point"])
+        if pose:
+            keys = ("trials", "refused", "within_tolerance", "median_mm", "median_deg", "p90_mm", "p90_deg")
+            # Scored against the true motion without the declared symmetry: judged on the others only.
+            result["object_pose"] = {**{k: pose[k] for k in keys}, "symmetry_declared": bool(entry.get("symmetry"))}
     causes = trial_failures(trials)
     if capture and capture.get("unreachable"):
         causes["capture_unreachable_views"] = int(capture["unreachable"])
@@ -203,6 +210,8 @@ def summarize(results: list[dict]) -> dict:
             key = cause.split(":", 1)[1] if ":" in cause else cause
             causes[key] = causes.get(key, 0) + n
     live = [r["live"] for r in results if "live" in r]
+    poses = {r["name"]: r["object_pose"] for r in results if "object_pose" in r}
+    judged = {name: p["within_tolerance"] for name, p in poses.items() if not p["symmetry_declared"]}
     return {
         "objects": len(results),
         "completed": sum(r["status"] == "ok" for r in results),
@@ -214,6 +223,8 @@ def summarize(results: list[dict]) -> dict:
         "median_grasp_success_rate": median(x.get("grasp_success_rate") for x in live),
         "trials": sum(x["trials"] for x in live),
         "grasps_lifted": sum(x["grasps_lifted"] for x in live),
+        "object_pose_within_tolerance_without_symmetry": judged,
+        "object_pose_worst_without_symmetry": min((v for v in judged.values() if v is not None), default=None),
         "failures_by_cause": dict(sorted(causes.items())),
     }
 
@@ -272,6 +283,8 @@ def _label(result: dict) -> np.ndarray:
         f"kp {fmt(live.get('keypoint_median_px'), '{:.1f}')} px {fmt(live.get('keypoint_median_mm'), '{:.1f}')} mm",
         f"lifted {fmt(live.get('grasps_lifted'), '{}')}/{fmt(live.get('trials'), '{}')}  any-point "
         f"{fmt(result.get('any_point', {}).get('median_mm'), '{:.1f}')} mm",
+        f"pose {fmt(result.get('object_pose', {}).get('median_mm'), '{:.1f}')} mm "
+        f"{fmt(result.get('object_pose', {}).get('median_deg'), '{:.1f}')} deg",
     ]
     if result.get("failure"):
         failure = result["failure"]

@@ -180,6 +180,26 @@ def test_summary_counts_objects_failures_and_medians():
     assert summary["failures_by_cause"]["node_exited"] == 1
 
 
+def test_the_object_pose_is_judged_on_the_objects_without_a_declared_symmetry():
+    """The pose is scored against the true motion without symmetries: a symmetric object's is
+    reported, not judged."""
+
+    def pose(within):
+        figures = {"trials": 10, "refused": 1, "within_tolerance": within, "median_mm": 2.0, "median_deg": 1.5}
+        return {"visible": 30, "object_pose": {"depth_matches_icp": {**figures, "p90_mm": 9.0, "p90_deg": 8.0}}}
+
+    plain = report_mod.object_result(ENTRY, {**PARTIAL, "any_point": pose(0.9)}, 0, "", 1.0)
+    mug = report_mod.object_result(
+        {**ENTRY, "name": "mug", "symmetry": "z"}, {**PARTIAL, "any_point": pose(0.1)}, 0, "", 1.0
+    )
+    thin = report_mod.object_result({**ENTRY, "name": "fork"}, {**PARTIAL, "any_point": pose(0.4)}, 0, "", 1.0)
+    assert plain["object_pose"]["within_tolerance"] == 0.9 and not plain["object_pose"]["symmetry_declared"]
+    assert mug["object_pose"]["symmetry_declared"] and plain["any_point"] == {"visible": 30}
+    summary = report_mod.summarize([plain, mug, thin])
+    assert summary["object_pose_within_tolerance_without_symmetry"] == {ENTRY["name"]: 0.9, "fork": 0.4}
+    assert summary["object_pose_worst_without_symmetry"] == 0.4
+
+
 def _png(path: Path, colour, shape=(60, 80)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image = np.zeros((*shape, 3), np.uint8)

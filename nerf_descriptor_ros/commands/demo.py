@@ -291,6 +291,7 @@ def _any_point(dataset, model_dir: Path, device: str, placements: int, seed: int
     from nerf_descriptor_ros.descriptors.model import load_model
     from nerf_descriptor_ros.device import resolve_device
     from nerf_descriptor_ros.errors import NerfDescriptorError
+    from nerf_descriptor_ros.live.pose_points import POSE_POINTS_COUNT
 
     # One thread: a few small images, and OpenMP threads that spin against other processes make
     # them many times slower on a busy CPU.
@@ -299,7 +300,14 @@ def _any_point(dataset, model_dir: Path, device: str, placements: int, seed: int
     try:
         model = load_model(model_dir, resolve_device(device))
         result = any_point_on_new_placements(
-            model, dataset, placements, ANY_POINT_VIEWS, seed, model_dir=model_dir, symmetry=symmetry
+            model,
+            dataset,
+            placements,
+            ANY_POINT_VIEWS,
+            seed,
+            pose_points=POSE_POINTS_COUNT,  # the object pose on the same views, as the node finds it
+            model_dir=model_dir,
+            symmetry=symmetry,
         )
     except NerfDescriptorError as exc:  # the report of the other stages stands
         return {"skipped": str(exc)}
@@ -357,7 +365,24 @@ def _any_point_line(result: dict) -> str:
     if strict:
         within = "n/a" if strict["within_10mm"] is None else f"{100 * strict['within_10mm']:.0f}%"
         line += f"; scored symmetry-aware (--symmetry), and strictly: within 10 mm {within}"
+    pose = node_object_pose(result)
+    if pose:
+        tolerance = result["object_pose"]["tolerance"]
+        within = "n/a" if pose["within_tolerance"] is None else f"{100 * pose['within_tolerance']:.0f}%"
+        median = "n/a" if pose["median_mm"] is None else f"{pose['median_mm']:.1f} mm and {pose['median_deg']:.1f} deg"
+        line += (
+            f"; object pose within {tolerance['mm']:g} mm and {tolerance['deg']:g} deg in {within} of "
+            f"{pose['trials']} views (median {median}, {pose['refused']} refused"
+            f"{', scored strictly' if strict else ''})"
+        )
     return line
+
+
+def node_object_pose(any_point: dict) -> dict | None:
+    """The any-point stage's object pose figures for the descriptor node's default estimate."""
+    from nerf_descriptor_ros.commands.any_point import POSE_METHODS
+
+    return any_point.get("object_pose", {}).get(POSE_METHODS[-1][0])
 
 
 def _print_report(report: dict, out_dir: Path) -> None:
