@@ -374,6 +374,36 @@ def test_a_failed_pick_is_tried_again_at_a_fresh_target(nodes, ros):
 
 
 @pytest.mark.ros
+def test_a_grasp_request_without_a_fresh_target_waits_for_the_next_one(nodes, ros):
+    """A slow camera or descriptor node leaves the newest target a little too old: ~/grasp waits
+    ``target_wait_s`` for the next one instead of refusing at once."""
+    params = {"pick_service": "/test_pick/pick_and_lift", "max_target_age_s": 0.5, "target_wait_s": 4.0}
+    proc = nodes.start("manipulation", "config/manipulation.yaml", params)
+    picker = FakePicker(ros.node, "/test_pick/pick_and_lift", [LIFTED])
+    camera = Camera(ros.node, CameraIntrinsics.from_fov(160, 120, 50.0))
+    targets = Inbox(ros.node, PoseStamped, "grasp/target")
+    view = _box_top_view(0.0)
+    _until(camera, view, targets, what="a grasp target")
+    time.sleep(1.0)  # that target is now too old
+    answers = []
+    caller = threading.Thread(
+        target=lambda: answers.append(ros.call(Trigger, "/manipulation/grasp", Trigger.Request(), timeout=30.0))
+    )
+    caller.start()
+    time.sleep(1.0)
+    assert not answers and not picker.requests  # waiting, not refused
+    stamp = camera.publish(*view)  # the next frame
+    caller.join(timeout=30.0)
+    assert answers and answers[0].success, answers
+    assert len(picker.requests) == 1 and any(m.header.stamp == stamp for m in targets.messages)
+
+    started = time.monotonic()  # nothing comes: refused after target_wait_s
+    answer = ros.call(Trigger, "/manipulation/grasp", Trigger.Request(), timeout=30.0)
+    assert not answer.success and answer.message.startswith("no grasp target")
+    assert 3.5 <= time.monotonic() - started and len(picker.requests) == 1 and proc.poll() is None
+
+
+@pytest.mark.ros
 def test_a_surface_grasp_on_a_flat_object_backs_off_until_the_hand_clears_the_table(nodes, ros):
     """A 5 mm flat bar: the surface planner alone puts the TCP 2 cm past its top, under the table."""
     intrinsics = CameraIntrinsics.from_fov(160, 120, 50.0)

@@ -8,7 +8,8 @@ comes from the pose source (``pose_source: topic`` reads ``pose_topic`` in simul
 with a 3D point becomes a ``geometry_msgs/PoseStamped`` grasp target (the gripper's TCP, see
 PickAndLift.srv) in ``base_frame``, published on ``grasp/target``.
 
-``~/grasp`` (std_srvs/Trigger) sends the newest target, if younger than ``max_target_age_s``, to
+``~/grasp`` (std_srvs/Trigger) sends the newest target, if younger than ``max_target_age_s`` (else
+the first that comes within ``target_wait_s``: the camera's next frame may be on its way), to
 the ``pick_service`` (PickAndLift, the simulator's ``/sim_robot/pick_and_lift``) and answers with
 its result; with ``execute: true`` the node does this once by itself, at the first target. While
 a pick runs, matches are ignored (the camera moves with the arm). A pick that the service answers
@@ -105,6 +106,7 @@ PARAMETERS = (
         "stream is live): a frame's matches can overtake its depth image on the way",
     ),
     ("max_target_age_s", 2.0, "~/grasp refuses a target older than this"),
+    ("target_wait_s", 3.0, "~/grasp without a target younger than max_target_age_s waits this long for one"),
     ("pick_service", "/sim_robot/pick_and_lift", "the PickAndLift service that executes grasps"),
     ("pre_grasp_distance_m", 0.0, "approach length sent with a pick; 0 = the service's default"),
     ("lift_height_m", 0.0, "lift height sent with a pick; 0 = the service's default"),
@@ -144,8 +146,8 @@ class ManipulationNode(Node):
                 "grasp_planner antipodal samples grasps on the depth image: it needs use_depth true "
                 "(or set grasp_planner surface)"
             )
-        if p["max_grasp_attempts"] < 1 or not p["redetect_timeout_s"] >= 0:
-            raise ManipulationError("max_grasp_attempts must be >= 1 and redetect_timeout_s >= 0")
+        if p["max_grasp_attempts"] < 1 or not p["redetect_timeout_s"] >= 0 or not p["target_wait_s"] >= 0:
+            raise ManipulationError("max_grasp_attempts must be >= 1, redetect_timeout_s and target_wait_s >= 0")
         if self.grasp_config.approach == "keypoints" and not p["approach_keypoint"]:
             raise ManipulationError("approach 'keypoints' needs approach_keypoint: the keypoint the gripper comes from")
         self.grasp_keypoint = p["grasp_keypoint"]
@@ -154,7 +156,7 @@ class ManipulationNode(Node):
         self.base_frame = poses.base_frame
         self.camera_frame = poses.camera_frame
         self.pose_timeout_s = poses.pose_timeout_s
-        self.max_target_age_s = p["max_target_age_s"]
+        self.max_target_age_s, self.target_wait_s = p["max_target_age_s"], p["target_wait_s"]
         self.depth_wait_s = p["depth_wait_s"]
         self.pick_timeout_s = p["pick_timeout_s"]
         self.pre_grasp_distance_m = p["pre_grasp_distance_m"]
@@ -401,10 +403,13 @@ class ManipulationNode(Node):
         """Send the newest target to the pick service and, while it answers with a failure, a fresh
         target after each, up to ``max_grasp_attempts`` picks; (success, what happened)."""
         with self._state:
+            deadline = time.monotonic() + self.target_wait_s
+            while not self._busy and not self._target_is_fresh() and time.monotonic() < deadline:
+                self._new_target.wait(deadline - time.monotonic())
             if self._busy:
                 return False, "a pick is already running"
             target, age = self._target, time.monotonic() - self._target_received
-            if target is None or age > self.max_target_age_s:
+            if not self._target_is_fresh():
                 why = (
                     self._why_no_target
                     if target is None
@@ -440,6 +445,9 @@ class ManipulationNode(Node):
         finally:
             with self._state:
                 self._busy = False
+
+    def _target_is_fresh(self) -> bool:  # with self._state held
+        return self._target is not None and time.monotonic() - self._target_received <= self.max_target_age_s
 
     def _wait_for_fresh_target(self) -> PoseStamped | None:
         """The first target stored after the last pick (see _on_matches), or None after redetect_timeout_s."""
