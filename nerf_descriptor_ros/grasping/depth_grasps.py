@@ -24,6 +24,7 @@ Objects rest on the table, so the only error is under an overhang this low.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,12 +98,13 @@ def depth_surface(
             & (np.einsum("ij,ij->i", normals, sight) >= np.cos(np.radians(config.max_grazing_deg)))
             & (np.linalg.norm(points - point_cam, axis=1) <= config.cloud_radius_m)
         )
-    points = transform_points(T_base_cam, points[keep]) if keep.any() else np.zeros((0, 3))
+    grid_base = transform_points(T_base_cam, points).reshape(grid.shape)
+    points = grid_base.reshape(-1, 3)[keep]
     normals = normals[keep] @ T_base_cam[:3, :3].T
     above = points[:, 2] > config.table_z_m + config.table_margin_m
     points, normals = points[above], normals[above]
     if config.fill_to_table_m > 0 and grid.size:
-        walls, outward = side_walls(transform_points(T_base_cam, grid.reshape(-1, 3)).reshape(grid.shape), config)
+        walls, outward = side_walls(grid_base, config)
         near = np.linalg.norm(walls - transform_points(T_base_cam, point_cam[None]), axis=1) <= config.cloud_radius_m
         points, normals = np.concatenate([points, walls[near]]), np.concatenate([normals, outward[near]])
     if len(points) < MIN_SURFACE_POINTS:
@@ -134,24 +136,31 @@ def side_walls(grid_base: np.ndarray, config: DepthSurfaceConfig) -> tuple[np.nd
     edge[:-1] |= low[:-1] & table[1:]
     edge[1:] |= low[1:] & table[:-1]
     tops = grid_base[edge]
-    if not len(tops):
-        return np.zeros((0, 3)), np.zeros((0, 3))
     outline = grid_base[above][:, :2]
-    neighbours = cKDTree(outline).query_ball_point(tops[:, :2], WALL_NORMAL_RADIUS_M)
-    points, normals = [], []
-    for top, near in zip(tops, neighbours):
-        local = outline[near] - outline[near].mean(0)
-        if len(near) < 3:
-            continue
-        along = np.linalg.svd(local, full_matrices=False)[2][0]
-        across = np.array([-along[1], along[0]])
-        outward = across if np.dot(top[:2] - outline[near].mean(0), across) >= 0 else -across
-        heights = np.arange(config.table_z_m + config.table_margin_m + WALL_SPACING_M, top[2], WALL_SPACING_M)
-        points.append(np.column_stack([np.full_like(heights, top[0]), np.full_like(heights, top[1]), heights]))
-        normals.append(np.broadcast_to([outward[0], outward[1], 0.0], (len(heights), 3)))
-    if not points:
+    neighbours = cKDTree(outline).query_ball_point(tops[:, :2], WALL_NORMAL_RADIUS_M) if len(tops) else []
+    counts = np.fromiter((len(n) for n in neighbours), dtype=np.int64, count=len(tops))
+    enough = counts >= 3
+    if not enough.any():
         return np.zeros((0, 3)), np.zeros((0, 3))
-    return np.concatenate(points), np.concatenate(normals)
+    # Each top's neighbourhood: its mean and 2x2 covariance by sums over the flattened neighbour lists.
+    owner = np.repeat(np.arange(len(tops)), counts)
+    near = outline[np.fromiter(itertools.chain.from_iterable(neighbours), dtype=np.int64, count=int(counts.sum()))]
+    n = np.maximum(counts, 1)
+    mean = np.stack([np.bincount(owner, near[:, k], len(tops)) / n for k in range(2)], -1)
+    d = near - mean[owner]
+    cxx, cyy, cxy = (np.bincount(owner, w, len(tops)) for w in (d[:, 0] ** 2, d[:, 1] ** 2, d[:, 0] * d[:, 1]))
+    angle = 0.5 * np.arctan2(2.0 * cxy, cxx - cyy)  # the main direction of the outline there
+    across = np.stack([-np.sin(angle), np.cos(angle)], -1)
+    away = np.einsum("ij,ij->i", tops[:, :2] - mean, across) >= 0
+    outward = np.where(away[:, None], across, -across)[enough]
+    tops = tops[enough]
+    bottom = config.table_z_m + config.table_margin_m + WALL_SPACING_M
+    per_top = np.maximum(np.ceil((tops[:, 2] - bottom) / WALL_SPACING_M), 0).astype(np.int64)
+    which = np.repeat(np.arange(len(tops)), per_top)
+    heights = bottom + WALL_SPACING_M * (np.arange(len(which)) - np.repeat(np.cumsum(per_top) - per_top, per_top))
+    points = np.column_stack([tops[which, 0], tops[which, 1], heights])
+    normals = np.column_stack([outward[which], np.zeros(len(which))])
+    return points, normals
 
 
 def antipodal_grasps_from_depth(
