@@ -489,6 +489,7 @@ class ManipulationNode(Node):
                 self._target = None  # the object has moved: wait for a fresh target
                 if called:  # the arm may have moved: only images from after this count
                     self._picked_until_ns = self.get_clock().now().nanoseconds
+                    self._why_no_target = "the last grasp target went to a pick, and no match has made one since"
 
 
 def main(args=None) -> int:
