@@ -50,6 +50,7 @@ from nerf_descriptor_ros.sim.scene import (
     random_resting_pose,
     resting_pose,
     set_friction,
+    settled_pose,
     upright_pose,
 )
 
@@ -125,18 +126,25 @@ class SimWorld:
         self.place_object_nominal()
 
     def place_object_nominal(self) -> np.ndarray:
-        """The object at ``object_nominal_xy`` with no yaw, resting on the table."""
+        """The object at ``object_nominal_xy`` with no yaw, resting on the table (where it comes to
+        rest under gravity when it would tip over)."""
         x, y = self.config.object_nominal_xy
-        return self.set_object_pose(resting_pose(self._T_upright, self._object_vertices, x, y, 0.0))
+        return self._place_at_rest(resting_pose(self._T_upright, self._object_vertices, x, y, 0.0))
 
     def place_object_random(self, seed: int) -> np.ndarray:
         """A random position in the configured region and a random yaw, upright or (with
-        ``object_random_roll_pitch``) on a random stable face; the same for the same seed."""
+        ``object_random_roll_pitch``) on a random stable face, then at rest under gravity; the
+        same for the same seed."""
         center_of_mass = body_center_of_mass(self.bullet, self.object_id)
         T = random_resting_pose(self.config, seed, self._T_upright, self._object_vertices, center_of_mass)
-        T = self.set_object_pose(T)
+        T = self._place_at_rest(T)
         self.object_seed = int(seed)
         return T
+
+    def _place_at_rest(self, T: np.ndarray) -> np.ndarray:
+        rest = settled_pose(self.object_model, self.config.object_friction, T)
+        rest[2, 3] -= transform_points(rest, self._object_vertices)[:, 2].min()  # on the table top, no contact margin
+        return self.set_object_pose(rest)
 
     def set_object_pose(self, T_base_object: np.ndarray) -> np.ndarray:
         """Put the object's model frame exactly at ``T_base_object`` (no settling)."""
