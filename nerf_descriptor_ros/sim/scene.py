@@ -15,7 +15,13 @@ import pybullet
 from pybullet_utils.bullet_client import BulletClient
 from scipy.spatial import ConvexHull
 
-from nerf_descriptor_ros.geometry import pose_to_matrix, rotation_aligning, rpy_deg_to_matrix, transform_points
+from nerf_descriptor_ros.geometry import (
+    pose_distance,
+    pose_to_matrix,
+    rotation_aligning,
+    rpy_deg_to_matrix,
+    transform_points,
+)
 from nerf_descriptor_ros.sim.config import SimConfig
 from nerf_descriptor_ros.sim.objects import ObjectModel, body_frame_pose, load_object, set_body_frame_pose
 
@@ -244,8 +250,7 @@ def settled_pose(model: ObjectModel, friction: float, T_base_object: np.ndarray)
         rest = body_frame_pose(bullet, body)
     finally:
         bullet.disconnect()
-    moved = float(np.linalg.norm(rest[:3, 3] - placed[:3, 3]))
-    turned = float(np.degrees(np.arccos(np.clip((np.trace(rest[:3, :3].T @ placed[:3, :3]) - 1) / 2, -1, 1))))
+    moved, turned = pose_distance(rest, placed)
     return np.asarray(T_base_object, dtype=np.float64) if moved <= STABLE_M and turned <= STABLE_DEG else rest
 
 
