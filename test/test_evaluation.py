@@ -227,5 +227,19 @@ def test_thin_objects_are_wire_meshes_that_pybullet_loads(kind, tmp_path):
         body = pybullet.loadURDF(str(urdf), physicsClientId=client)
         aabb_lo, aabb_hi = pybullet.getAABB(body, physicsClientId=client)
         np.testing.assert_allclose(aabb_hi, hi, atol=0.01)
+        # Gravity acts at the wires' own centre of mass, not at the model frame's origin below them.
+        local_com = pybullet.getDynamicsInfo(body, -1, physicsClientId=client)[3]
+        np.testing.assert_allclose(local_com, mesh.center_of_mass(), atol=1e-6)
+        assert mesh.center_of_mass()[2] > 0.003
     finally:
         pybullet.disconnect(client)
+
+
+def test_the_centre_of_mass_of_a_wire_is_the_centroid_of_its_tube():
+    from nerf_descriptor_ros.sim.thin_objects import merge, tube
+
+    straight = tube(np.array([[0.0, 0.0, 0.01], [0.1, 0.0, 0.01]]), 0.002)
+    np.testing.assert_allclose(straight.center_of_mass(), [0.05, 0.0, 0.01], atol=1e-9)
+    # A wire twice as thick weighs four times as much: the pair's centre moves 4/5 of the way to it.
+    thick = tube(np.array([[0.0, 0.1, 0.01], [0.1, 0.1, 0.01]]), 0.004)
+    np.testing.assert_allclose(merge([straight, thick]).center_of_mass(), [0.05, 0.08, 0.01], atol=1e-6)

@@ -37,6 +37,12 @@ class WireMesh:
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.vertices.min(0), self.vertices.max(0)
 
+    def center_of_mass(self) -> np.ndarray:
+        """The centroid of the volume the closed tubes enclose (uniform wire), by the divergence theorem."""
+        v = self.vertices[self.faces]
+        volumes = np.einsum("ij,ij->i", v[:, 0], np.cross(v[:, 1], v[:, 2]))
+        return (volumes[:, None] * v.sum(axis=1)).sum(axis=0) / (4.0 * volumes.sum())
+
 
 def simplify(path: np.ndarray, tolerance: float) -> np.ndarray:
     """The points of polyline ``path`` to keep so that every dropped point lies within
@@ -237,14 +243,24 @@ def collision_xml(mesh: WireMesh) -> str:
     return "\n".join(elements)
 
 
-def urdf_text(name: str, mesh_file: str, collisions: str, rgba=(0.75, 0.75, 0.78, 1.0), mass: float = 0.05) -> str:
-    """The URDF of a thin object: ``mesh_file`` as its visual, ``collisions`` (collision_xml) as its shape."""
+def urdf_text(
+    name: str,
+    mesh_file: str,
+    collisions: str,
+    rgba=(0.75, 0.75, 0.78, 1.0),
+    mass: float = 0.05,
+    center_of_mass=(0.0, 0.0, 0.0),
+) -> str:
+    """The URDF of a thin object: ``mesh_file`` as its visual, ``collisions`` (collision_xml) as its shape,
+    its mass at ``center_of_mass``, where gravity acts and so decides how it comes to rest (the inertia is
+    a small round stand-in)."""
     color = " ".join(f"{c:.3f}" for c in rgba)
+    com = " ".join(f"{c:.6f}" for c in center_of_mass)
     geometry = f'<geometry><mesh filename="{mesh_file}" scale="1 1 1"/></geometry>'
     return f"""<?xml version="1.0"?>
 <robot name="{name}">
   <link name="base_link">
-    <inertial><origin xyz="0 0 0"/><mass value="{mass}"/>
+    <inertial><origin xyz="{com}"/><mass value="{mass}"/>
       <inertia ixx="1e-4" ixy="0" ixz="0" iyy="1e-4" iyz="0" izz="1e-4"/></inertial>
     <visual><origin xyz="0 0 0"/>{geometry}
       <material name="{name}_material"><color rgba="{color}"/></material></visual>
@@ -260,5 +276,6 @@ def write_thin_object(out_dir: str | Path, kind: str, seed: int = 0, rgba=(0.75,
     out_dir = Path(out_dir)
     mesh = make_thin_object(kind, seed)
     atomic_write_bytes(out_dir / f"{name}.obj", obj_text(mesh).encode())
-    atomic_write_bytes(out_dir / f"{name}.urdf", urdf_text(name, f"{name}.obj", collision_xml(mesh), rgba).encode())
+    urdf = urdf_text(name, f"{name}.obj", collision_xml(mesh), rgba, center_of_mass=mesh.center_of_mass())
+    atomic_write_bytes(out_dir / f"{name}.urdf", urdf.encode())
     return out_dir / f"{name}.urdf"
