@@ -127,7 +127,7 @@ def demo_command(entry: dict, folder: Path, settings: dict, args) -> list[str]:
     cmd = [executable, "demo", "--object", source, "--name", entry["name"], "--device", args.device]
     cmd += ["--data-root", str(folder / "data"), "--log-dir", str(folder / "logs")]
     cmd += ["--out", str(folder / "report.json"), "--progress-out", str(folder / "progress.json")]
-    cmd += ["--trial-seed", str(args.trial_seed), "--symmetry", entry.get("symmetry", "none")]
+    cmd += ["--trial-seed", str(args.trial_seed), "--symmetry", entry.get("symmetry", "auto")]
     for key, value in settings.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     for option, params in (

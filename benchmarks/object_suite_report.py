@@ -161,7 +161,11 @@ def object_result(entry: dict, report: dict | None, exit_code: int, output: str,
         if pose:
             keys = ("trials", "refused", "within_tolerance", "median_mm", "median_deg", "p90_mm", "p90_deg")
             # Scored against the true motion without the declared symmetry: judged on the others only.
-            result["object_pose"] = {**{k: pose[k] for k in keys}, "symmetry_declared": bool(entry.get("symmetry"))}
+            declared = report.get("symmetry", entry.get("symmetry", "none")) != "none"
+            result["object_pose"] = {**{k: pose[k] for k in keys}, "symmetry_declared": declared}
+            aware = node_object_pose(report["any_point"], symmetry_aware=True)
+            if aware:
+                result["object_pose"]["symmetry_aware"] = {k: aware[k] for k in keys}
     causes = trial_failures(trials)
     if capture and capture.get("unreachable"):
         causes["capture_unreachable_views"] = int(capture["unreachable"])
@@ -179,6 +183,7 @@ def live_figures(report: dict, trials: list[dict]) -> dict:
     left (the same definitions: not found or hidden counts as a miss)."""
     px = np.array([t["keypoint_error_px"] for t in trials if t.get("keypoint_error_px") is not None])
     mm = np.array([t["keypoint_error_mm"] for t in trials if t.get("keypoint_error_mm") is not None])
+    twins = np.array([t[key] for t in trials if t.get(key := "keypoint_error_mm_symmetric") is not None])
     n = len(trials)
     figures = {
         "trials": n,
@@ -187,6 +192,14 @@ def live_figures(report: dict, trials: list[dict]) -> dict:
         "keypoint_median_px": round(float(np.median(px)), 2) if px.size else None,
         "keypoint_within_10mm": round(float((mm <= 10).sum() / n), 4),
         "keypoint_median_mm": round(float(np.median(mm)), 2) if mm.size else None,
+        **(
+            {
+                "keypoint_within_10mm_symmetric": round(float((twins <= 10).sum() / n), 4),
+                "keypoint_median_mm_symmetric": round(float(np.median(twins)), 2),
+            }
+            if twins.size
+            else {}
+        ),
         "grasps_lifted": int(sum(bool(t.get("grasp_success")) for t in trials)),
         "grasp_success_rate": round(float(np.mean([bool(t.get("grasp_success")) for t in trials])), 4),
     }

@@ -16,6 +16,7 @@ from nerf_descriptor_ros.keypoints.any_point import (
     summarize,
     surface_keypoint_specs,
     symmetry_transforms,
+    true_motions,
 )
 from nerf_descriptor_ros.keypoints.definition import Keypoint, KeypointError, KeypointSet, KeypointSpec
 from nerf_descriptor_ros.keypoints.matching import KeypointMatchingConfig
@@ -146,9 +147,35 @@ def test_a_body_of_revolution_declared_about_z_forgives_a_turn_about_its_axis_on
     assert min(np.linalg.norm(m - turned) for m in moved) < 1e-3
     assert min(np.linalg.norm(m - (turned + [0, 0, 0.02])) for m in moved) == pytest.approx(0.02, abs=1e-6)
     assert len(symmetry_transforms("x:4")) == 3 and symmetry_transforms("none") == []
-    for bad in ("w", "z:1", "z:two", "zz"):
+    # About a parallel axis through a point: the point stays, the rest turns about it.
+    (half_turn,) = symmetry_transforms("x:2@0,0.01,0.05")
+    np.testing.assert_allclose(
+        transform_points(half_turn, np.array([[0.3, 0.01, 0.05], [0.0, 0.01, 0.07]])),
+        [[0.3, 0.01, 0.05], [0.0, 0.01, 0.03]],
+        atol=1e-12,
+    )
+    for bad in ("w", "z:1", "z:two", "zz", "x:2@0,0", "x@a,b,c", "x:2@0,0,nan", "none@0,0,0"):
         with pytest.raises(KeypointError, match="symmetry"):
             symmetry_transforms(bad)
+
+
+def test_a_pose_is_scored_strictly_and_against_the_nearest_symmetric_twin():
+    from nerf_descriptor_ros.commands.any_point import pose_errors
+
+    T_then = rpy_deg_to_matrix([0.4, 0.1, 0.05], [0.0, 0.0, 30.0])
+    T_now = rpy_deg_to_matrix([0.5, -0.1, 0.05], [0.0, 0.0, 100.0])
+    frame_then = rpy_deg_to_matrix([0.41, 0.12, 0.07], [0.0, 0.0, 30.0])  # the estimate's frame at capture
+    turns = symmetry_transforms("z:4@0.01,0,0")
+    motions = true_motions(T_then, T_now, turns)
+    # Estimated at the true pose: zero both ways. Estimated at the quarter-turned twin (2 mm off): 90 degrees
+    # strictly, 2 mm and 0 degrees against the twin.
+    exact = motions[0] @ frame_then
+    assert pose_errors(exact, frame_then, motions) == (pytest.approx((0.0, 0.0), abs=1e-6),) * 2
+    twin = motions[1] @ frame_then
+    twin[:3, 3] += [0.0, 0.002, 0.0]
+    strict, nearest = pose_errors(twin, frame_then, motions)
+    assert strict[1] == pytest.approx(90.0, abs=1e-6) and nearest == pytest.approx((2.0, 0.0), abs=1e-6)
+    assert pose_errors(twin, frame_then, motions[:1])[1] == strict  # no symmetry: the strict error
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,9 @@ def test_the_installed_command_prints_one_line_and_exits_2(dataset):
 
 def test_a_mistyped_symmetry_stops_the_demo_before_it_starts_anything(tmp_path, capsys):
     assert main(["demo", "--symmetry", "zz", "--data-root", str(tmp_path), "--device", "cpu"]) == 2
-    assert _one_error_line(capsys.readouterr().err).startswith("error: symmetry 'zz': declare none, AXIS or AXIS:N")
+    assert _one_error_line(capsys.readouterr().err).startswith(
+        "error: symmetry 'zz': declare none, AXIS, AXIS:N or either @X,Y,Z"
+    )
     assert not any(tmp_path.iterdir())  # no dataset, no logs
 
 

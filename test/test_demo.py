@@ -44,6 +44,8 @@ def test_demo_runs_every_stage_and_writes_its_report(ros_domain, tmp_path, capsy
     assert code == 0, printed + captured.err  # the error line goes to stderr
     report = json.loads(out.read_text())
     assert report["trials"] == 2 and len(report["per_trial"]) == 2
+    assert report["symmetry"] == "none"  # --symmetry auto on an object that is not a generated one
+    assert "keypoint_within_10mm_symmetric" not in report
     assert 0.0 <= report["keypoint_within_10px"] <= 1.0 and 0.0 <= report["grasp_success_rate"] <= 1.0
     assert 0.0 <= report["keypoint_within_10mm"] <= 1.0
     measured = [t for t in report["per_trial"] if t.get("keypoint_error_px") is not None]

@@ -24,7 +24,7 @@ from nerf_descriptor_ros.descriptors.evaluation import (
     summarize_errors,
 )
 from nerf_descriptor_ros.descriptors.view_geometry import CorrespondenceError
-from nerf_descriptor_ros.geometry import look_at
+from nerf_descriptor_ros.geometry import invert, look_at, rpy_deg_to_matrix, transform_points
 
 
 def coordinates(width, height, shift=(0.0, 0.0)):
@@ -243,3 +243,40 @@ def test_the_centre_of_mass_of_a_wire_is_the_centroid_of_its_tube():
     # A wire twice as thick weighs four times as much: the pair's centre moves 4/5 of the way to it.
     thick = tube(np.array([[0.0, 0.1, 0.01], [0.1, 0.1, 0.01]]), 0.004)
     np.testing.assert_allclose(merge([straight, thick]).center_of_mass(), [0.05, 0.08, 0.01], atol=1e-6)
+
+
+def _off_the_wires(mesh, points: np.ndarray) -> np.ndarray:
+    """How far each point lies outside the wires' collision capsules (0 inside), metres."""
+    a, b = mesh.segments[:, 0], mesh.segments[:, 1]
+    ab = b - a
+    along = np.clip(np.einsum("psk,sk->ps", points[:, None] - a, ab) / np.einsum("sk,sk->s", ab, ab), 0.0, 1.0)
+    nearest = a + along[..., None] * ab
+    return np.maximum(np.linalg.norm(points[:, None] - nearest, axis=2) - mesh.radii, 0.0).min(axis=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_whisk_declares_the_turns_about_its_handle_that_leave_it_looking_the_same(seed):
+    from nerf_descriptor_ros.keypoints.any_point import symmetry_transforms
+    from nerf_descriptor_ros.sim.thin_objects import make_thin_object, symmetry_declaration
+
+    mesh = make_thin_object("whisk", seed)
+    declaration = symmetry_declaration("whisk", seed)
+    turns = symmetry_transforms(declaration)
+    assert declaration.startswith("x:") and len(turns) == mesh.symmetry[1] - 1 >= 7
+    # Every turn puts every vertex back on the wires, as far off their capsules as the mesh itself is.
+    own = _off_the_wires(mesh, mesh.vertices).max()
+    for turn in turns:
+        assert _off_the_wires(mesh, transform_points(turn, mesh.vertices)).max() < own + 0.5e-3
+    # Half a step further it does not, and neither does the same turn about the model's own x axis.
+    folds, point = mesh.symmetry[1], mesh.symmetry[2]
+    half_step = rpy_deg_to_matrix([0.0, 0.0, 0.0], [180.0 / folds, 0.0, 0.0])
+    to_point = np.eye(4)
+    to_point[:3, 3] = point
+    assert (
+        _off_the_wires(mesh, transform_points(to_point @ half_step @ invert(to_point), mesh.vertices)).max()
+        > own + 2e-3
+    )
+    assert (
+        _off_the_wires(mesh, transform_points(symmetry_transforms(f"x:{folds}")[0], mesh.vertices)).max() > own + 2e-3
+    )
+    assert symmetry_declaration("fork", seed) == symmetry_declaration("basket", seed) == "none"

@@ -193,9 +193,18 @@ def test_the_object_pose_is_judged_on_the_objects_without_a_declared_symmetry():
         {**ENTRY, "name": "mug", "symmetry": "z"}, {**PARTIAL, "any_point": pose(0.1)}, 0, "", 1.0
     )
     thin = report_mod.object_result({**ENTRY, "name": "fork"}, {**PARTIAL, "any_point": pose(0.4)}, 0, "", 1.0)
+    # A whisk's symmetry comes from the demo's report (--symmetry auto), with the pose scored both ways.
+    twins = pose(0.3)
+    twins["object_pose"]["symmetry_aware"] = pose(0.95)["object_pose"]
+    whisk = report_mod.object_result(
+        {**ENTRY, "name": "whisk"}, {**PARTIAL, "symmetry": "x:8@0,0,0.03", "any_point": twins}, 0, "", 1.0
+    )
     assert plain["object_pose"]["within_tolerance"] == 0.9 and not plain["object_pose"]["symmetry_declared"]
     assert mug["object_pose"]["symmetry_declared"] and plain["any_point"] == {"visible": 30}
-    summary = report_mod.summarize([plain, mug, thin])
+    assert whisk["object_pose"]["symmetry_declared"] and whisk["object_pose"]["within_tolerance"] == 0.3
+    assert whisk["object_pose"]["symmetry_aware"]["within_tolerance"] == 0.95
+    assert "symmetry_aware" not in plain["object_pose"]
+    summary = report_mod.summarize([plain, mug, thin, whisk])
     assert summary["object_pose_within_tolerance_without_symmetry"] == {ENTRY["name"]: 0.9, "fork": 0.4}
     assert summary["object_pose_worst_without_symmetry"] == 0.4
 
@@ -277,7 +286,7 @@ def test_demo_command_is_an_argument_list_with_the_objects_scene(tmp_path, monke
     cmd = suite_mod.demo_command(clutter, tmp_path / "duck_clutter", {"trials": 3, "nerf_seconds": 30.0}, args)
     assert cmd[:2] == ["/bin/nerf-descriptor", "demo"] and "--trials" in cmd and "--nerf-seconds" in cmd
     assert cmd[cmd.index("--sim-param") + 1] == f'distractors="{suite_mod.DISTRACTORS}"'
-    assert cmd[cmd.index("--symmetry") + 1] == "none"
+    assert cmd[cmd.index("--symmetry") + 1] == "auto"  # the demo resolves it: none, or a thin object's own
     mug = next(e for e in suite_mod.OBJECTS if e["name"] == "mug")
     mug_cmd = suite_mod.demo_command(mug, tmp_path / "mug", {}, args)
     assert mug_cmd[mug_cmd.index("--symmetry") + 1] == "z"  # scored as the body of revolution it looks like
@@ -287,8 +296,9 @@ def test_demo_command_is_an_argument_list_with_the_objects_scene(tmp_path, monke
 
 
 def test_demo_takes_thin_objects_and_sim_parameters(tmp_path):
-    from nerf_descriptor_ros.commands.demo import _object_source, _sim_params
+    from nerf_descriptor_ros.commands.demo import _object_source, _sim_params, _symmetry
     from nerf_descriptor_ros.errors import NerfDescriptorError
+    from nerf_descriptor_ros.sim.thin_objects import symmetry_declaration
 
     urdf = Path(_object_source("thin:fork:3", tmp_path))
     assert urdf.is_file() and urdf.parent == tmp_path / "objects" and urdf.name == "fork_3.urdf"
@@ -296,6 +306,10 @@ def test_demo_takes_thin_objects_and_sim_parameters(tmp_path):
     for bad in ("thin:spoon:0", "thin:fork:x", "thin:fork"):
         with pytest.raises(NerfDescriptorError):
             _object_source(bad, tmp_path)
+    # --symmetry auto: a generated whisk declares its loops' turns; other objects declare none; given, it stands.
+    assert _symmetry("auto", "thin:whisk:0") == symmetry_declaration("whisk", 0) != "none"
+    assert _symmetry("auto", "thin:fork:3") == _symmetry("auto", "duck_vhacd.urdf") == "none"
+    assert _symmetry("z", "thin:whisk:0") == "z"
     assert _sim_params(["light_color=[1.0, 0.5, 0.5]", "distractors=a.urdf,b.urdf", "distractor_seed=3"]) == {
         "light_color": [1.0, 0.5, 0.5],
         "distractors": "a.urdf,b.urdf",

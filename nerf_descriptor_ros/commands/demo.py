@@ -55,9 +55,11 @@ def register(subparsers) -> None:
     p.add_argument("--object-seed", type=int, default=-1, help="placement seed for the capture; -1 = nominal pose")
     p.add_argument(
         "--symmetry",
-        default="none",
-        help="the object's symmetry in its model frame, for scoring the any-point keypoints: none, z (a body of "
-        "revolution about its z axis) or z:N (N-fold); the strict score is reported too (default: %(default)s)",
+        default="auto",
+        help="the object's symmetry in its model frame, for scoring the keypoints and the object pose: none, z (a "
+        "body of revolution about its z axis), z:N (N-fold), either @X,Y,Z (about the parallel axis through that "
+        "point), or auto: what a generated thin object declares, else none; the strict score is reported too "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--trials", type=int, default=20, help="live trials at new random placements (default: %(default)s; 0 = none)"
@@ -102,7 +104,8 @@ def run(args) -> int:
     from nerf_descriptor_ros.ros.demo_stages import capture_session, live_trials, train_through_action
     from nerf_descriptor_ros.ros.processes import NodeProcesses, package_share
 
-    symmetry_transforms(args.symmetry)  # a mistyped declaration fails now, not after the training
+    symmetry = _symmetry(args.symmetry, args.object)
+    symmetries = symmetry_transforms(symmetry)  # a mistyped declaration fails now, not after the training
     device = resolve_device(args.device)
     profile = dict(PROFILES["cuda" if device.type == "cuda" else "cpu"])
     for key in profile:
@@ -124,7 +127,7 @@ def run(args) -> int:
         **scene,
     }
     stage_seconds: dict[str, float] = {}
-    report: dict = {"object": args.object, "device": str(device), "sizes": profile}
+    report: dict = {"object": args.object, "device": str(device), "sizes": profile, "symmetry": symmetry}
     if scene or live_scene:
         report["scene"] = {"sim_params": scene, "live_sim_params": live_scene}
 
@@ -202,6 +205,7 @@ def run(args) -> int:
                 out_dir,
                 PICTURED_TRIALS,
                 on_trial=lambda done: progress(per_trial=done),
+                symmetries=symmetries,
             )
         stage_seconds["live"] = time.monotonic() - started
         report.update(_summarize_trials(trials))
@@ -209,7 +213,7 @@ def run(args) -> int:
         progress()
         started = time.monotonic()
         report["any_point"] = _any_point(
-            dataset, model_dir, str(device), min(args.trials, ANY_POINT_PLACEMENTS), args.trial_seed, args.symmetry
+            dataset, model_dir, str(device), min(args.trials, ANY_POINT_PLACEMENTS), args.trial_seed, symmetry
         )
         stage_seconds["any_point"] = time.monotonic() - started
     report["stage_seconds"] = {k: round(v, 1) for k, v in stage_seconds.items()}
@@ -224,17 +228,35 @@ def run(args) -> int:
 # ---- stages --------------------------------------------------------------------------------
 
 
-def _object_source(spec: str, data_root: Path) -> str:
-    """``--object`` as the simulator takes it: a generated thin object (thin:KIND:SEED) is written first."""
+def _thin_object(spec: str) -> tuple[str, int] | None:
+    """(kind, seed) of a generated thin object's ``--object`` (thin:KIND:SEED), None for any other."""
     if not spec.startswith("thin:"):
-        return spec
+        return None
     from nerf_descriptor_ros.errors import NerfDescriptorError
-    from nerf_descriptor_ros.sim.thin_objects import KINDS, write_thin_object
+    from nerf_descriptor_ros.sim.thin_objects import KINDS
 
     kind, _, seed = spec.removeprefix("thin:").partition(":")
     if kind not in KINDS or not seed.isdigit():
         raise NerfDescriptorError(f"--object {spec!r}: expected thin:KIND:SEED with KIND one of {', '.join(KINDS)}")
-    return str(write_thin_object(data_root / "objects", kind, int(seed)))
+    return kind, int(seed)
+
+
+def _object_source(spec: str, data_root: Path) -> str:
+    """``--object`` as the simulator takes it: a generated thin object is written first."""
+    from nerf_descriptor_ros.sim.thin_objects import write_thin_object
+
+    thin = _thin_object(spec)
+    return spec if thin is None else str(write_thin_object(data_root / "objects", *thin))
+
+
+def _symmetry(declaration: str, spec: str) -> str:
+    """``--symmetry``, with ``auto`` resolved: a generated thin object's own declaration, else none."""
+    if declaration != "auto":
+        return declaration
+    from nerf_descriptor_ros.sim.thin_objects import symmetry_declaration
+
+    thin = _thin_object(spec)
+    return "none" if thin is None else symmetry_declaration(*thin)
 
 
 def _sim_params(items: list[str]) -> dict:
@@ -321,17 +343,22 @@ def _summarize_trials(trials: list[dict]) -> dict:
     """Keypoint success counts every trial (not found or hidden = a miss); so does the grasp."""
     errors = np.array([t["keypoint_error_px"] for t in trials if t.get("keypoint_error_px") is not None])
     within = int((errors <= KEYPOINT_TOLERANCE_PX).sum()) if errors.size else 0
-    errors_mm = np.array([t["keypoint_error_mm"] for t in trials if t.get("keypoint_error_mm") is not None])
-    within_mm = int((errors_mm <= KEYPOINT_TOLERANCE_MM).sum()) if errors_mm.size else 0
-    return {
-        "trials": len(trials),
-        "keypoint_within_10px": round(within / len(trials), 4),
-        "keypoint_median_px": round(float(np.median(errors)), 2) if errors.size else None,
-        "keypoint_within_10mm": round(within_mm / len(trials), 4),
-        "keypoint_median_mm": round(float(np.median(errors_mm)), 2) if errors_mm.size else None,
-        "keypoint_found_rate": round(float(np.mean([t["found"] for t in trials])), 4),
-        "grasp_success_rate": round(float(np.mean([t["grasp_success"] for t in trials])), 4),
-    }
+
+    def in_mm(key: str) -> tuple[float, float | None]:
+        errors_mm = np.array([t[key] for t in trials if t.get(key) is not None])
+        within_mm = int((errors_mm <= KEYPOINT_TOLERANCE_MM).sum()) if errors_mm.size else 0
+        return round(within_mm / len(trials), 4), round(float(np.median(errors_mm)), 2) if errors_mm.size else None
+
+    summary = {"trials": len(trials), "keypoint_within_10px": round(within / len(trials), 4)}
+    summary["keypoint_median_px"] = round(float(np.median(errors)), 2) if errors.size else None
+    summary["keypoint_within_10mm"], summary["keypoint_median_mm"] = in_mm("keypoint_error_mm")
+    if any("keypoint_error_mm_symmetric" in t for t in trials):
+        summary["keypoint_within_10mm_symmetric"], summary["keypoint_median_mm_symmetric"] = in_mm(
+            "keypoint_error_mm_symmetric"
+        )
+    summary["keypoint_found_rate"] = round(float(np.mean([t["found"] for t in trials])), 4)
+    summary["grasp_success_rate"] = round(float(np.mean([t["grasp_success"] for t in trials])), 4)
+    return summary
 
 
 def _eval_size() -> str:
@@ -375,14 +402,19 @@ def _any_point_line(result: dict) -> str:
             f"{pose['trials']} views (median {median}, {pose['refused']} refused"
             f"{', scored strictly' if strict else ''})"
         )
+    aware = node_object_pose(result, symmetry_aware=True)
+    if aware and aware["within_tolerance"] is not None:
+        line += f", symmetry-aware within tolerance in {100 * aware['within_tolerance']:.0f}%"
     return line
 
 
-def node_object_pose(any_point: dict) -> dict | None:
-    """The any-point stage's object pose figures for the descriptor node's default estimate."""
+def node_object_pose(any_point: dict, symmetry_aware: bool = False) -> dict | None:
+    """The any-point stage's object pose figures for the descriptor node's default estimate (scored
+    against the nearest symmetric twin of the truth when ``symmetry_aware``, where one was declared)."""
     from nerf_descriptor_ros.commands.any_point import POSE_METHODS
 
-    return any_point.get("object_pose", {}).get(POSE_METHODS[-1][0])
+    scores = any_point.get("object_pose", {})
+    return (scores.get("symmetry_aware", {}) if symmetry_aware else scores).get(POSE_METHODS[-1][0])
 
 
 def _print_report(report: dict, out_dir: Path) -> None:
@@ -408,6 +440,12 @@ def _print_report(report: dict, out_dir: Path) -> None:
         lines.append(
             f"                    within {KEYPOINT_TOLERANCE_MM:g} mm in {100 * within_mm:.0f}%, median "
             + (f"{median_mm:.1f} mm" if median_mm is not None else "n/a")
+            + (
+                f"; at the nearest symmetric twin ({report['symmetry']}): "
+                f"{100 * report['keypoint_within_10mm_symmetric']:.0f}%"
+                if "keypoint_within_10mm_symmetric" in report
+                else ""
+            )
         )
         lines.append(f"  grasp             {100 * report['grasp_success_rate']:.0f}% lifted")
         lines.append("  any-point         " + _any_point_line(report["any_point"]))

@@ -59,17 +59,28 @@ DEPTH_TOLERANCE_M = 0.005  # a pixel whose true depth is this close to a point's
 def symmetry_transforms(declaration: str) -> list[np.ndarray]:
     """The rigid transforms of an object's model frame that leave it looking the same, other than
     the identity, from a declaration: ``none``; ``z`` (a body of revolution about the model's z axis
-    through its origin, sampled every :data:`SYMMETRY_STEP_DEG`); ``z:N`` (N-fold about it); also x, y."""
-    axis, _, fold = str(declaration).strip().partition(":")
-    if axis == "none" and not fold:
+    through its origin, sampled every :data:`SYMMETRY_STEP_DEG`); ``z:N`` (N-fold about it); also x, y;
+    and either about the parallel axis through a model-frame point, ``AXIS[:N]@X,Y,Z`` (metres)."""
+    turn, _, through = str(declaration).strip().partition("@")
+    axis, _, fold = turn.partition(":")
+    if axis == "none" and not fold and not through:
         return []
     try:
         folds = round(360.0 / SYMMETRY_STEP_DEG) if not fold else int(fold)
+        point = [float(x) for x in through.split(",")] if through else [0.0, 0.0, 0.0]
     except ValueError:
-        folds = 0
-    if axis not in AXES or folds < 2:
-        raise KeypointError(f"symmetry {declaration!r}: declare none, AXIS or AXIS:N (AXIS x, y or z; N >= 2)")
-    return [rpy_deg_to_matrix([0.0] * 3, 360.0 * k / folds * np.eye(3)[AXES[axis]]) for k in range(1, folds)]
+        folds, point = 0, []
+    if axis not in AXES or folds < 2 or len(point) != 3 or not np.all(np.isfinite(point)):
+        raise KeypointError(
+            f"symmetry {declaration!r}: declare none, AXIS, AXIS:N or either @X,Y,Z (AXIS x, y or z; N >= 2; "
+            "X,Y,Z a point on the axis in metres)"
+        )
+    to_point, from_point = np.eye(4), np.eye(4)
+    to_point[:3, 3], from_point[:3, 3] = point, np.negative(point)
+    return [
+        to_point @ rpy_deg_to_matrix([0.0] * 3, 360.0 * k / folds * np.eye(3)[AXES[axis]]) @ from_point
+        for k in range(1, folds)
+    ]
 
 
 def surface_keypoint_specs(
@@ -129,6 +140,12 @@ def any_point_keypoints(
     return define_keypoints(describe, dataset, surface_keypoint_specs(dataset, count, seed), keypoints)
 
 
+def true_motions(T_object_then: np.ndarray, T_object_now: np.ndarray, symmetries: Sequence[np.ndarray] = ()):
+    """The object's true motion between two placements, then the same motion to each symmetric twin
+    of the second placement (``symmetries``: model-frame turns that leave the object looking the same)."""
+    return [T_object_now @ S @ invert(T_object_then) for S in [np.eye(4), *symmetries]]
+
+
 def score_view(
     keypoints: KeypointSet,
     locations: Sequence[KeypointLocation],
@@ -145,7 +162,7 @@ def score_view(
     ``point_cam``; ``depth`` is the view's true depth."""
     by_name = {loc.name: loc for loc in locations}
     T_cam_base = invert(T_base_cam)
-    moves = [T_object_now @ S @ invert(T_object_then) for S in [np.eye(4), *symmetries]]
+    moves = true_motions(T_object_then, T_object_now, symmetries)
     records = []
     for keypoint in keypoints:
         loc = by_name[keypoint.name]

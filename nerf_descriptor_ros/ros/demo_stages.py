@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -18,6 +18,7 @@ from std_srvs.srv import Trigger
 from nerf_descriptor_ros.action import TrainObject, ViewSweep
 from nerf_descriptor_ros.data.dataset import write_png
 from nerf_descriptor_ros.geometry import invert, transform_points
+from nerf_descriptor_ros.keypoints.any_point import true_motions
 from nerf_descriptor_ros.keypoints.definition import AUTO_GRASP_NAME, KEYPOINTS_NAME, moved_point_pixel
 from nerf_descriptor_ros.msg import KeypointMatches
 from nerf_descriptor_ros.ros.conversions import (
@@ -133,9 +134,12 @@ def live_trials(
     out_dir: Path,
     pictured_trials: int,
     on_trial: Callable[[list[dict]], None] | None = None,
+    symmetries: Sequence[np.ndarray] = (),
 ) -> list[dict]:
     """Place the object anew, look at it, compare the live grasp keypoint with the truth, pick;
-    ``on_trial`` is given the records so far after each trial."""
+    ``on_trial`` is given the records so far after each trial. With the object's ``symmetries``
+    (model-frame turns that leave it looking the same) the keypoint's error in mm is also scored
+    against its symmetric twins (``keypoint_error_mm_symmetric``)."""
     truth = json.loads((dataset.root / "ground_truth.json").read_text())["object"]
     T_then = np.asarray(truth["T_base_object"])
     centre_then = (np.asarray(truth["bounds_base_min"]) + np.asarray(truth["bounds_base_max"])) / 2
@@ -166,7 +170,8 @@ def live_trials(
             if not placed.success:
                 raise DemoError(f"trial {trial}: the object was not placed: {placed.message}")
             T_now = pose_msg_to_matrix(placed.pose)
-            motion = T_now @ invert(T_then)
+            motions = true_motions(T_then, T_now, symmetries)
+            motion = motions[0]
             centre_now = transform_points(motion, centre_then[None])[0]
             point_now = transform_points(motion, point_then[None])[0]
             record = {"trial": trial, "seed": seed, "object_xyz": [round(float(x), 4) for x in T_now[:3, 3]]}
@@ -219,6 +224,10 @@ def live_trials(
                     if found.has_point:
                         seen = transform_points(T_base_cam, np.array([[found.point.x, found.point.y, found.point.z]]))
                         record["keypoint_error_mm"] = round(1000.0 * float(np.linalg.norm(seen[0] - point_now)), 2)
+                        if symmetries:
+                            twins = [transform_points(M, point_then[None])[0] for M in motions]
+                            nearest = min(np.linalg.norm(twin - seen[0]) for twin in twins)
+                            record["keypoint_error_mm_symmetric"] = round(1000.0 * float(nearest), 2)
                 else:
                     record["keypoint_error_px"] = None
             if trial < pictured_trials:

@@ -33,6 +33,8 @@ class WireMesh:
     # The wire's straight pieces, for collision shapes: end points (S, 2, 3) and radii (S,).
     segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 3)))
     radii: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # A turn that leaves the object looking the same: (axis "x", "y" or "z", folds, a point on the axis), or None.
+    symmetry: tuple[str, int, np.ndarray] | None = None
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.vertices.min(0), self.vertices.max(0)
@@ -156,7 +158,10 @@ def whisk(rng: np.random.Generator, wire_radius: float = 0.001) -> WireMesh:
         curve = np.stack([x, r * np.cos(angle), axis_height + r * np.sin(angle)], -1)
         back = np.stack([x[::-1], -r[::-1] * np.cos(angle), axis_height - r[::-1] * np.sin(angle)], -1)
         parts.append(tube(np.concatenate([curve, back[1:-1]]), wire_radius, closed=True))
-    return merge(parts)
+    mesh = merge(parts)
+    # Each loop is two half-loops on opposite sides of the axis, so the wires repeat every 180/loops degrees.
+    mesh.symmetry = ("x", 2 * loops, np.array([0.0, 0.0, axis_height]))
+    return mesh
 
 
 def basket(rng: np.random.Generator, wire_radius: float = 0.0012) -> WireMesh:
@@ -212,7 +217,19 @@ def make_thin_object(kind: str, seed: int = 0) -> WireMesh:
     mesh = GENERATORS[kind](np.random.default_rng(seed))
     lo, hi = mesh.bounds()
     shift = np.array([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]])
-    return WireMesh(mesh.vertices + shift, mesh.faces, mesh.segments + shift, mesh.radii)
+    symmetry = None if mesh.symmetry is None else (*mesh.symmetry[:2], mesh.symmetry[2] + shift)
+    return WireMesh(mesh.vertices + shift, mesh.faces, mesh.segments + shift, mesh.radii, symmetry)
+
+
+def symmetry_declaration(kind: str, seed: int = 0) -> str:
+    """The generated object's symmetry in its model frame, as ``keypoints.any_point.symmetry_transforms``
+    reads it: a whisk's loops repeat about its handle's axis; a fork and a basket have none (plain grey, so
+    the shape alone decides)."""
+    mesh = make_thin_object(kind, seed)
+    if mesh.symmetry is None:
+        return "none"
+    axis, folds, point = mesh.symmetry
+    return f"{axis}:{folds}@" + ",".join(f"{value:.5f}" for value in point)
 
 
 def obj_text(mesh: WireMesh) -> str:
