@@ -235,11 +235,14 @@ def test_bad_input_is_refused_with_its_reason_and_loses_nothing(nodes, tmp_path,
     data_root = start_capture(nodes, tmp_path)
     camera.wait_for_subscribers()
 
+    grabs_refused = []
+
     def refused(*expected: str):
         # The camera streams: a grab right after camera.set may still see the previous input (and be
         # refused for it), so the new reason is asked for again a few times; nothing may be accepted.
         for _attempt in range(5):
             answer = grab(ros, timeout_s=1.0)
+            grabs_refused.append(answer.message)
             assert not answer.success and "\n" not in answer.message, answer.message  # refused, one line
             if all(e in answer.message for e in expected):
                 break
@@ -255,6 +258,7 @@ def test_bad_input_is_refused_with_its_reason_and_loses_nothing(nodes, tmp_path,
     assert not data_root.exists() or not any(data_root.iterdir())
 
     assert start(ros, "duck").success
+    rejected_at_start, refused_before_start = status(ros).frames_rejected, len(grabs_refused)
     refused("no CameraInfo received yet on /camera/color/camera_info")
     camera.set(info=INTRINSICS)
     assert grab(ros).success
@@ -285,7 +289,10 @@ def test_bad_input_is_refused_with_its_reason_and_loses_nothing(nodes, tmp_path,
     camera.set(streaming=True)
     assert grab(ros).success
     after_good = status(ros)
-    assert after_good.last_error == "" and after_good.frames_rejected == 10
+    # Every refused grab of the capture is counted, however many a busy machine needed (at least one a reason).
+    refused_since_start = len(grabs_refused) - refused_before_start
+    assert after_good.last_error == "" and refused_since_start >= 10
+    assert after_good.frames_rejected == rejected_at_start + refused_since_start
 
     second = start(ros, "other")
     assert not second.success and "already capturing 'duck'" in second.message
