@@ -251,7 +251,7 @@ def settled_pose(model: ObjectModel, friction: float, T_base_object: np.ndarray)
     finally:
         bullet.disconnect()
     moved, turned = pose_distance(rest, placed)
-    return np.asarray(T_base_object, dtype=np.float64) if moved <= STABLE_M and turned <= STABLE_DEG else rest
+    return np.array(T_base_object, dtype=np.float64) if moved <= STABLE_M and turned <= STABLE_DEG else rest
 
 
 def random_resting_pose(
