@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nerf_descriptor_ros.commands.demo import node_object_pose
+from nerf_descriptor_ros.commands.demo import node_object_pose, summarize_trials
 
 RESULT_NAME = "result.json"  # per object, in <work>/<name>/: written once its demo has ended
 # The demo's stages in order, each with the report key that its success leaves behind.
@@ -181,28 +181,7 @@ def object_result(entry: dict, report: dict | None, exit_code: int, output: str,
 def live_figures(report: dict, trials: list[dict]) -> dict:
     """The live trials' figures: the demo's summary when it finished them, else from the trials it
     left (the same definitions: not found or hidden counts as a miss)."""
-    px = np.array([t["keypoint_error_px"] for t in trials if t.get("keypoint_error_px") is not None])
-    mm = np.array([t["keypoint_error_mm"] for t in trials if t.get("keypoint_error_mm") is not None])
-    twins = np.array([t[key] for t in trials if t.get(key := "keypoint_error_mm_symmetric") is not None])
-    n = len(trials)
-    figures = {
-        "trials": n,
-        "keypoint_found_rate": round(float(np.mean([bool(t.get("found")) for t in trials])), 4),
-        "keypoint_within_10px": round(float((px <= 10).sum() / n), 4),
-        "keypoint_median_px": round(float(np.median(px)), 2) if px.size else None,
-        "keypoint_within_10mm": round(float((mm <= 10).sum() / n), 4),
-        "keypoint_median_mm": round(float(np.median(mm)), 2) if mm.size else None,
-        **(
-            {
-                "keypoint_within_10mm_symmetric": round(float((twins <= 10).sum() / n), 4),
-                "keypoint_median_mm_symmetric": round(float(np.median(twins)), 2),
-            }
-            if twins.size
-            else {}
-        ),
-        "grasps_lifted": int(sum(bool(t.get("grasp_success")) for t in trials)),
-        "grasp_success_rate": round(float(np.mean([bool(t.get("grasp_success")) for t in trials])), 4),
-    }
+    figures = summarize_trials(trials)
     for key in figures:
         if key in report and key != "trials":
             figures[key] = report[key]

@@ -321,7 +321,7 @@ def test_demo_takes_thin_objects_and_sim_parameters(tmp_path):
 
 
 def test_the_demo_summary_scores_the_grasp_keypoint_against_symmetric_twins_only_when_declared():
-    from nerf_descriptor_ros.commands.demo import _summarize_trials
+    from nerf_descriptor_ros.commands.demo import summarize_trials
 
     def trial(mm, twin=None, found=True):
         record = {"found": found, "grasp_success": found, "keypoint_error_px": 1.0 if found else None}
@@ -330,11 +330,11 @@ def test_the_demo_summary_scores_the_grasp_keypoint_against_symmetric_twins_only
             record["keypoint_error_mm_symmetric"] = twin
         return record
 
-    plain = _summarize_trials([trial(3.0), trial(30.0), trial(None, found=False)])
+    plain = summarize_trials([trial(3.0), trial(30.0), trial(None, found=False)])
     assert plain["keypoint_within_10mm"] == pytest.approx(1 / 3, abs=1e-4) and plain["keypoint_median_mm"] == 16.5
     assert "keypoint_within_10mm_symmetric" not in plain
     # The 30 mm miss sits 2 mm from a twin; a keypoint not found stays a miss either way.
-    twins = _summarize_trials([trial(3.0, 3.0), trial(30.0, 2.0), trial(None, found=False)])
+    twins = summarize_trials([trial(3.0, 3.0), trial(30.0, 2.0), trial(None, found=False)])
     assert twins["keypoint_within_10mm"] == plain["keypoint_within_10mm"]
     assert twins["keypoint_within_10mm_symmetric"] == pytest.approx(2 / 3, abs=1e-4)
     assert twins["keypoint_median_mm_symmetric"] == 2.5

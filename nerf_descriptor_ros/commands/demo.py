@@ -208,7 +208,7 @@ def run(args) -> int:
                 symmetries=symmetries,
             )
         stage_seconds["live"] = time.monotonic() - started
-        report.update(_summarize_trials(trials))
+        report.update(summarize_trials(trials))
         report["per_trial"] = trials
         progress()
         started = time.monotonic()
@@ -339,8 +339,9 @@ def _any_point(dataset, model_dir: Path, device: str, placements: int, seed: int
     return result
 
 
-def _summarize_trials(trials: list[dict]) -> dict:
-    """Keypoint success counts every trial (not found or hidden = a miss); so does the grasp."""
+def summarize_trials(trials: list[dict]) -> dict:
+    """Keypoint success counts every trial (not found or hidden = a miss); so does the grasp. Also
+    for the trials a demo cut short left (the object suite's figures)."""
     errors = np.array([t["keypoint_error_px"] for t in trials if t.get("keypoint_error_px") is not None])
     within = int((errors <= KEYPOINT_TOLERANCE_PX).sum()) if errors.size else 0
 
@@ -356,8 +357,9 @@ def _summarize_trials(trials: list[dict]) -> dict:
         summary["keypoint_within_10mm_symmetric"], summary["keypoint_median_mm_symmetric"] = in_mm(
             "keypoint_error_mm_symmetric"
         )
-    summary["keypoint_found_rate"] = round(float(np.mean([t["found"] for t in trials])), 4)
-    summary["grasp_success_rate"] = round(float(np.mean([t["grasp_success"] for t in trials])), 4)
+    summary["keypoint_found_rate"] = round(float(np.mean([bool(t.get("found")) for t in trials])), 4)
+    summary["grasps_lifted"] = int(sum(bool(t.get("grasp_success")) for t in trials))
+    summary["grasp_success_rate"] = round(summary["grasps_lifted"] / len(trials), 4)
     return summary
 
 
