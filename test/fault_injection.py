@@ -52,6 +52,7 @@ from nerf_descriptor_ros.srv import CaptureFrame, StartCapture, StartTraining
 REPO = Path(__file__).resolve().parents[1]
 ANSWER_WITHIN_S = 5.0  # every request must be answered within this
 START_TIMEOUT_S = 90.0  # a node process up and serving (a loaded 2-core machine starts them slowly)
+RESEND_S = 20.0  # a start request unanswered this long is sent again (see _start_training)
 SIM_PARAMS = {"width": 64, "height": 48, "publish_rate_hz": 10.0}
 CAPTURE_DATASET = "killed_capture"
 TRAINING_DATASET = "blocks"
@@ -481,6 +482,23 @@ class _StageRecord:
     resumed: list = field(default_factory=list)  # per run after a kill here: (checkpoint, where it went on)
 
 
+def _start_training(cluster: Cluster, request) -> None:
+    """Ask the restarted trainer for the job. A request sent just as the service appears can be lost (the
+    DDS graph shows the server before its request reader has matched this client), so it is asked again
+    every RESEND_S; a later copy refused as "busy" with this very job says an earlier copy started it."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            answer = cluster.calls.call(StartTraining, "/trainer/start_training", request, timeout=RESEND_S)
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+            continue
+        if answer.accepted or answer.message.startswith(f"busy: training {request.object_name!r}"):
+            return
+        raise AssertionError(f"the job was refused: {answer.message}")
+
+
 def trainer_kill_loop(cluster: Cluster, kills: int, rng: np.random.Generator, plan: TrainingPlan) -> dict:
     """Run the job, SIGKILL the trainer at each of :func:`kill_targets`, restart it and ask again;
     then check the resumptions and the work redone against one checkpoint interval per kill."""
@@ -495,9 +513,7 @@ def trainer_kill_loop(cluster: Cluster, kills: int, rng: np.random.Generator, pl
         cluster.start("trainer", params)
         cluster.wait_until_serving("trainer", "/trainer/status", TrainingStatus)
         statuses = Inbox(cluster.node, TrainingStatus, "/trainer/status")
-        answer = cluster.calls.call(StartTraining, "/trainer/start_training", request, timeout=START_TIMEOUT_S)
-        if not answer.accepted:
-            raise AssertionError(f"the job was refused: {answer.message}")
+        _start_training(cluster, request)
         run = _follow_run(statuses, target, timeout=300.0)
         statuses.close()
         for stage, reports in run.items():
